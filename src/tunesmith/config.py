@@ -1,0 +1,233 @@
+"""Typed, strict settings for a fine-tuning run.
+
+All defaults live here, in :class:`FitConfig`. The estimator, the YAML config files and
+the ``key=value`` overrides of the command line are three views of the same fields, so a
+setting has one name, one type and one documented default everywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunesmith.errors import ConfigError
+
+Strategy = Literal["full", "head_only", "lora"]
+TaskName = Literal["auto", "binary", "multiclass", "regression"]
+LossName = Literal["auto", "cross_entropy", "focal", "mse", "huber"]
+OptimizerName = Literal["adamw", "adam", "sgd", "rmsprop"]
+SchedulerName = Literal["constant", "linear", "cosine"]
+Pooling = Literal["mean", "cls"]
+
+
+class FitConfig(BaseModel):
+    """Every setting of a fine-tuning run, with its default.
+
+    Unknown keys are rejected; conflicting settings are rejected with a sentence that
+    names both.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # --- model -------------------------------------------------------------------------
+    backbone: str = Field("minilm-l6", description="Registered backbone name or a local Hugging Face folder.")
+    task: TaskName = Field("auto", description="binary, multiclass or regression; auto infers it from the target.")
+    text_column: str | list[str] | None = Field(None, description="Text column(s); inferred when not given.")
+    max_length: int = Field(128, gt=0, le=8192, description="Tokens kept per example (longer is truncated).")
+    pooling: Pooling = Field("mean", description="How token vectors become one vector: mean or cls.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the classification head.")
+
+    # --- optimisation ------------------------------------------------------------------
+    epochs: int = Field(3, gt=0, description="Maximum passes over the training split.")
+    batch_size: int = Field(32, gt=0, description="Examples per optimizer step (before accumulation).")
+    eval_batch_size: int = Field(128, gt=0, description="Examples per forward pass when evaluating.")
+    lr: float = Field(5e-5, gt=0.0, description="Peak learning rate of the backbone.")
+    head_lr: float | None = Field(None, gt=0.0, description="Learning rate of the new head; defaults to lr.")
+    weight_decay: float = Field(0.01, ge=0.0, description="Decoupled weight decay (not applied to biases/norms).")
+    optimizer: OptimizerName = Field("adamw", description="adamw, adam, sgd (with momentum) or rmsprop.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum for sgd and rmsprop.")
+    scheduler: SchedulerName = Field("linear", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="Clip the gradient norm to this; null disables.")
+    grad_accum_steps: int = Field(1, ge=1, description="Batches accumulated before each optimizer step.")
+
+    # --- loss --------------------------------------------------------------------------
+    loss: LossName = Field("auto", description="auto: cross_entropy for classes, mse for regression.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing for cross_entropy.")
+    focal_gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
+    huber_delta: float = Field(1.0, gt=0.0, description="Threshold of the Huber loss.")
+    class_weight: Literal["balanced"] | dict[str, float] | None = Field(
+        None, description="'balanced' or {label: weight}; weights the classification loss."
+    )
+
+    # --- early stopping ----------------------------------------------------------------
+    early_stopping: bool = Field(True, description="Stop when the monitored metric stops improving.")
+    monitor: str = Field("auto", description="Validation metric to monitor: auto, loss, accuracy, f1_macro, ...")
+    patience: int = Field(2, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as an improvement.")
+    restore_best: bool = Field(True, description="Restore the weights of the best validation epoch.")
+
+    # --- transfer learning -------------------------------------------------------------
+    strategy: Strategy = Field("full", description="full (all layers), head_only, or lora adapters.")
+    freeze_embeddings: bool = Field(False, description="Keep the embedding layer frozen (full strategy).")
+    freeze_layers: int = Field(0, ge=0, description="Keep the first N encoder layers frozen (full strategy).")
+    gradual_unfreeze: bool = Field(
+        False, description="Train the head first, then unfreeze one layer per epoch from the top."
+    )
+    layer_lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="Each lower layer's lr is multiplied by it.")
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    lora_targets: list[str] | None = Field(
+        None, description="Module names that get adapters; default: the attention projections."
+    )
+
+    # --- data --------------------------------------------------------------------------
+    valid_size: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction held out for validation.")
+    test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction held out for the final test.")
+    group_column: str | None = Field(None, description="Rows sharing this value stay in one split.")
+    split_column: str | None = Field(None, description="Column naming each row's split (train/valid/test).")
+    length_bucketing: bool = Field(True, description="Batch examples of similar length to avoid padding.")
+
+    # --- run ---------------------------------------------------------------------------
+    seed: int = Field(0, ge=0, description="Seed for splits, initialisation, shuffling and dropout.")
+    deterministic: bool = Field(True, description="Use deterministic algorithms (same seed, same weights).")
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for PyTorch; default: all cores.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Mixed precision on GPUs.")
+    baselines: bool = Field(True, description="Score the majority, TF-IDF and frozen-embedding baselines.")
+    progress: bool = Field(True, description="Show progress bars.")
+    runs_dir: str = Field("runs", description="Where run records are written; null-like '' disables them.")
+    run_name: str | None = Field(None, description="Name of the run folder (after the timestamp).")
+
+    @model_validator(mode="after")
+    def _check_conflicts(self) -> FitConfig:
+        if self.strategy == "head_only" and self.gradual_unfreeze:
+            raise ValueError(
+                "strategy='head_only' conflicts with gradual_unfreeze=true: head_only never unfreezes "
+                "the backbone; use strategy='full' with gradual_unfreeze"
+            )
+        if self.strategy == "lora" and (self.freeze_layers or self.gradual_unfreeze or self.freeze_embeddings):
+            raise ValueError(
+                "strategy='lora' conflicts with freeze_layers/freeze_embeddings/gradual_unfreeze: "
+                "LoRA already freezes the whole backbone and trains adapters"
+            )
+        if self.strategy == "head_only" and self.layer_lr_decay != 1.0:
+            raise ValueError("strategy='head_only' conflicts with layer_lr_decay: no backbone layer is trained")
+        if self.group_column and self.split_column:
+            raise ValueError("group_column conflicts with split_column: give one way to split, not both")
+        if self.valid_size + self.test_size >= 1.0:
+            raise ValueError(
+                f"valid_size + test_size must be < 1 (got {self.valid_size} + {self.test_size}), "
+                "or nothing is left to train on"
+            )
+        return self
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(FitConfig.model_fields)
+
+
+# Names users bring from other libraries, mapped to ours for a helpful error.
+_ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "model": "backbone",
+    "model_name": "backbone",
+    "model_name_or_path": "backbone",
+    "lora_rank": "lora_r",
+    "gradient_accumulation_steps": "grad_accum_steps",
+    "max_grad_norm": "grad_clip",
+    "lr_scheduler_type": "scheduler",
+    "max_seq_length": "max_length",
+    "label_smoothing_factor": "label_smoothing",
+}
+
+
+def _closest(key: str, names: Iterable[str]) -> str:
+    alias = _ALIASES.get(key) or _ALIASES.get(key.rstrip("s"))
+    if alias is None:
+        alias = next((v for k, v in _ALIASES.items() if difflib.SequenceMatcher(None, k, key).ratio() > 0.85), None)
+    if alias:
+        return f"; did you mean {alias!r}?"
+    match = difflib.get_close_matches(key, list(names), n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def make_config(params: Mapping[str, Any]) -> FitConfig:
+    """Validate ``params`` into a :class:`FitConfig`, raising :class:`ConfigError` on the first problem."""
+    for key in params:
+        if key not in FitConfig.model_fields:
+            raise ConfigError(f"unknown setting{_closest(key, FIELD_NAMES)}", key=key)
+    try:
+        return FitConfig(**params)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int))
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    if loc:
+        return ConfigError(f"{msg} (got {err.get('input')!r})", key=loc.split(".")[0])
+    return ConfigError(msg)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` command-line override; the value is read as YAML (so 1e-4, true, [a, b])."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value", hint="For example: lr=3e-5")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if key not in FitConfig.model_fields:
+        raise ConfigError(f"unknown setting{_closest(key, FIELD_NAMES)}", key=key)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse value {raw!r}: {exc}", key=key) from None
+    # YAML reads 5e-5 as a string (it wants a dot); numbers are what users mean.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file of settings (flat ``key: value`` pairs)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist", hint="Check the --config path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of settings, got {type(data).__name__}")
+    for key in data:
+        if key not in FitConfig.model_fields:
+            raise ConfigError(f"unknown setting in {p.name}{_closest(str(key), FIELD_NAMES)}", key=str(key))
+    return dict(data)
+
+
+def config_to_yaml(config: FitConfig) -> str:
+    """The resolved config as YAML, in field order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def settings_table() -> str:
+    """Markdown table of every setting, its default and meaning (used to write docs/config.md)."""
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for name, field in FitConfig.model_fields.items():
+        default = field.default
+        rows.append(f"| `{name}` | `{default!r}` | {field.description or ''} |")
+    return "\n".join(rows)

@@ -1,0 +1,201 @@
+"""The supervised fine-tuning loop, readable top to bottom.
+
+Plain PyTorch driven through Accelerate, so ``accelerate launch`` or ``torchrun`` run the
+same code on several processes or devices. Early stopping, unfreezing schedules,
+progress and logging are callbacks (see :mod:`tunesmith.train.callbacks`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tunesmith.train.batching import LengthGroupedBatchSampler
+from tunesmith.train.callbacks import Callback, StopTraining, TrainState
+
+MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+
+
+@dataclass
+class LoopSettings:
+    """What the loop itself needs to know (a subset of :class:`tunesmith.config.FitConfig`)."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    grad_accum_steps: int = 1
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    length_bucketing: bool = True
+
+
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k not in ("target", "index")}
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    lengths: np.ndarray,
+    collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    group_by_length: bool,
+) -> tuple[DataLoader[Any], LengthGroupedBatchSampler]:
+    sampler = LengthGroupedBatchSampler(
+        lengths, batch_size, shuffle=shuffle, group_by_length=group_by_length, seed=seed
+    )
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0), sampler
+
+
+def predict_outputs(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    accelerator: Any,
+    n: int,
+) -> np.ndarray:
+    """Model outputs for every example of ``loader``'s dataset, in dataset order."""
+    model.eval()
+    outs: list[torch.Tensor] = []
+    idxs: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for batch in loader:
+            logits = model(**_model_inputs(batch))
+            logits, index = accelerator.gather_for_metrics((logits.float(), batch["index"]))
+            outs.append(logits.cpu())
+            idxs.append(index.cpu())
+    if not outs:
+        return np.zeros((0, 0), dtype=np.float32)
+    logits_all = torch.cat(outs).numpy()
+    index_all = torch.cat(idxs).numpy()
+    result = np.zeros((n, logits_all.shape[1]), dtype=np.float32)
+    result[index_all] = logits_all
+    return result
+
+
+def train(
+    model: nn.Module,
+    *,
+    train_set: Dataset[Any],
+    train_lengths: np.ndarray,
+    valid_set: Dataset[Any] | None,
+    valid_lengths: np.ndarray | None,
+    valid_targets: np.ndarray | None,
+    collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    make_scheduler: Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler],
+    settings: LoopSettings,
+    accelerator: Any,
+    valid_metrics: MetricsFn,
+    callbacks: Sequence[Callback] = (),
+) -> TrainState:
+    """Fit ``model`` and return the final :class:`TrainState` (history, best epoch, stop reason)."""
+    train_loader, train_sampler = make_loader(
+        train_set, train_lengths, collate, batch_size=settings.batch_size, shuffle=True,
+        seed=settings.seed, group_by_length=settings.length_bucketing,
+    )
+    valid_loader = None
+    if valid_set is not None and valid_lengths is not None and len(valid_lengths):
+        valid_loader, _ = make_loader(
+            valid_set, valid_lengths, collate, batch_size=settings.eval_batch_size, shuffle=False,
+            seed=settings.seed, group_by_length=True,
+        )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if valid_loader is not None:
+        valid_loader = accelerator.prepare(valid_loader)
+
+    accum = settings.grad_accum_steps
+    steps_per_epoch = max(1, len(train_loader))
+    updates_per_epoch = max(1, -(-steps_per_epoch // accum))
+    # The scheduler counts optimizer updates, so it is built after sharding tells us how many there are.
+    scheduler = make_scheduler(optimizer, updates_per_epoch * settings.epochs)
+
+    state = TrainState(model=model, epochs=settings.epochs, steps_per_epoch=steps_per_epoch,
+                       is_main_process=accelerator.is_main_process)
+    ordered = sorted(callbacks, key=lambda c: c.order)
+    for cb in ordered:
+        cb.on_fit_start(state)
+
+    try:
+        for epoch in range(settings.epochs):
+            state.epoch = epoch
+            train_sampler.set_epoch(epoch)
+            for cb in ordered:
+                cb.on_epoch_start(state)
+            model.train()
+            started = time.perf_counter()
+            total_loss, total_n, epoch_examples = 0.0, 0, 0
+            for i, batch in enumerate(train_loader):
+                inputs = _model_inputs(batch)
+                target = batch["target"]
+                last_of_group = (i + 1) % accum == 0 or i + 1 == steps_per_epoch
+                # Skip the gradient all-reduce on accumulation steps: it is only needed before an update.
+                context = accelerator.no_sync(model) if not last_of_group else _nullcontext()
+                with context:
+                    output = model(**inputs)
+                    if output.shape[-1] == 1 and target.dtype.is_floating_point:
+                        output = output.squeeze(-1)
+                    loss = loss_fn(output, target)
+                    accelerator.backward(loss / accum)
+                if last_of_group:
+                    if settings.grad_clip:
+                        accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                n = int(target.shape[0])
+                total_loss += float(loss.detach()) * n
+                total_n += n
+                epoch_examples += n * accelerator.num_processes
+                state.step += 1
+                for cb in ordered:
+                    cb.on_step_end(state, float(loss.detach()))
+            seconds = time.perf_counter() - started
+            state.examples_seen += epoch_examples
+            metrics: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": total_loss / max(1, total_n),
+                "lr": float(optimizer.param_groups[0]["lr"]),
+                "epoch_seconds": seconds,
+                "train_examples_per_s": epoch_examples / seconds if seconds > 0 else None,
+            }
+            if valid_loader is not None and valid_targets is not None:
+                outputs = predict_outputs(model, valid_loader, accelerator, len(valid_targets))
+                with torch.no_grad():
+                    out_t = torch.as_tensor(outputs)
+                    tgt_t = torch.as_tensor(valid_targets)
+                    if out_t.shape[-1] == 1 and tgt_t.dtype.is_floating_point:
+                        out_t = out_t.squeeze(-1)
+                    metrics["valid_loss"] = float(loss_fn(out_t, tgt_t))
+                for key, value in valid_metrics(valid_targets, outputs).items():
+                    if isinstance(value, (int, float)) and key != "n":
+                        metrics[f"valid_{key}"] = float(value)
+            state.history.append(metrics)
+            try:
+                for cb in ordered:
+                    cb.on_epoch_end(state, metrics)
+            except StopTraining as stop:
+                state.stop_reason = stop.reason
+                break
+    finally:
+        for cb in ordered:
+            cb.on_fit_end(state)
+    accelerator.wait_for_everyone()
+    return state
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
