@@ -54,3 +54,10 @@ def test_config_file(tmp_path):
 def test_settings_table_lists_every_field():
     table = settings_table()
     assert "| `lora_r` | `8` |" in table
+
+
+def test_docs_list_every_setting():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert settings_table() in doc, "docs/config.md is stale: regenerate it from tunesmith.config.settings_table()"

@@ -147,4 +147,4 @@ def test_early_stopping_restores_best():
     with pytest.raises(StopTraining, match="did not improve for 2"):
         es.on_epoch_end(state, {"valid_loss": 0.7})
     es.on_fit_end(state)
-    assert weights["w"].item() == 2.0 and state.best_epoch == 1
+    assert weights["w"].item() == 2.0 and state.best_epoch == 2

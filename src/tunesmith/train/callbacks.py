@@ -105,7 +105,7 @@ class EarlyStopping(Callback):
         if self._improved(float(value)):
             self.best = float(value)
             self.wait = 0
-            state.best_epoch = state.epoch
+            state.best_epoch = state.epoch + 1  # 1-based, as people count epochs
             state.best_value = self.best
             metrics["best"] = True
             if self.restore_best and self.state_fn is not None:

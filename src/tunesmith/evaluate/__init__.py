@@ -1,0 +1,59 @@
+"""Metrics and baselines: how good a fine-tuned model is, and whether it beats cheap models.
+
+Names are imported on first use so that importing the package does not load scikit-learn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, tfidf_baseline
+    from tunesmith.evaluate.metrics import (
+        METRIC_DIRECTIONS,
+        PRIMARY_METRIC,
+        classification_metrics,
+        compute_metrics,
+        format_metrics_table,
+        metric_direction,
+        regression_metrics,
+    )
+
+_LAZY = {
+    "METRIC_DIRECTIONS": "tunesmith.evaluate.metrics",
+    "PRIMARY_METRIC": "tunesmith.evaluate.metrics",
+    "classification_metrics": "tunesmith.evaluate.metrics",
+    "compute_metrics": "tunesmith.evaluate.metrics",
+    "format_metrics_table": "tunesmith.evaluate.metrics",
+    "metric_direction": "tunesmith.evaluate.metrics",
+    "regression_metrics": "tunesmith.evaluate.metrics",
+    "embedding_baseline": "tunesmith.evaluate.baselines",
+    "majority_baseline": "tunesmith.evaluate.baselines",
+    "tfidf_baseline": "tunesmith.evaluate.baselines",
+}
+
+__all__ = [
+    "METRIC_DIRECTIONS",
+    "PRIMARY_METRIC",
+    "classification_metrics",
+    "compute_metrics",
+    "embedding_baseline",
+    "format_metrics_table",
+    "majority_baseline",
+    "metric_direction",
+    "regression_metrics",
+    "tfidf_baseline",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tunesmith.evaluate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
