@@ -101,7 +101,7 @@ class FitConfig(BaseModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Mixed precision on GPUs.")
     baselines: bool = Field(True, description="Score the majority, TF-IDF and frozen-embedding baselines.")
     progress: bool = Field(True, description="Show progress bars.")
-    runs_dir: str = Field("runs", description="Where run records are written; null-like '' disables them.")
+    runs_dir: str | None = Field("runs", description="Where run records are written; null or '' writes none.")
     run_name: str | None = Field(None, description="Name of the run folder (after the timestamp).")
 
     @model_validator(mode="after")

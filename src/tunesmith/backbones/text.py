@@ -231,7 +231,8 @@ def _tiny_vocab() -> list[str]:
         "the a an and or but not no is was are be of to in on for with this that it its movie film "
         "good great bad awful best worst love hate fun boring story plot acting fine dull"
     ).split()
-    return specials + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + words
+    # dict.fromkeys drops repeats ("a" is a character and a word) while keeping order, so ids are dense.
+    return list(dict.fromkeys(specials + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + words))
 
 
 def tiny_text(*, pooling: str = "mean", seed: int = 0) -> TextBackbone:

@@ -1,0 +1,236 @@
+"""The ``tunesmith`` command line: parse arguments, call the library, print.
+
+A user error prints one line (``error: ...``) and exits with status 2; no stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Sleeping (not spinning) OpenMP threads: on a shared machine spin-waiting threads slow a
+# training step several-fold. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.errors import TunesmithError
+
+app = typer.Typer(
+    name="tunesmith",
+    help="Fine-tune pre-trained models on your labeled data, measured against baselines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+PRIMARY = {"binary": "accuracy", "multiclass": "accuracy", "regression": "rmse"}
+COLUMNS = {
+    "classification": ["accuracy", "f1_macro", "roc_auc", "log_loss"],
+    "regression": ["mae", "rmse", "r2"],
+}
+
+
+def _settings(config: Path | None, overrides: list[str] | None, **flags: Any) -> dict[str, Any]:
+    from tunesmith.config import load_config_file, make_config, parse_override
+
+    params: dict[str, Any] = load_config_file(config) if config else {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        params[key] = value
+    params.update({k: v for k, v in flags.items() if v is not None})
+    make_config(params)
+    return params
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, Any]], task: str) -> Table:
+    """A rich table with models as rows and the task's metrics as columns."""
+    cols = COLUMNS["regression" if task == "regression" else "classification"]
+    table = Table(title=title)
+    table.add_column("model")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in rows.items():
+        table.add_row(name, *[f"{m[c]:.4f}" if isinstance(m.get(c), (int, float)) else "-" for c in cols])
+    return table
+
+
+def print_fit_summary(ft: Any) -> None:
+    task = ft.schema_.task
+    rows: dict[str, dict[str, Any]] = {}
+    if ft.test_metrics_:
+        rows[f"fine-tuned {ft.config_.backbone} ({ft.config_.strategy})"] = ft.test_metrics_
+    names = {"majority": "majority class" if task != "regression" else "mean", "tfidf": "TF-IDF + linear",
+             "frozen": "frozen embeddings + linear"}
+    for key, m in ft.baseline_metrics_.items():
+        rows[names.get(key, key)] = m
+    if rows:
+        console.print(metrics_table(f"test split ({ft.split_sizes_['test']} rows)", rows, task))
+    primary = PRIMARY[task]
+    if ft.test_metrics_ and ft.baseline_metrics_:
+        for key, m in ft.baseline_metrics_.items():
+            a, b = ft.test_metrics_.get(primary), m.get(primary)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                sign = "+" if a - b >= 0 else ""
+                scale = 100.0 if task != "regression" else 1.0
+                unit = " points" if task != "regression" else ""
+                console.print(f"  gain over {names.get(key, key)}: {sign}{(a - b) * scale:.2f}{unit} {primary}")
+    info = ft.training_info_
+    console.print(
+        f"trained {info['epochs_run']} epoch(s) in {info['train_seconds']:.1f}s "
+        f"({info['train_examples_per_s'] or 0:.1f} examples/s); best epoch {info['best_epoch']}"
+        + (f"; stopped early: {info['stop_reason']}" if info.get("stop_reason") else "")
+    )
+    for where, report in ft.drop_report_.items():
+        if report.get("dropped_total"):
+            console.print(f"[yellow]{where}: {report.get('summary', report)}[/yellow]")
+    if ft.run_dir_:
+        console.print(f"run record: {ft.run_dir_}")
+
+
+@app.command()
+def fit(
+    data: Annotated[Path, typer.Argument(help="Labeled data: CSV, TSV, Parquet or JSONL.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Column holding the labels.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Settings as key=value (e.g. lr=3e-5).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column (inferred if omitted).")] = None,
+    task: Annotated[str | None, typer.Option(help="binary, multiclass or regression (inferred).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone name or local model folder.")] = None,
+    group_column: Annotated[str | None, typer.Option(help="Keep each group inside one split.")] = None,
+    split_column: Annotated[str | None, typer.Option(help="Column naming each row's split.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Model folder to write.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
+) -> None:
+    """Fine-tune a backbone on DATA, compare with baselines, save the model and a run record."""
+    from tunesmith.estimator import FineTuner
+
+    params = _settings(config, overrides, task=task, backbone=backbone, group_column=group_column,
+                       split_column=split_column)
+    ft = FineTuner(**params).fit(data, target=target, text_column=text_column)
+    print_fit_summary(ft)
+    out = output or (Path(ft.run_dir_) / "model" if ft.run_dir_ else Path("model"))
+    ft.save(out, overwrite=overwrite)
+    console.print(f"model saved to {out}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model folder written by fit.")],
+    data: Annotated[Path, typer.Argument(help="Labeled data to score.")],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Label column (default: as trained).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
+) -> None:
+    """Score a saved model on labeled DATA."""
+    import tunesmith
+    from tunesmith.runs.artifacts import atomic_write_json, json_safe
+
+    ft = tunesmith.load(model)
+    metrics = ft.evaluate(data, target=target)
+    console.print(metrics_table(f"{data.name} ({metrics.get('n', '?')} rows)", {"model": metrics}, ft.schema_.task))
+    dropped = metrics.get("dropped") or {}
+    if dropped.get("dropped_total"):
+        console.print(f"[yellow]{dropped.get('summary')}[/yellow]")
+    if json_out:
+        atomic_write_json(json_out, json_safe(metrics))
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model folder written by fit.")],
+    data: Annotated[Path, typer.Argument(help="Rows to predict: CSV, TSV, Parquet or JSONL.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write predictions (by suffix).")],
+    proba: Annotated[bool, typer.Option("--proba", help="Add a probability column per class.")] = False,
+) -> None:
+    """Predict labels (or values) for DATA and write them beside the input columns."""
+    import numpy as np
+
+    import tunesmith
+    from tunesmith.data.io import read_table, write_table
+
+    ft = tunesmith.load(model)
+    df = read_table(data)
+    ft.set_params(progress=True)
+    ft.config_ = ft.config_.model_copy(update={"progress": True})
+    out = df.copy()
+    if proba and ft.schema_.task != "regression":
+        p = ft.predict_proba(df)
+        out["prediction"] = ft.classes_[np.argmax(p, axis=1)]
+        for i, label in enumerate(ft.schema_.labels or []):
+            out[f"proba_{label}"] = p[:, i]
+    else:
+        out["prediction"] = ft.predict(df)
+    write_table(out, output)
+    console.print(f"wrote {len(out)} predictions to {output}")
+
+
+@app.command()
+def backbones() -> None:
+    """List the registered backbones."""
+    from tunesmith.backbones import list_backbones
+
+    table = Table(title="backbones")
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in list_backbones().items():
+        table.add_row(name, desc)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 2,
+    output: Annotated[Path, typer.Option(help="Where to write the model.")] = Path("runs/demo-model"),
+) -> None:
+    """Fine-tune minilm-l6 on Rotten Tomatoes reviews (fresh/rotten) and compare with baselines."""
+    from tunesmith.datasets import rotten_tomatoes_split
+    from tunesmith.estimator import FineTuner
+
+    train_df, valid_df, test_df = rotten_tomatoes_split(seed=0)
+    console.print(
+        f"Rotten Tomatoes reviews: {len(train_df)} train / {len(valid_df)} valid / {len(test_df)} test "
+        "(fresh vs rotten)"
+    )
+    ft = FineTuner(backbone="minilm-l6", epochs=epochs, run_name="demo")
+    ft.fit(train_df, target="label", text_column="text", eval_set=valid_df, test_set=test_df)
+    print_fit_summary(ft)
+    ft.save(output, overwrite=True)
+    sample = ["A gorgeous, moving film with a terrific cast.", "Tedious, shapeless and far too long."]
+    for text, label in zip(sample, ft.predict(sample), strict=True):
+        console.print(f"  {label:>6}  <- {text}")
+    console.print(f"model saved to {output}; try: tunesmith predict {output} reviews.csv -o predictions.csv")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors become one line and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except TunesmithError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

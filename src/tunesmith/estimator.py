@@ -1,0 +1,823 @@
+"""``FineTuner``: fine-tune a pre-trained backbone on labeled data, the scikit-learn way.
+
+The constructor only stores (and validates) settings; ``fit`` learns; learned state ends
+in ``_``; ``get_params``/``set_params``/``sklearn.base.clone`` work, so searches,
+cross-validation and per-user copies need nothing special.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tunesmith.adapt import (
+    GradualUnfreezer,
+    add_lora,
+    apply_freezing,
+    count_parameters,
+    load_lora_state_dict,
+    lora_state_dict,
+    param_groups,
+)
+from tunesmith.backbones import create_backbone, is_registered
+from tunesmith.backbones.text import TextBackbone, build_from_files
+from tunesmith.config import FIELD_NAMES, FitConfig, config_to_yaml, make_config
+from tunesmith.data.io import file_sha256, read_table
+from tunesmith.data.schema import Schema, infer_schema
+from tunesmith.data.split import split_frame
+from tunesmith.data.validate import DropReport, encode_target, prepare_frame, texts_of
+from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
+from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, tfidf_baseline
+from tunesmith.evaluate.metrics import compute_metrics, metric_direction
+from tunesmith.model import FeatureModel, Head, TextModel
+from tunesmith.runs.artifacts import (
+    AtomicDirectory,
+    atomic_write_json,
+    check_safe_model_dir,
+    json_safe,
+    load_tensors,
+    save_tensors,
+)
+from tunesmith.runs.record import RunRecord, environment_info
+from tunesmith.train.batching import Collator, LengthGroupedBatchSampler, TokenDataset
+from tunesmith.train.callbacks import EarlyStopping, EpochHook, HistoryLogger, ProgressBar, TrainState
+from tunesmith.train.loop import LoopSettings, train
+from tunesmith.train.losses import class_weights, make_loss
+from tunesmith.train.optim import make_optimizer, make_scheduler
+
+FORMAT_VERSION = 1
+DataLike = Any  # a path, a DataFrame, or a sequence of texts
+
+
+class _FeatureDataset(torch.utils.data.Dataset[dict[str, object]]):
+    def __init__(self, features: torch.Tensor, targets: np.ndarray | None) -> None:
+        self.features = features
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        item: dict[str, object] = {"features": self.features[i], "index": i}
+        if self.targets is not None:
+            item["target"] = self.targets[i]
+        return item
+
+
+def _collate_features(regression: bool):  # type: ignore[no-untyped-def]
+    def collate(batch: list[dict[str, object]]) -> dict[str, torch.Tensor]:
+        out = {
+            "features": torch.stack([b["features"] for b in batch]),  # type: ignore[misc]
+            "index": torch.as_tensor([b["index"] for b in batch], dtype=torch.long),
+        }
+        if "target" in batch[0]:
+            dtype = torch.float32 if regression else torch.long
+            out["target"] = torch.as_tensor(np.asarray([b["target"] for b in batch]), dtype=dtype)
+        return out
+
+    return collate
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=True)
+
+
+def _restore_label_values(labels: Sequence[str], values: Sequence[Any]) -> np.ndarray:
+    """Labels back in the user's type: ints stay ints, booleans stay booleans."""
+    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
+        return np.asarray([lbl.lower() == "true" for lbl in labels])
+    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return np.asarray([int(lbl) for lbl in labels])
+    return np.asarray(list(labels), dtype=object)
+
+
+class FineTuner:
+    """Fine-tune a pre-trained text backbone on a labeled table.
+
+    Every keyword is a setting of :class:`tunesmith.config.FitConfig` (see ``docs/config.md``);
+    unknown or conflicting settings raise :class:`tunesmith.errors.ConfigError` here, at
+    construction, not halfway through a run.
+
+    Examples
+    --------
+    >>> ft = FineTuner(backbone="tiny-text", epochs=1, runs_dir="")  # doctest: +SKIP
+    >>> ft.fit("reviews.csv", target="label").predict(["great film"])  # doctest: +SKIP
+    """
+
+    def __init__(self, **params: Any) -> None:
+        make_config(params)
+        self._params: dict[str, Any] = dict(params)
+
+    # --- scikit-learn estimator protocol -----------------------------------------------
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Every setting, as passed or defaulted (the estimator protocol)."""
+        defaults = FitConfig.model_fields
+        return {name: self._params.get(name, defaults[name].default) for name in FIELD_NAMES}
+
+    def set_params(self, **params: Any) -> FineTuner:
+        """Change settings; the whole set is validated again before anything changes."""
+        merged = {**self._params, **params}
+        make_config(merged)
+        self._params = merged
+        return self
+
+    @property
+    def config(self) -> FitConfig:
+        """The validated settings."""
+        return make_config(self._params)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"FineTuner({shown})"
+
+    def __sklearn_tags__(self) -> Any:  # pragma: no cover - only used by sklearn utilities
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=True))
+
+    # --- data ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _frame(
+        X: DataLike, y: Any = None, target: str | None = None, *, role: str = "data"
+    ) -> tuple[pd.DataFrame, str | None, str | None]:
+        """(frame, target column, file name) from a path, a DataFrame or texts + labels."""
+        file: str | None = None
+        if isinstance(X, (str, os.PathLike)) and not (isinstance(X, str) and "\n" in X):
+            file = str(X)
+            df = read_table(X)
+        elif isinstance(X, pd.DataFrame):
+            df = X
+        elif isinstance(X, pd.Series) or (isinstance(X, Sequence) and not isinstance(X, str)) or isinstance(
+            X, np.ndarray
+        ):
+            df = pd.DataFrame({"text": list(X)})
+        else:
+            raise DataError(
+                f"{role} must be a file path, a pandas DataFrame or a list of texts, got {type(X).__name__}"
+            )
+        if y is not None:
+            if target is not None:
+                raise ConfigError("give either y or target, not both", key="target")
+            if len(y) != len(df):
+                raise DataError(f"{role} has {len(df)} rows but y has {len(y)} values", file=file)
+            df = df.copy()
+            target = "target" if "target" not in df.columns else "__target__"
+            df[target] = list(y)
+        return df, target, file
+
+    def _prepare(self, df: pd.DataFrame, file: str | None) -> tuple[pd.DataFrame, DropReport]:
+        assert self.schema_ is not None
+        return prepare_frame(df, self.schema_, file=file)
+
+    # --- fitting ---------------------------------------------------------------------------
+
+    def fit(
+        self,
+        X: DataLike,
+        y: Any = None,
+        *,
+        target: str | None = None,
+        text_column: str | list[str] | None = None,
+        eval_set: DataLike | None = None,
+        test_set: DataLike | None = None,
+    ) -> FineTuner:
+        """Fine-tune on ``X`` and score the result and the baselines on a held-out test split.
+
+        ``X`` is a file (CSV, TSV, Parquet, JSONL), a DataFrame with a ``target`` column, or a
+        list of texts with labels ``y``. Without ``eval_set``, ``X`` is split into train,
+        validation and test by ``valid_size``/``test_size`` (grouped by ``group_column`` or
+        following ``split_column`` when set). With ``eval_set`` all of ``X`` trains and
+        ``test_set`` (optional) is the test split.
+        """
+        params = dict(self._params)
+        if text_column is not None:
+            params["text_column"] = text_column
+        cfg = make_config(params)
+        started = time.perf_counter()
+        torch.set_num_threads(cfg.num_threads or max(1, os.cpu_count() or 1))
+
+        df, target_col, file = self._frame(X, y, target)
+        if target_col is None:
+            raise ConfigError("no target given", key="target", hint="Pass target='column' (CLI: --target COL)")
+        task = None if cfg.task == "auto" else cfg.task
+        schema = infer_schema(df, target_col, text_column=cfg.text_column, task=task, file=file)
+        self.schema_: Schema | None = schema
+        raw_target = df[target_col]  # before labels become strings, to give predictions back in the user's type
+        df, drops = prepare_frame(df, schema, file=file)
+        drop_reports = {"data": drops.to_dict()}
+
+        if eval_set is None:
+            if test_set is not None:
+                raise ConfigError("test_set needs eval_set too", key="test_set")
+            parts = split_frame(
+                df, target=schema.target, task=schema.task, valid_size=cfg.valid_size, test_size=cfg.test_size,
+                seed=cfg.seed, group_column=cfg.group_column, split_column=cfg.split_column, file=file,
+            )
+            train_df, valid_df, test_df = parts.train, parts.valid, parts.test
+            split_info: dict[str, Any] = {"strategy": parts.strategy, "notes": list(parts.notes)}
+        else:
+            train_df = df
+            vdf, _, vfile = self._frame(eval_set, None, None, role="eval_set")
+            valid_df, vdrops = prepare_frame(vdf, schema, file=vfile)
+            drop_reports["eval_set"] = vdrops.to_dict()
+            if test_set is not None:
+                tdf, _, tfile = self._frame(test_set, None, None, role="test_set")
+                test_df, tdrops = prepare_frame(tdf, schema, file=tfile)
+                drop_reports["test_set"] = tdrops.to_dict()
+            else:
+                test_df = train_df.iloc[:0]
+            split_info = {"strategy": "given", "notes": []}
+        if len(train_df) == 0:
+            raise DataError("no rows left to train on after splitting", file=file,
+                            hint="Lower valid_size/test_size or give more data")
+
+        labels = list(schema.labels or [])
+        regression = schema.task == "regression"
+        y_train = encode_target(train_df[schema.target], schema, file=file)
+        y_valid = encode_target(valid_df[schema.target], schema, file=file) if len(valid_df) else None
+        y_test = encode_target(test_df[schema.target], schema, file=file) if len(test_df) else None
+        if not regression and len(np.unique(y_train)) < 2:
+            raise DataError("the training split holds only one class", file=file, column=schema.target,
+                            hint="Give more rows of the rarer classes or lower valid_size/test_size")
+        original = raw_target if not regression else None
+        self.label_values_ = self._label_values(labels, original)
+        self.classes_ = _restore_label_values(labels, self.label_values_) if not regression else None
+
+        texts_train = texts_of(train_df, schema)
+        texts_valid = texts_of(valid_df, schema) if len(valid_df) else []
+        texts_test = texts_of(test_df, schema) if len(test_df) else []
+
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        set_seed(cfg.seed)
+        backbone = create_backbone(cfg.backbone, pooling=cfg.pooling)
+        self._backbone_origin = cfg.backbone
+        ids_train = backbone.tokenize(texts_train, cfg.max_length)
+        ids_valid = backbone.tokenize(texts_valid, cfg.max_length) if texts_valid else []
+        ids_test = backbone.tokenize(texts_test, cfg.max_length) if texts_test else []
+
+        # Regression targets are standardised for training (a stable loss scale whatever
+        # the units); predictions are mapped back.
+        if regression:
+            mean, std = float(np.mean(y_train)), float(np.std(y_train)) or 1.0
+            self.target_scaling_: dict[str, float] | None = {"mean": mean, "std": std}
+        else:
+            mean, std = 0.0, 1.0
+            self.target_scaling_ = None
+
+        def scale(v: np.ndarray | None) -> np.ndarray | None:
+            return None if v is None else ((v - mean) / std).astype(np.float32) if regression else v
+
+        is_main = accelerator.is_main_process
+        record: RunRecord | None = None
+        if cfg.runs_dir and is_main:
+            record = RunRecord.create(cfg.runs_dir, cfg.run_name or f"{Path(file).stem if file else 'fit'}")
+            record.write_config(cfg.model_dump(mode="json"))
+
+        # --- baselines, on the same test split, from the untouched pre-trained backbone ---------
+        baselines: dict[str, dict[str, Any]] = {}
+        frozen_cache: dict[str, torch.Tensor] = {}
+        need_features = cfg.strategy == "head_only"
+        if (cfg.baselines and y_test is not None and is_main) or need_features:
+            feats_train = self._embed(backbone, ids_train, cfg, "embedding train split")
+            frozen_cache["train"] = feats_train
+            if cfg.baselines and y_test is not None and is_main:
+                feats_test = self._embed(backbone, ids_test, cfg, "embedding test split")
+                frozen_cache["test"] = feats_test
+                n_classes = len(labels) if not regression else None
+                baselines["majority"] = majority_baseline(y_train, y_test, schema.task, n_classes, labels=labels)
+                baselines["tfidf"] = tfidf_baseline(
+                    texts_train, y_train, texts_test, y_test, schema.task, n_classes, seed=cfg.seed, labels=labels
+                )
+                baselines["frozen"] = embedding_baseline(
+                    feats_train.numpy(), y_train, feats_test.numpy(), y_test, schema.task, n_classes,
+                    seed=cfg.seed, labels=labels,
+                )
+            if need_features and ids_valid:
+                frozen_cache["valid"] = self._embed(backbone, ids_valid, cfg, "embedding valid split")
+
+        # --- model, adaptation and optimisation --------------------------------------------
+        n_outputs = 1 if regression else len(labels)
+        if cfg.strategy == "lora":
+            add_lora(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+        set_seed(cfg.seed)
+        model = TextModel(backbone, n_outputs, cfg.dropout)
+        prefix = apply_freezing(backbone, strategy=cfg.strategy, freeze_embeddings=cfg.freeze_embeddings,
+                                freeze_layers=cfg.freeze_layers)
+        weight = None if regression else class_weights(cfg.class_weight, y_train, labels)
+        loss_fn = make_loss(cfg.loss, schema.task, label_smoothing=cfg.label_smoothing,
+                            focal_gamma=cfg.focal_gamma, huber_delta=cfg.huber_delta, weight=weight)
+
+        if cfg.strategy == "head_only":
+            trained: torch.nn.Module = FeatureModel(model.head)
+            groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr or cfg.lr,
+                       "weight_decay": cfg.weight_decay, "name": "head"}]
+            train_set: torch.utils.data.Dataset[Any] = _FeatureDataset(frozen_cache["train"], scale(y_train))
+            valid_set = _FeatureDataset(frozen_cache["valid"], scale(y_valid)) if "valid" in frozen_cache else None
+            collate = _collate_features(regression)
+            train_lengths = np.ones(len(ids_train), dtype=np.int64)
+            valid_lengths = np.ones(len(ids_valid), dtype=np.int64)
+        else:
+            trained = model
+            groups = param_groups(backbone, model.head, lr=cfg.lr, head_lr=cfg.head_lr,
+                                  weight_decay=cfg.weight_decay, layer_lr_decay=cfg.layer_lr_decay)
+            train_set = TokenDataset(ids_train, scale(y_train))
+            valid_set = TokenDataset(ids_valid, scale(y_valid)) if ids_valid else None
+            collate = Collator(backbone.pad_id, regression=regression)
+            train_lengths = train_set.lengths
+            valid_lengths = valid_set.lengths if valid_set is not None else np.zeros(0, dtype=np.int64)
+        optimizer = make_optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum)
+
+        def sched(opt: torch.optim.Optimizer, total: int) -> Any:
+            return make_scheduler(opt, cfg.scheduler, total_steps=total, warmup_ratio=cfg.warmup_ratio)
+
+        def valid_metrics(targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+            return self._metrics_from_outputs(schema.task, targets, outputs, labels, mean, std)
+
+        monitor = cfg.monitor if cfg.monitor != "auto" else ("rmse" if regression else "f1_macro")
+        mode = metric_direction(monitor)
+        callbacks: list[Any] = []
+        if y_valid is not None and len(y_valid):
+            callbacks.append(EarlyStopping(
+                monitor, mode, patience=cfg.patience, min_delta=cfg.min_delta, restore_best=cfg.restore_best,
+                stop=cfg.early_stopping,
+                state_fn=lambda: accelerator.unwrap_model(trained).state_dict(),
+                load_fn=lambda s: accelerator.unwrap_model(trained).load_state_dict(s),
+            ))
+        if cfg.gradual_unfreeze and cfg.strategy == "full":
+            unfreezer = GradualUnfreezer(backbone, frozen_prefix=prefix)
+
+            def unfreeze(state: TrainState) -> None:
+                state.extra["trainable_layer_groups"] = unfreezer.apply(state.epoch)
+
+            callbacks.append(EpochHook(unfreeze))
+        if cfg.progress and is_main:
+            callbacks.append(ProgressBar(f"fine-tuning {cfg.backbone} ({cfg.strategy})"))
+        if record is not None:
+            callbacks.append(HistoryLogger(record.log_epoch))
+
+        trainable, total = count_parameters(model)
+        settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                                grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip, seed=cfg.seed,
+                                length_bucketing=cfg.length_bucketing)
+        train_started = time.perf_counter()
+        with _deterministic(cfg.deterministic):
+            state = train(
+                trained, train_set=train_set, train_lengths=train_lengths, valid_set=valid_set,
+                valid_lengths=valid_lengths, valid_targets=scale(y_valid), collate=collate, loss_fn=loss_fn,
+                optimizer=optimizer, make_scheduler=sched, settings=settings, accelerator=accelerator,
+                valid_metrics=valid_metrics, callbacks=callbacks,
+            )
+        train_seconds = time.perf_counter() - train_started
+        model.eval()
+        set_trainable_all(model, False)
+        self.model_: TextModel | None = model
+        self.backbone_ = backbone
+        self.config_ = cfg
+        self.n_outputs_ = n_outputs
+        self.history_ = state.history
+        self.best_epoch_ = state.best_epoch
+        self.stop_reason_ = state.stop_reason
+        self.train_seconds_ = train_seconds
+        self.train_examples_ = state.examples_seen
+        self.n_parameters_ = {"trainable": trainable, "total": total}
+        self.drop_report_ = drop_reports
+        self.split_sizes_ = {"train": len(train_df), "valid": len(valid_df), "test": len(test_df)}
+        self.split_info_ = split_info
+
+        # --- test evaluation -----------------------------------------------------------------
+        self.test_metrics_: dict[str, Any] | None = None
+        if y_test is not None and len(y_test):
+            if cfg.strategy == "head_only" and "test" in frozen_cache:
+                outputs = self._outputs_from_features(frozen_cache["test"])
+            else:
+                outputs = self._outputs_from_ids(ids_test, progress=False)
+            self.test_metrics_ = self._metrics_from_outputs(schema.task, scale(y_test), outputs, labels, mean, std)
+            self._test_outputs = outputs
+            self._y_test = y_test
+        self.baseline_metrics_ = baselines
+        self.data_info_ = {
+            "file": Path(file).name if file else None,
+            "sha256": file_sha256(file) if file else _frame_sha256(df),
+            "rows": {"after_cleaning": len(df), **self.split_sizes_},
+            "dropped": drop_reports,
+            "split": split_info,
+            "target": schema.target,
+            "text_columns": list(schema.text_columns),
+        }
+        self.training_info_ = {
+            "epochs_run": len(state.history),
+            "best_epoch": state.best_epoch,
+            "monitor": f"valid_{monitor}",
+            "stopped_early": state.stop_reason is not None,
+            "stop_reason": state.stop_reason,
+            "train_seconds": train_seconds,
+            "train_examples": state.examples_seen,
+            "train_examples_per_s": state.examples_seen / train_seconds if train_seconds > 0 else None,
+            "total_seconds": time.perf_counter() - started,
+            "parameters": self.n_parameters_,
+        }
+        self.run_dir_ = None
+        if record is not None:
+            self._write_record(record)
+            self.run_dir_ = record.path
+        accelerator.wait_for_everyone()
+        return self
+
+    # --- internals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _label_values(labels: Sequence[str], original: pd.Series | None) -> list[Any]:
+        if original is None:
+            return []
+        by_label: dict[str, Any] = {}
+        for value in original.dropna().unique():
+            key = str(value)
+            if isinstance(value, (float, np.floating)) and float(value).is_integer():
+                key, value = str(int(value)), int(value)
+            by_label.setdefault(key, value.item() if isinstance(value, np.generic) else value)
+        return [by_label.get(lbl, lbl) for lbl in labels]
+
+    @staticmethod
+    def _metrics_from_outputs(
+        task: str, targets: np.ndarray, outputs: np.ndarray, labels: Sequence[str], mean: float, std: float
+    ) -> dict[str, Any]:
+        if task == "regression":
+            return compute_metrics(task, targets * std + mean, outputs[:, 0] * std + mean)
+        proba = torch.softmax(torch.as_tensor(outputs, dtype=torch.float32), dim=-1).numpy()
+        return compute_metrics(task, targets, proba, labels)
+
+    def _embed(self, backbone: TextBackbone, ids: list[list[int]], cfg: FitConfig, what: str) -> torch.Tensor:
+        """Pooled vectors of the backbone as it is (pre-trained, frozen)."""
+        out = self._run_batches(backbone, ids, cfg.eval_batch_size, backbone.pad_id,
+                                progress=cfg.progress, description=what)
+        return torch.as_tensor(out)
+
+    @staticmethod
+    def _run_batches(
+        module: torch.nn.Module, ids: list[list[int]], batch_size: int, pad_id: int, *, progress: bool,
+        description: str,
+    ) -> np.ndarray:
+        """Run ``module`` over token ids in length-sorted batches; results in input order."""
+        dataset = TokenDataset(ids)
+        sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=False)
+        collate = Collator(pad_id)
+        results: list[np.ndarray] = []
+        order: list[np.ndarray] = []
+        was_training = module.training
+        module.eval()
+        bar = _progress(description, len(sampler), enabled=progress and len(sampler) > 2)
+        with torch.inference_mode(), bar as advance:
+            for idx in sampler:
+                batch = collate([dataset[i] for i in idx])
+                out = module(batch["input_ids"], batch["attention_mask"])
+                results.append(out.float().numpy())
+                order.append(np.asarray(idx))
+                advance()
+        module.train(was_training)
+        if not results:
+            return np.zeros((0, 0), dtype=np.float32)
+        stacked = np.concatenate(results)
+        final = np.empty_like(stacked)
+        final[np.concatenate(order)] = stacked
+        return final
+
+    def _outputs_from_ids(self, ids: list[list[int]], *, progress: bool) -> np.ndarray:
+        assert self.model_ is not None
+        cfg = self.config_
+        return self._run_batches(self.model_, ids, cfg.eval_batch_size, self.backbone_.pad_id,
+                                 progress=progress, description="predicting")
+
+    def _outputs_from_features(self, features: torch.Tensor) -> np.ndarray:
+        assert self.model_ is not None
+        with torch.inference_mode():
+            return self.model_.head(features).float().numpy()
+
+    def _check_fitted(self) -> None:
+        if getattr(self, "model_", None) is None:
+            raise NotFittedError("this FineTuner is not fitted yet", hint="Call fit() first or tunesmith.load() a model")
+
+    def _texts_for_prediction(self, X: DataLike) -> tuple[list[str], pd.DataFrame, str | None]:
+        assert self.schema_ is not None
+        df, _, file = self._frame(X, None, None, role="data")
+        if list(df.columns) == ["text"] and list(self.schema_.text_columns) != ["text"]:
+            df = df.rename(columns={"text": self.schema_.text_columns[0]})
+        missing = [c for c in self.schema_.text_columns if c not in df.columns]
+        if missing:
+            raise DataError(
+                f"column {missing[0]!r} used in training is missing",
+                file=file, column=missing[0], hint=f"Columns present: {', '.join(map(str, df.columns))}",
+            )
+        blank = pd.Series(True, index=df.index)
+        for col in self.schema_.text_columns:
+            blank &= df[col].isna() | df[col].astype(str).str.strip().eq("")
+        if blank.any():
+            rows = (np.flatnonzero(blank.to_numpy()) + 1)[:10].tolist()
+            warnings.warn(
+                f"{int(blank.sum())} row(s) have no text (rows {rows}); they are predicted from an empty text",
+                stacklevel=3,
+            )
+        filled = df.copy()
+        for col in self.schema_.text_columns:
+            filled[col] = filled[col].fillna("")
+        for col in (*self.schema_.numeric_columns, *self.schema_.categorical_columns):
+            if col not in filled.columns:
+                filled[col] = np.nan
+        return texts_of(filled, self.schema_), df, file
+
+    def _predict_outputs(self, X: DataLike) -> np.ndarray:
+        self._check_fitted()
+        texts, _, _ = self._texts_for_prediction(X)
+        ids = self.backbone_.tokenize(texts, self.config_.max_length)
+        return self._outputs_from_ids(ids, progress=self.config_.progress and len(ids) >= 2048)
+
+    # --- prediction ------------------------------------------------------------------------
+
+    def predict_proba(self, X: DataLike) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)``, columns in the order of ``classes_``."""
+        self._check_fitted()
+        if self.schema_ is not None and self.schema_.task == "regression":
+            raise ConfigError("predict_proba is for classification; this model does regression", key="task")
+        outputs = self._predict_outputs(X)
+        return torch.softmax(torch.as_tensor(outputs), dim=-1).numpy()
+
+    def predict(self, X: DataLike) -> np.ndarray:
+        """Predicted labels (in the target's own type) or values for regression."""
+        self._check_fitted()
+        outputs = self._predict_outputs(X)
+        if self.schema_ is not None and self.schema_.task == "regression":
+            s = self.target_scaling_ or {"mean": 0.0, "std": 1.0}
+            return outputs[:, 0] * s["std"] + s["mean"]
+        assert self.classes_ is not None
+        return self.classes_[outputs.argmax(axis=1)]
+
+    def evaluate(self, X: DataLike, y: Any = None, *, target: str | None = None) -> dict[str, Any]:
+        """Metrics on labeled data; a label never seen in training is an error naming its row."""
+        self._check_fitted()
+        assert self.schema_ is not None
+        df, target_col, file = self._frame(X, y, target or self.schema_.target)
+        if target_col not in df.columns:
+            raise DataError(f"target column {target_col!r} is missing", file=file, column=target_col,
+                            hint="Pass --target with the column holding the labels")
+        schema = self.schema_
+        if target_col != schema.target:
+            df = df.rename(columns={target_col: schema.target})
+        df, drops = prepare_frame(df, schema, file=file)
+        y_true = encode_target(df[schema.target], schema, file=file)
+        texts = texts_of(df, schema)
+        ids = self.backbone_.tokenize(texts, self.config_.max_length)
+        outputs = self._outputs_from_ids(ids, progress=self.config_.progress and len(ids) >= 2048)
+        s = self.target_scaling_ or {"mean": 0.0, "std": 1.0}
+        y_scaled = (y_true - s["mean"]) / s["std"] if schema.task == "regression" else y_true
+        metrics = self._metrics_from_outputs(schema.task, y_scaled, outputs, list(schema.labels or []),
+                                             s["mean"], s["std"])
+        metrics["dropped"] = drops.to_dict()
+        return metrics
+
+    def score(self, X: DataLike, y: Any = None, *, target: str | None = None) -> float:
+        """Accuracy for classification, R² for regression (the scikit-learn convention)."""
+        metrics = self.evaluate(X, y, target=target)
+        key = "r2" if self.schema_ is not None and self.schema_.task == "regression" else "accuracy"
+        return float(metrics[key])
+
+    # --- records and artifacts ---------------------------------------------------------------
+
+    def _report_info(self) -> dict[str, Any]:
+        cfg = self.config_
+        assert self.schema_ is not None
+        return {
+            "title": f"{cfg.backbone} fine-tuned on {self.data_info_.get('file') or 'a DataFrame'}",
+            "task": self.schema_.task,
+            "backbone": cfg.backbone,
+            "strategy": cfg.strategy,
+            "labels": list(self.schema_.labels or []),
+            "metrics": self.test_metrics_ or {},
+            "baselines": self.baseline_metrics_,
+            "config": cfg.model_dump(mode="json"),
+            "data": self.data_info_,
+            "training": self.training_info_,
+            "environment": environment_info(seed=cfg.seed),
+        }
+
+    def _write_record(self, record: RunRecord) -> None:
+        from tunesmith.runs.plots import plot_confusion_matrix, plot_learning_curves, plot_residuals
+        from tunesmith.runs.report import render_report
+
+        info = self._report_info()
+        record.write_data(self.data_info_)
+        record.write_environment(seed=self.config_.seed)
+        record.write_json("metrics.json", {"test": self.test_metrics_, "baselines": self.baseline_metrics_,
+                                           "training": self.training_info_})
+        images: dict[str, str] = {}
+        if self.history_:
+            plot_learning_curves(self.history_, record.path / "learning_curves.png")
+            images["learning_curves"] = "learning_curves.png"
+        if self.test_metrics_ and "confusion_matrix" in self.test_metrics_:
+            plot_confusion_matrix(self.test_metrics_["confusion_matrix"], list(self.schema_.labels or []),
+                                  record.path / "confusion_matrix.png")
+            images["confusion_matrix"] = "confusion_matrix.png"
+        elif self.test_metrics_ and getattr(self, "_y_test", None) is not None:
+            s = self.target_scaling_ or {"mean": 0.0, "std": 1.0}
+            plot_residuals(self._y_test, self._test_outputs[:, 0] * s["std"] + s["mean"],
+                           record.path / "residuals.png")
+            images["residuals"] = "residuals.png"
+        info["images"] = images
+        record.write_text("report.md", render_report(info))
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the model folder: ``model.safetensors``, ``tunesmith.json``, tokenizer files, ``card.md``.
+
+        Full fine-tunes store every weight; head-only and LoRA models store only what was
+        trained (head, adapters) plus a fingerprint of the pre-trained weights they need.
+        The folder appears whole or not at all.
+        """
+        self._check_fitted()
+        assert self.model_ is not None and self.schema_ is not None
+        from tunesmith.runs.report import render_report
+
+        cfg = self.config_
+        strategy = cfg.strategy
+        tensors: dict[str, torch.Tensor] = {}
+        if strategy == "full":
+            tensors.update(self.model_.state_dict())
+            weights = "full"
+        else:
+            tensors.update({f"head.{k}": v for k, v in self.model_.head.state_dict().items()})
+            if strategy == "lora":
+                tensors.update({f"lora.{k}": v for k, v in lora_state_dict(self.backbone_).items()})
+            weights = "base"
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "tunesmith_version": _version(),
+            "task": self.schema_.task,
+            "schema": self.schema_.to_dict(),
+            "labels": list(self.schema_.labels or []),
+            "label_values": self.label_values_,
+            "target_scaling": self.target_scaling_,
+            "n_outputs": self.n_outputs_,
+            "backbone": {
+                "name": self._backbone_origin,
+                "fingerprint": self.backbone_.fingerprint,
+                "weights": weights,
+                "pooling": self.backbone_.pooling,
+                "hidden_size": self.backbone_.hidden_size,
+            },
+            "config": cfg.model_dump(mode="json"),
+            "metrics": self.test_metrics_,
+            "baselines": self.baseline_metrics_,
+            "training": self.training_info_,
+            "data": self.data_info_,
+            "history": self.history_,
+            "environment": environment_info(seed=cfg.seed),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        final = Path(path)
+        with AtomicDirectory(final, overwrite=overwrite) as tmp:
+            tmp = Path(tmp)
+            save_tensors(tmp / "model.safetensors", tensors, {"format": "tunesmith", "weights": weights})
+            self.backbone_.save_files(tmp)
+            atomic_write_json(tmp / "tunesmith.json", json_safe(meta))
+            (tmp / "config.yaml").write_text(config_to_yaml(cfg))
+            (tmp / "card.md").write_text(render_report(self._report_info()))
+        return final
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FineTuner:
+        """Load a model folder written by :meth:`save`; refuses folders holding pickle files."""
+        folder = Path(path)
+        check_safe_model_dir(folder)
+        try:
+            meta = json.loads((folder / "tunesmith.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"tunesmith.json cannot be read: {exc}", path=folder) from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"model format version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})",
+                path=folder, hint="Re-save the model with this tunesmith version",
+            )
+        cfg = make_config(meta["config"])
+        info = meta["backbone"]
+        tensors = load_tensors(folder / "model.safetensors")
+        if info["weights"] == "full":
+            backbone = build_from_files(folder, name=info["name"], pooling=info["pooling"],
+                                        fingerprint=info["fingerprint"])
+        else:
+            name = info["name"]
+            if not is_registered(name) and not Path(name).exists():
+                raise ArtifactError(
+                    f"this model stores only its head/adapters and needs the backbone {name!r}, which is not here",
+                    path=folder, hint="Install or give the same pre-trained backbone, or save a full fine-tune",
+                )
+            backbone = create_backbone(name, pooling=info["pooling"])
+            if backbone.fingerprint != info["fingerprint"]:
+                raise ArtifactError(
+                    f"backbone {name!r} has different weights from the ones this model was trained on",
+                    path=folder, hint="Use the same version of the pre-trained model",
+                )
+            if cfg.strategy == "lora":
+                add_lora(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         targets=cfg.lora_targets)
+                load_lora_state_dict(backbone, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
+        model = TextModel(backbone, int(meta["n_outputs"]), cfg.dropout)
+        try:
+            if info["weights"] == "full":
+                model.load_state_dict(tensors, strict=True)
+            else:
+                model.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        except RuntimeError as exc:
+            raise ArtifactError(f"weights do not match the architecture: {str(exc).splitlines()[0]}",
+                                path=folder) from None
+        model.eval()
+        set_trainable_all(model, False)
+        est = cls(**{k: v for k, v in meta["config"].items() if v != FitConfig.model_fields[k].default})
+        est.model_ = model
+        est.backbone_ = backbone
+        est.config_ = cfg
+        est._backbone_origin = info["name"]
+        est.schema_ = Schema.from_dict(meta["schema"])
+        est.label_values_ = list(meta.get("label_values") or [])
+        labels = list(meta.get("labels") or [])
+        est.classes_ = _restore_label_values(labels, est.label_values_) if meta["task"] != "regression" else None
+        est.target_scaling_ = meta.get("target_scaling")
+        est.n_outputs_ = int(meta["n_outputs"])
+        est.test_metrics_ = meta.get("metrics")
+        est.baseline_metrics_ = meta.get("baselines") or {}
+        est.training_info_ = meta.get("training") or {}
+        est.data_info_ = meta.get("data") or {}
+        est.history_ = meta.get("history") or []
+        est.best_epoch_ = est.training_info_.get("best_epoch")
+        est.model_path_ = folder
+        return est
+
+
+def set_trainable_all(module: torch.nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _frame_sha256(df: pd.DataFrame) -> str:
+    import hashlib
+
+    hashed = pd.util.hash_pandas_object(df.drop(columns=["__row__"], errors="ignore"), index=False)
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
+
+
+def _version() -> str:
+    from tunesmith import __version__
+
+    return __version__
+
+
+class _NullBar:
+    def __enter__(self) -> Any:
+        return lambda: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _RichBar:
+    def __init__(self, description: str, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("eta"), TimeRemainingColumn(), transient=True)
+        self.task = self.progress.add_task(description, total=total)
+
+    def __enter__(self) -> Any:
+        self.progress.start()
+        return lambda: self.progress.advance(self.task)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _progress(description: str, total: int, *, enabled: bool) -> Any:
+    return _RichBar(description, total) if enabled else _NullBar()
+
+
+def load(path: str | os.PathLike[str]) -> FineTuner:
+    """Load a saved model folder (see :meth:`FineTuner.save`)."""
+    return FineTuner.load(path)
+

@@ -1,0 +1,93 @@
+"""The command line: thin, helpful, and never a stack trace for a user error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tunesmith.cli import main
+
+from .conftest import make_reviews
+
+COMMANDS = ["fit", "evaluate", "predict", "demo", "backbones"]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_on_every_command(command, capsys):
+    try:
+        main([command, "--help"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert "Usage" in capsys.readouterr().out
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    proc = run_cli("fit", str(tmp_path / "nope.csv"), "--target", "label", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "nope.csv" in lines[0]
+
+
+def test_bad_override_names_setting(tmp_path):
+    data = tmp_path / "d.csv"
+    make_reviews(20).to_csv(data, index=False)
+    proc = run_cli("fit", str(data), "-t", "label", "learning_rate=1e-3", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "did you mean 'lr'" in proc.stderr
+
+
+def test_fit_predict_evaluate_roundtrip(tmp_path):
+    data = tmp_path / "reviews.csv"
+    make_reviews(48).to_csv(data, index=False)
+    proc = run_cli("fit", str(data), "--target", "label", "backbone=tiny-text", "epochs=2", "batch_size=8",
+                   "lr=3e-3", "progress=false", "runs_dir=runs", "-o", "model", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TF-IDF" in proc.stdout and "gain over" in proc.stdout
+    model = tmp_path / "model"
+    assert (model / "model.safetensors").is_file()
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "report.md").is_file()
+
+    unlabeled = tmp_path / "new.jsonl"
+    make_reviews(10, seed=3)[["text"]].to_json(unlabeled, orient="records", lines=True)
+    out = tmp_path / "pred.parquet"
+    proc = run_cli("predict", str(model), str(unlabeled), "-o", str(out), "--proba", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pred = pd.read_parquet(out)
+    assert len(pred) == 10 and {"prediction", "proba_neg", "proba_pos"} <= set(pred.columns)
+
+    proc = run_cli("evaluate", str(model), str(data), "--json", str(tmp_path / "m.json"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 48
+
+
+def test_evaluate_unseen_label_is_clear(tmp_path):
+    data = tmp_path / "reviews.csv"
+    make_reviews(32).to_csv(data, index=False)
+    assert run_cli("fit", str(data), "-t", "label", "backbone=tiny-text", "epochs=1", "progress=false",
+                   "baselines=false", "runs_dir=", "-o", "m", cwd=tmp_path).returncode == 0
+    bad = make_reviews(6)
+    bad.loc[2, "label"] = "meh"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    proc = run_cli("evaluate", "m", "bad.csv", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "bad.csv" in proc.stderr and "row 3" in proc.stderr and "'meh'" in proc.stderr
+
+
+def test_load_missing_model_folder(tmp_path):
+    proc = run_cli("predict", str(tmp_path / "none"), "x.csv", "-o", "y.csv", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "none" in proc.stderr
