@@ -319,3 +319,13 @@ def test_a_column_named_text_is_always_text() -> None:
     assert infer_schema(words, "y").text_columns == ("text",)
     short = pd.DataFrame({"text": ["good", "bad"] * 15, "y": [1, 0] * 15})
     assert infer_schema(short, "y").text_columns == ("text",)
+
+
+def test_example_rows_are_capped_and_summary_stays_short() -> None:
+    df = frame([None] * 30 + ["a", "b"])
+    out, report = prepare_frame(df, infer_schema(df, "y"))
+    assert report.missing_target == 30 and len(report.example_rows["missing_target"]) == 20
+    assert report.summary() == "dropped 30 of 32 rows: 30 missing target (rows 1, 2, 3, 4, 5, ...)"
+    assert out["__row__"].tolist() == [31, 32]
+    with pytest.raises(ConfigError):
+        prepare_frame(df, infer_schema(df, "y"), on_missing_target="skip")  # type: ignore[arg-type]

@@ -219,7 +219,9 @@ class FineTuner:
         if target_col is None:
             raise ConfigError("no target given", key="target", hint="Pass target='column' (CLI: --target COL)")
         task = None if cfg.task == "auto" else cfg.task
-        schema = infer_schema(df, target_col, text_column=cfg.text_column, task=task, file=file)
+        # Group and split columns organise the data; fed to the model they would leak the split.
+        ignore = [c for c in (cfg.group_column, cfg.split_column) if c]
+        schema = infer_schema(df, target_col, text_column=cfg.text_column, task=task, ignore=ignore, file=file)
         self.schema_: Schema | None = schema
         raw_target = df[target_col]  # before labels become strings, to give predictions back in the user's type
         df, drops = prepare_frame(df, schema, file=file)

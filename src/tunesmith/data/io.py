@@ -344,7 +344,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         ) from e
 
 
-def _finish(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _finish(df: pd.DataFrame, path: Path, fmt: str) -> pd.DataFrame:
     names = [str(c).lstrip("\ufeff").strip() for c in df.columns]
     seen: set[str] = set()
     for name in names:
@@ -358,8 +358,9 @@ def _finish(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         seen.add(name)
     df.columns = pd.Index(names)
     if len(df) == 0:
+        only_header = bool(names) and fmt in _SEPARATOR
         raise DataError(
-            "file has no data rows (only a header)" if len(names) else "file has no data rows",
+            "file has no data rows (only a header)" if only_header else "file has no data rows",
             file=path,
             hint="Check that the export finished and that this is the right file",
         )
@@ -392,12 +393,12 @@ def read_table(
     _check_readable(p)
     fmt, compression = detect_format(p, format)
     if fmt == "parquet":
-        return _finish(_read_parquet(p), p)
+        return _finish(_read_parquet(p), p, fmt)
     text = _decode(_read_bytes(p, compression), p, fmt, encoding)
     if not text.strip():
         raise DataError("file has no data rows (it holds only whitespace)", file=p)
     df = _read_delimited(text, p, fmt) if fmt in _SEPARATOR else _read_json(text, p, fmt)
-    return _finish(df, p)
+    return _finish(df, p, fmt)
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
