@@ -15,10 +15,22 @@ import torch
 
 torch.set_num_threads(1)
 
-POSITIVE = ["great fun movie", "best film i love it", "good story and fine acting", "love the plot, great",
-            "fun and good", "a great great film"]
-NEGATIVE = ["awful boring movie", "worst film i hate it", "bad story and dull acting", "hate the plot, awful",
-            "boring and bad", "a dull dull film"]
+POSITIVE = [
+    "great fun movie",
+    "best film i love it",
+    "good story and fine acting",
+    "love the plot, great",
+    "fun and good",
+    "a great great film",
+]
+NEGATIVE = [
+    "awful boring movie",
+    "worst film i hate it",
+    "bad story and dull acting",
+    "hate the plot, awful",
+    "boring and bad",
+    "a dull dull film",
+]
 
 
 def make_reviews(n: int = 48, seed: int = 0) -> pd.DataFrame:

@@ -15,8 +15,17 @@ from tunesmith import FineTuner
 def main(out_prefix: str) -> None:
     import torch.distributed as dist
 
-    ft = FineTuner(backbone="tiny-text", epochs=2, batch_size=8, lr=3e-3, max_length=32, progress=False,
-                   runs_dir="", baselines=False, num_threads=1)
+    ft = FineTuner(
+        backbone="tiny-text",
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        max_length=32,
+        progress=False,
+        runs_dir="",
+        baselines=False,
+        num_threads=1,
+    )
     ft.fit(make_reviews(64), target="label")
     digest = hashlib.sha256()
     for key, value in sorted(ft.model_.state_dict().items()):

@@ -108,7 +108,5 @@ def test_tfidf_regression():
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 5, 120)
     texts = [f"the movie was {words[s]} overall" for s in scores]
-    m = tfidf_baseline(
-        texts[:90], scores[:90].astype(float), texts[90:], scores[90:].astype(float), "regression"
-    )
+    m = tfidf_baseline(texts[:90], scores[:90].astype(float), texts[90:], scores[90:].astype(float), "regression")
     assert m["r2"] > 0.8 and m["model"].endswith("ridge regression")

@@ -20,8 +20,14 @@ COMMANDS = ["fit", "evaluate", "predict", "demo", "backbones"]
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -41,21 +47,45 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and "nope.csv" in lines[0]
 
 
-def test_bad_override_names_setting(tmp_path):
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit status, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_bad_override_names_setting(tmp_path, capsys):
     data = tmp_path / "d.csv"
     make_reviews(20).to_csv(data, index=False)
-    proc = run_cli("fit", str(data), "-t", "label", "learning_rate=1e-3", cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "did you mean 'lr'" in proc.stderr
+    code, _, err = cli(capsys, "fit", str(data), "-t", "label", "learning_rate=1e-3")
+    assert code == 2 and "did you mean 'lr'" in err
 
 
-def test_fit_predict_evaluate_roundtrip(tmp_path):
+def test_fit_predict_evaluate_roundtrip(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     data = tmp_path / "reviews.csv"
     make_reviews(48).to_csv(data, index=False)
-    proc = run_cli("fit", str(data), "--target", "label", "backbone=tiny-text", "epochs=2", "batch_size=8",
-                   "lr=3e-3", "progress=false", "runs_dir=runs", "-o", "model", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "TF-IDF" in proc.stdout and "gain over" in proc.stdout
+    code, out, err = cli(
+        capsys,
+        "fit",
+        str(data),
+        "--target",
+        "label",
+        "backbone=tiny-text",
+        "epochs=2",
+        "batch_size=8",
+        "lr=3e-3",
+        "progress=false",
+        "runs_dir=runs",
+        "-o",
+        "model",
+    )
+    assert code == 0, err[-2000:]
+    assert "TF-IDF" in out and "gain over" in out
     model = tmp_path / "model"
     assert (model / "model.safetensors").is_file()
     runs = list((tmp_path / "runs").iterdir())
@@ -64,13 +94,13 @@ def test_fit_predict_evaluate_roundtrip(tmp_path):
     unlabeled = tmp_path / "new.jsonl"
     make_reviews(10, seed=3)[["text"]].to_json(unlabeled, orient="records", lines=True)
     out = tmp_path / "pred.parquet"
-    proc = run_cli("predict", str(model), str(unlabeled), "-o", str(out), "--proba", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = cli(capsys, "predict", str(model), str(unlabeled), "-o", str(out), "--proba")
+    assert code == 0, err[-2000:]
     pred = pd.read_parquet(out)
     assert len(pred) == 10 and {"prediction", "proba_neg", "proba_pos"} <= set(pred.columns)
 
-    proc = run_cli("evaluate", str(model), str(data), "--json", str(tmp_path / "m.json"), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = cli(capsys, "evaluate", str(model), str(data), "--json", str(tmp_path / "m.json"))
+    assert code == 0, err[-2000:]
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 48
 
@@ -78,8 +108,23 @@ def test_fit_predict_evaluate_roundtrip(tmp_path):
 def test_evaluate_unseen_label_is_clear(tmp_path):
     data = tmp_path / "reviews.csv"
     make_reviews(32).to_csv(data, index=False)
-    assert run_cli("fit", str(data), "-t", "label", "backbone=tiny-text", "epochs=1", "progress=false",
-                   "baselines=false", "runs_dir=", "-o", "m", cwd=tmp_path).returncode == 0
+    assert (
+        run_cli(
+            "fit",
+            str(data),
+            "-t",
+            "label",
+            "backbone=tiny-text",
+            "epochs=1",
+            "progress=false",
+            "baselines=false",
+            "runs_dir=",
+            "-o",
+            "m",
+            cwd=tmp_path,
+        ).returncode
+        == 0
+    )
     bad = make_reviews(6)
     bad.loc[2, "label"] = "meh"
     bad.to_csv(tmp_path / "bad.csv", index=False)

@@ -193,9 +193,7 @@ def test_whitespace_only_file(tmp_path: Path) -> None:
 # --- writing ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", ["o.csv", "o.tsv", "o.parquet", "o.jsonl", "o.json", "o.csv.gz", "o.jsonl.gz"]
-)
+@pytest.mark.parametrize("name", ["o.csv", "o.tsv", "o.parquet", "o.jsonl", "o.json", "o.csv.gz", "o.jsonl.gz"])
 def test_write_read_round_trip(tmp_path: Path, name: str) -> None:
     df = pd.DataFrame({"text": ["a", "b, c", 'é"q\nnew line'], "n": [1.0, 2.5, None]})
     path = write_table(df, tmp_path / "sub" / name)

@@ -85,11 +85,7 @@ def test_groups_never_cross_splits() -> None:
     for seed in range(3):
         result = split_frame(df, target="y", task="binary", group_column="user", seed=seed)
         users = {name: set(part["user"]) for name, part in result.frames().items()}
-        assert not (
-            users["train"] & users["valid"]
-            or users["train"] & users["test"]
-            or users["valid"] & users["test"]
-        )
+        assert not (users["train"] & users["valid"] or users["train"] & users["test"] or users["valid"] & users["test"])
         assert result.strategy == "grouped" and all(result.sizes().values())
         assert result.sizes()["test"] == pytest.approx(23, abs=10)
     again = split_frame(df, target="y", task="binary", group_column="user", seed=2)

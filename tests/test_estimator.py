@@ -62,8 +62,15 @@ def test_same_seed_same_weights(fast_params, reviews):
 def test_run_record_and_report(fast_params, reviews, tmp_path):
     ft = FineTuner(**fast_params).fit(reviews, target="label")
     run = ft.run_dir_
-    for name in ("config.yaml", "data.json", "environment.json", "metrics.jsonl", "report.md",
-                 "learning_curves.png", "confusion_matrix.png"):
+    for name in (
+        "config.yaml",
+        "data.json",
+        "environment.json",
+        "metrics.jsonl",
+        "report.md",
+        "learning_curves.png",
+        "confusion_matrix.png",
+    ):
         assert (run / name).is_file(), name
     lines = (run / "metrics.jsonl").read_text().strip().splitlines()
     assert len(lines) == len(ft.history_)
@@ -81,10 +88,21 @@ def test_run_record_and_report(fast_params, reviews, tmp_path):
         {"strategy": "lora", "lr": 1e-2, "lora_r": 4},
         {"freeze_layers": 1, "freeze_embeddings": True},
         {"gradual_unfreeze": True, "layer_lr_decay": 0.8},
-        {"loss": "focal", "class_weight": "balanced", "optimizer": "sgd", "scheduler": "cosine",
-         "warmup_ratio": 0.1, "grad_accum_steps": 2},
-        {"loss": "cross_entropy", "label_smoothing": 0.1, "optimizer": "rmsprop", "lr": 1e-3,
-         "scheduler": "constant"},
+        {
+            "loss": "focal",
+            "class_weight": "balanced",
+            "optimizer": "sgd",
+            "scheduler": "cosine",
+            "warmup_ratio": 0.1,
+            "grad_accum_steps": 2,
+        },
+        {
+            "loss": "cross_entropy",
+            "label_smoothing": 0.1,
+            "optimizer": "rmsprop",
+            "lr": 1e-3,
+            "scheduler": "constant",
+        },
     ],
     ids=["head_only", "lora", "frozen_prefix", "gradual", "focal_sgd_accum", "smoothing_rmsprop"],
 )
@@ -166,8 +184,12 @@ def test_save_is_atomic_and_refuses_overwrite(fast_params, reviews, tmp_path):
 
 
 def test_group_column_keeps_groups_apart(fast_params, reviews):
-    ft = FineTuner(**{**fast_params, **dict(baselines=False, epochs=1, group_column="user", valid_size=0.25,
-                   test_size=0.25)}).fit(reviews, target="label")
+    ft = FineTuner(
+        **{
+            **fast_params,
+            **dict(baselines=False, epochs=1, group_column="user", valid_size=0.25, test_size=0.25),
+        }
+    ).fit(reviews, target="label")
     assert ft.split_info_["strategy"] == "grouped"
 
 

@@ -85,9 +85,7 @@ def test_multiclass_equals_sklearn_and_tolerates_float32_softmax():
     pred = proba.argmax(1)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
-    assert m["roc_auc"] == pytest.approx(
-        skm.roc_auc_score(y, proba, multi_class="ovr", average="macro"), abs=1e-6
-    )
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro"), abs=1e-6)
     assert m["log_loss"] == pytest.approx(skm.log_loss(y, proba), abs=1e-5)
     assert list(m["per_class"]) == ["x", "y", "z"]
     assert [m["per_class"][c]["support"] for c in "xyz"] == [30, 30, 30]

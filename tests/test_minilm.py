@@ -21,8 +21,14 @@ def test_minilm_one_epoch_on_64_reviews(tmp_path):
 
     train_df, valid_df, test_df = rotten_tomatoes_split(seed=0)
     train_small = train_df.groupby("label", group_keys=False).sample(32, random_state=0)
-    ft = FineTuner(backbone="minilm-l6", epochs=1, batch_size=16, progress=False, runs_dir=str(tmp_path / "runs"),
-                   num_threads=1)
+    ft = FineTuner(
+        backbone="minilm-l6",
+        epochs=1,
+        batch_size=16,
+        progress=False,
+        runs_dir=str(tmp_path / "runs"),
+        num_threads=1,
+    )
     ft.fit(train_small, target="label", text_column="text", eval_set=valid_df.head(32), test_set=test_df.head(64))
     assert ft.n_parameters_["total"] > 22_000_000
     assert ft.history_[0]["train_examples_per_s"] > 0

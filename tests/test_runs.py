@@ -70,9 +70,7 @@ def test_run_record_writes_its_files(tmp_path):
     env = json.loads((rec.path / "environment.json").read_text())
     assert env["seed"] == 7 and env["packages"]["torch"] and env["packages"]["numpy"]
     for i in range(4):
-        rec.log_epoch(
-            {"epoch": i + 1, "train_loss": np.float32(1.0 / (i + 1)), "valid_roc_auc": float("nan")}
-        )
+        rec.log_epoch({"epoch": i + 1, "train_loss": np.float32(1.0 / (i + 1)), "valid_roc_auc": float("nan")})
     lines = (rec.path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
     assert json.loads(lines[0]) == {"epoch": 1, "train_loss": 1.0, "valid_roc_auc": None}
@@ -224,9 +222,7 @@ def _classification_info():
             "file": "reviews.csv",
             "sha256": "0123456789abcdef" * 4,
             "rows": {"after_cleaning": 200, "train": 160, "valid": 20, "test": 20},
-            "dropped": {
-                "data": {"dropped_total": 3, "summary": "3 rows dropped: 2 empty text, 1 missing label"}
-            },
+            "dropped": {"data": {"dropped_total": 3, "summary": "3 rows dropped: 2 empty text, 1 missing label"}},
             "split": {"strategy": "stratified", "notes": []},
             "target": "label",
             "text_columns": ["text"],

@@ -135,8 +135,7 @@ def test_length_grouped_batches_reduce_padding_and_are_reproducible():
 
 def test_early_stopping_restores_best():
     weights = {"w": torch.tensor([0.0])}
-    es = EarlyStopping("loss", "min", patience=2, state_fn=lambda: weights,
-                       load_fn=lambda s: weights.update(s))
+    es = EarlyStopping("loss", "min", patience=2, state_fn=lambda: weights, load_fn=lambda s: weights.update(s))
     state = TrainState(model=torch.nn.Linear(1, 1), epochs=10, steps_per_epoch=1)
     for epoch, (loss, w) in enumerate([(1.0, 1.0), (0.5, 2.0), (0.6, 3.0)]):
         state.epoch = epoch

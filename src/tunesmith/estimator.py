@@ -12,7 +12,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from tunesmith.data.validate import DropReport, encode_target, prepare_frame, te
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, tfidf_baseline
 from tunesmith.evaluate.metrics import compute_metrics, metric_direction
-from tunesmith.model import FeatureModel, Head, TextModel
+from tunesmith.model import FeatureModel, TextModel
 from tunesmith.runs.artifacts import (
     AtomicDirectory,
     atomic_write_json,
@@ -74,7 +74,7 @@ class _FeatureDataset(torch.utils.data.Dataset[dict[str, object]]):
         return item
 
 
-def _collate_features(regression: bool):  # type: ignore[no-untyped-def]
+def _collate_features(regression: bool) -> Callable[[list[dict[str, object]]], dict[str, torch.Tensor]]:
     def collate(batch: list[dict[str, object]]) -> dict[str, torch.Tensor]:
         out = {
             "features": torch.stack([b["features"] for b in batch]),  # type: ignore[misc]
@@ -121,6 +121,8 @@ class FineTuner:
     >>> ft.fit("reviews.csv", target="label").predict(["great film"])  # doctest: +SKIP
     """
 
+    model_path_: Path | None = None
+
     def __init__(self, **params: Any) -> None:
         make_config(params)
         self._params: dict[str, Any] = dict(params)
@@ -166,8 +168,10 @@ class FineTuner:
             df = read_table(X)
         elif isinstance(X, pd.DataFrame):
             df = X
-        elif isinstance(X, pd.Series) or (isinstance(X, Sequence) and not isinstance(X, str)) or isinstance(
-            X, np.ndarray
+        elif (
+            isinstance(X, pd.Series)
+            or (isinstance(X, Sequence) and not isinstance(X, str))
+            or isinstance(X, np.ndarray)
         ):
             df = pd.DataFrame({"text": list(X)})
         else:
@@ -231,8 +235,15 @@ class FineTuner:
             if test_set is not None:
                 raise ConfigError("test_set needs eval_set too", key="test_set")
             parts = split_frame(
-                df, target=schema.target, task=schema.task, valid_size=cfg.valid_size, test_size=cfg.test_size,
-                seed=cfg.seed, group_column=cfg.group_column, split_column=cfg.split_column, file=file,
+                df,
+                target=schema.target,
+                task=schema.task,
+                valid_size=cfg.valid_size,
+                test_size=cfg.test_size,
+                seed=cfg.seed,
+                group_column=cfg.group_column,
+                split_column=cfg.split_column,
+                file=file,
             )
             train_df, valid_df, test_df = parts.train, parts.valid, parts.test
             split_info: dict[str, Any] = {"strategy": parts.strategy, "notes": list(parts.notes)}
@@ -249,8 +260,11 @@ class FineTuner:
                 test_df = train_df.iloc[:0]
             split_info = {"strategy": "given", "notes": []}
         if len(train_df) == 0:
-            raise DataError("no rows left to train on after splitting", file=file,
-                            hint="Lower valid_size/test_size or give more data")
+            raise DataError(
+                "no rows left to train on after splitting",
+                file=file,
+                hint="Lower valid_size/test_size or give more data",
+            )
 
         labels = list(schema.labels or [])
         regression = schema.task == "regression"
@@ -258,8 +272,12 @@ class FineTuner:
         y_valid = encode_target(valid_df[schema.target], schema, file=file) if len(valid_df) else None
         y_test = encode_target(test_df[schema.target], schema, file=file) if len(test_df) else None
         if not regression and len(np.unique(y_train)) < 2:
-            raise DataError("the training split holds only one class", file=file, column=schema.target,
-                            hint="Give more rows of the rarer classes or lower valid_size/test_size")
+            raise DataError(
+                "the training split holds only one class",
+                file=file,
+                column=schema.target,
+                hint="Give more rows of the rarer classes or lower valid_size/test_size",
+            )
         original = raw_target if not regression else None
         self.label_values_ = self._label_values(labels, original)
         self.classes_ = _restore_label_values(labels, self.label_values_) if not regression else None
@@ -310,11 +328,24 @@ class FineTuner:
                 n_classes = len(labels) if not regression else None
                 baselines["majority"] = majority_baseline(y_train, y_test, schema.task, n_classes, labels=labels)
                 baselines["tfidf"] = tfidf_baseline(
-                    texts_train, y_train, texts_test, y_test, schema.task, n_classes, seed=cfg.seed, labels=labels
+                    texts_train,
+                    y_train,
+                    texts_test,
+                    y_test,
+                    schema.task,
+                    n_classes,
+                    seed=cfg.seed,
+                    labels=labels,
                 )
                 baselines["frozen"] = embedding_baseline(
-                    feats_train.numpy(), y_train, feats_test.numpy(), y_test, schema.task, n_classes,
-                    seed=cfg.seed, labels=labels,
+                    feats_train.numpy(),
+                    y_train,
+                    feats_test.numpy(),
+                    y_test,
+                    schema.task,
+                    n_classes,
+                    seed=cfg.seed,
+                    labels=labels,
                 )
             if need_features and ids_valid:
                 frozen_cache["valid"] = self._embed(backbone, ids_valid, cfg, "embedding valid split")
@@ -322,33 +353,64 @@ class FineTuner:
         # --- model, adaptation and optimisation --------------------------------------------
         n_outputs = 1 if regression else len(labels)
         if cfg.strategy == "lora":
-            add_lora(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+            add_lora(
+                backbone,
+                r=cfg.lora_r,
+                alpha=cfg.lora_alpha,
+                dropout=cfg.lora_dropout,
+                targets=cfg.lora_targets,
+            )
         set_seed(cfg.seed)
         model = TextModel(backbone, n_outputs, cfg.dropout)
-        prefix = apply_freezing(backbone, strategy=cfg.strategy, freeze_embeddings=cfg.freeze_embeddings,
-                                freeze_layers=cfg.freeze_layers)
+        prefix = apply_freezing(
+            backbone,
+            strategy=cfg.strategy,
+            freeze_embeddings=cfg.freeze_embeddings,
+            freeze_layers=cfg.freeze_layers,
+        )
         weight = None if regression else class_weights(cfg.class_weight, y_train, labels)
-        loss_fn = make_loss(cfg.loss, schema.task, label_smoothing=cfg.label_smoothing,
-                            focal_gamma=cfg.focal_gamma, huber_delta=cfg.huber_delta, weight=weight)
+        loss_fn = make_loss(
+            cfg.loss,
+            schema.task,
+            label_smoothing=cfg.label_smoothing,
+            focal_gamma=cfg.focal_gamma,
+            huber_delta=cfg.huber_delta,
+            weight=weight,
+        )
 
         if cfg.strategy == "head_only":
             trained: torch.nn.Module = FeatureModel(model.head)
-            groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr or cfg.lr,
-                       "weight_decay": cfg.weight_decay, "name": "head"}]
+            groups = [
+                {
+                    "params": list(model.head.parameters()),
+                    "lr": cfg.head_lr or cfg.lr,
+                    "weight_decay": cfg.weight_decay,
+                    "name": "head",
+                }
+            ]
             train_set: torch.utils.data.Dataset[Any] = _FeatureDataset(frozen_cache["train"], scale(y_train))
-            valid_set = _FeatureDataset(frozen_cache["valid"], scale(y_valid)) if "valid" in frozen_cache else None
+            valid_set: torch.utils.data.Dataset[Any] | None = (
+                _FeatureDataset(frozen_cache["valid"], scale(y_valid)) if "valid" in frozen_cache else None
+            )
             collate = _collate_features(regression)
             train_lengths = np.ones(len(ids_train), dtype=np.int64)
             valid_lengths = np.ones(len(ids_valid), dtype=np.int64)
         else:
             trained = model
-            groups = param_groups(backbone, model.head, lr=cfg.lr, head_lr=cfg.head_lr,
-                                  weight_decay=cfg.weight_decay, layer_lr_decay=cfg.layer_lr_decay)
-            train_set = TokenDataset(ids_train, scale(y_train))
-            valid_set = TokenDataset(ids_valid, scale(y_valid)) if ids_valid else None
+            groups = param_groups(
+                backbone,
+                model.head,
+                lr=cfg.lr,
+                head_lr=cfg.head_lr,
+                weight_decay=cfg.weight_decay,
+                layer_lr_decay=cfg.layer_lr_decay,
+            )
+            token_train = TokenDataset(ids_train, scale(y_train))
+            token_valid = TokenDataset(ids_valid, scale(y_valid)) if ids_valid else None
+            train_set, valid_set = token_train, token_valid
             collate = Collator(backbone.pad_id, regression=regression)
-            train_lengths = train_set.lengths
-            valid_lengths = valid_set.lengths if valid_set is not None else np.zeros(0, dtype=np.int64)
+            train_lengths = token_train.lengths
+            valid_lengths = token_valid.lengths if token_valid is not None else np.zeros(0, dtype=np.int64)
         optimizer = make_optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum)
 
         def sched(opt: torch.optim.Optimizer, total: int) -> Any:
@@ -361,12 +423,18 @@ class FineTuner:
         mode = metric_direction(monitor)
         callbacks: list[Any] = []
         if y_valid is not None and len(y_valid):
-            callbacks.append(EarlyStopping(
-                monitor, mode, patience=cfg.patience, min_delta=cfg.min_delta, restore_best=cfg.restore_best,
-                stop=cfg.early_stopping,
-                state_fn=lambda: accelerator.unwrap_model(trained).state_dict(),
-                load_fn=lambda s: accelerator.unwrap_model(trained).load_state_dict(s),
-            ))
+            callbacks.append(
+                EarlyStopping(
+                    monitor,
+                    mode,
+                    patience=cfg.patience,
+                    min_delta=cfg.min_delta,
+                    restore_best=cfg.restore_best,
+                    stop=cfg.early_stopping,
+                    state_fn=lambda: accelerator.unwrap_model(trained).state_dict(),
+                    load_fn=lambda s: accelerator.unwrap_model(trained).load_state_dict(s),
+                )
+            )
         if cfg.gradual_unfreeze and cfg.strategy == "full":
             unfreezer = GradualUnfreezer(backbone, frozen_prefix=prefix)
 
@@ -380,16 +448,32 @@ class FineTuner:
             callbacks.append(HistoryLogger(record.log_epoch))
 
         trainable, total = count_parameters(model)
-        settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip, seed=cfg.seed,
-                                length_bucketing=cfg.length_bucketing)
+        settings = LoopSettings(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            eval_batch_size=cfg.eval_batch_size,
+            grad_accum_steps=cfg.grad_accum_steps,
+            grad_clip=cfg.grad_clip,
+            seed=cfg.seed,
+            length_bucketing=cfg.length_bucketing,
+        )
         train_started = time.perf_counter()
         with _deterministic(cfg.deterministic):
             state = train(
-                trained, train_set=train_set, train_lengths=train_lengths, valid_set=valid_set,
-                valid_lengths=valid_lengths, valid_targets=scale(y_valid), collate=collate, loss_fn=loss_fn,
-                optimizer=optimizer, make_scheduler=sched, settings=settings, accelerator=accelerator,
-                valid_metrics=valid_metrics, callbacks=callbacks,
+                trained,
+                train_set=train_set,
+                train_lengths=train_lengths,
+                valid_set=valid_set,
+                valid_lengths=valid_lengths,
+                valid_targets=scale(y_valid),
+                collate=collate,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                make_scheduler=sched,
+                settings=settings,
+                accelerator=accelerator,
+                valid_metrics=valid_metrics,
+                callbacks=callbacks,
             )
         train_seconds = time.perf_counter() - train_started
         model.eval()
@@ -415,7 +499,9 @@ class FineTuner:
                 outputs = self._outputs_from_features(frozen_cache["test"])
             else:
                 outputs = self._outputs_from_ids(ids_test, progress=False)
-            self.test_metrics_ = self._metrics_from_outputs(schema.task, scale(y_test), outputs, labels, mean, std)
+            y_test_scaled = scale(y_test)
+            assert y_test_scaled is not None
+            self.test_metrics_ = self._metrics_from_outputs(schema.task, y_test_scaled, outputs, labels, mean, std)
             self._test_outputs = outputs
             self._y_test = y_test
         self.baseline_metrics_ = baselines
@@ -472,13 +558,19 @@ class FineTuner:
 
     def _embed(self, backbone: TextBackbone, ids: list[list[int]], cfg: FitConfig, what: str) -> torch.Tensor:
         """Pooled vectors of the backbone as it is (pre-trained, frozen)."""
-        out = self._run_batches(backbone, ids, cfg.eval_batch_size, backbone.pad_id,
-                                progress=cfg.progress, description=what)
+        out = self._run_batches(
+            backbone, ids, cfg.eval_batch_size, backbone.pad_id, progress=cfg.progress, description=what
+        )
         return torch.as_tensor(out)
 
     @staticmethod
     def _run_batches(
-        module: torch.nn.Module, ids: list[list[int]], batch_size: int, pad_id: int, *, progress: bool,
+        module: torch.nn.Module,
+        ids: list[list[int]],
+        batch_size: int,
+        pad_id: int,
+        *,
+        progress: bool,
         description: str,
     ) -> np.ndarray:
         """Run ``module`` over token ids in length-sorted batches; results in input order."""
@@ -508,8 +600,14 @@ class FineTuner:
     def _outputs_from_ids(self, ids: list[list[int]], *, progress: bool) -> np.ndarray:
         assert self.model_ is not None
         cfg = self.config_
-        return self._run_batches(self.model_, ids, cfg.eval_batch_size, self.backbone_.pad_id,
-                                 progress=progress, description="predicting")
+        return self._run_batches(
+            self.model_,
+            ids,
+            cfg.eval_batch_size,
+            self.backbone_.pad_id,
+            progress=progress,
+            description="predicting",
+        )
 
     def _outputs_from_features(self, features: torch.Tensor) -> np.ndarray:
         assert self.model_ is not None
@@ -518,7 +616,9 @@ class FineTuner:
 
     def _check_fitted(self) -> None:
         if getattr(self, "model_", None) is None:
-            raise NotFittedError("this FineTuner is not fitted yet", hint="Call fit() first or tunesmith.load() a model")
+            raise NotFittedError(
+                "this FineTuner is not fitted yet", hint="Call fit() first or tunesmith.load() a model"
+            )
 
     def _texts_for_prediction(self, X: DataLike) -> tuple[list[str], pd.DataFrame, str | None]:
         assert self.schema_ is not None
@@ -529,7 +629,9 @@ class FineTuner:
         if missing:
             raise DataError(
                 f"column {missing[0]!r} used in training is missing",
-                file=file, column=missing[0], hint=f"Columns present: {', '.join(map(str, df.columns))}",
+                file=file,
+                column=missing[0],
+                hint=f"Columns present: {', '.join(map(str, df.columns))}",
             )
         blank = pd.Series(True, index=df.index)
         for col in self.schema_.text_columns:
@@ -580,8 +682,12 @@ class FineTuner:
         assert self.schema_ is not None
         df, target_col, file = self._frame(X, y, target or self.schema_.target)
         if target_col not in df.columns:
-            raise DataError(f"target column {target_col!r} is missing", file=file, column=target_col,
-                            hint="Pass --target with the column holding the labels")
+            raise DataError(
+                f"target column {target_col!r} is missing",
+                file=file,
+                column=target_col,
+                hint="Pass --target with the column holding the labels",
+            )
         schema = self.schema_
         if target_col != schema.target:
             df = df.rename(columns={target_col: schema.target})
@@ -592,8 +698,9 @@ class FineTuner:
         outputs = self._outputs_from_ids(ids, progress=self.config_.progress and len(ids) >= 2048)
         s = self.target_scaling_ or {"mean": 0.0, "std": 1.0}
         y_scaled = (y_true - s["mean"]) / s["std"] if schema.task == "regression" else y_true
-        metrics = self._metrics_from_outputs(schema.task, y_scaled, outputs, list(schema.labels or []),
-                                             s["mean"], s["std"])
+        metrics = self._metrics_from_outputs(
+            schema.task, y_scaled, outputs, list(schema.labels or []), s["mean"], s["std"]
+        )
         metrics["dropped"] = drops.to_dict()
         return metrics
 
@@ -626,23 +733,33 @@ class FineTuner:
         from tunesmith.runs.plots import plot_confusion_matrix, plot_learning_curves, plot_residuals
         from tunesmith.runs.report import render_report
 
+        schema = self.schema_
+        assert schema is not None
         info = self._report_info()
         record.write_data(self.data_info_)
         record.write_environment(seed=self.config_.seed)
-        record.write_json("metrics.json", {"test": self.test_metrics_, "baselines": self.baseline_metrics_,
-                                           "training": self.training_info_})
+        record.write_json(
+            "metrics.json",
+            {
+                "test": self.test_metrics_,
+                "baselines": self.baseline_metrics_,
+                "training": self.training_info_,
+            },
+        )
         images: dict[str, str] = {}
         if self.history_:
             plot_learning_curves(self.history_, record.path / "learning_curves.png")
             images["learning_curves"] = "learning_curves.png"
         if self.test_metrics_ and "confusion_matrix" in self.test_metrics_:
-            plot_confusion_matrix(self.test_metrics_["confusion_matrix"], list(self.schema_.labels or []),
-                                  record.path / "confusion_matrix.png")
+            plot_confusion_matrix(
+                self.test_metrics_["confusion_matrix"],
+                list(schema.labels or []),
+                record.path / "confusion_matrix.png",
+            )
             images["confusion_matrix"] = "confusion_matrix.png"
         elif self.test_metrics_ and getattr(self, "_y_test", None) is not None:
             s = self.target_scaling_ or {"mean": 0.0, "std": 1.0}
-            plot_residuals(self._y_test, self._test_outputs[:, 0] * s["std"] + s["mean"],
-                           record.path / "residuals.png")
+            plot_residuals(self._y_test, self._test_outputs[:, 0] * s["std"] + s["mean"], record.path / "residuals.png")
             images["residuals"] = "residuals.png"
         info["images"] = images
         record.write_text("report.md", render_report(info))
@@ -716,30 +833,39 @@ class FineTuner:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(
                 f"model format version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})",
-                path=folder, hint="Re-save the model with this tunesmith version",
+                path=folder,
+                hint="Re-save the model with this tunesmith version",
             )
         cfg = make_config(meta["config"])
         info = meta["backbone"]
         tensors = load_tensors(folder / "model.safetensors")
         if info["weights"] == "full":
-            backbone = build_from_files(folder, name=info["name"], pooling=info["pooling"],
-                                        fingerprint=info["fingerprint"])
+            backbone = build_from_files(
+                folder, name=info["name"], pooling=info["pooling"], fingerprint=info["fingerprint"]
+            )
         else:
             name = info["name"]
             if not is_registered(name) and not Path(name).exists():
                 raise ArtifactError(
                     f"this model stores only its head/adapters and needs the backbone {name!r}, which is not here",
-                    path=folder, hint="Install or give the same pre-trained backbone, or save a full fine-tune",
+                    path=folder,
+                    hint="Install or give the same pre-trained backbone, or save a full fine-tune",
                 )
             backbone = create_backbone(name, pooling=info["pooling"])
             if backbone.fingerprint != info["fingerprint"]:
                 raise ArtifactError(
                     f"backbone {name!r} has different weights from the ones this model was trained on",
-                    path=folder, hint="Use the same version of the pre-trained model",
+                    path=folder,
+                    hint="Use the same version of the pre-trained model",
                 )
             if cfg.strategy == "lora":
-                add_lora(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         targets=cfg.lora_targets)
+                add_lora(
+                    backbone,
+                    r=cfg.lora_r,
+                    alpha=cfg.lora_alpha,
+                    dropout=cfg.lora_dropout,
+                    targets=cfg.lora_targets,
+                )
                 load_lora_state_dict(backbone, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
         model = TextModel(backbone, int(meta["n_outputs"]), cfg.dropout)
         try:
@@ -748,8 +874,9 @@ class FineTuner:
             else:
                 model.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
         except RuntimeError as exc:
-            raise ArtifactError(f"weights do not match the architecture: {str(exc).splitlines()[0]}",
-                                path=folder) from None
+            raise ArtifactError(
+                f"weights do not match the architecture: {str(exc).splitlines()[0]}", path=folder
+            ) from None
         model.eval()
         set_trainable_all(model, False)
         est = cls(**{k: v for k, v in meta["config"].items() if v != FitConfig.model_fields[k].default})
@@ -768,7 +895,8 @@ class FineTuner:
         est.training_info_ = meta.get("training") or {}
         est.data_info_ = meta.get("data") or {}
         est.history_ = meta.get("history") or []
-        est.best_epoch_ = est.training_info_.get("best_epoch")
+        best = est.training_info_.get("best_epoch")
+        est.best_epoch_ = int(best) if isinstance(best, int) else None
         est.model_path_ = folder
         return est
 
@@ -803,8 +931,14 @@ class _RichBar:
     def __init__(self, description: str, total: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("eta"), TimeRemainingColumn(), transient=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self.task = self.progress.add_task(description, total=total)
 
     def __enter__(self) -> Any:
@@ -822,4 +956,3 @@ def _progress(description: str, total: int, *, enabled: bool) -> Any:
 def load(path: str | os.PathLike[str]) -> FineTuner:
     """Load a saved model folder (see :meth:`FineTuner.save`)."""
     return FineTuner.load(path)
-

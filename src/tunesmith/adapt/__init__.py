@@ -129,9 +129,7 @@ def param_groups(
     return groups
 
 
-def add_lora(
-    backbone: TextBackbone, *, r: int, alpha: float, dropout: float, targets: list[str] | None
-) -> None:
+def add_lora(backbone: TextBackbone, *, r: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
     """Wrap the backbone's encoder with LoRA adapters (peft); only the adapters train."""
     from peft import LoraConfig, get_peft_model
 
@@ -144,7 +142,14 @@ def add_lora(
             key="lora_targets",
             hint=f"Linear layers here include: {', '.join(sorted(n for n in names if n)[:12])}",
         )
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+    # peft types lora_alpha as int but uses it as a float scale; a float alpha is fine.
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        bias="none",
+    )
     backbone.model = get_peft_model(backbone.model, config)
 
 

@@ -51,9 +51,7 @@ def create_backbone(name_or_path: str, *, pooling: str = "mean") -> TextBackbone
     )
 
 
-register_backbone("minilm-l6", "all-MiniLM-L6-v2 sentence encoder, 22.7M parameters (offline package)")(
-    minilm_l6
-)
+register_backbone("minilm-l6", "all-MiniLM-L6-v2 sentence encoder, 22.7M parameters (offline package)")(minilm_l6)
 register_backbone("tiny-text", "2-layer random BERT built in code, for tests")(tiny_text)
 
 __all__ = ["TextBackbone", "create_backbone", "is_registered", "list_backbones", "register_backbone"]

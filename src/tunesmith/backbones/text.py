@@ -107,6 +107,10 @@ class TextBackbone(nn.Module):
         get_base = getattr(inner, "get_base_model", None)
         return get_base() if callable(get_base) else inner
 
+    @staticmethod
+    def hf_config_of(module: nn.Module) -> Any:
+        return module.config
+
     def layer_groups(self) -> list[nn.Module]:
         """Trainable blocks from the bottom up: ``[embeddings, layer 0, ..., layer N-1]``."""
         base = self.base_model()
@@ -129,7 +133,7 @@ class TextBackbone(nn.Module):
         """Write the tokenizer and the encoder's architecture (not its weights) into ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(folder / "tokenizer"))
-        config = self.base_model().config.to_dict()
+        config: dict[str, Any] = self.hf_config_of(self.base_model()).to_dict()
         (folder / "backbone_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
 
 
@@ -191,8 +195,9 @@ def load_hf_folder(path: str | Path, *, name: str | None = None, pooling: str = 
         kwargs: dict[str, Any] = {"add_pooling_layer": False} if config.model_type == "bert" else {}
         model = AutoModel.from_pretrained(str(folder), config=config, use_safetensors=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-    return TextBackbone(model, tokenizer, name=name or str(folder), pooling=pooling,
-                        fingerprint=_file_fingerprint(weights))
+    return TextBackbone(
+        model, tokenizer, name=name or str(folder), pooling=pooling, fingerprint=_file_fingerprint(weights)
+    )
 
 
 def build_from_files(folder: Path, *, name: str, pooling: str, fingerprint: str) -> TextBackbone:
@@ -227,10 +232,47 @@ TINY_SPEC: dict[str, Any] = {
 def _tiny_vocab() -> list[str]:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    words = (
-        "the a an and or but not no is was are be of to in on for with this that it its movie film "
-        "good great bad awful best worst love hate fun boring story plot acting fine dull"
-    ).split()
+    words = [
+        "the",
+        "a",
+        "an",
+        "and",
+        "or",
+        "but",
+        "not",
+        "no",
+        "is",
+        "was",
+        "are",
+        "be",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "this",
+        "that",
+        "it",
+        "its",
+        "movie",
+        "film",
+        "good",
+        "great",
+        "bad",
+        "awful",
+        "best",
+        "worst",
+        "love",
+        "hate",
+        "fun",
+        "boring",
+        "story",
+        "plot",
+        "acting",
+        "fine",
+        "dull",
+    ]
     # dict.fromkeys drops repeats ("a" is a character and a word) while keeping order, so ids are dense.
     return list(dict.fromkeys(specials + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + words))
 
@@ -249,13 +291,19 @@ def tiny_text(*, pooling: str = "mean", seed: int = 0) -> TextBackbone:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tok.decoder = decoders.WordPiece()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=TINY_SPEC["max_position_embeddings"],
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=TINY_SPEC["max_position_embeddings"],
     )
     config = BertConfig(vocab_size=len(vocab), pad_token_id=0, **TINY_SPEC)
     # Initialise under a private generator so building the tiny model never disturbs the
@@ -264,9 +312,12 @@ def tiny_text(*, pooling: str = "mean", seed: int = 0) -> TextBackbone:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         model = BertModel(config, add_pooling_layer=False)
-    fingerprint = "tiny-text:" + hashlib.sha256(
-        json.dumps({"spec": TINY_SPEC, "vocab": len(vocab), "seed": seed}, sort_keys=True).encode()
-    ).hexdigest()[:16]
+    fingerprint = (
+        "tiny-text:"
+        + hashlib.sha256(
+            json.dumps({"spec": TINY_SPEC, "vocab": len(vocab), "seed": seed}, sort_keys=True).encode()
+        ).hexdigest()[:16]
+    )
     return TextBackbone(model, tokenizer, name="tiny-text", pooling=pooling, fingerprint=fingerprint)
 
 

@@ -107,22 +107,16 @@ def _check_readable(path: Path) -> None:
             hint=f"Check the path (relative paths start from {Path.cwd()})",
         )
     if path.is_dir():
-        raise DataError(
-            "is a directory, not a file", file=path, hint="Give the path of a data file inside it"
-        )
+        raise DataError("is a directory, not a file", file=path, hint="Give the path of a data file inside it")
     if path.stat().st_size == 0:
-        raise DataError(
-            "file is empty (0 bytes)", file=path, hint="Check that the export or download finished"
-        )
+        raise DataError("file is empty (0 bytes)", file=path, hint="Check that the export or download finished")
 
 
 def _read_bytes(path: Path, compression: Compression | None) -> bytes:
     try:
         raw = path.read_bytes()
     except PermissionError as e:
-        raise DataError(
-            "cannot read the file: permission denied", file=path, hint="Check its permissions"
-        ) from e
+        raise DataError("cannot read the file: permission denied", file=path, hint="Check its permissions") from e
     except OSError as e:
         raise DataError(f"cannot read the file: {e.strerror or e}", file=path) from e
     if compression is None:
@@ -160,9 +154,7 @@ def _decode(raw: bytes, path: Path, fmt: str, encoding: str) -> str:
     try:
         return raw.decode(enc)
     except LookupError as e:
-        raise DataError(
-            f"unknown encoding {encoding!r}", file=path, hint="Use e.g. 'utf-8' or 'latin-1'"
-        ) from e
+        raise DataError(f"unknown encoding {encoding!r}", file=path, hint="Use e.g. 'utf-8' or 'latin-1'") from e
     except UnicodeDecodeError as e:
         bad = raw[e.start : min(e.end, e.start + 4)]
         message = f"bytes {bad!r} at byte offset {e.start} are not valid {encoding}"
@@ -212,9 +204,7 @@ def _read_delimited(text: str, path: Path, fmt: str) -> pd.DataFrame:
     records = _csv_records(text, sep)
     header = next(records, None)
     if header is None:
-        raise DataError(
-            "file has no header and no data rows", file=path, hint="Check that it is the right file"
-        )
+        raise DataError("file has no header and no data rows", file=path, hint="Check that it is the right file")
     _header_checks(header, path)
     try:
         with warnings.catch_warnings():
@@ -249,9 +239,7 @@ def _ragged_error(text: str, sep: str, header: list[str], path: Path, detail: st
             row=last_row or None,
             hint='Close the quote, or double quotes inside quoted values ("")',
         )
-    return DataError(
-        f"cannot parse the file: {detail.strip()}", file=path, hint="Check its separator and quoting"
-    )
+    return DataError(f"cannot parse the file: {detail.strip()}", file=path, hint="Check its separator and quoting")
 
 
 def _json_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -420,9 +408,7 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, format: str |
         elif fmt == "parquet":
             df.to_parquet(tmp, index=False)
         else:
-            df.to_json(
-                tmp, orient="records", lines=fmt == "jsonl", force_ascii=False, compression=compression
-            )
+            df.to_json(tmp, orient="records", lines=fmt == "jsonl", force_ascii=False, compression=compression)
         os.replace(tmp, p)
     except OSError as e:
         raise DataError(f"cannot write the file: {e.strerror or e}", file=p) from e

@@ -38,9 +38,7 @@ TEXT_MIN_UNIQUE_RATIO = 0.5
 # Unique, space-free strings look like identifiers only with enough rows to tell; below this,
 # a column qualifies only when its name says it is an id.
 ID_MIN_ROWS = 20
-_ID_NAME = re.compile(
-    r"^(id|uuid|guid|key|idx|index|row|rowid|row_id)$|[_\-\s.](id|uuid|guid|key|idx)$", re.I
-)
+_ID_NAME = re.compile(r"^(id|uuid|guid|key|idx|index|row|rowid|row_id)$|[_\-\s.](id|uuid|guid|key|idx)$", re.I)
 _CAMEL_ID = re.compile(r"[a-z0-9]Id$")
 
 
@@ -187,8 +185,7 @@ def _numeric_values(series: pd.Series) -> np.ndarray | None:
     if pd.api.types.is_object_dtype(series.dtype):
         values = series.dropna()
         if len(values) and all(
-            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-            for v in values
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in values
         ):
             return values.to_numpy(dtype=float)
     return None
@@ -221,11 +218,7 @@ def _string_role(series: pd.Series) -> str:
     mean_tokens = float(values.map(lambda v: len(v.split())).mean())
     mean_chars = float(values.str.len().mean())
     unique_ratio = values.nunique() / len(values)
-    if (
-        mean_tokens >= TEXT_MIN_MEAN_TOKENS
-        or mean_chars >= TEXT_MIN_MEAN_CHARS
-        or unique_ratio > TEXT_MIN_UNIQUE_RATIO
-    ):
+    if mean_tokens >= TEXT_MIN_MEAN_TOKENS or mean_chars >= TEXT_MIN_MEAN_CHARS or unique_ratio > TEXT_MIN_UNIQUE_RATIO:
         return "text"
     return "categorical"
 
@@ -316,9 +309,7 @@ def infer_schema(
     if text_column is not None:
         given = [text_column] if isinstance(text_column, str) else list(text_column)
         if not given:
-            raise ConfigError(
-                "text_column is an empty list", key="text_column", hint="Name one column or more"
-            )
+            raise ConfigError("text_column is an empty list", key="text_column", hint="Name one column or more")
         for col in given:
             _require_column(df, col, "text", file)
             if col == target:
@@ -347,11 +338,7 @@ def infer_schema(
             id_like.append(name)
 
     if not text:
-        extra = (
-            f"; {', '.join(map(repr, id_like))} look(s) like an ID (unique per row, no spaces)"
-            if id_like
-            else ""
-        )
+        extra = f"; {', '.join(map(repr, id_like))} look(s) like an ID (unique per row, no spaces)" if id_like else ""
         raise DataError(
             f"no text column found{extra}",
             file=file,
@@ -371,8 +358,7 @@ def infer_schema(
                 f"target column {target!r} has {what}",
                 file=file,
                 column=target,
-                hint="A classifier needs two classes or more: check any filtering upstream, "
-                "or choose another target",
+                hint="A classifier needs two classes or more: check any filtering upstream, or choose another target",
             )
         if resolved == "binary" and len(labels) != 2:
             raise DataError(

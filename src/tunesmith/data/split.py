@@ -121,9 +121,7 @@ def _take(
         else:
             stratify = sub
     try:
-        rest, taken = train_test_split(
-            positions, test_size=k, random_state=seed, shuffle=True, stratify=stratify
-        )
+        rest, taken = train_test_split(positions, test_size=k, random_state=seed, shuffle=True, stratify=stratify)
     except ValueError as e:
         if stratify is None:
             raise
@@ -141,9 +139,7 @@ def _labels(df: pd.DataFrame, target: str | None, task: str, stratify: bool) -> 
     y = df[target]
     missing = missing_mask(y).to_numpy(dtype=bool)
     # Missing targets get a class of their own so they spread across splits like the rest.
-    return np.array(
-        ["\x00missing" if m else label_string(v) for v, m in zip(y.tolist(), missing, strict=True)]
-    )
+    return np.array(["\x00missing" if m else label_string(v) for v, m in zip(y.tolist(), missing, strict=True)])
 
 
 def _by_column(df: pd.DataFrame, column: str, file: str | Path | None) -> SplitResult:
@@ -182,9 +178,7 @@ def _by_column(df: pd.DataFrame, column: str, file: str | Path | None) -> SplitR
             hint="Mark the rows to train on as 'train'",
         )
     notes = [f"splits follow column {column!r}"]
-    notes += [
-        f"column {column!r} marks no {name} rows" for name in ("valid", "test") if len(parts[name]) == 0
-    ]
+    notes += [f"column {column!r} marks no {name} rows" for name in ("valid", "test") if len(parts[name]) == 0]
     return SplitResult(parts["train"], parts["valid"], parts["test"], "column", notes)
 
 

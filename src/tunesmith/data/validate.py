@@ -116,9 +116,7 @@ def _to_float(value: Any) -> float | None:
     return None
 
 
-def _regression_values(
-    series: pd.Series, rows: np.ndarray, column: str, file: str | Path | None
-) -> np.ndarray:
+def _regression_values(series: pd.Series, rows: np.ndarray, column: str, file: str | Path | None) -> np.ndarray:
     out = np.empty(len(series), dtype=np.float64)
     for i, value in enumerate(series.tolist()):
         number = _to_float(value)
@@ -220,8 +218,7 @@ def prepare_frame(
         raise DataError(
             f"no usable rows: {report.summary()}",
             file=file,
-            hint=f"Check that {target!r} is the target and the text is in "
-            f"{', '.join(map(repr, schema.text_columns))}",
+            hint=f"Check that {target!r} is the target and the text is in {', '.join(map(repr, schema.text_columns))}",
         )
     kept_rows = out[ROW_COLUMN].to_numpy(dtype=np.int64)
     out.index = pd.Index(kept_rows, name=ROW_INDEX)
@@ -229,9 +226,7 @@ def prepare_frame(
     if schema.task == "regression":
         out[target] = _regression_values(out[target], kept_rows, target, file)
     else:
-        out[target] = pd.Series(
-            [label_string(v) for v in out[target].tolist()], index=out.index, dtype=object
-        )
+        out[target] = pd.Series([label_string(v) for v in out[target].tolist()], index=out.index, dtype=object)
     for col in schema.text_columns:
         out[col] = out[col].map(lambda v: "" if _is_missing_value(v) else str(v)).astype(str)
     return out, report
@@ -243,9 +238,7 @@ def _is_missing_value(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def encode_target(
-    series: pd.Series | pd.DataFrame, schema: Schema, *, file: str | Path | None = None
-) -> np.ndarray:
+def encode_target(series: pd.Series | pd.DataFrame, schema: Schema, *, file: str | Path | None = None) -> np.ndarray:
     """Targets as model outputs: int64 class indices (classification) or float32 (regression).
 
     ``series`` is the target column, ideally of a frame from :func:`prepare_frame`, whose
@@ -347,9 +340,7 @@ def texts_of(df: pd.DataFrame, schema: Schema) -> list[str]:
     """
     n = len(df)
     text_cols = [df[c].tolist() for c in schema.text_columns if c in df.columns]
-    extras = [
-        (c, df[c].tolist()) for c in (*schema.numeric_columns, *schema.categorical_columns) if c in df.columns
-    ]
+    extras = [(c, df[c].tolist()) for c in (*schema.numeric_columns, *schema.categorical_columns) if c in df.columns]
     out: list[str] = []
     for i in range(n):
         parts = [s for s in (_format_value(col[i]) for col in text_cols) if s]

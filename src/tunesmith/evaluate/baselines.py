@@ -45,9 +45,7 @@ def _check_task(task: str) -> bool:
         return True
     if task == "regression":
         return False
-    raise ConfigError(
-        f"unknown task {task!r}", key="task", hint="Choose one of: binary, multiclass, regression"
-    )
+    raise ConfigError(f"unknown task {task!r}", key="task", hint="Choose one of: binary, multiclass, regression")
 
 
 def _n_classes(y_train: np.ndarray, y_test: np.ndarray, n_classes: int | None) -> int:

@@ -40,9 +40,7 @@ _LAZY = {
         ],
         "tunesmith.runs.artifacts",
     ),
-    **dict.fromkeys(
-        ["plot_confusion_matrix", "plot_learning_curves", "plot_residuals"], "tunesmith.runs.plots"
-    ),
+    **dict.fromkeys(["plot_confusion_matrix", "plot_learning_curves", "plot_residuals"], "tunesmith.runs.plots"),
     **dict.fromkeys(["RunRecord", "environment_info"], "tunesmith.runs.record"),
     "render_report": "tunesmith.runs.report",
 }

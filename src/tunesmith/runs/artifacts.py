@@ -184,13 +184,9 @@ class AtomicDirectory:
         if not (final.exists() or final.is_symlink()):
             return
         if not final.is_dir() or final.is_symlink():
-            raise ArtifactError(
-                "already exists and is not a folder", path=final, hint="Choose another folder"
-            )
+            raise ArtifactError("already exists and is not a folder", path=final, hint="Choose another folder")
         if not self.overwrite:
-            raise ArtifactError(
-                "already exists", path=final, hint="pass overwrite=True or choose another folder"
-            )
+            raise ArtifactError("already exists", path=final, hint="pass overwrite=True or choose another folder")
         if self.marker and not (final / self.marker).is_file() and any(final.iterdir()):
             raise ArtifactError(
                 f"refusing to overwrite a folder that holds no {self.marker} (it does not look like one "

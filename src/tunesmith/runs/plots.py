@@ -123,9 +123,7 @@ def plot_learning_curves(
 
     for a in axes:
         if best is not None:
-            a.axvline(
-                x[best], color=_BEST, linestyle="--", linewidth=1.2, label=f"best {xlabel} ({x[best]:g})"
-            )
+            a.axvline(x[best], color=_BEST, linestyle="--", linewidth=1.2, label=f"best {xlabel} ({x[best]:g})")
         if len(x) <= 20 and np.all(np.isfinite(x)) and np.all(x == np.round(x)):
             a.set_xticks(x)
         _style(a)

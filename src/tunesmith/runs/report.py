@@ -86,14 +86,12 @@ def _gain_lines(task: str, tuned: Mapping[str, Any], baselines: Mapping[str, Map
     better_word = "higher" if METRIC_DIRECTIONS[primary] == "max" else "lower"
     if classification:
         lines = [
-            f"Fine-tuned minus baseline on **{primary}** (test split, in percentage points; "
-            f"{better_word} is better):",
+            f"Fine-tuned minus baseline on **{primary}** (test split, in percentage points; {better_word} is better):",
             "",
         ]
     else:
         lines = [
-            f"Fine-tuned minus baseline on **{primary}** (test split, in target units; "
-            f"{better_word} is better):",
+            f"Fine-tuned minus baseline on **{primary}** (test split, in target units; {better_word} is better):",
             "",
         ]
     losers = []
@@ -233,9 +231,7 @@ def render_report(info: Mapping[str, Any]) -> str:
         table_rows: list[list[Any]] = []
         if tuned:
             what = ", ".join(str(x) for x in (backbone, strategy) if x)
-            table_rows.append(
-                [f"**fine-tuned**{f' ({_cell(what)})' if what else ''}", *[tuned.get(c) for c in cols]]
-            )
+            table_rows.append([f"**fine-tuned**{f' ({_cell(what)})' if what else ''}", *[tuned.get(c) for c in cols]])
         for key, m in baselines.items():
             table_rows.append([_cell(_baseline_name(key, m)), *[m.get(c) for c in cols]])
         out += [*_table(["model", *cols], table_rows), ""]

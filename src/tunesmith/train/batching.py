@@ -101,9 +101,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if self.group_by_length:
             size = self.batch_size * self.window
             chunks = [order[i : i + size] for i in range(0, n, size)]
-            order = np.concatenate(
-                [c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks]
-            ) if chunks else order
+            order = (
+                np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks]) if chunks else order
+            )
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()

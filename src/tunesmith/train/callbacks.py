@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 
-class StopTraining(Exception):  # noqa: N818 - a control-flow signal, named for what it does
+class StopTraining(Exception):
     """Raised by a callback to end training after the current epoch."""
 
     def __init__(self, reason: str) -> None:
@@ -191,8 +191,11 @@ class ProgressBar(Callback):
             self._progress.update(self._task, advance=1, info=info)
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, Any]) -> None:
-        shown = [f"{k.removeprefix('valid_')} {v:.4f}" for k, v in metrics.items()
-                 if k.startswith("valid_") and isinstance(v, float)][:2]
+        shown = [
+            f"{k.removeprefix('valid_')} {v:.4f}"
+            for k, v in metrics.items()
+            if k.startswith("valid_") and isinstance(v, float)
+        ][:2]
         self._last = "| valid " + ", ".join(shown) if shown else ""
 
     def on_fit_end(self, state: TrainState) -> None:

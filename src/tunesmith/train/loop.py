@@ -100,14 +100,24 @@ def train(
 ) -> TrainState:
     """Fit ``model`` and return the final :class:`TrainState` (history, best epoch, stop reason)."""
     train_loader, train_sampler = make_loader(
-        train_set, train_lengths, collate, batch_size=settings.batch_size, shuffle=True,
-        seed=settings.seed, group_by_length=settings.length_bucketing,
+        train_set,
+        train_lengths,
+        collate,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        seed=settings.seed,
+        group_by_length=settings.length_bucketing,
     )
     valid_loader = None
     if valid_set is not None and valid_lengths is not None and len(valid_lengths):
         valid_loader, _ = make_loader(
-            valid_set, valid_lengths, collate, batch_size=settings.eval_batch_size, shuffle=False,
-            seed=settings.seed, group_by_length=True,
+            valid_set,
+            valid_lengths,
+            collate,
+            batch_size=settings.eval_batch_size,
+            shuffle=False,
+            seed=settings.seed,
+            group_by_length=True,
         )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if valid_loader is not None:
@@ -119,8 +129,12 @@ def train(
     # The scheduler counts optimizer updates, so it is built after sharding tells us how many there are.
     scheduler = make_scheduler(optimizer, updates_per_epoch * settings.epochs)
 
-    state = TrainState(model=model, epochs=settings.epochs, steps_per_epoch=steps_per_epoch,
-                       is_main_process=accelerator.is_main_process)
+    state = TrainState(
+        model=model,
+        epochs=settings.epochs,
+        steps_per_epoch=steps_per_epoch,
+        is_main_process=accelerator.is_main_process,
+    )
     ordered = sorted(callbacks, key=lambda c: c.order)
     for cb in ordered:
         cb.on_fit_start(state)

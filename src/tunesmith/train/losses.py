@@ -18,7 +18,8 @@ class FocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.gamma = gamma
-        self.register_buffer("weight", weight if weight is not None else None)
+        self.weight: torch.Tensor | None
+        self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits, dim=-1)
@@ -33,7 +34,7 @@ class FocalLoss(nn.Module):
 def class_weights(
     spec: str | Mapping[str, float] | None, y_train: np.ndarray, labels: Sequence[str]
 ) -> torch.Tensor | None:
-    """Per-class loss weights: ``"balanced"`` (n / (k * count), as scikit-learn) or explicit ``{label: w}``."""
+    """Per-class loss weights: ``"balanced"`` (n / (k * count), as scikit-learn) or ``{label: w}``."""
     if spec is None:
         return None
     k = len(labels)
@@ -70,11 +71,17 @@ def make_loss(
     if name == "auto":
         name = "mse" if regression else "cross_entropy"
     if regression and name in ("cross_entropy", "focal"):
-        raise ConfigError(f"{name!r} is a classification loss but the task is regression", key="loss",
-                          hint="Use mse or huber")
+        raise ConfigError(
+            f"{name!r} is a classification loss but the task is regression",
+            key="loss",
+            hint="Use mse or huber",
+        )
     if not regression and name in ("mse", "huber"):
-        raise ConfigError(f"{name!r} is a regression loss but the task is {task}", key="loss",
-                          hint="Use cross_entropy or focal")
+        raise ConfigError(
+            f"{name!r} is a regression loss but the task is {task}",
+            key="loss",
+            hint="Use cross_entropy or focal",
+        )
     if name == "cross_entropy":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
     if name == "focal":

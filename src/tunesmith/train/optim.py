@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], *, lr: float, moment
     raise ConfigError(f"unknown optimizer {name!r}", key="optimizer", hint="Use adamw, adam, sgd or rmsprop")
 
 
-def lr_lambda(kind: str, total_steps: int, warmup_steps: int):  # type: ignore[no-untyped-def]
+def lr_lambda(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak lr at each step: linear warmup, then constant, linear or cosine decay."""
     total_steps = max(1, total_steps)
 
@@ -49,8 +50,6 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int):  # type: ignore[n
     return f
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, kind: str, *, total_steps: int, warmup_ratio: float
-) -> LambdaLR:
-    warmup = int(round(warmup_ratio * total_steps))
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, *, total_steps: int, warmup_ratio: float) -> LambdaLR:
+    warmup = round(warmup_ratio * total_steps)
     return LambdaLR(optimizer, lr_lambda(kind, total_steps, warmup))
