@@ -12,10 +12,11 @@ from tests.conftest import make_reviews
 from tunesmith import FineTuner
 
 
-def main(out_prefix: str) -> None:
+def main(out_prefix: str, extra: dict[str, object]) -> None:
     import torch.distributed as dist
 
     ft = FineTuner(
+        **extra,
         backbone="tiny-text",
         epochs=2,
         batch_size=8,
@@ -47,4 +48,4 @@ def main(out_prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})

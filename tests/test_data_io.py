@@ -218,3 +218,10 @@ def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
     with pytest.raises(DataError, match="not found"):
         file_sha256(tmp_path / "missing.bin")
+
+
+def test_row_with_too_few_fields_named(tmp_path: Path) -> None:
+    path = tmp_path / "short.csv"
+    path.write_text("text,label,year\ngood film,positive,2001\nbad film,negative\n")
+    err = _error(path)
+    assert "short.csv" in str(err) and "row 2" in str(err) and "2 fields but the header has 3" in str(err)

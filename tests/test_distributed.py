@@ -11,7 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_gloo_fit(tmp_path):
+import pytest
+
+
+@pytest.mark.parametrize("extra", [{}, {"gradual_unfreeze": True, "grad_accum_steps": 2}], ids=["full", "gradual"])
+def test_two_process_gloo_fit(tmp_path, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     cmd = [
         sys.executable,
@@ -22,6 +26,7 @@ def test_two_process_gloo_fit(tmp_path):
         "2",
         str(ROOT / "tests" / "dist_fit.py"),
         str(tmp_path / "out"),
+        json.dumps(extra),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

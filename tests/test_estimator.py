@@ -200,3 +200,31 @@ def test_early_stopping_stops_and_restores(fast_params, reviews):
     assert ft.stop_reason_ is not None and len(ft.history_) < 30
     best = min(h["valid_loss"] for h in ft.history_)
     assert ft.history_[ft.best_epoch_ - 1]["valid_loss"] == best
+
+
+def test_sklearn_score_with_y_and_single_text(fast_params, reviews):
+    ft = FineTuner(**{**fast_params, "baselines": False, "epochs": 4}).fit(reviews.text.tolist(), reviews.label)
+    assert 0.0 <= ft.score(reviews.text.tolist(), reviews.label.tolist()) <= 1.0
+    assert ft.predict("great fun movie").shape == (1,)
+
+
+def test_class_weight_keys_in_label_type(fast_params, reviews):
+    df = reviews.assign(label=(reviews.label == "pos").astype(int))
+    ft = FineTuner(**{**fast_params, "baselines": False, "epochs": 1, "class_weight": {0: 1.0, 1: 3.0}})
+    ft.fit(df, target="label")
+    with pytest.raises(ConfigError, match="label '7'"):
+        FineTuner(**{**fast_params, "baselines": False, "class_weight": {7: 1.0}}).fit(df, target="label")
+
+
+def test_monitor_must_fit_task(fast_params, reviews):
+    with pytest.raises(ConfigError, match="monitor"):
+        FineTuner(**{**fast_params, "monitor": "rmse"}).fit(reviews, target="label")
+
+
+def test_eval_set_errors_name_their_own_file(fast_params, reviews, tmp_path):
+    bad = reviews.head(8).copy()
+    bad.loc[bad.index[2], "label"] = "meh"
+    path = tmp_path / "valid.csv"
+    bad.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"valid\.csv, row 3.*'meh'"):
+        FineTuner(**fast_params).fit(reviews, target="label", eval_set=path)

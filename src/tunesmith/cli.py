@@ -114,11 +114,17 @@ def fit(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
 ) -> None:
     """Fine-tune a backbone on DATA, compare with baselines, save the model and a run record."""
+    from tunesmith.errors import ArtifactError
     from tunesmith.estimator import FineTuner
 
     params = _settings(
         config, overrides, task=task, backbone=backbone, group_column=group_column, split_column=split_column
     )
+    if output is not None and output.exists() and not overwrite:
+        # Say so now, not after the training run.
+        raise ArtifactError(
+            "the output folder already exists", path=output, hint="Pass --overwrite or choose another -o"
+        )
     ft = FineTuner(**params).fit(data, target=target, text_column=text_column)
     print_fit_summary(ft)
     out = output or (Path(ft.run_dir_) / "model" if ft.run_dir_ else Path("model"))
@@ -163,17 +169,17 @@ def predict(
 
     ft = tunesmith.load(model)
     df = read_table(data)
-    ft.set_params(progress=True)
-    ft.config_ = ft.config_.model_copy(update={"progress": True})
     out = df.copy()
     schema = ft.schema_
     if proba and schema is not None and schema.task != "regression" and ft.classes_ is not None:
-        p = ft.predict_proba(df)
+        p = ft.predict_proba(data)
         out["prediction"] = ft.classes_[np.argmax(p, axis=1)]
         for i, label in enumerate(schema.labels or []):
             out[f"proba_{label}"] = p[:, i]
     else:
-        out["prediction"] = ft.predict(df)
+        if proba:
+            console.print("[yellow]--proba ignored: this model does regression[/yellow]")
+        out["prediction"] = ft.predict(data)
     write_table(out, output)
     console.print(f"wrote {len(out)} predictions to {output}")
 
@@ -222,6 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     except TunesmithError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # Files that cannot be written or read (permissions, full disk) are the user's to fix.
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

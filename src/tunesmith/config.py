@@ -62,7 +62,7 @@ class FitConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing for cross_entropy.")
     focal_gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
     huber_delta: float = Field(1.0, gt=0.0, description="Threshold of the Huber loss.")
-    class_weight: Literal["balanced"] | dict[str, float] | None = Field(
+    class_weight: Literal["balanced"] | dict[str | int | bool, float] | None = Field(
         None, description="'balanced' or {label: weight}; weights the classification loss."
     )
 

@@ -50,7 +50,7 @@ from tunesmith.runs.artifacts import (
 )
 from tunesmith.runs.record import RunRecord, environment_info
 from tunesmith.train.batching import Collator, LengthGroupedBatchSampler, TokenDataset
-from tunesmith.train.callbacks import EarlyStopping, EpochHook, HistoryLogger, ProgressBar, TrainState
+from tunesmith.train.callbacks import EarlyStopping, EpochHook, HistoryLogger, ProgressBar, TrainState, snapshot
 from tunesmith.train.loop import LoopSettings, train
 from tunesmith.train.losses import class_weights, make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
@@ -163,7 +163,9 @@ class FineTuner:
     ) -> tuple[pd.DataFrame, str | None, str | None]:
         """(frame, target column, file name) from a path, a DataFrame or texts + labels."""
         file: str | None = None
-        if isinstance(X, (str, os.PathLike)) and not (isinstance(X, str) and "\n" in X):
+        if isinstance(X, str) and _looks_like_text(X):
+            X = [X]
+        if isinstance(X, (str, os.PathLike)):
             file = str(X)
             df = read_table(X)
         elif isinstance(X, pd.DataFrame):
@@ -217,7 +219,7 @@ class FineTuner:
             params["text_column"] = text_column
         cfg = make_config(params)
         started = time.perf_counter()
-        torch.set_num_threads(cfg.num_threads or max(1, os.cpu_count() or 1))
+        torch.set_num_threads(cfg.num_threads or default_threads())
 
         df, target_col, file = self._frame(X, y, target)
         if target_col is None:
@@ -246,6 +248,7 @@ class FineTuner:
                 file=file,
             )
             train_df, valid_df, test_df = parts.train, parts.valid, parts.test
+            valid_file = test_file = file
             split_info: dict[str, Any] = {"strategy": parts.strategy, "notes": list(parts.notes)}
         else:
             train_df = df
@@ -259,6 +262,8 @@ class FineTuner:
             else:
                 test_df = train_df.iloc[:0]
             split_info = {"strategy": "given", "notes": []}
+            valid_file = vfile
+            test_file = tfile if test_set is not None else None
         if len(train_df) == 0:
             raise DataError(
                 "no rows left to train on after splitting",
@@ -269,8 +274,8 @@ class FineTuner:
         labels = list(schema.labels or [])
         regression = schema.task == "regression"
         y_train = encode_target(train_df[schema.target], schema, file=file)
-        y_valid = encode_target(valid_df[schema.target], schema, file=file) if len(valid_df) else None
-        y_test = encode_target(test_df[schema.target], schema, file=file) if len(test_df) else None
+        y_valid = encode_target(valid_df[schema.target], schema, file=valid_file) if len(valid_df) else None
+        y_test = encode_target(test_df[schema.target], schema, file=test_file) if len(test_df) else None
         if not regression and len(np.unique(y_train)) < 2:
             raise DataError(
                 "the training split holds only one class",
@@ -287,12 +292,18 @@ class FineTuner:
         texts_test = texts_of(test_df, schema) if len(test_df) else []
 
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        # Gradual unfreezing changes which parameters get gradients after DDP has wrapped the
+        # model; DDP must then look for unused parameters every step instead of waiting on them.
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.gradual_unfreeze else []
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, kwargs_handlers=handlers
+        )
         set_seed(cfg.seed)
         backbone = create_backbone(cfg.backbone, pooling=cfg.pooling)
-        self._backbone_origin = cfg.backbone
+        # A folder is stored resolved, so a head-only or LoRA model loads from any working directory.
+        self._backbone_origin = str(Path(cfg.backbone).resolve()) if Path(cfg.backbone).exists() else cfg.backbone
         ids_train = backbone.tokenize(texts_train, cfg.max_length)
         ids_valid = backbone.tokenize(texts_valid, cfg.max_length) if texts_valid else []
         ids_test = backbone.tokenize(texts_test, cfg.max_length) if texts_test else []
@@ -374,19 +385,17 @@ class FineTuner:
             schema.task,
             label_smoothing=cfg.label_smoothing,
             focal_gamma=cfg.focal_gamma,
-            huber_delta=cfg.huber_delta,
+            # Targets are standardised for training; the threshold is given in the target's units.
+            huber_delta=cfg.huber_delta / std,
             weight=weight,
-        )
+        ).to(accelerator.device)
 
         if cfg.strategy == "head_only":
             trained: torch.nn.Module = FeatureModel(model.head)
+            head_lr = cfg.head_lr or cfg.lr
             groups = [
-                {
-                    "params": list(model.head.parameters()),
-                    "lr": cfg.head_lr or cfg.lr,
-                    "weight_decay": cfg.weight_decay,
-                    "name": "head",
-                }
+                {"params": [model.head.linear.weight], "lr": head_lr, "weight_decay": cfg.weight_decay, "name": "head"},
+                {"params": [model.head.linear.bias], "lr": head_lr, "weight_decay": 0.0, "name": "head/no_decay"},
             ]
             train_set: torch.utils.data.Dataset[Any] = _FeatureDataset(frozen_cache["train"], scale(y_train))
             valid_set: torch.utils.data.Dataset[Any] | None = (
@@ -420,7 +429,7 @@ class FineTuner:
             return self._metrics_from_outputs(schema.task, targets, outputs, labels, mean, std)
 
         monitor = cfg.monitor if cfg.monitor != "auto" else ("rmse" if regression else "f1_macro")
-        mode = metric_direction(monitor)
+        mode = metric_direction(monitor, schema.task)
         callbacks: list[Any] = []
         if y_valid is not None and len(y_valid):
             callbacks.append(
@@ -431,8 +440,11 @@ class FineTuner:
                     min_delta=cfg.min_delta,
                     restore_best=cfg.restore_best,
                     stop=cfg.early_stopping,
-                    state_fn=lambda: accelerator.unwrap_model(trained).state_dict(),
-                    load_fn=lambda s: accelerator.unwrap_model(trained).load_state_dict(s),
+                    # Only what trains can change, so only that is copied (to the CPU).
+                    state_fn=lambda: {
+                        k: v.detach().cpu() for k, v in snapshot(accelerator.unwrap_model(trained), True).items()
+                    },
+                    load_fn=lambda s: accelerator.unwrap_model(trained).load_state_dict(s, strict=False),
                 )
             )
         if cfg.gradual_unfreeze and cfg.strategy == "full":
@@ -579,14 +591,15 @@ class FineTuner:
         collate = Collator(pad_id)
         results: list[np.ndarray] = []
         order: list[np.ndarray] = []
+        device = next(module.parameters()).device
         was_training = module.training
         module.eval()
         bar = _progress(description, len(sampler), enabled=progress and len(sampler) > 2)
         with torch.inference_mode(), bar as advance:
             for idx in sampler:
                 batch = collate([dataset[i] for i in idx])
-                out = module(batch["input_ids"], batch["attention_mask"])
-                results.append(out.float().numpy())
+                out = module(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                results.append(out.float().cpu().numpy())
                 order.append(np.asarray(idx))
                 advance()
         module.train(was_training)
@@ -612,7 +625,8 @@ class FineTuner:
     def _outputs_from_features(self, features: torch.Tensor) -> np.ndarray:
         assert self.model_ is not None
         with torch.inference_mode():
-            return self.model_.head(features).float().numpy()
+            device = next(self.model_.parameters()).device
+            return self.model_.head(features.to(device)).float().cpu().numpy()
 
     def _check_fitted(self) -> None:
         if getattr(self, "model_", None) is None:
@@ -645,9 +659,14 @@ class FineTuner:
         filled = df.copy()
         for col in self.schema_.text_columns:
             filled[col] = filled[col].fillna("")
-        for col in (*self.schema_.numeric_columns, *self.schema_.categorical_columns):
-            if col not in filled.columns:
-                filled[col] = np.nan
+        absent = [c for c in (*self.schema_.numeric_columns, *self.schema_.categorical_columns) if c not in df.columns]
+        if absent:
+            warnings.warn(
+                f"column(s) {', '.join(map(repr, absent))} used in training are missing; predicting without them",
+                stacklevel=3,
+            )
+        for col in absent:
+            filled[col] = np.nan
         return texts_of(filled, self.schema_), df, file
 
     def _predict_outputs(self, X: DataLike) -> np.ndarray:
@@ -680,7 +699,9 @@ class FineTuner:
         """Metrics on labeled data; a label never seen in training is an error naming its row."""
         self._check_fitted()
         assert self.schema_ is not None
-        df, target_col, file = self._frame(X, y, target or self.schema_.target)
+        df, target_col, file = self._frame(X, y, target or (self.schema_.target if y is None else None))
+        if list(df.columns)[:1] == ["text"] and "text" not in self.schema_.text_columns:
+            df = df.rename(columns={"text": self.schema_.text_columns[0]})
         if target_col not in df.columns:
             raise DataError(
                 f"target column {target_col!r} is missing",
@@ -775,6 +796,10 @@ class FineTuner:
         assert self.model_ is not None and self.schema_ is not None
         from tunesmith.runs.report import render_report
 
+        final = Path(path)
+        if _is_secondary_process():
+            return final  # in a distributed run the main process writes the one copy
+
         cfg = self.config_
         strategy = cfg.strategy
         tensors: dict[str, torch.Tensor] = {}
@@ -811,7 +836,6 @@ class FineTuner:
             "environment": environment_info(seed=cfg.seed),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        final = Path(path)
         with AtomicDirectory(final, overwrite=overwrite) as tmp:
             tmp = Path(tmp)
             save_tensors(tmp / "model.safetensors", tensors, {"format": "tunesmith", "weights": weights})
@@ -899,6 +923,34 @@ class FineTuner:
         est.best_epoch_ = int(best) if isinstance(best, int) else None
         est.model_path_ = folder
         return est
+
+
+_TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".gz", ".bz2", ".xz", ".txt")
+
+
+def _looks_like_text(value: str) -> bool:
+    """A string that is not an existing path and not shaped like a data file name is one text."""
+    if "\n" in value:
+        return True
+    if Path(value).exists():
+        return False
+    return not value.lower().endswith(_TABLE_SUFFIXES)
+
+
+def _is_secondary_process() -> bool:
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
+def default_threads() -> int:
+    """Cores this process may use, shared among the processes of a distributed run on this machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cores // max(1, local))
 
 
 def set_trainable_all(module: torch.nn.Module, flag: bool) -> None:

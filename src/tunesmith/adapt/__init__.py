@@ -167,6 +167,12 @@ def load_lora_state_dict(backbone: TextBackbone, state: dict[str, torch.Tensor])
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ConfigError(f"adapter weights do not fit this backbone: unexpected {unexpected[:3]}", key="backbone")
+    # An adapter weight left out would stay at its initial value (B = 0): the model would
+    # silently be the base model. Every adapter parameter must have been loaded.
+    wanted = [n for n, _ in backbone.model.named_parameters() if "lora_" in n]
+    missing = len(wanted) - len(state)
+    if missing:
+        raise ConfigError(f"adapter weights are incomplete: {missing} of {len(wanted)} are missing", key="backbone")
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

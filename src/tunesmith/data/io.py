@@ -206,6 +206,24 @@ def _read_delimited(text: str, path: Path, fmt: str) -> pd.DataFrame:
     if header is None:
         raise DataError("file has no header and no data rows", file=path, hint="Check that it is the right file")
     _header_checks(header, path)
+    # pandas pads a row with too few fields with missing values; that hides a broken row
+    # (a lost separator shifts every later value), so it is an error like a row with too many.
+    short: tuple[int, list[str]] | None = None
+    last = 0
+    for row, record in enumerate(records, start=1):
+        last = row
+        if short is None and len(record) < len(header):
+            short = (row, record)
+    # A quote never closed swallows the rest of the file into one short final record;
+    # that is reported below as the unclosed quote it is.
+    unclosed = short is not None and short[0] == last and any("\n" in v for v in short[1])
+    if short is not None and not unclosed:
+        raise DataError(
+            f"row has {len(short[1])} fields but the header has {len(header)}",
+            file=path,
+            row=short[0],
+            hint="Add the missing fields (an empty value still needs its separator, as in a,,c)",
+        )
     try:
         with warnings.catch_warnings():
             # With index_col=False pandas only *warns* when every row has one field too many and

@@ -108,8 +108,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.group_by_length:
+            # Shuffle the full batches only: a short batch stays last, where distributed
+            # sharding (which fills or drops the final round) expects it.
+            short = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
             perm = rng.permutation(len(batches))
             batches = [batches[i] for i in perm]
+            if short is not None:
+                batches.append(short)
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -78,6 +78,9 @@ def predict_outputs(
     index_all = torch.cat(idxs).numpy()
     result = np.zeros((n, logits_all.shape[1]), dtype=np.float32)
     result[index_all] = logits_all
+    missing = n - len(np.unique(index_all))
+    if missing:
+        raise RuntimeError(f"{missing} of {n} examples got no prediction from the data loader")
     return result
 
 
@@ -152,6 +155,8 @@ def train(
                 inputs = _model_inputs(batch)
                 target = batch["target"]
                 last_of_group = (i + 1) % accum == 0 or i + 1 == steps_per_epoch
+                # The last group of an epoch may be shorter; average over its real size.
+                group_size = min(accum, steps_per_epoch - (i // accum) * accum)
                 # Skip the gradient all-reduce on accumulation steps: it is only needed before an update.
                 context = accelerator.no_sync(model) if not last_of_group else _nullcontext()
                 with context:
@@ -159,7 +164,7 @@ def train(
                     if output.shape[-1] == 1 and target.dtype.is_floating_point:
                         output = output.squeeze(-1)
                     loss = loss_fn(output, target)
-                    accelerator.backward(loss / accum)
+                    accelerator.backward(loss / group_size)
                 if last_of_group:
                     if settings.grad_clip:
                         accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -185,8 +190,8 @@ def train(
             if valid_loader is not None and valid_targets is not None:
                 outputs = predict_outputs(model, valid_loader, accelerator, len(valid_targets))
                 with torch.no_grad():
-                    out_t = torch.as_tensor(outputs)
-                    tgt_t = torch.as_tensor(valid_targets)
+                    out_t = torch.as_tensor(outputs).to(accelerator.device)
+                    tgt_t = torch.as_tensor(valid_targets).to(accelerator.device)
                     if out_t.shape[-1] == 1 and tgt_t.dtype.is_floating_point:
                         out_t = out_t.squeeze(-1)
                     metrics["valid_loss"] = float(loss_fn(out_t, tgt_t))

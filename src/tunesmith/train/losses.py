@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ class FocalLoss(nn.Module):
 
 
 def class_weights(
-    spec: str | Mapping[str, float] | None, y_train: np.ndarray, labels: Sequence[str]
+    spec: str | Mapping[Any, float] | None, y_train: np.ndarray, labels: Sequence[str]
 ) -> torch.Tensor | None:
     """Per-class loss weights: ``"balanced"`` (n / (k * count), as scikit-learn) or ``{label: w}``."""
     if spec is None:
@@ -43,7 +44,11 @@ def class_weights(
         counts[counts == 0] = 1.0
         return torch.tensor(len(y_train) / (k * counts), dtype=torch.float32)
     if isinstance(spec, Mapping):
-        unknown = [lbl for lbl in spec if str(lbl) not in labels]
+        from tunesmith.data.schema import label_string
+
+        # Keys may be written as the labels' own values (0, 1, True): compare their label strings.
+        spec = {label_string(k): float(v) for k, v in spec.items()}
+        unknown = [lbl for lbl in spec if lbl not in labels]
         if unknown:
             raise ConfigError(
                 f"label {unknown[0]!r} is not a class of the target",
