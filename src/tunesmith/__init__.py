@@ -12,9 +12,9 @@ fast: torch and transformers load only when a model is needed.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tunesmith._lazy import lazy_module
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError, TunesmithError
 
 if TYPE_CHECKING:
@@ -49,13 +49,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tunesmith' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_module(__name__, _LAZY, globals())

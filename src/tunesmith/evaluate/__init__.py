@@ -5,8 +5,9 @@ Names are imported on first use so that importing the package does not load scik
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tunesmith._lazy import lazy_module
 
 if TYPE_CHECKING:
     from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, tfidf_baseline
@@ -47,13 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tunesmith.evaluate' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_module(__name__, _LAZY, globals())
