@@ -1,0 +1,64 @@
+"""Local Hugging Face folders as backbones: safetensors only, no code from the folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesmith import ConfigError, FineTuner
+from tunesmith.backbones import create_backbone, list_backbones
+
+from .conftest import make_reviews
+
+
+def _save_tiny_folder(path):
+    bb = create_backbone("tiny-text")
+    bb.model.save_pretrained(str(path), safe_serialization=True)
+    bb.tokenizer.save_pretrained(str(path))
+    return bb
+
+
+def test_registry_lists_names():
+    assert {"minilm-l6", "tiny-text"} <= set(list_backbones())
+
+
+def test_local_folder_backbone_loads_same_weights(tmp_path):
+    original = _save_tiny_folder(tmp_path / "enc")
+    loaded = create_backbone(str(tmp_path / "enc"))
+    assert loaded.hidden_size == original.hidden_size
+    assert torch.equal(loaded.model.embeddings.word_embeddings.weight, original.model.embeddings.word_embeddings.weight)
+    assert loaded.fingerprint.startswith("sha256:")
+
+
+def test_local_folder_fits_and_reloads_head_only(tmp_path, monkeypatch):
+    _save_tiny_folder(tmp_path / "enc")
+    monkeypatch.chdir(tmp_path)
+    ft = FineTuner(
+        backbone="enc",
+        strategy="head_only",
+        epochs=2,
+        lr=1e-2,
+        batch_size=8,
+        progress=False,
+        runs_dir="",
+        baselines=False,
+        num_threads=1,
+    ).fit(make_reviews(32), target="label")
+    ft.save(tmp_path / "model")
+    import tunesmith
+
+    monkeypatch.chdir(tmp_path / "model")  # the backbone path was stored resolved
+    assert tunesmith.load(tmp_path / "model").predict(["great fun"]).shape == (1,)
+
+
+def test_folder_with_pickle_weights_only_is_refused(tmp_path):
+    _save_tiny_folder(tmp_path / "enc")
+    (tmp_path / "enc" / "model.safetensors").rename(tmp_path / "enc" / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="no model.safetensors.*only safetensors"):
+        create_backbone(str(tmp_path / "enc"))
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        create_backbone(str(tmp_path / "empty"))
