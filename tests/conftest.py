@@ -33,7 +33,7 @@ NEGATIVE = [
 ]
 
 
-def make_reviews(n: int = 48, seed: int = 0) -> pd.DataFrame:
+def make_reviews(n: int = 48, seed: int = 0, *, users: bool = False) -> pd.DataFrame:
     """A tiny, learnable sentiment set: positive and negative templates with noise words."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -41,7 +41,10 @@ def make_reviews(n: int = 48, seed: int = 0) -> pd.DataFrame:
         label = "pos" if i % 2 == 0 else "neg"
         pool = POSITIVE if label == "pos" else NEGATIVE
         text = pool[rng.integers(len(pool))] + " " + " ".join(rng.choice(["the", "a", "it", "this"], size=2))
-        rows.append({"text": text, "label": label, "user": f"u{i % 8}"})
+        row = {"text": text, "label": label}
+        if users:
+            row["user"] = f"u{i % 8}"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -37,7 +37,7 @@ def test_not_fitted():
 
 
 def test_fit_learns_and_beats_majority(fast_params, reviews):
-    ft = FineTuner(**{**fast_params, **dict(epochs=6)}).fit(reviews, target="label")
+    ft = FineTuner(**{**fast_params, **dict(epochs=8, lr=1e-2)}).fit(reviews, target="label")
     assert ft is not None and ft.test_metrics_ is not None
     assert ft.split_sizes_ == {"train": 38, "valid": 5, "test": 5} or sum(ft.split_sizes_.values()) == 48
     assert set(ft.classes_) == {"neg", "pos"}
@@ -189,7 +189,7 @@ def test_group_column_keeps_groups_apart(fast_params, reviews):
             **fast_params,
             **dict(baselines=False, epochs=1, group_column="user", valid_size=0.25, test_size=0.25),
         }
-    ).fit(reviews, target="label")
+    ).fit(make_reviews(users=True), target="label")
     assert ft.split_info_["strategy"] == "grouped"
 
 

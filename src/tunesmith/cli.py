@@ -206,7 +206,8 @@ def demo(
     from tunesmith.datasets import rotten_tomatoes_split
     from tunesmith.estimator import FineTuner
 
-    train_df, valid_df, test_df = rotten_tomatoes_split(seed=0)
+    # Reviews and labels only: the movie title would let the model look reviews up by film.
+    train_df, valid_df, test_df = (part[["text", "label"]] for part in rotten_tomatoes_split(seed=0))
     console.print(
         f"Rotten Tomatoes reviews: {len(train_df)} train / {len(valid_df)} valid / {len(test_df)} test "
         "(fresh vs rotten)"

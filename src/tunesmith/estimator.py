@@ -487,7 +487,10 @@ class FineTuner:
                 valid_metrics=valid_metrics,
                 callbacks=callbacks,
             )
-        train_seconds = time.perf_counter() - train_started
+        loop_seconds = time.perf_counter() - train_started
+        # Training time proper: the epochs' passes over the training split, without the
+        # validation that follows each epoch (reported apart).
+        train_seconds = sum(float(h.get("epoch_seconds") or 0.0) for h in state.history) or loop_seconds
         model.eval()
         set_trainable_all(model, False)
         self.model_: TextModel | None = model
@@ -535,6 +538,7 @@ class FineTuner:
             "train_seconds": train_seconds,
             "train_examples": state.examples_seen,
             "train_examples_per_s": state.examples_seen / train_seconds if train_seconds > 0 else None,
+            "validation_seconds": max(0.0, loop_seconds - train_seconds),
             "total_seconds": time.perf_counter() - started,
             "parameters": self.n_parameters_,
         }
