@@ -46,8 +46,11 @@ from _common import (
 
 BENCHMARK = "text_classification"
 CONTENDERS = ("full", "lora", "frozen", "hf")
+# Ablations run only when named with --only (they would double the default run time).
+ABLATIONS = ("full_unbucketed",)
 TITLES = {
     "full": "tunesmith full",
+    "full_unbucketed": "tunesmith full, random batches",
     "lora": "tunesmith LoRA",
     "frozen": "frozen emb + LR",
     "hf": "HF Trainer",
@@ -114,9 +117,13 @@ def run_tunesmith(strategy: str, data: tuple[Any, Any, Any], epochs: int, thread
         raise SystemExit(f"tunesmith.FineTuner is not available yet: {exc}") from exc
 
     train, valid, test = data
+    # "full_unbucketed" is full fine-tuning with randomly drawn batches (no length grouping).
+    unbucketed = strategy == "full_unbucketed"
+    strategy = "full" if unbucketed else strategy
     params: dict[str, Any] = {
         "backbone": "minilm-l6",
         "strategy": strategy,
+        "length_bucketing": not unbucketed,
         "epochs": epochs,
         "lr": LORA_LR if strategy == "lora" else LR,
         "batch_size": BATCH_SIZE,
@@ -330,7 +337,7 @@ def child_main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     data = load_data(args.max_train)
     data_seconds = time.perf_counter() - started
-    if args.contender in ("full", "lora"):
+    if args.contender in ("full", "lora", "full_unbucketed"):
         result = run_tunesmith(args.contender, data, args.epochs, args.threads)
     elif args.contender == "frozen":
         result = run_frozen(data, args.epochs, args.threads)
@@ -404,13 +411,17 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb_hf_trainer": metric(results, "hf", "peak_rss_mb"),
         "gain_full_vs_frozen_points": points(acc_full, acc_frozen),
         "gap_full_vs_hf_points": points(acc_full, acc_hf),
+        # Ablation (only when run): how much of the speed comes from length-grouped batches.
+        "train_examples_per_s_full_unbucketed": metric(results, "full_unbucketed", "train_examples_per_s"),
+        "bucketing_speedup": ratio(speed_full, metric(results, "full_unbucketed", "train_examples_per_s")),
+        "acc_full_unbucketed": metric(results, "full_unbucketed", "accuracy"),
     }
 
 
 def table(results: dict[str, Any]) -> str:
     """The results as a text table, one row per contender."""
     rows = []
-    for name in CONTENDERS:
+    for name in (*CONTENDERS, *ABLATIONS):
         entry = results.get(name)
         if not isinstance(entry, dict):
             continue
@@ -440,12 +451,12 @@ def table(results: dict[str, Any]) -> str:
 def parse_only(value: str) -> list[str]:
     """``--only full,hf`` -> ``["full", "hf"]`` in the canonical order; rejects unknown names."""
     names = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = sorted(set(names) - set(CONTENDERS))
+    unknown = sorted(set(names) - set(CONTENDERS) - set(ABLATIONS))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown contender(s) {', '.join(unknown) or '(none given)'}; choose among {','.join(CONTENDERS)}"
         )
-    return [c for c in CONTENDERS if c in names]
+    return [c for c in (*CONTENDERS, *ABLATIONS) if c in names]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -454,8 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         type=parse_only,
         default=None,
-        help=f"comma-separated contenders to run, among {','.join(CONTENDERS)} (default: all); "
-        "other contenders' results already in --out are kept",
+        help=f"comma-separated contenders to run, among {','.join(CONTENDERS)} (default: all) "
+        f"and the ablation {','.join(ABLATIONS)}; other contenders' results already in --out are kept",
     )
     parser.add_argument(
         "--max-train",
@@ -474,7 +485,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=DEFAULT_OUT, help="result JSON (default bench/results/text_classification.json)"
     )
     parser.add_argument("--verbose", action="store_true", help="show the contenders' own output")
-    parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--contender", choices=(*CONTENDERS, *ABLATIONS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.threads < 1 or (args.max_train is not None and args.max_train < 2):
         parser.error("--epochs and --threads must be at least 1, --max-train at least 2")
@@ -499,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         estimator_available = False
     failed = False
     for name in chosen:
-        if name in ("full", "lora") and not estimator_available:
+        if name in ("full", "lora", "full_unbucketed") and not estimator_available:
             print(f"[{name}] skipped: tunesmith.estimator is not available", flush=True)
             results[name] = {"status": "skipped", "error": "tunesmith.estimator is not available", "created": now_iso()}
             continue
@@ -523,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"note: kept {name!r} from an earlier run with different settings (see results.{name}.settings)",
                 flush=True,
             )
-    ordered = {name: results[name] for name in CONTENDERS if name in results}
+    ordered = {name: results[name] for name in (*CONTENDERS, *ABLATIONS) if name in results}
     summary = summarise(ordered)
     path = write_results(
         args.out,
