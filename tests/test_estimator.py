@@ -228,3 +228,11 @@ def test_eval_set_errors_name_their_own_file(fast_params, reviews, tmp_path):
     bad.to_csv(path, index=False)
     with pytest.raises(DataError, match=r"valid\.csv, row 3.*'meh'"):
         FineTuner(**fast_params).fit(reviews, target="label", eval_set=path)
+
+
+def test_failed_refit_leaves_estimator_unfitted(fast_params, reviews):
+    ft = FineTuner(**{**fast_params, "baselines": False, "epochs": 1}).fit(reviews, target="label")
+    with pytest.raises(DataError):
+        ft.fit(reviews.assign(label="same"), target="label")
+    with pytest.raises(NotFittedError):
+        ft.predict(["great fun"])

@@ -170,6 +170,9 @@ def predict(
     ft = tunesmith.load(model)
     df = read_table(data)
     out = df.copy()
+    taken = [c for c in out.columns if c == "prediction" or str(c).startswith("proba_")]
+    if taken:
+        console.print(f"[yellow]replacing existing column(s) {', '.join(map(str, taken))}[/yellow]")
     schema = ft.schema_
     if proba and schema is not None and schema.task != "regression" and ft.classes_ is not None:
         p = ft.predict_proba(data)

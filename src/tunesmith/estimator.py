@@ -214,6 +214,9 @@ class FineTuner:
         following ``split_column`` when set). With ``eval_set`` all of ``X`` trains and
         ``test_set`` (optional) is the test split.
         """
+        # A refit that fails halfway must not leave the old model paired with new labels:
+        # until this fit completes, the estimator counts as not fitted.
+        self.model_: TextModel | None = None
         params = dict(self._params)
         if text_column is not None:
             params["text_column"] = text_column
@@ -493,7 +496,7 @@ class FineTuner:
         train_seconds = sum(float(h.get("epoch_seconds") or 0.0) for h in state.history) or loop_seconds
         model.eval()
         set_trainable_all(model, False)
-        self.model_: TextModel | None = model
+        self.model_ = model
         self.backbone_ = backbone
         self.config_ = cfg
         self.n_outputs_ = n_outputs
