@@ -1,0 +1,292 @@
+"""Likely label errors, found by cleanlab from out-of-fold predicted probabilities.
+
+cleanlab's confident learning needs, for every row, class probabilities from a model that
+never saw that row. tunesmith computes them itself, two ways:
+
+- ``fast``: k-fold logistic regression on the frozen backbone's embeddings (seconds);
+- ``thorough``: k-fold fine-tuning of the backbone (:class:`~tunesmith.FineTuner`), each
+  fold's model predicting the rows it was not trained on (minutes to hours).
+
+The result ranks every row by label quality (cleanlab's self-confidence: the out-of-fold
+probability of the given label) and flags the rows cleanlab counts as issues, each with the
+label the model suggests instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.errors import ConfigError, DataError
+
+Mode = Literal["fast", "thorough"]
+MODES: tuple[str, ...] = ("fast", "thorough")
+FilterBy = Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"]
+
+# Fine-tuning per fold: short, because a model trained to convergence on noisy labels starts
+# to memorise the very errors it is meant to expose.
+THOROUGH_DEFAULTS: dict[str, Any] = {"epochs": 2, "early_stopping": False}
+
+
+@dataclass
+class LabelIssues:
+    """Every row ranked by label quality, worst first.
+
+    ``table`` has the columns ``row`` (1-based data row), ``given_label``,
+    ``suggested_label`` (the out-of-fold model's most likely class), ``label_quality``
+    (the out-of-fold probability of the given label, 0 to 1) and ``is_issue`` (flagged by
+    cleanlab). ``pred_probs`` holds the out-of-fold probabilities in input order, columns
+    in ``labels`` order.
+    """
+
+    table: pd.DataFrame
+    pred_probs: np.ndarray
+    labels: tuple[str, ...]
+    mode: str
+    folds: int
+    seconds: float
+    oof_accuracy: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def issues(self) -> pd.DataFrame:
+        """Only the flagged rows, worst first."""
+        return self.table[self.table["is_issue"]].reset_index(drop=True)
+
+    @property
+    def n_issues(self) -> int:
+        """How many rows are flagged."""
+        return int(self.table["is_issue"].sum())
+
+    def flagged_rows(self) -> list[int]:
+        """1-based data rows of the flagged issues, worst first."""
+        return [int(r) for r in self.issues["row"]]
+
+    def to_dict(self, max_rows: int = 200) -> dict[str, Any]:
+        """JSON-safe summary with the worst ``max_rows`` flagged rows."""
+        shown = self.issues.head(max_rows)
+        return {
+            "mode": self.mode,
+            "folds": self.folds,
+            "n_rows": len(self.table),
+            "n_issues": self.n_issues,
+            "issue_fraction": self.n_issues / max(1, len(self.table)),
+            "out_of_fold_accuracy": self.oof_accuracy,
+            "seconds": self.seconds,
+            "details": self.details,
+            "issues": [
+                {
+                    "row": int(row),
+                    "given_label": str(given),
+                    "suggested_label": str(suggested),
+                    "label_quality": float(quality),
+                }
+                for row, given, suggested, quality in zip(
+                    shown["row"].tolist(),
+                    shown["given_label"].tolist(),
+                    shown["suggested_label"].tolist(),
+                    shown["label_quality"].tolist(),
+                    strict=True,
+                )
+            ],
+        }
+
+
+def _check_inputs(texts: Sequence[str], labels: Sequence[Any], folds: int, mode: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"unknown label-error mode {mode!r}; use one of {', '.join(MODES)}", key="mode")
+    if len(texts) != len(labels):
+        raise DataError(f"{len(texts)} texts but {len(labels)} labels")
+    if folds < 2:
+        raise ConfigError(f"folds must be at least 2, got {folds}", key="folds")
+
+
+def _encode(labels: Sequence[Any], classes: Sequence[str] | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    from tunesmith.data.schema import label_string, sorted_labels
+
+    as_str = [label_string(v) for v in labels]
+    names = tuple(classes) if classes is not None else sorted_labels(as_str)
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({s for s in as_str if s not in index})
+    if unknown:
+        raise DataError(f"labels {unknown[:5]} are not among the classes {list(names)}")
+    return np.asarray([index[s] for s in as_str], dtype=np.int64), names
+
+
+def _folds(y: np.ndarray, folds: int, seed: int, groups: Sequence[Any] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    counts = np.bincount(y)
+    present = counts[counts > 0]
+    if present.min() < folds:
+        small = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        raise DataError(
+            f"class index {small} has {int(present.min())} rows, fewer than folds={folds}",
+            hint="Lower folds, or merge or drop the rare class first",
+        )
+    if groups is not None:
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y, groups=np.asarray(groups))]
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y)]
+
+
+def fast_out_of_fold(
+    embeddings: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    seed: int = 0,
+    C: float = 1.0,
+) -> np.ndarray:
+    """Out-of-fold class probabilities of standardized embeddings + logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probs = np.zeros((len(y), n_classes), dtype=np.float64)
+    for train_idx, test_idx in splits:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
+        model.fit(embeddings[train_idx], y[train_idx])
+        probs[np.ix_(test_idx, model[-1].classes_)] = model.predict_proba(embeddings[test_idx])
+    return probs
+
+
+def thorough_out_of_fold(
+    texts: Sequence[str],
+    y: np.ndarray,
+    n_classes: int,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    seed: int = 0,
+    fit_params: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Out-of-fold class probabilities of a backbone fine-tuned on the other folds."""
+    from tunesmith.estimator import FineTuner
+
+    params: dict[str, Any] = {
+        **THOROUGH_DEFAULTS,
+        "seed": seed,
+        "progress": progress,
+        **dict(fit_params or {}),
+        # Every row of the other folds trains; the held-out fold is what gets scored.
+        "valid_size": 0.0,
+        "test_size": 0.0,
+        "baselines": False,
+        "runs_dir": None,
+    }
+    texts = list(texts)
+    probs = np.zeros((len(y), n_classes), dtype=np.float64)
+    for k, (train_idx, test_idx) in enumerate(splits, 1):
+        if progress:
+            print(f"label errors (thorough): fold {k}/{len(splits)}, training on {len(train_idx)} rows", flush=True)
+        ft = FineTuner(**params).fit([texts[i] for i in train_idx], y[train_idx].tolist())
+        assert ft.classes_ is not None
+        columns = np.asarray([int(c) for c in ft.classes_], dtype=np.int64)
+        probs[np.ix_(test_idx, columns)] = ft.predict_proba([texts[i] for i in test_idx])
+    return probs
+
+
+def rank_label_issues(
+    y: np.ndarray,
+    pred_probs: np.ndarray,
+    *,
+    filter_by: FilterBy = "prune_by_noise_rate",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is_issue mask, label quality scores) from cleanlab's confident learning."""
+    from cleanlab.filter import find_label_issues as cl_find
+    from cleanlab.rank import get_label_quality_scores
+
+    probs = np.clip(pred_probs, 1e-12, None)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    quality = get_label_quality_scores(y, probs, method="self_confidence")
+    mask = cl_find(labels=y, pred_probs=probs, filter_by=filter_by, n_jobs=1)
+    return np.asarray(mask, dtype=bool), np.asarray(quality, dtype=np.float64)
+
+
+def find_label_issues(
+    texts: Sequence[str],
+    labels: Sequence[Any],
+    *,
+    mode: Mode = "fast",
+    folds: int = 5,
+    seed: int = 0,
+    backbone: str = "minilm-l6",
+    rows: Sequence[int] | np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    groups: Sequence[Any] | None = None,
+    embeddings: np.ndarray | None = None,
+    fit_params: Mapping[str, Any] | None = None,
+    filter_by: FilterBy = "prune_by_noise_rate",
+    max_length: int = 128,
+    progress: bool = True,
+) -> LabelIssues:
+    """Rank rows by how likely their label is wrong; flag the likely errors.
+
+    Parameters
+    ----------
+    texts, labels:
+        One input text and its given label per row.
+    mode:
+        ``"fast"`` (logistic regression on frozen embeddings) or ``"thorough"`` (k-fold
+        fine-tuning with ``fit_params`` as :class:`~tunesmith.FineTuner` settings, by
+        default 2 epochs per fold).
+    folds, seed:
+        Stratified k-fold cross-validation; ``groups`` keeps each group in one fold.
+    rows:
+        The 1-based data row of each input (default ``1..n``), reported in the table.
+    classes:
+        All class names in index order (default: the sorted distinct labels).
+    embeddings:
+        Precomputed frozen embeddings for the fast mode (else computed with ``backbone``).
+    filter_by:
+        cleanlab's rule for counting issues (``prune_by_noise_rate`` by default).
+    """
+    _check_inputs(texts, labels, folds, mode)
+    started = time.perf_counter()
+    y, names = _encode(labels, classes)
+    n_classes = len(names)
+    if len(np.unique(y)) < 2:
+        raise DataError("label errors need at least two classes; the data holds one")
+    splits = _folds(y, folds, seed, groups)
+    if mode == "fast":
+        if embeddings is None:
+            from tunesmith.estimator import embed_texts
+
+            embeddings = embed_texts(texts, backbone, max_length=max_length, progress=progress)
+        if len(embeddings) != len(y):
+            raise DataError(f"{len(embeddings)} embeddings for {len(y)} rows")
+        probs = fast_out_of_fold(np.asarray(embeddings, dtype=np.float64), y, n_classes, splits, seed=seed)
+    else:
+        params = {"backbone": backbone, "max_length": max_length, **dict(fit_params or {})}
+        probs = thorough_out_of_fold(texts, y, n_classes, splits, seed=seed, fit_params=params, progress=progress)
+    mask, quality = rank_label_issues(y, probs, filter_by=filter_by)
+    suggested = probs.argmax(axis=1)
+    row_numbers = np.asarray(rows if rows is not None else np.arange(1, len(y) + 1), dtype=np.int64)
+    table = pd.DataFrame(
+        {
+            "row": row_numbers,
+            "given_label": [names[i] for i in y],
+            "suggested_label": [names[i] for i in suggested],
+            "label_quality": quality,
+            "is_issue": mask,
+        }
+    )
+    table = table.sort_values(["label_quality", "row"], kind="stable").reset_index(drop=True)
+    return LabelIssues(
+        table=table,
+        pred_probs=probs,
+        labels=names,
+        mode=mode,
+        folds=folds,
+        seconds=time.perf_counter() - started,
+        oof_accuracy=float(np.mean(suggested == y)),
+        details={"filter_by": filter_by, "backbone": backbone},
+    )

@@ -1,0 +1,87 @@
+"""Label errors: out-of-fold probabilities, cleanlab ranking, both modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_reviews
+from tunesmith.data.label_issues import find_label_issues
+from tunesmith.errors import ConfigError, DataError
+
+
+def blobs(n: int = 200, flips: int = 10, seed: int = 0) -> tuple[np.ndarray, list[str], list[int]]:
+    """Two well-separated clusters; ``flips`` labels flipped. Returns (embeddings, labels, flipped 1-based rows)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 8)) + np.where(y[:, None] == 1, 3.0, -3.0)
+    labels = np.where(y == 1, "pos", "neg").astype(object)
+    flipped = np.sort(rng.choice(n, size=flips, replace=False))
+    labels[flipped] = np.where(labels[flipped] == "pos", "neg", "pos")
+    return x, labels.tolist(), (flipped + 1).tolist()
+
+
+def test_fast_mode_finds_flipped_labels_on_separable_data():
+    x, labels, flipped = blobs()
+    texts = [f"t{i}" for i in range(len(labels))]
+    issues = find_label_issues(texts, labels, embeddings=x, folds=5, progress=False)
+    assert set(issues.flagged_rows()) == set(flipped)
+    # Worst first: the flagged rows have the lowest label quality.
+    assert set(issues.table["row"].head(len(flipped))) == set(flipped)
+    worst = issues.issues.iloc[0]
+    assert worst["suggested_label"] != worst["given_label"]
+    assert issues.oof_accuracy == pytest.approx(1 - len(flipped) / len(labels), abs=0.02)
+    d = issues.to_dict(max_rows=3)
+    assert d["n_issues"] == len(flipped) and len(d["issues"]) == 3
+
+
+def test_rows_are_reported_as_given():
+    x, labels, flipped = blobs(n=60, flips=3)
+    rows = [100 + i for i in range(60)]
+    issues = find_label_issues([""] * 60, labels, embeddings=x, rows=rows, folds=3, progress=False)
+    assert set(issues.flagged_rows()) == {r + 99 for r in flipped}
+
+
+def test_same_seed_same_result_and_pred_probs_in_input_order():
+    x, labels, flipped = blobs(n=80, flips=4)
+    a = find_label_issues([""] * 80, labels, embeddings=x, folds=4, seed=3, progress=False)
+    b = find_label_issues([""] * 80, labels, embeddings=x, folds=4, seed=3, progress=False)
+    np.testing.assert_array_equal(a.pred_probs, b.pred_probs)
+    assert a.pred_probs.shape == (80, 2)
+    np.testing.assert_allclose(a.pred_probs.sum(axis=1), 1.0)
+    # Input order: odd positions lie in the "pos" cluster (column 1), even ones in "neg".
+    clean = np.setdiff1d(np.arange(80), np.asarray(flipped) - 1)
+    pos, neg = clean[clean % 2 == 1], clean[clean % 2 == 0]
+    assert a.pred_probs[pos, 1].mean() > 0.8 and a.pred_probs[neg, 0].mean() > 0.8
+
+
+def test_thorough_mode_fine_tunes_per_fold():
+    df = make_reviews(48)
+    labels = df["label"].tolist()
+    labels[0] = "neg"  # row 1 is really "pos"
+    issues = find_label_issues(
+        df["text"].tolist(),
+        labels,
+        mode="thorough",
+        folds=3,
+        backbone="tiny-text",
+        max_length=32,
+        progress=False,
+        fit_params={"epochs": 4, "batch_size": 8, "lr": 3e-3, "num_threads": 1},
+    )
+    assert issues.mode == "thorough" and issues.pred_probs.shape == (48, 2)
+    assert 1 in issues.flagged_rows()
+    assert issues.oof_accuracy > 0.8
+
+
+def test_bad_inputs_raise_named_errors():
+    with pytest.raises(ConfigError, match="mode"):
+        find_label_issues(["a", "b"], ["x", "y"], mode="slow", progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="folds"):
+        find_label_issues(["a", "b"], ["x", "y"], folds=1, progress=False)
+    with pytest.raises(DataError, match="2 texts but 3 labels"):
+        find_label_issues(["a", "b"], ["x", "y", "z"], progress=False)
+    with pytest.raises(DataError, match="fewer than folds=5"):
+        find_label_issues(["a"] * 12, ["x"] * 10 + ["y"] * 2, embeddings=np.zeros((12, 2)), progress=False)
+    with pytest.raises(DataError, match="at least two classes"):
+        find_label_issues(["a"] * 6, ["x"] * 6, embeddings=np.zeros((6, 2)), folds=2, progress=False)
