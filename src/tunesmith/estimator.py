@@ -33,6 +33,7 @@ from tunesmith.backbones import create_backbone, is_registered
 from tunesmith.backbones.text import TextBackbone, build_from_files
 from tunesmith.config import FIELD_NAMES, FitConfig, config_to_yaml, make_config
 from tunesmith.data.io import file_sha256, read_table
+from tunesmith.data.quality import Preprocessing, clean_before_split, clean_train, report_of
 from tunesmith.data.schema import Schema, infer_schema
 from tunesmith.data.split import split_frame
 from tunesmith.data.validate import DropReport, encode_target, prepare_frame, texts_of
@@ -235,6 +236,9 @@ class FineTuner:
         raw_target = df[target_col]  # before labels become strings, to give predictions back in the user's type
         df, drops = prepare_frame(df, schema, file=file)
         drop_reports = {"data": drops.to_dict()}
+        rows_prepared = len(df)
+        # Duplicates and conflicts go before the split, so that copies cannot straddle it.
+        df, clean_actions = clean_before_split(df, schema, cfg)
 
         if eval_set is None:
             if test_set is not None:
@@ -273,6 +277,19 @@ class FineTuner:
                 file=file,
                 hint="Lower valid_size/test_size or give more data",
             )
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)  # a tiny test backbone is randomly initialised
+        backbone = create_backbone(cfg.backbone, pooling=cfg.pooling)
+        # Cleaning, balancing and augmentation touch the training split only; what it learns
+        # (imputed values, numeric scaling) is applied to validation, test and predictions alike.
+        train_df, train_actions, preprocessing = clean_train(train_df, schema, cfg, backbone=backbone)
+        clean_actions += train_actions
+        self.preprocessing_ = preprocessing
+        valid_df, test_df = preprocessing.apply(valid_df), preprocessing.apply(test_df)
+        self.cleaning_ = report_of(rows_prepared, len(train_df) + len(valid_df) + len(test_df), clean_actions)
+        if len(train_df) == 0:
+            raise DataError("cleaning left no rows to train on", file=file, hint=self.cleaning_.summary())
 
         labels = list(schema.labels or [])
         regression = schema.task == "regression"
@@ -304,7 +321,6 @@ class FineTuner:
             cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, kwargs_handlers=handlers
         )
         set_seed(cfg.seed)
-        backbone = create_backbone(cfg.backbone, pooling=cfg.pooling)
         # A folder is stored resolved, so a head-only or LoRA model loads from any working directory.
         self._backbone_origin = str(Path(cfg.backbone).resolve()) if Path(cfg.backbone).exists() else cfg.backbone
         ids_train = backbone.tokenize(texts_train, cfg.max_length)
@@ -382,7 +398,8 @@ class FineTuner:
             freeze_embeddings=cfg.freeze_embeddings,
             freeze_layers=cfg.freeze_layers,
         )
-        weight = None if regression else class_weights(cfg.class_weight, y_train, labels)
+        wanted_weight = "balanced" if cfg.balance == "class_weight" else cfg.class_weight
+        weight = None if regression else class_weights(wanted_weight, y_train, labels)
         loss_fn = make_loss(
             cfg.loss,
             schema.task,
@@ -528,6 +545,7 @@ class FineTuner:
             "sha256": file_sha256(file) if file else _frame_sha256(df),
             "rows": {"after_cleaning": len(df), **self.split_sizes_},
             "dropped": drop_reports,
+            "cleaning": self.cleaning_.to_dict(max_rows=200),
             "split": split_info,
             "target": schema.target,
             "text_columns": list(schema.text_columns),
@@ -674,7 +692,11 @@ class FineTuner:
             )
         for col in absent:
             filled[col] = np.nan
+        filled = self._preprocessing().apply(filled)
         return texts_of(filled, self.schema_), df, file
+
+    def _preprocessing(self) -> Preprocessing:
+        return getattr(self, "preprocessing_", None) or Preprocessing()
 
     def _predict_outputs(self, X: DataLike) -> np.ndarray:
         self._check_fitted()
@@ -721,7 +743,7 @@ class FineTuner:
             df = df.rename(columns={target_col: schema.target})
         df, drops = prepare_frame(df, schema, file=file)
         y_true = encode_target(df[schema.target], schema, file=file)
-        texts = texts_of(df, schema)
+        texts = texts_of(self._preprocessing().apply(df), schema)
         ids = self.backbone_.tokenize(texts, self.config_.max_length)
         outputs = self._outputs_from_ids(ids, progress=self.config_.progress and len(ids) >= 2048)
         s = self.target_scaling_ or {"mean": 0.0, "std": 1.0}
@@ -826,6 +848,7 @@ class FineTuner:
             "labels": list(self.schema_.labels or []),
             "label_values": self.label_values_,
             "target_scaling": self.target_scaling_,
+            "preprocessing": self.preprocessing_.to_dict(),
             "n_outputs": self.n_outputs_,
             "backbone": {
                 "name": self._backbone_origin,
@@ -920,6 +943,7 @@ class FineTuner:
         labels = list(meta.get("labels") or [])
         est.classes_ = _restore_label_values(labels, est.label_values_) if meta["task"] != "regression" else None
         est.target_scaling_ = meta.get("target_scaling")
+        est.preprocessing_ = Preprocessing.from_dict(meta.get("preprocessing"))
         est.n_outputs_ = int(meta["n_outputs"])
         est.test_metrics_ = meta.get("metrics")
         est.baseline_metrics_ = meta.get("baselines") or {}
@@ -1015,3 +1039,29 @@ def _progress(description: str, total: int, *, enabled: bool) -> Any:
 def load(path: str | os.PathLike[str]) -> FineTuner:
     """Load a saved model folder (see :meth:`FineTuner.save`)."""
     return FineTuner.load(path)
+
+
+def embed_texts(
+    texts: Sequence[str],
+    backbone: str | TextBackbone = "minilm-l6",
+    *,
+    max_length: int = 128,
+    batch_size: int = 128,
+    pooling: str = "mean",
+    progress: bool = True,
+    description: str = "embedding",
+) -> np.ndarray:
+    """Pooled vectors of the pre-trained (frozen) backbone, one row per text, in input order.
+
+    ``backbone`` is a registered name, a local Hugging Face folder or a built
+    :class:`~tunesmith.backbones.text.TextBackbone`. Used by the data inspection (near
+    duplicates), the fast label-error search and the frozen-embedding baseline's kind of
+    features.
+    """
+    model = create_backbone(backbone, pooling=pooling) if isinstance(backbone, str) else backbone
+    if not len(texts):
+        return np.zeros((0, model.hidden_size), dtype=np.float32)
+    ids = model.tokenize(list(texts), max_length)
+    return FineTuner._run_batches(
+        model, ids, batch_size, model.pad_id, progress=progress, description=description
+    ).astype(np.float32)
