@@ -20,6 +20,9 @@ from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedErr
 if TYPE_CHECKING:
     from tunesmith.backbones import create_backbone, list_backbones, register_backbone
     from tunesmith.config import FitConfig
+    from tunesmith.data.clean import clean_data
+    from tunesmith.data.inspect import inspect_data
+    from tunesmith.data.label_issues import find_label_issues
     from tunesmith.estimator import FineTuner, load
 
 __version__ = "0.1.0"
@@ -31,6 +34,9 @@ _LAZY = {
     "create_backbone": "tunesmith.backbones",
     "list_backbones": "tunesmith.backbones",
     "register_backbone": "tunesmith.backbones",
+    "inspect_data": "tunesmith.data.inspect",
+    "clean_data": "tunesmith.data.clean",
+    "find_label_issues": "tunesmith.data.label_issues",
 }
 
 __all__ = [
@@ -42,7 +48,10 @@ __all__ = [
     "NotFittedError",
     "TunesmithError",
     "__version__",
+    "clean_data",
     "create_backbone",
+    "find_label_issues",
+    "inspect_data",
     "list_backbones",
     "load",
     "register_backbone",

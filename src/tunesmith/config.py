@@ -95,6 +95,35 @@ class FitConfig(BaseModel):
     split_column: str | None = Field(None, description="Column naming each row's split (train/valid/test).")
     length_bucketing: bool = Field(True, description="Batch examples of similar length to avoid padding.")
 
+    # --- data quality (see docs/quality.md) ---------------------------------------------
+    duplicates: Literal["keep", "drop"] = Field(
+        "keep", description="drop: remove rows repeating an earlier row's input and label, before splitting."
+    )
+    conflicts: Literal["keep", "majority", "drop"] = Field(
+        "keep", description="Same input, different labels: keep, majority (keep the commonest label) or drop all."
+    )
+    missing: Literal["keep", "drop", "impute"] = Field(
+        "keep", description="Missing numeric/categorical values in training rows: keep, drop the row, or impute."
+    )
+    label_errors: Literal["keep", "drop", "relabel"] = Field(
+        "keep", description="Likely mislabeled training rows (cleanlab): keep, drop, or relabel to the suggestion."
+    )
+    label_error_mode: Literal["fast", "thorough"] = Field(
+        "fast", description="fast: logistic regression on frozen embeddings; thorough: k-fold fine-tuning."
+    )
+    label_error_folds: int = Field(5, ge=2, description="Folds of the out-of-fold probabilities for label errors.")
+    balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
+        "none", description="Class imbalance remedy on the training split."
+    )
+    augment: list[Literal["delete", "swap", "insert", "replace"]] = Field(
+        default_factory=list, description="Text augmentations of training rows: delete, swap, insert, replace."
+    )
+    augment_p: float = Field(0.1, gt=0.0, le=1.0, description="Per-token probability of an augmentation edit.")
+    augment_copies: int = Field(1, ge=1, description="Augmented copies added per training row.")
+    numeric_scaling: Literal["none", "standard", "minmax", "robust"] = Field(
+        "none", description="Scaling of numeric columns, fitted on the training split."
+    )
+
     # --- run ---------------------------------------------------------------------------
     seed: int = Field(0, ge=0, description="Seed for splits, initialisation, shuffling and dropout.")
     deterministic: bool = Field(True, description="Use deterministic algorithms (same seed, same weights).")
@@ -121,6 +150,11 @@ class FitConfig(BaseModel):
             raise ValueError("strategy='head_only' conflicts with layer_lr_decay: no backbone layer is trained")
         if self.group_column and self.split_column:
             raise ValueError("group_column conflicts with split_column: give one way to split, not both")
+        if self.balance == "class_weight" and self.class_weight is not None:
+            raise ValueError(
+                "balance='class_weight' conflicts with class_weight: balance='class_weight' means "
+                "class_weight='balanced'; set one of them"
+            )
         if self.valid_size + self.test_size >= 1.0:
             raise ValueError(
                 f"valid_size + test_size must be < 1 (got {self.valid_size} + {self.test_size}), "
@@ -227,6 +261,6 @@ def settings_table() -> str:
     """Markdown table of every setting, its default and meaning (used to write docs/config.md)."""
     rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
     for name, field in FitConfig.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         rows.append(f"| `{name}` | `{default!r}` | {field.description or ''} |")
     return "\n".join(rows)
