@@ -25,6 +25,8 @@ def test_duplicates_and_conflicts_are_cleaned_before_the_split(fast_params):
     record = saved or ft.data_info_
     actions = {a["action"]: a["count"] for a in record["cleaning"]["actions"]}
     assert actions.get("drop_duplicates", 0) == report.count("drop_duplicates")
+    text = (ft.run_dir_ / "report.md").read_text()
+    assert f"cleaning: dropped {report.count('drop_duplicates')} exact duplicate row(s)" in text
 
 
 def test_label_errors_dropped_from_training_split_only(fast_params):

@@ -92,6 +92,11 @@ def print_fit_summary(ft: Any) -> None:
         f"({info['train_examples_per_s'] or 0:.1f} examples/s); best epoch {info['best_epoch']}"
         + (f"; stopped early: {info['stop_reason']}" if info.get("stop_reason") else "")
     )
+    cleaning = getattr(ft, "cleaning_", None)
+    if cleaning:
+        for action in cleaning.actions:
+            if action.count:
+                console.print(f"[yellow]cleaning: {action.description}[/yellow]", highlight=False)
     for where, report in ft.drop_report_.items():
         if report.get("dropped_total"):
             console.print(f"[yellow]{where}: {report.get('summary', report)}[/yellow]")
@@ -210,6 +215,7 @@ def inspect(
     fail_on: Annotated[str, typer.Option(help="Exit 1 on findings of this severity: error, warning or never.")] = (
         "never"
     ),
+    max_rows: Annotated[int | None, typer.Option(help="Inspect only the first N rows (a sample).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Report what is wrong with DATA: duplicates, conflicts, leakage, imbalance, label errors and more."""
@@ -231,6 +237,7 @@ def inspect(
         folds=folds,
         near_duplicate_threshold=threshold,
         max_length=max_length,
+        max_rows=max_rows,
         progress=not quiet,
     )
     path = report.write(output)
@@ -356,8 +363,16 @@ def demo(
     console.print(f"model saved to {output}; try: tunesmith predict {output} reviews.csv -o predictions.csv")
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line and exit status 2."""
+    import warnings
+
+    # Warnings about the user's data read as one line, like errors, not as source locations.
+    warnings.formatwarning = _one_line_warning
     try:
         code = app(args=argv, standalone_mode=False)
         # Without standalone mode click returns typer.Exit's code instead of exiting.

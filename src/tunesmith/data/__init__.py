@@ -7,7 +7,7 @@ from tunesmith.data.augment import NeighbourTable, TextAugmenter
 from tunesmith.data.balance import resample
 from tunesmith.data.clean import CleanAction, CleanReport, clean_data, clean_frame
 from tunesmith.data.inspect import Finding, InspectionReport, inspect_data
-from tunesmith.data.io import SUPPORTED_FORMATS, file_sha256, read_table, write_table
+from tunesmith.data.io import SUPPORTED_FORMATS, DataWarning, file_sha256, read_table, write_table
 from tunesmith.data.label_issues import LabelIssues, find_label_issues
 from tunesmith.data.normalize import NumericScaler
 from tunesmith.data.schema import ROW_COLUMN, Schema, Task, infer_schema, label_string
@@ -20,6 +20,7 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "CleanAction",
     "CleanReport",
+    "DataWarning",
     "DropReport",
     "Finding",
     "InspectionReport",

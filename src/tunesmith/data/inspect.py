@@ -830,6 +830,7 @@ def inspect_data(
     batch_size: int = 128,
     seed: int = 0,
     fit_params: dict[str, Any] | None = None,
+    max_rows: int | None = None,
     progress: bool = True,
 ) -> InspectionReport:
     """Profile ``data`` and find what is wrong with it (see the module docstring for the checks).
@@ -850,6 +851,9 @@ def inspect_data(
         ``fast`` (default), ``thorough`` (k-fold fine-tuning with ``fit_params``) or ``none``.
     near_duplicate_threshold:
         Cosine similarity from which two different texts count as near-duplicates.
+    max_rows:
+        Read only the first ``max_rows`` rows of a file (a sample of a file too large to
+        read whole).
     """
     from tunesmith.data.io import read_table
 
@@ -863,7 +867,7 @@ def inspect_data(
     started = time.perf_counter()
     file = str(data) if isinstance(data, (str, Path)) else None
     with _timed(timings, "read"):
-        raw = read_table(data) if isinstance(data, (str, Path)) else data.copy()
+        raw = read_table(data, max_rows=max_rows) if isinstance(data, (str, Path)) else data.copy()
     if ROW_COLUMN not in raw.columns:
         raw[ROW_COLUMN] = row_numbers(raw)
     raw_rows = raw[ROW_COLUMN].to_numpy(dtype=np.int64)
@@ -1032,6 +1036,7 @@ def inspect_data(
             "split_column": split_column,
             "group_column": group_column,
             "test": str(test) if isinstance(test, (str, Path)) else None,
+            "max_rows": max_rows,
         },
         examples=examples,
         _token_counts=tokens,

@@ -284,6 +284,11 @@ def render_report(info: Mapping[str, Any]) -> str:
                 out.append(f"- dropped ({where}): {_drop_summary(report)}")
         elif dropped is not None and not isinstance(dropped, Mapping):
             out.append(f"- dropped: {_cell(dropped)}")
+        cleaning = data.get("cleaning")
+        if isinstance(cleaning, Mapping):
+            for action in cleaning.get("actions") or []:
+                if isinstance(action, Mapping) and action.get("count"):
+                    out.append(f"- cleaning: {_cell(action.get('description'))}")
         out.append("")
         if rows:
             out += [*_table(["split", "rows"], [[_cell(k), v] for k, v in rows.items()]), ""]
