@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,9 @@ test: lint typecheck pytest
 
 bench: setup
 	$(BIN)/python bench/text_classification.py
+
+bench-label-noise: setup
+	$(BIN)/python bench/label_noise.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

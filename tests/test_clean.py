@@ -136,3 +136,34 @@ def test_clean_data_keeps_user_columns_and_types(tmp_path):
     assert out["review"].tolist() == ["good", "bad", "meh"] and out["stars"].tolist() == [1, 0, 0]
     assert report.count("drop_unusable") == 1 and report.count("drop_duplicates") == 1
     assert report.rows_in == 5 and report.rows_out == 3
+
+
+def test_clean_data_writes_imputed_values_and_checks_label_errors_after_conflicts(tmp_path):
+    from tests.conftest import make_reviews
+
+    df = make_reviews(60)
+    df["size"] = np.where(np.arange(60) % 7 == 0, np.nan, np.arange(60, dtype=float))
+    # Rows 61-66 repeat rows 1-3 twice with the other label: conflicts the cleaning drops first.
+    flipped = df.iloc[:3].assign(label=lambda d: d["label"].map({"pos": "neg", "neg": "pos"}))
+    df = pd.concat([df, flipped, flipped], ignore_index=True)
+    out, report = clean_data(
+        df,
+        "label",
+        text_column="text",
+        missing="impute",
+        label_errors="drop",
+        backbone="tiny-text",
+        folds=3,
+        progress=False,
+    )
+    assert out["size"].notna().all()
+    assert report.count("impute_missing") > 0 and report.count("drop_conflicts") > 0
+    assert report.rows_out == len(out) and report.dropped == len(df) - len(out)
+    labels_action = next(a for a in report.actions if a.action == "drop_label_errors")
+    assert not set(labels_action.rows) & set(report.actions[1].rows)
+
+
+def test_clean_data_refuses_a_bad_row_column():
+    df = pd.DataFrame({"text": ["a b c", "d e f", "g h i"], "label": ["x", "y", "x"], "__row__": ["a", "b", "c"]})
+    with pytest.raises(DataError, match="reserved"):
+        clean_data(df, "label", progress=False)

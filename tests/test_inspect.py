@@ -91,9 +91,15 @@ def test_group_overlap():
 
 def test_near_duplicate_pairs_skip_identical_texts_and_respect_threshold():
     e = np.array([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [1.0, 0.0]])
-    pairs, total = near_duplicate_pairs(e, ["a", "b", "c", "a"], threshold=0.95)
+    pairs, total, crossing = near_duplicate_pairs(e, ["a", "b", "c", "a"], threshold=0.95, sides=np.array([0, 1, 0, 0]))
     assert total == 2 and {(i, j) for i, j, _ in pairs} == {(0, 1), (1, 3)}
-    assert all(s >= 0.95 for _, _, s in pairs)
+    assert all(s >= 0.95 for _, _, s in pairs) and crossing == 2
+    # Many near-identical vectors: every pair counted, the list capped, most similar first.
+    rng = np.random.default_rng(0)
+    many = np.ones((300, 4)) + rng.normal(scale=1e-3, size=(300, 4))
+    pairs, total, _ = near_duplicate_pairs(many, [str(i) for i in range(300)], threshold=0.9)
+    assert total == 300 * 299 // 2 and len(pairs) == 10_000
+    assert [s for _, _, s in pairs] == sorted((s for _, _, s in pairs), reverse=True)
 
 
 def test_report_files(tmp_path):
@@ -150,3 +156,17 @@ def test_cli_clean_writes_file_and_report(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["clean", str(path), "-t", "label", "-o", str(out), "-q"])
     assert exc.value.code == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_nested_json_values_are_ignored_and_ties_named_once(tmp_path):
+    path = tmp_path / "nested.jsonl"
+    rows = [
+        {"text": t, "label": lab, "tags": ["a", "b"], "meta": {"k": 1}}
+        for t, lab in zip(make_reviews(20)["text"], make_reviews(20)["label"], strict=True)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = inspect_data(path, "label", label_errors="none", near_duplicates=False, **FAST)
+    roles = {c["column"]: c["role"] for c in report.columns}
+    assert roles["tags"] == "ignored" and roles["meta"] == "ignored"
+    balance = report.finding("class_balance")
+    assert balance is not None and "'neg'" in balance.title and "'pos'" in balance.title

@@ -85,3 +85,23 @@ def test_bad_inputs_raise_named_errors():
         find_label_issues(["a"] * 12, ["x"] * 10 + ["y"] * 2, embeddings=np.zeros((12, 2)), progress=False)
     with pytest.raises(DataError, match="at least two classes"):
         find_label_issues(["a"] * 6, ["x"] * 6, embeddings=np.zeros((6, 2)), folds=2, progress=False)
+
+
+def test_groups_fewer_than_folds_and_many_classes():
+    x, labels, _ = blobs(n=40, flips=0)
+    with pytest.raises(DataError, match="2 group"):
+        find_label_issues([""] * 40, labels, embeddings=x, groups=["a", "b"] * 20, folds=3, progress=False)
+    # 21 integer-like classes must stay classes (not regression) in the thorough folds.
+    labels = [str(i % 21) for i in range(84)]
+    texts = [f"word{i % 21} filler" for i in range(84)]
+    issues = find_label_issues(
+        texts,
+        labels,
+        mode="thorough",
+        folds=2,
+        backbone="tiny-text",
+        max_length=16,
+        progress=False,
+        fit_params={"epochs": 1, "batch_size": 16, "num_threads": 1},
+    )
+    assert issues.pred_probs.shape == (84, 21)

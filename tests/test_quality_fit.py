@@ -97,3 +97,33 @@ def test_missing_imputed_and_scaled_with_training_values_and_saved(fast_params, 
     loaded = load(tmp_path / "m")
     assert loaded.preprocessing_.to_dict() == prep.to_dict()
     np.testing.assert_allclose(loaded.predict_proba(new), before, atol=1e-6)
+
+
+def test_impute_covers_columns_without_gaps_and_blank_strings(fast_params):
+    df = make_reviews(48)
+    df["color"] = np.where(np.arange(48) % 3 == 0, "red", "blue")
+    df["size"] = np.arange(48, dtype=float)
+    ft = FineTuner(**fast_params, missing="impute", baselines=False).fit(df, target="label", text_column="text")
+    assert set(ft.preprocessing_.impute) == {"color", "size"}
+    filled = ft.preprocessing_.apply(pd.DataFrame({"text": ["x"], "color": [" "], "size": [np.nan]}))
+    assert filled["color"].item() == "blue" and filled["size"].item() == pytest.approx(ft.preprocessing_.impute["size"])
+
+
+def test_cleaning_counts_with_eval_set_and_added_rows(fast_params):
+    df = make_reviews(40)
+    ft = FineTuner(**fast_params, balance="oversample", augment=["swap"], baselines=False)
+    ft.fit(df.iloc[:30], target="label", eval_set=df.iloc[30:])
+    report = ft.cleaning_
+    assert report.rows_in == 30 and report.dropped == 0 and report.changed == 0
+    assert report.added == report.count("oversample") + report.count("augment") > 0
+    assert report.rows_out == ft.split_sizes_["train"]
+
+
+def test_label_error_search_skipped_when_a_class_is_too_small(fast_params):
+    df = make_reviews(40)
+    df.loc[0, "label"] = "meh"
+    df.loc[2, "label"] = "meh"
+    with pytest.warns(UserWarning, match="label errors not searched"):
+        ft = FineTuner(**fast_params, label_errors="drop", valid_size=0.0, test_size=0.0, baselines=False)
+        ft.fit(df, target="label")
+    assert ft.cleaning_.actions[-1].action == "skip_label_errors"

@@ -287,7 +287,9 @@ class FineTuner:
         clean_actions += train_actions
         self.preprocessing_ = preprocessing
         valid_df, test_df = preprocessing.apply(valid_df), preprocessing.apply(test_df)
-        self.cleaning_ = report_of(rows_prepared, len(train_df) + len(valid_df) + len(test_df), clean_actions)
+        # With eval_set, only X is cleaned: the given validation and test sets are not counted.
+        kept = len(train_df) + (len(valid_df) + len(test_df) if eval_set is None else 0)
+        self.cleaning_ = report_of(rows_prepared, kept, clean_actions)
         if len(train_df) == 0:
             raise DataError("cleaning left no rows to train on", file=file, hint=self.cleaning_.summary())
 

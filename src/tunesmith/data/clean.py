@@ -41,6 +41,8 @@ POLICIES: dict[str, tuple[str, ...]] = {
     "label_errors": ("keep", "drop", "relabel"),
 }
 MAX_REPORTED_ROWS = 1000
+ADDING_ACTIONS = ("oversample", "augment")
+CHANGING_ACTIONS = ("impute_missing", "relabel_label_errors")
 _SPACES = re.compile(r"\s+")
 
 
@@ -75,14 +77,19 @@ class CleanReport:
     actions: list[CleanAction] = field(default_factory=list)
 
     @property
+    def added(self) -> int:
+        """Rows added (oversampled copies, augmented copies)."""
+        return sum(a.count for a in self.actions if a.action in ADDING_ACTIONS)
+
+    @property
     def dropped(self) -> int:
         """Rows removed by any step."""
-        return self.rows_in - self.rows_out
+        return self.rows_in + self.added - self.rows_out
 
     @property
     def changed(self) -> int:
         """Rows kept but altered (relabelled or imputed)."""
-        return sum(a.count for a in self.actions if not a.action.startswith("drop"))
+        return sum(a.count for a in self.actions if a.action in CHANGING_ACTIONS)
 
     def count(self, action: str) -> int:
         """Rows affected by ``action`` (0 when it did not run)."""
@@ -109,6 +116,7 @@ class CleanReport:
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
             "dropped": self.dropped,
+            "added": self.added,
             "changed": self.changed,
             "actions": [a.to_dict(max_rows) for a in self.actions],
         }
@@ -233,6 +241,16 @@ def handle_missing(
     rows = _rows(df)
     columns = [c for c in (*schema.numeric_columns, *schema.categorical_columns) if c in df.columns]
     masks = {c: missing_mask(df[c]).to_numpy(dtype=bool) for c in columns}
+    fills: dict[str, Any] = dict(fill_values or {})
+    if policy == "impute":
+        # Fill values for every feature column, gaps or not: later inputs may have gaps here.
+        for c, m in masks.items():
+            if c not in fills and (~m).any():
+                present = df.loc[~m, c]
+                if c in schema.numeric_columns:
+                    fills[c] = float(pd.to_numeric(present, errors="coerce").median())
+                else:
+                    fills[c] = present.astype(str).value_counts().index[0]
     any_missing = np.zeros(len(df), dtype=bool)
     for m in masks.values():
         any_missing |= m
@@ -248,7 +266,7 @@ def handle_missing(
                 f"kept {len(affected)} row(s) with missing feature values",
                 {"per_column": per_column},
             ),
-            {},
+            fills if policy == "impute" else {},
         )
     if policy == "drop":
         action = CleanAction(
@@ -260,22 +278,15 @@ def handle_missing(
         )
         return df.loc[~any_missing].copy(), action, {}
     out = df.copy()
-    fills: dict[str, Any] = dict(fill_values or {})
     for c, m in masks.items():
         if not m.any():
             continue
         if c not in fills:
-            present = df.loc[~m, c]
-            if not len(present):
-                raise DataError(
-                    "every value is missing; nothing to impute from",
-                    column=c,
-                    hint="Drop the column or use missing='keep'",
-                )
-            if c in schema.numeric_columns:
-                fills[c] = float(pd.to_numeric(present, errors="coerce").median())
-            else:
-                fills[c] = present.astype(str).value_counts().index[0]
+            raise DataError(
+                "every value is missing; nothing to impute from",
+                column=c,
+                hint="Drop the column or use missing='keep'",
+            )
         col = out[c].astype(object)
         col[m] = fills[c]
         out[c] = col
@@ -436,6 +447,16 @@ def clean_data(
         raise ConfigError(f"must be none, oversample or undersample, got {balance!r}", key="balance")
     file = str(data) if isinstance(data, (str, Path)) else None
     raw = read_table(data) if isinstance(data, (str, Path)) else data
+    had_row_column = ROW_COLUMN in raw.columns
+    if had_row_column:
+        given = raw[ROW_COLUMN]
+        if not pd.api.types.is_integer_dtype(given.dtype) or given.duplicated().any():
+            raise DataError(
+                f"column {ROW_COLUMN!r} is reserved for row numbers, but here it is not unique whole numbers",
+                file=file,
+                column=ROW_COLUMN,
+                hint="Rename that column",
+            )
     schema = infer_schema(raw, target, text_column=text_column, task=task, file=file)
     prepared, drops = prepare_frame(raw, schema, file=file)
     unusable = CleanAction(
@@ -445,40 +466,37 @@ def clean_data(
         f"dropped {drops.dropped_total} row(s) without a target or text",
         drops.to_dict(),
     )
-    issues = None
+    # Label errors are searched on what the other steps keep, as a fit does.
+    cleaned, report = clean_frame(prepared, schema, duplicates=duplicates, conflicts=conflicts, missing=missing)
+    report.rows_in = len(raw)
+    report.actions.insert(0, unusable)
     if label_errors != "keep" and schema.is_classification:
         from tunesmith.data.label_issues import find_label_issues
 
         issues = find_label_issues(
-            texts_of(prepared, schema),
-            prepared[schema.target].tolist(),
+            texts_of(cleaned, schema),
+            cleaned[schema.target].tolist(),
             mode=label_error_mode,
             folds=folds,
             seed=seed,
             backbone=backbone,
-            rows=prepared[ROW_COLUMN].to_numpy(),
+            rows=cleaned[ROW_COLUMN].to_numpy(),
             classes=schema.labels,
             fit_params=fit_params,
             progress=progress,
         )
-    cleaned, report = clean_frame(
-        prepared,
-        schema,
-        duplicates=duplicates,
-        conflicts=conflicts,
-        missing=missing,
-        label_errors=label_errors if issues is not None else "keep",
-        label_issues=issues,
-    )
-    report.rows_in = len(raw)
-    report.actions.insert(0, unusable)
+        cleaned, action = apply_label_issues(cleaned, schema, issues, label_errors)
+        report.actions.append(action)
     if balance != "none" and schema.is_classification:
         from tunesmith.data.balance import resample
 
         cleaned, action = resample(cleaned, schema.target, balance, seed=seed)
         report.actions.append(action)
-        report.rows_out = len(cleaned)
-    # The user's labels in the user's type: prepare_frame turned them into strings.
+    report.rows_out = len(cleaned)
+    if report.rows_out == 0:
+        raise DataError(
+            f"cleaning dropped every row: {report.summary()}", file=file, hint="Loosen the cleaning options"
+        )
     from tunesmith.data.schema import label_string
     from tunesmith.data.validate import row_numbers
 
@@ -489,6 +507,10 @@ def clean_data(
         # Back to the user's own label values (prepare_frame made them strings).
         own = {label_string(v): v for v in raw[schema.target].dropna().tolist()}
         result[schema.target] = [own.get(v, v) for v in cleaned[schema.target].tolist()]
-    if ROW_COLUMN in result.columns:
+    if report.count("impute_missing"):
+        imputed = next(a for a in report.actions if a.action == "impute_missing")
+        for col in imputed.details.get("per_column", {}):
+            result[col] = cleaned[col].to_numpy()
+    if ROW_COLUMN in result.columns and not had_row_column:
         result = result.drop(columns=[ROW_COLUMN])
     return result, report

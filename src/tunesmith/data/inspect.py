@@ -452,40 +452,57 @@ def _check_conflicts(df: pd.DataFrame, schema: Schema) -> list[Finding]:
 
 
 def near_duplicate_pairs(
-    embeddings: np.ndarray, keys: Sequence[str], threshold: float = NEAR_DUPLICATE_THRESHOLD
-) -> tuple[list[tuple[int, int, float]], int]:
+    embeddings: np.ndarray,
+    keys: Sequence[str],
+    threshold: float = NEAR_DUPLICATE_THRESHOLD,
+    *,
+    sides: np.ndarray | None = None,
+) -> tuple[list[tuple[int, int, float]], int, int]:
     """Pairs of positions ``(i, j, cosine)`` with ``i < j`` and cosine >= ``threshold``.
 
     Pairs whose normalised texts (``keys``) are identical are exact duplicates and are
-    left out. The search runs in chunks of rows so memory stays at ``chunk x n``. At most
-    10,000 pairs are returned (most similar first); the second value is the full count.
+    left out. Rows are compared in chunks against the rows after them, so memory stays at
+    ``chunk x n`` and each pair is scored once. Returns the (at most 10,000) most similar
+    pairs, the number of pairs in all, and how many of them join rows of different
+    ``sides`` (e.g. 0 = train, 1 = test; -1 takes no part).
     """
     n = len(embeddings)
     if n < 2:
-        return [], 0
+        return [], 0, 0
     x = np.asarray(embeddings, dtype=np.float32)
     x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
-    key_arr = np.asarray(keys, dtype=object)
-    found: list[tuple[int, int, float]] = []
-    total = 0
+    codes = pd.factorize(pd.Series(list(keys), dtype=object))[0]
+    best_i: list[np.ndarray] = []
+    best_j: list[np.ndarray] = []
+    best_s: list[np.ndarray] = []
+    total = crossing = 0
     for start in range(0, n, _CHUNK):
-        block = x[start : start + _CHUNK] @ x.T
+        stop = min(n, start + _CHUNK)
+        block = x[start:stop] @ x[start:].T
         ii, jj = np.nonzero(block >= threshold)
+        jj = jj + start
         ii = ii + start
-        keep = jj > ii
+        keep = (jj > ii) & (codes[ii] != codes[jj])
         ii, jj = ii[keep], jj[keep]
         if not len(ii):
             continue
-        differ = key_arr[ii] != key_arr[jj]
-        ii, jj = ii[differ], jj[differ]
+        sims = block[ii - start, jj - start]
         total += len(ii)
-        sims = block[ii - start, jj]
-        found.extend(zip(ii.tolist(), jj.tolist(), sims.astype(float).tolist(), strict=True))
-        if len(found) > 4 * _MAX_PAIRS:
-            found.sort(key=lambda t: -t[2])
-            del found[_MAX_PAIRS:]
-    found.sort(key=lambda t: (-t[2], t[0], t[1]))
-    return found[:_MAX_PAIRS], total
+        if sides is not None:
+            a, b = sides[ii], sides[jj]
+            crossing += int(((a != b) & (a >= 0) & (b >= 0)).sum())
+        if len(ii) > _MAX_PAIRS:
+            top = np.argpartition(-sims, _MAX_PAIRS)[:_MAX_PAIRS]
+            ii, jj, sims = ii[top], jj[top], sims[top]
+        best_i.append(ii)
+        best_j.append(jj)
+        best_s.append(sims)
+    if not best_i:
+        return [], 0, 0
+    ii, jj, sims = np.concatenate(best_i), np.concatenate(best_j), np.concatenate(best_s)
+    order = np.lexsort((jj, ii, -sims))[:_MAX_PAIRS]
+    pairs = list(zip(ii[order].tolist(), jj[order].tolist(), sims[order].astype(float).tolist(), strict=True))
+    return pairs, total, crossing
 
 
 def _check_near_duplicates(
@@ -513,8 +530,8 @@ def _check_balance(counts: dict[str, int], folds: int) -> list[Finding]:
     present = {k: v for k, v in counts.items() if v > 0}
     if len(present) >= 2:
         ratio = max(present.values()) / min(present.values())
-        big = max(present, key=lambda k: present[k])
-        small = min(present, key=lambda k: present[k])
+        ordered = sorted(present, key=lambda k: (-present[k], k))
+        big, small = ordered[0], ordered[-1]
         out.append(
             Finding(
                 "class_balance",
@@ -581,7 +598,10 @@ def _single_column_score(keys: np.ndarray, y: np.ndarray, regression: bool, seed
             table = frame.groupby("k")["y"].mean()
             fallback: Any = float(np.mean(y[tr]))
         else:
-            table = frame.groupby("k")["y"].agg(lambda v: v.value_counts().index[0])
+            sizes = frame.groupby(["k", "y"], sort=True).size()
+            # Most frequent label per value (ties: the label that sorts first).
+            table = sizes.sort_values(ascending=False, kind="stable").groupby(level="k").head(1)
+            table = table.reset_index().set_index("k")["y"]
             fallback = pd.Series(y[tr]).value_counts().index[0]
         mapped = pd.Series(keys[te]).map(table)
         pred[te] = mapped.where(mapped.notna(), fallback).to_numpy()
@@ -597,11 +617,15 @@ def _check_leakage(
     y = df[schema.target].to_numpy(dtype=np.float64 if regression else object)
     out = []
     for col in df.columns:
-        if col in (schema.target, ROW_COLUMN, *skip) or col in schema.text_columns:
+        # Ignored columns (identifiers, dates) never reach the model; free text is the input itself.
+        if col in (schema.target, ROW_COLUMN, *skip) or col not in (
+            *schema.numeric_columns,
+            *schema.categorical_columns,
+        ):
             continue
         s = df[col]
         n_unique = s.nunique(dropna=True)
-        if n_unique < 2:
+        if n_unique < 2 or (col in schema.categorical_columns and n_unique > 0.5 * len(s)):
             continue
         keys = _leakage_keys(s)
         try:
@@ -915,9 +939,16 @@ def inspect_data(
 
     pairs_rows: list[tuple[int, int, float]] = []
     pair_positions: list[tuple[int, int, float]] = []
+    crossing = 0
     if near_duplicates and embeddings is not None:
+        sides = None
+        if split_column:
+            names = _split_names(df, split_column)
+            sides = np.where(names == "train", 0, np.where(names == "other", -1, 1))
         with _timed(timings, "near_duplicates"):
-            pair_positions, total = near_duplicate_pairs(embeddings, keys, near_duplicate_threshold)
+            pair_positions, total, crossing = near_duplicate_pairs(
+                embeddings, keys, near_duplicate_threshold, sides=sides
+            )
             found, pairs_rows = _check_near_duplicates(pair_positions, total, rows, near_duplicate_threshold)
             findings += found
 
@@ -926,7 +957,6 @@ def inspect_data(
             names = _split_names(df, split_column)
             tr, te = names == "train", names != "train"
             te &= names != "other"
-            crossing = sum(1 for i, j, _ in pair_positions if tr[i] != tr[j] and (te[i] or te[j]))
             groups = df[group_column].tolist() if group_column else None
             findings += _check_overlap(
                 [k for k, m in zip(keys, tr, strict=True) if m],

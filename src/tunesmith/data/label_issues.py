@@ -130,6 +130,12 @@ def _folds(y: np.ndarray, folds: int, seed: int, groups: Sequence[Any] | None) -
             hint="Lower folds, or merge or drop the rare class first",
         )
     if groups is not None:
+        n_groups = len(set(map(str, groups)))
+        if n_groups < folds:
+            raise DataError(
+                f"{n_groups} group(s) cannot fill folds={folds} (each group stays in one fold)",
+                hint="Lower folds or give more groups",
+            )
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y, groups=np.asarray(groups))]
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -176,6 +182,8 @@ def thorough_out_of_fold(
         "seed": seed,
         "progress": progress,
         **dict(fit_params or {}),
+        # Class indices are the labels here: without this, 21+ integer classes read as regression.
+        "task": "binary" if n_classes == 2 else "multiclass",
         # Every row of the other folds trains; the held-out fold is what gets scored.
         "valid_size": 0.0,
         "test_size": 0.0,

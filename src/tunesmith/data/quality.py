@@ -16,6 +16,7 @@ goes into the run record.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,9 @@ import pandas as pd
 
 from tunesmith.data.clean import CleanAction, CleanReport, apply_label_issues, drop_duplicates, handle_missing
 from tunesmith.data.clean import resolve_conflicts as _resolve_conflicts
-from tunesmith.data.schema import ROW_COLUMN, Schema
+from tunesmith.data.schema import ROW_COLUMN, Schema, missing_mask
 from tunesmith.data.validate import texts_of
+from tunesmith.errors import TunesmithError
 
 if TYPE_CHECKING:
     from tunesmith.config import FitConfig
@@ -58,7 +60,7 @@ class Preprocessing:
         for col, value in self.impute.items():
             if col in out.columns:
                 filled = out[col].astype(object)
-                filled[out[col].isna()] = value
+                filled[missing_mask(out[col]).to_numpy(dtype=bool)] = value
                 out[col] = filled
         if self.scaler is not None:
             scaler = NumericScaler.from_dict(self.scaler)
@@ -126,25 +128,32 @@ def clean_train(
                 progress=cfg.progress,
                 description="embedding for label errors",
             )
-        issues = find_label_issues(
-            texts,
-            train[schema.target].tolist(),
-            mode=cfg.label_error_mode,
-            folds=cfg.label_error_folds,
-            seed=cfg.seed,
-            backbone=cfg.backbone,
-            rows=train[ROW_COLUMN].to_numpy(),
-            classes=schema.labels,
-            groups=train[cfg.group_column].tolist() if cfg.group_column else None,
-            embeddings=embeddings,
-            fit_params=_fold_params(cfg),
-            max_length=cfg.max_length,
-            progress=cfg.progress,
-        )
-        train, action = apply_label_issues(train, schema, issues, cfg.label_errors)
-        action.details["seconds"] = round(issues.seconds, 2)
-        action.details["out_of_fold_accuracy"] = issues.oof_accuracy
-        actions.append(action)
+        try:
+            issues = find_label_issues(
+                texts,
+                train[schema.target].tolist(),
+                mode=cfg.label_error_mode,
+                folds=cfg.label_error_folds,
+                seed=cfg.seed,
+                backbone=cfg.backbone,
+                rows=train[ROW_COLUMN].to_numpy(),
+                classes=schema.labels,
+                groups=train[cfg.group_column].tolist() if cfg.group_column else None,
+                embeddings=embeddings,
+                fit_params=_fold_params(cfg),
+                max_length=cfg.max_length,
+                progress=cfg.progress,
+            )
+        except TunesmithError as exc:
+            # Too few rows of a class (or groups) for the folds: the fit goes on without this
+            # step, and the record says why, rather than failing an hour into a run.
+            warnings.warn(f"label errors not searched: {exc}", stacklevel=3)
+            actions.append(CleanAction("skip_label_errors", 0, [], f"label errors not searched: {exc}"))
+        else:
+            train, action = apply_label_issues(train, schema, issues, cfg.label_errors)
+            action.details["seconds"] = round(issues.seconds, 2)
+            action.details["out_of_fold_accuracy"] = issues.oof_accuracy
+            actions.append(action)
     if cfg.balance in ("oversample", "undersample") and schema.is_classification:
         from tunesmith.data.balance import resample
 

@@ -198,7 +198,10 @@ def _looks_like_id_name(name: str) -> bool:
 def _is_id_like(series: pd.Series, name: str) -> bool:
     """Unique per row and shaped like a key: never useful as a feature, and a leak risk."""
     n = len(series)
-    if n < 2 or series.isna().any() or series.nunique() != n:
+    try:
+        if n < 2 or series.isna().any() or series.nunique() != n:
+            return False
+    except TypeError:  # unhashable values (nested JSON lists or objects)
         return False
     if pd.api.types.is_integer_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         # Consecutive integers (1..n in any order) are a row counter even without an "id" name.
@@ -234,6 +237,9 @@ def column_role(series: pd.Series, name: str) -> str:
     dates/times, and columns with no values.
     """
     if missing_mask(series).all():
+        return "ignore"
+    if pd.api.types.is_object_dtype(series.dtype) and series.map(lambda v: isinstance(v, (list, dict, set))).any():
+        # Nested JSON values (lists, objects) are no feature a text encoder can read as is.
         return "ignore"
     stringy = pd.api.types.is_string_dtype(series.dtype) or pd.api.types.is_object_dtype(series.dtype)
     if stringy and _numeric_values(series) is None and name.strip().lower() == "text":
