@@ -284,18 +284,13 @@ def clean(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Write a cleaned copy of DATA and a JSON report (OUTPUT.clean.json) of every row dropped or changed."""
-    from tunesmith.data.clean import check_policy, clean_data
+    from tunesmith.data.clean import check_policies, clean_data
     from tunesmith.data.io import write_table
     from tunesmith.errors import ArtifactError, ConfigError
     from tunesmith.runs.artifacts import atomic_write_json, json_safe
 
-    for name, value in (
-        ("duplicates", duplicates),
-        ("conflicts", conflicts),
-        ("missing", missing),
-        ("label_errors", label_errors),
-    ):
-        check_policy(name, value)
+    # Checked before the (possibly long) label-error search, not after it.
+    check_policies(duplicates=duplicates, conflicts=conflicts, missing=missing, label_errors=label_errors)
     if label_error_mode not in ("fast", "thorough"):
         raise ConfigError(f"must be fast or thorough, got {label_error_mode!r}", key="label_error_mode")
     if output.exists() and not overwrite:

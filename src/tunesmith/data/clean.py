@@ -129,6 +129,12 @@ def check_policy(name: str, value: str) -> None:
         raise ConfigError(f"must be one of {', '.join(allowed)}, got {value!r}", key=name)
 
 
+def check_policies(**policies: str) -> None:
+    """:func:`check_policy` for each ``name=value``."""
+    for name, value in policies.items():
+        check_policy(name, value)
+
+
 def _rows(df: pd.DataFrame) -> np.ndarray:
     if ROW_COLUMN not in df.columns:
         raise DataError(
@@ -376,13 +382,7 @@ def clean_frame(
     de-duplicated. ``label_errors`` other than ``keep`` needs ``label_issues`` (see
     :func:`~tunesmith.data.label_issues.find_label_issues`) computed on this frame.
     """
-    for name, value in (
-        ("duplicates", duplicates),
-        ("conflicts", conflicts),
-        ("missing", missing),
-        ("label_errors", label_errors),
-    ):
-        check_policy(name, value)
+    check_policies(duplicates=duplicates, conflicts=conflicts, missing=missing, label_errors=label_errors)
     if label_errors != "keep" and label_issues is None:
         raise ConfigError(
             f"label_errors={label_errors!r} needs label issues",

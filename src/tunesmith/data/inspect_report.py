@@ -5,32 +5,21 @@ Figures use matplotlib's Agg canvas directly (never ``pyplot``), as the run plot
 
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tunesmith.runs.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe
+from tunesmith.runs.artifacts import atomic_write_json, atomic_write_text, json_safe
+from tunesmith.runs.plots import _save
 
 if TYPE_CHECKING:
     from tunesmith.data.inspect import InspectionReport
 
-DPI = 110
 _BAR = "#1f77b4"
 _FLAG = "#d62728"
 _ICON = {"error": "ERROR", "warning": "warning", "info": "info"}
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _style(ax: Any) -> None:
