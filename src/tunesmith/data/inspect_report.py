@@ -80,9 +80,14 @@ def plot_label_quality(quality: np.ndarray, flagged: np.ndarray, path: Path) -> 
     fig = Figure(figsize=(6.0, 3.6))
     ax = fig.subplots()
     bins = [i / 40 for i in range(41)]
-    ax.hist(quality[~flagged], bins=bins, color=_BAR, label="kept")
-    if flagged.any():
-        ax.hist(quality[flagged], bins=bins, color=_FLAG, label="flagged as likely error")
+    # Stacked, so a bin holding both kinds shows both rather than one hiding the other.
+    ax.hist(
+        [quality[~flagged], quality[flagged]],
+        bins=bins,
+        stacked=True,
+        color=[_BAR, _FLAG],
+        label=["kept", "flagged as likely error"],
+    )
     ax.set_xlabel("label quality (out-of-fold probability of the given label)")
     ax.set_ylabel("rows")
     ax.set_title("Label quality")
