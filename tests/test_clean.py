@@ -167,3 +167,21 @@ def test_clean_data_refuses_a_bad_row_column():
     df = pd.DataFrame({"text": ["a b c", "d e f", "g h i"], "label": ["x", "y", "x"], "__row__": ["a", "b", "c"]})
     with pytest.raises(DataError, match="reserved"):
         clean_data(df, "label", progress=False)
+
+
+def test_label_error_fraction_acts_on_the_worst_ranked_rows():
+    df, schema = frame()
+    table = pd.DataFrame(
+        {
+            "row": [8, 7, 2, 1],
+            "given_label": ["neg", "pos", "neg", "pos"],
+            "suggested_label": ["pos", "neg", "pos", "neg"],
+            "label_quality": [0.01, 0.05, 0.2, 0.3],
+            "is_issue": True,
+        }
+    )
+    issues = LabelIssues(table, np.zeros((0, 2)), ("neg", "pos"), "fast", 5, 0.0, 0.9)
+    out, action = apply_label_issues(df, schema, issues, "drop", fraction=0.5)
+    assert action.rows == [7, 8] and action.details["flagged"] == 4 and len(out) == len(df) - 2
+    with pytest.raises(ConfigError, match="label_error_fraction"):
+        apply_label_issues(df, schema, issues, "drop", fraction=0.0)

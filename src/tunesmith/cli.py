@@ -276,6 +276,9 @@ def clean(
     missing: Annotated[str, typer.Option(help="Missing feature values: keep, drop or impute.")] = "keep",
     label_errors: Annotated[str, typer.Option(help="Likely label errors: keep, drop or relabel.")] = "keep",
     label_error_mode: Annotated[str, typer.Option(help="fast or thorough.")] = "fast",
+    label_error_fraction: Annotated[
+        float, typer.Option(help="Act on only this worst-ranked fraction of the flagged rows.")
+    ] = 1.0,
     folds: Annotated[int, typer.Option(help="Folds of the label-error search.")] = 5,
     balance: Annotated[str, typer.Option(help="none, oversample or undersample.")] = "none",
     backbone: Annotated[str, typer.Option(help="Backbone for the label-error search.")] = "minilm-l6",
@@ -307,6 +310,7 @@ def clean(
         missing=missing,  # type: ignore[arg-type]
         label_errors=label_errors,  # type: ignore[arg-type]
         label_error_mode=label_error_mode,  # type: ignore[arg-type]
+        label_error_fraction=label_error_fraction,
         folds=folds,
         balance=balance,  # type: ignore[arg-type]
         backbone=backbone,

@@ -112,6 +112,9 @@ class FitConfig(BaseModel):
         "fast", description="fast: logistic regression on frozen embeddings; thorough: k-fold fine-tuning."
     )
     label_error_folds: int = Field(5, ge=2, description="Folds of the out-of-fold probabilities for label errors.")
+    label_error_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="Act on only this worst-ranked fraction of the flagged rows."
+    )
     balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
         "none", description="Class imbalance remedy on the training split."
     )

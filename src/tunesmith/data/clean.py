@@ -315,11 +315,21 @@ def apply_label_issues(
     schema: Schema,
     issues: LabelIssues,
     policy: LabelErrorPolicy = "drop",
+    *,
+    fraction: float = 1.0,
 ) -> tuple[pd.DataFrame, CleanAction]:
-    """Drop or relabel the rows ``issues`` flags (matched on ``__row__``); ``keep`` only reports."""
+    """Drop or relabel the rows ``issues`` flags (matched on ``__row__``); ``keep`` only reports.
+
+    ``fraction`` < 1 acts on only the worst-ranked part of the flagged rows (lowest label
+    quality first): the top of the ranking is far more often truly mislabeled than its tail.
+    """
     check_policy("label_errors", policy)
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"must be in (0, 1], got {fraction!r}", key="label_error_fraction")
     rows = _rows(df)
     flagged = issues.issues
+    if fraction < 1.0:
+        flagged = flagged.head(round(fraction * len(flagged)))
     present = set(rows.tolist())
     unknown = [int(r) for r in flagged["row"] if int(r) not in present]
     if unknown:
@@ -343,7 +353,7 @@ def apply_label_issues(
             int(mask.sum()),
             rows[mask].tolist(),
             f"dropped {int(mask.sum())} row(s) flagged as likely label errors ({issues.mode} mode)",
-            {"mode": issues.mode, "folds": issues.folds},
+            {"mode": issues.mode, "folds": issues.folds, "flagged": issues.n_issues, "fraction": fraction},
         )
         return df.loc[~mask].copy(), action
     suggested = dict(zip(flagged["row"].astype(int), flagged["suggested_label"].astype(str), strict=True))
@@ -360,7 +370,13 @@ def apply_label_issues(
         int(mask.sum()),
         rows[mask].tolist(),
         f"relabelled {int(mask.sum())} row(s) flagged as likely label errors to the suggested label",
-        {"mode": issues.mode, "folds": issues.folds, "changes": changes},
+        {
+            "mode": issues.mode,
+            "folds": issues.folds,
+            "changes": changes,
+            "flagged": issues.n_issues,
+            "fraction": fraction,
+        },
     )
     return out, action
 
@@ -374,6 +390,7 @@ def clean_frame(
     missing: MissingPolicy = "keep",
     label_errors: LabelErrorPolicy = "keep",
     label_issues: LabelIssues | None = None,
+    label_error_fraction: float = 1.0,
     steps: Iterable[str] = ("conflicts", "duplicates", "missing", "label_errors"),
 ) -> tuple[pd.DataFrame, CleanReport]:
     """Run the cleaning steps in order and report each.
@@ -403,7 +420,7 @@ def clean_frame(
         elif step == "label_errors":
             if label_issues is None:
                 continue
-            out, action = apply_label_issues(out, schema, label_issues, label_errors)
+            out, action = apply_label_issues(out, schema, label_issues, label_errors, fraction=label_error_fraction)
         else:
             raise ConfigError(f"unknown cleaning step {step!r}", key="steps")
         report.actions.append(action)
@@ -424,6 +441,7 @@ def clean_data(
     missing: MissingPolicy = "keep",
     label_errors: LabelErrorPolicy = "keep",
     label_error_mode: Literal["fast", "thorough"] = "fast",
+    label_error_fraction: float = 1.0,
     folds: int = 5,
     balance: Literal["none", "oversample", "undersample"] = "none",
     backbone: str = "minilm-l6",
@@ -485,7 +503,7 @@ def clean_data(
             fit_params=fit_params,
             progress=progress,
         )
-        cleaned, action = apply_label_issues(cleaned, schema, issues, label_errors)
+        cleaned, action = apply_label_issues(cleaned, schema, issues, label_errors, fraction=label_error_fraction)
         report.actions.append(action)
     if balance != "none" and schema.is_classification:
         from tunesmith.data.balance import resample

@@ -150,7 +150,9 @@ def clean_train(
             warnings.warn(f"label errors not searched: {exc}", stacklevel=3)
             actions.append(CleanAction("skip_label_errors", 0, [], f"label errors not searched: {exc}"))
         else:
-            train, action = apply_label_issues(train, schema, issues, cfg.label_errors)
+            train, action = apply_label_issues(
+                train, schema, issues, cfg.label_errors, fraction=cfg.label_error_fraction
+            )
             action.details["seconds"] = round(issues.seconds, 2)
             action.details["out_of_fold_accuracy"] = issues.oof_accuracy
             actions.append(action)
