@@ -127,3 +127,12 @@ def test_label_error_search_skipped_when_a_class_is_too_small(fast_params):
         ft = FineTuner(**fast_params, label_errors="drop", valid_size=0.0, test_size=0.0, baselines=False)
         ft.fit(df, target="label")
     assert ft.cleaning_.actions[-1].action == "skip_label_errors"
+
+
+def test_useless_augmentation_is_reported(fast_params):
+    # The tiny test backbone's random embeddings give no neighbours, so "replace" changes nothing.
+    df = make_reviews(30)
+    with pytest.warns(UserWarning, match="augmented copies equal their original text"):
+        ft = FineTuner(**fast_params, augment=["replace"], baselines=False).fit(df, target="label")
+    action = ft.cleaning_.actions[-1]
+    assert action.details["unchanged_copies"] == action.count

@@ -207,6 +207,14 @@ def augment_frame(
         blocks.append(block)
     result = pd.concat(blocks, axis=0)
     added = len(result) - n
+    if added and unchanged > added / 2:
+        words = len(neighbours) if neighbours is not None else None
+        warnings.warn(
+            f"{unchanged} of {added} augmented copies equal their original text"
+            + (f" (the neighbour table holds {words} words)" if words is not None else "")
+            + "; raise augment_p or add 'delete'/'swap' to augment",
+            stacklevel=3,
+        )
     return result, CleanAction(
         "augment",
         added,
