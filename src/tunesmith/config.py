@@ -133,6 +133,9 @@ class FitConfig(BaseModel):
     num_threads: int | None = Field(None, gt=0, description="CPU threads for PyTorch; default: all cores.")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Mixed precision on GPUs.")
     baselines: bool = Field(True, description="Score the majority, TF-IDF and frozen-embedding baselines.")
+    feature_cache: bool = Field(
+        True, description="Reuse frozen-backbone features across fits in this process (head_only, baselines)."
+    )
     progress: bool = Field(True, description="Show progress bars.")
     runs_dir: str | None = Field("runs", description="Where run records are written; null or '' writes none.")
     run_name: str | None = Field(None, description="Name of the run folder (after the timestamp).")

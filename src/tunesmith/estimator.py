@@ -30,6 +30,7 @@ from tunesmith.adapt import (
     param_groups,
 )
 from tunesmith.backbones import create_backbone, is_registered
+from tunesmith.backbones.cache import FEATURE_CACHE, feature_key
 from tunesmith.backbones.text import TextBackbone, build_from_files
 from tunesmith.config import FIELD_NAMES, FitConfig, config_to_yaml, make_config
 from tunesmith.data.io import file_sha256, read_table
@@ -51,7 +52,15 @@ from tunesmith.runs.artifacts import (
 )
 from tunesmith.runs.record import RunRecord, environment_info
 from tunesmith.train.batching import Collator, LengthGroupedBatchSampler, TokenDataset
-from tunesmith.train.callbacks import EarlyStopping, EpochHook, HistoryLogger, ProgressBar, TrainState, snapshot
+from tunesmith.train.callbacks import (
+    Callback,
+    EarlyStopping,
+    EpochHook,
+    HistoryLogger,
+    ProgressBar,
+    TrainState,
+    snapshot,
+)
 from tunesmith.train.loop import LoopSettings, train
 from tunesmith.train.losses import class_weights, make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
@@ -206,6 +215,7 @@ class FineTuner:
         text_column: str | list[str] | None = None,
         eval_set: DataLike | None = None,
         test_set: DataLike | None = None,
+        callbacks: Sequence[Callback] | None = None,
     ) -> FineTuner:
         """Fine-tune on ``X`` and score the result and the baselines on a held-out test split.
 
@@ -214,10 +224,35 @@ class FineTuner:
         validation and test by ``valid_size``/``test_size`` (grouped by ``group_column`` or
         following ``split_column`` when set). With ``eval_set`` all of ``X`` trains and
         ``test_set`` (optional) is the test split.
+
+        ``callbacks`` are extra :class:`~tunesmith.train.callbacks.Callback` objects for the
+        training loop (a search's pruner, a custom logger). They run with the built-in ones
+        in ascending ``order``: early stopping (20) first, then order 50 (the default),
+        progress (80) and the run log (90). ``on_epoch_end(state, metrics)`` receives the
+        epoch's metrics, with ``metrics[self.monitor_]`` (say ``"valid_f1_macro"``) when
+        there is validation data. A callback may raise
+        :class:`~tunesmith.train.callbacks.StopTraining` to end training cleanly; any other
+        exception propagates out of ``fit`` unchanged (after every callback's
+        ``on_fit_end``), and the estimator is then left not fitted. When early stopping
+        fires, callbacks of higher order do not see that last epoch: give a callback an
+        ``order`` below 20 to see every epoch.
+
+        After fitting, ``monitor_`` names the monitored validation metric (``"valid_rmse"``),
+        ``monitor_mode_`` says whether higher (``"max"``) or lower (``"min"``) is better and
+        ``best_score_`` is its value at ``best_epoch_`` (the best value seen, and the epoch
+        whose weights ``restore_best`` keeps), or ``None`` without validation data.
+
+        With ``feature_cache`` on (the default), the frozen backbone's features of a split
+        (``head_only`` training, the frozen-embedding baseline) are computed once per process
+        and reused by later fits of the same backbone, pooling, ``max_length`` and texts; see
+        :mod:`tunesmith.backbones.cache`.
         """
         # A refit that fails halfway must not leave the old model paired with new labels:
         # until this fit completes, the estimator counts as not fitted.
         self.model_: TextModel | None = None
+        self.best_score_: float | None = None
+        self.monitor_: str | None = None
+        self.monitor_mode_: str | None = None
         params = dict(self._params)
         if text_column is not None:
             params["text_column"] = text_column
@@ -348,14 +383,18 @@ class FineTuner:
             record.write_config(cfg.model_dump(mode="json"))
 
         # --- baselines, on the same test split, from the untouched pre-trained backbone ---------
+        # The backbone was built by this fit and nothing has changed its weights yet (no
+        # adapters, freezing or training until below), so its features are the pre-trained
+        # weights' features: the same for every fit in this process, hence cacheable.
         baselines: dict[str, dict[str, Any]] = {}
         frozen_cache: dict[str, torch.Tensor] = {}
         need_features = cfg.strategy == "head_only"
+        cache = cfg.feature_cache
         if (cfg.baselines and y_test is not None and is_main) or need_features:
-            feats_train = self._embed(backbone, ids_train, cfg, "embedding train split")
+            feats_train = self._embed(backbone, ids_train, cfg, "embedding train split", cache=cache)
             frozen_cache["train"] = feats_train
             if cfg.baselines and y_test is not None and is_main:
-                feats_test = self._embed(backbone, ids_test, cfg, "embedding test split")
+                feats_test = self._embed(backbone, ids_test, cfg, "embedding test split", cache=cache)
                 frozen_cache["test"] = feats_test
                 n_classes = len(labels) if not regression else None
                 baselines["majority"] = majority_baseline(y_train, y_test, schema.task, n_classes, labels=labels)
@@ -380,7 +419,11 @@ class FineTuner:
                     labels=labels,
                 )
             if need_features and ids_valid:
-                frozen_cache["valid"] = self._embed(backbone, ids_valid, cfg, "embedding valid split")
+                frozen_cache["valid"] = self._embed(backbone, ids_valid, cfg, "embedding valid split", cache=cache)
+            if need_features and ids_test and "test" not in frozen_cache:
+                # head_only never changes the backbone, so the test split is scored from the
+                # same frozen features (and a later fit on the same data embeds nothing).
+                frozen_cache["test"] = self._embed(backbone, ids_test, cfg, "embedding test split", cache=cache)
 
         # --- model, adaptation and optimisation --------------------------------------------
         n_outputs = 1 if regression else len(labels)
@@ -452,9 +495,9 @@ class FineTuner:
 
         monitor = cfg.monitor if cfg.monitor != "auto" else ("rmse" if regression else "f1_macro")
         mode = metric_direction(monitor, schema.task)
-        callbacks: list[Any] = []
+        loop_callbacks: list[Callback] = []
         if y_valid is not None and len(y_valid):
-            callbacks.append(
+            loop_callbacks.append(
                 EarlyStopping(
                     monitor,
                     mode,
@@ -475,11 +518,13 @@ class FineTuner:
             def unfreeze(state: TrainState) -> None:
                 state.extra["trainable_layer_groups"] = unfreezer.apply(state.epoch)
 
-            callbacks.append(EpochHook(unfreeze))
+            loop_callbacks.append(EpochHook(unfreeze))
         if cfg.progress and is_main:
-            callbacks.append(ProgressBar(f"fine-tuning {cfg.backbone} ({cfg.strategy})"))
+            loop_callbacks.append(ProgressBar(f"fine-tuning {cfg.backbone} ({cfg.strategy})"))
         if record is not None:
-            callbacks.append(HistoryLogger(record.log_epoch))
+            loop_callbacks.append(HistoryLogger(record.log_epoch))
+        # The caller's callbacks join the built-in ones; the loop runs them all by ``order``.
+        loop_callbacks.extend(callbacks or ())
 
         trainable, total = count_parameters(model)
         settings = LoopSettings(
@@ -507,7 +552,7 @@ class FineTuner:
                 settings=settings,
                 accelerator=accelerator,
                 valid_metrics=valid_metrics,
-                callbacks=callbacks,
+                callbacks=loop_callbacks,
             )
         loop_seconds = time.perf_counter() - train_started
         # Training time proper: the epochs' passes over the training split, without the
@@ -521,6 +566,9 @@ class FineTuner:
         self.n_outputs_ = n_outputs
         self.history_ = state.history
         self.best_epoch_ = state.best_epoch
+        self.monitor_ = f"valid_{monitor}"
+        self.monitor_mode_ = mode
+        self.best_score_ = _best_score(state.history, self.monitor_, state.best_epoch)
         self.stop_reason_ = state.stop_reason
         self.train_seconds_ = train_seconds
         self.train_examples_ = state.examples_seen
@@ -595,12 +643,29 @@ class FineTuner:
         proba = torch.softmax(torch.as_tensor(outputs, dtype=torch.float32), dim=-1).numpy()
         return compute_metrics(task, targets, proba, labels)
 
-    def _embed(self, backbone: TextBackbone, ids: list[list[int]], cfg: FitConfig, what: str) -> torch.Tensor:
-        """Pooled vectors of the backbone as it is (pre-trained, frozen)."""
-        out = self._run_batches(
-            backbone, ids, cfg.eval_batch_size, backbone.pad_id, progress=cfg.progress, description=what
+    def _embed(
+        self, backbone: TextBackbone, ids: list[list[int]], cfg: FitConfig, what: str, *, cache: bool = False
+    ) -> torch.Tensor:
+        """Pooled vectors of the backbone as it is (pre-trained, frozen).
+
+        With ``cache``, which the caller may only set while ``backbone`` holds its pre-trained
+        weights untouched, the vectors come from (or go to) the process-wide feature cache;
+        a backbone without a fingerprint is never cached.
+        """
+        key = None
+        if cache and backbone.fingerprint and ids:
+            key = feature_key(backbone.fingerprint, backbone.pooling, cfg.max_length, ids)
+            hit = FEATURE_CACHE.get(key)
+            if hit is not None:
+                return hit
+        out = torch.as_tensor(
+            self._run_batches(
+                backbone, ids, cfg.eval_batch_size, backbone.pad_id, progress=cfg.progress, description=what
+            )
         )
-        return torch.as_tensor(out)
+        if key is not None:
+            FEATURE_CACHE.put(key, out)
+        return out
 
     @staticmethod
     def _run_batches(
@@ -761,6 +826,50 @@ class FineTuner:
         metrics = self.evaluate(X, y, target=target)
         key = "r2" if self.schema_ is not None and self.schema_.task == "regression" else "accuracy"
         return float(metrics[key])
+
+    # --- search ------------------------------------------------------------------------------
+
+    def tune(
+        self,
+        X: DataLike,
+        y: Any = None,
+        *,
+        target: str | None = None,
+        space: Any = None,
+        n_trials: int | None = 20,
+        time_budget: str | float | None = None,
+        refit: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Search settings around this estimator's own; keep the best ones on it.
+
+        A thin door to :func:`tunesmith.search.tune` (same ``space``, ``n_trials``,
+        ``time_budget``, ``sampler``, ``pruner``, ``cv``, ``storage``, ``workers``,
+        ``out_dir`` options): trials start from :meth:`get_params` and the best settings
+        found are set on this estimator with :meth:`set_params`. With ``refit=True`` the
+        estimator is then fitted on ``X`` with them. Returns the
+        :class:`~tunesmith.search.tuner.TuneResult`.
+        """
+        from tunesmith.search.tuner import tune as run_search
+
+        df, target_col, _ = self._frame(X, y, target)
+        if target_col is None:
+            raise ConfigError("no target given", key="target", hint="Pass target='column'")
+        result = run_search(
+            df,
+            target_col,
+            base_params=self.get_params(),
+            space=space,
+            n_trials=n_trials,
+            time_budget=time_budget,
+            **options,
+        )
+        if result.best_params:
+            chosen = {k: v for k, v in result.best_config.items() if k in self._params or k in result.best_params}
+            self.set_params(**chosen)
+        if refit:
+            self.fit(df, target=target_col, text_column=options.get("text_column"))
+        return result
 
     # --- records and artifacts ---------------------------------------------------------------
 
@@ -954,6 +1063,10 @@ class FineTuner:
         est.history_ = meta.get("history") or []
         best = est.training_info_.get("best_epoch")
         est.best_epoch_ = int(best) if isinstance(best, int) else None
+        monitor = est.training_info_.get("monitor")
+        est.monitor_ = str(monitor) if monitor else None
+        est.monitor_mode_ = metric_direction(est.monitor_, meta["task"]) if est.monitor_ else None
+        est.best_score_ = _best_score(est.history_, est.monitor_, est.best_epoch_) if est.monitor_ else None
         est.model_path_ = folder
         return est
 
@@ -989,6 +1102,16 @@ def default_threads() -> int:
 def set_trainable_all(module: torch.nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
+
+
+def _best_score(history: Sequence[dict[str, Any]], key: str, best_epoch: int | None) -> float | None:
+    """The monitored validation value at the best epoch (1-based), or None without one."""
+    if best_epoch is None or not 1 <= best_epoch <= len(history):
+        return None
+    value = history[best_epoch - 1].get(key)
+    if value is None or not np.isfinite(float(value)):
+        return None
+    return float(value)
 
 
 def _frame_sha256(df: pd.DataFrame) -> str:
