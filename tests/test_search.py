@@ -233,3 +233,52 @@ def test_finetuner_tune_sets_the_best_params(tmp_path):
     )
     assert ft.get_params()["lr"] == pytest.approx(result.best_params["lr"])
     assert ft.get_params()["backbone"] == "tiny-text"
+
+
+def test_halving_pruner_and_refit(tmp_path):
+    result = tune(
+        make_reviews(40),
+        "label",
+        base_params={**BASE, "epochs": 3, "early_stopping": False},
+        space=SPACE,
+        n_trials=6,
+        sampler="random",
+        pruner="halving",
+        out_dir=tmp_path / "out",
+        refit=True,
+        progress=False,
+    )
+    assert result.count("PRUNED") >= 1, "successive halving stops some trials at a lower rung"
+    pruned = [t for t in result.trials if t["state"] == "PRUNED"]
+    assert all(t["epochs_run"] < t["epochs_budget"] for t in pruned)
+    assert 0 < result.compute_saved_by_pruning < 1
+    from tunesmith import load
+
+    model = load(result.model_dir)
+    assert model.get_params()["lr"] == pytest.approx(result.best_params["lr"])
+    assert model.data_info_["rows"]["valid"] == 0  # refitted on training and validation rows together
+
+
+def test_cli_fit_with_cross_validation(tmp_path, capsys):
+    path = tmp_path / "reviews.csv"
+    make_reviews(36).to_csv(path, index=False)
+    main(
+        [
+            "fit",
+            str(path),
+            "-t",
+            "label",
+            "backbone=tiny-text",
+            "epochs=1",
+            "max_length=32",
+            "batch_size=8",
+            f"runs_dir={tmp_path / 'runs'}",
+            "progress=false",
+            "--cv",
+            "3",
+            "-o",
+            str(tmp_path / "m"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "3-fold stratified cross-validation, valid_f1_macro" in printed and "(folds: " in printed

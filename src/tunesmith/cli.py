@@ -117,6 +117,9 @@ def fit(
     split_column: Annotated[str | None, typer.Option(help="Column naming each row's split.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Model folder to write.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
+    cv: Annotated[int | None, typer.Option(help="First cross-validate with K folds and print the spread.")] = None,
+    cv_strategy: Annotated[str, typer.Option(help="stratified, group or time folds.")] = "stratified",
+    time_column: Annotated[str | None, typer.Option(help="Order of rows for --cv-strategy time.")] = None,
 ) -> None:
     """Fine-tune a backbone on DATA, compare with baselines, save the model and a run record."""
     from tunesmith.errors import ArtifactError
@@ -125,6 +128,26 @@ def fit(
     params = _settings(
         config, overrides, task=task, backbone=backbone, group_column=group_column, split_column=split_column
     )
+    if cv is not None:
+        from tunesmith.evaluate.cv import cross_validate
+
+        result = cross_validate(
+            params,
+            str(data),
+            target=target,
+            text_column=text_column,
+            k=cv,
+            strategy=cv_strategy,
+            group_column=group_column,
+            time_column=time_column,
+            seed=int(params.get("seed", 0)),
+        )
+        scores = ", ".join(f"{v:.4f}" for v in result.scores)
+        console.print(
+            f"{cv}-fold {cv_strategy} cross-validation, {result.metric}: {result.mean:.4f} ± {result.std:.4f} "
+            f"(folds: {scores})",
+            highlight=False,
+        )
     if output is not None and output.exists() and not overwrite:
         # Say so now, not after the training run.
         raise ArtifactError(

@@ -73,7 +73,9 @@ class PruneOnEpoch(Callback):
     own range of steps so the pruner compares like with like.
     """
 
-    order = 95  # after early stopping has recorded the epoch
+    # Before early stopping (order 20): a StopTraining raised there ends the epoch's callbacks,
+    # and the pruner must still see (and count) that last epoch.
+    order = 10
 
     def __init__(self, trial: optuna.Trial, key: str, offset: int = 0) -> None:
         self.trial = trial
@@ -622,20 +624,22 @@ def tune(
 
         atomic_write_text(out / "best_config.yaml", config_to_yaml(make_config({**base, **chosen})))
         if refit and best_params:
-            result.model_dir = _refit(result, frame, target, text_column, eval_set, out / "model")
+            result.model_dir = _refit(result, frame, target, text_column, eval_set, out / "model", progress)
         from tunesmith.search.report import write_search_report
 
         write_search_report(result, study)
     return result
 
 
-def _refit(result: TuneResult, frame: Any, target: str, text_column: Any, eval_set: Any, path: Path) -> Path | None:
+def _refit(
+    result: TuneResult, frame: Any, target: str, text_column: Any, eval_set: Any, path: Path, progress: bool
+) -> Path | None:
     """The best settings, fitted on training + validation rows, saved under ``path``."""
     import pandas as pd
 
     from tunesmith.estimator import FineTuner
 
-    params = {**result.best_config, "valid_size": 0.0, "early_stopping": False}
+    params = {**result.best_config, "valid_size": 0.0, "early_stopping": False, "progress": progress}
     best = next((t for t in result.trials if t["params"] == result.best_params and t["state"] == "COMPLETE"), None)
     data = frame if eval_set is None else pd.concat([frame, eval_set], ignore_index=True)
     ft = FineTuner(**params).fit(data, target=target, text_column=text_column)
