@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench bench-label-noise clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,9 @@ bench: setup
 
 bench-label-noise: setup
 	$(BIN)/python bench/label_noise.py
+
+bench-search: setup
+	$(BIN)/python bench/search.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
