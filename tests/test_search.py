@@ -282,3 +282,32 @@ def test_cli_fit_with_cross_validation(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "3-fold stratified cross-validation, valid_f1_macro" in printed and "(folds: " in printed
+
+
+def test_database_storage_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = tune(
+        make_reviews(32),
+        "label",
+        base_params=BASE,
+        space=SPACE,
+        n_trials=2,
+        sampler="random",
+        pruner="none",
+        storage=url,
+        progress=False,
+    )
+    again = tune(
+        make_reviews(32),
+        "label",
+        base_params=BASE,
+        space=SPACE,
+        n_trials=3,
+        sampler="random",
+        pruner="none",
+        storage=url,
+        progress=False,
+    )
+    assert first.storage == url and again.count("COMPLETE") == 3
+    with pytest.raises(ConfigError, match="storage"):
+        tune(make_reviews(32), "label", base_params=BASE, space=SPACE, n_trials=1, storage="ftp://x/y")

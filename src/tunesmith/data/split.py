@@ -188,6 +188,21 @@ def _cut(sizes: np.ndarray, wanted: float) -> int:
     return int(np.argmin(np.abs(cumulative - wanted))) + 1
 
 
+def group_codes(df: pd.DataFrame, column: str, file: str | Path | None = None) -> tuple[np.ndarray, pd.Index]:
+    """(group code per row, sorted group names); a missing group is a :class:`DataError` naming its row."""
+    missing = missing_mask(df[column]).to_numpy(dtype=bool)
+    if missing.any():
+        raise DataError(
+            "group value is missing",
+            file=file,
+            row=int(row_numbers(df)[np.flatnonzero(missing)[0]]),
+            column=column,
+            hint="Fill in every row's group, or drop the rows without one",
+        )
+    codes, uniques = pd.factorize(df[column].map(label_string), sort=True)
+    return np.asarray(codes), pd.Index(uniques)
+
+
 def _grouped(
     df: pd.DataFrame,
     column: str,
@@ -204,16 +219,7 @@ def _grouped(
             column=column,
             hint=did_you_mean(column, df.columns),
         )
-    missing = missing_mask(df[column]).to_numpy(dtype=bool)
-    if missing.any():
-        raise DataError(
-            "group value is missing",
-            file=file,
-            row=int(row_numbers(df)[np.flatnonzero(missing)[0]]),
-            column=column,
-            hint="Fill in every row's group, or drop the rows without one",
-        )
-    codes, uniques = pd.factorize(df[column].map(label_string), sort=True)
+    codes, uniques = group_codes(df, column, file)
     n, n_groups = len(df), len(uniques)
     parts_needed = 1 + (valid_size > 0) + (test_size > 0)
     if n_groups < parts_needed:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.data.schema import ROW_COLUMN, _infer_task, did_you_mean, label_string, missing_mask
+from tunesmith.data.split import group_codes
 from tunesmith.data.validate import row_numbers
 from tunesmith.errors import ConfigError, DataError, TunesmithError
 
@@ -119,16 +120,7 @@ def _grouped(
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     _require(df, column, "group", file)
-    missing = missing_mask(df[column]).to_numpy(dtype=bool)
-    if missing.any():
-        raise DataError(
-            "group value is missing",
-            file=file,
-            row=int(row_numbers(df)[np.flatnonzero(missing)[0]]),
-            column=column,
-            hint="Fill in every row's group, or drop the rows without one",
-        )
-    groups, uniques = pd.factorize(df[column].map(label_string), sort=True)
+    groups, uniques = group_codes(df, column, file)
     if len(uniques) < k:
         raise DataError(
             f"group column {column!r} has {len(uniques)} group(s), fewer than the {k} folds",
