@@ -311,3 +311,13 @@ def test_database_storage_url(tmp_path):
     assert first.storage == url and again.count("COMPLETE") == 3
     with pytest.raises(ConfigError, match="storage"):
         tune(make_reviews(32), "label", base_params=BASE, space=SPACE, n_trials=1, storage="ftp://x/y")
+
+
+def test_default_space_leaves_fixed_settings_alone():
+    base = {**BASE, "strategy": "head_only"}
+    result = tune(
+        make_reviews(32), "label", base_params=base, n_trials=2, sampler="random", pruner="none", progress=False
+    )
+    drawn = set().union(*(t["params"] for t in result.trials))
+    assert drawn and not drawn & {"strategy", "epochs", "batch_size", "lora_r", "freeze_layers"}
+    assert result.best_config["strategy"] == "head_only" and result.best_config["epochs"] == 2

@@ -370,3 +370,17 @@ def test_default_space_rejects_unknown_task_and_strategy():
     with pytest.raises(ConfigError, match="unknown strategy 'qlora'") as exc:
         default_space("binary", "qlora")
     assert exc.value.key == "strategy"
+
+
+def test_without_removes_fixed_settings_and_resolves_their_conditions():
+    space = SearchSpace.from_dict(
+        {
+            "strategy": ["full", "lora"],
+            "lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+            "lora_r": {"type": "int", "low": 4, "high": 32, "when": {"strategy": "lora"}},
+            "freeze_layers": {"type": "int", "low": 0, "high": 4, "when": {"strategy": "full"}},
+        }
+    )
+    reduced = space.without({"strategy": "lora", "lr": 1e-4})
+    assert reduced.names == ("lora_r",)
+    assert not reduced.conditional

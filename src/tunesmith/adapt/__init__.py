@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -150,7 +151,10 @@ def add_lora(backbone: TextBackbone, *, r: int, alpha: float, dropout: float, ta
         target_modules=target_modules,
         bias="none",
     )
-    backbone.model = get_peft_model(backbone.model, config)
+    with warnings.catch_warnings():
+        # peft probes a property transformers has deprecated; nothing for a user to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        backbone.model = get_peft_model(backbone.model, config)
 
 
 def lora_state_dict(backbone: TextBackbone) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ never models a LoRA rank for a full fine-tune.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import math
 import os
@@ -629,6 +630,26 @@ class SearchSpace:
             if dim.is_active(drawn):
                 drawn[dim.name] = dim.suggest(trial)
         return drawn
+
+    def without(self, settings: Mapping[str, Any]) -> SearchSpace:
+        """This space with the dimensions named in ``settings`` removed (they are fixed there).
+
+        A dimension conditional on a removed one keeps its other conditions when the fixed
+        value satisfies the removed condition, and is dropped when it does not.
+        """
+        kept: list[Dimension] = []
+        for dim in self.dimensions:
+            if dim.name in settings:
+                continue
+            when = dict(dim.when)
+            ok = True
+            for name in [n for n in when if n in settings]:
+                if settings[name] not in when.pop(name):
+                    ok = False
+            if ok:
+                kept.append(dataclasses.replace(dim, when=when))
+        fixed = {k: v for k, v in self.fixed.items() if k not in settings}
+        return SearchSpace(kept, fixed)
 
     def with_fixed(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` (e.g. an Optuna trial's ``params``) completed with the fixed values.

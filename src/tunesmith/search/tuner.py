@@ -536,7 +536,9 @@ def tune(
     elif isinstance(space, Mapping):
         search_space = SearchSpace.from_dict(space)
     elif space is None:
-        search_space = default_space(schema.task)
+        # Settings the caller fixed are not searched: the default space yields to them.
+        fixed_strategy = base.get("strategy")
+        search_space = default_space(schema.task, strategy=fixed_strategy).without(base)
     else:
         search_space = space
     if sampler == "grid" and n_trials is None:
