@@ -166,7 +166,8 @@ def did_you_mean(name: str, columns: Iterable[Any]) -> str:
     return f"{lead}Columns present: {shown}"
 
 
-def _require_column(df: pd.DataFrame, column: str, what: str, file: str | Path | None) -> None:
+def require_column(df: pd.DataFrame, column: str, what: str, file: str | Path | None) -> None:
+    """:class:`DataError` ("{what} column 'x' not found", with the closest name) unless ``column`` is in ``df``."""
     if column not in df.columns:
         raise DataError(
             f"{what} column {column!r} not found",
@@ -307,9 +308,9 @@ def infer_schema(
     :class:`ConfigError` (key ``"task"``) for an unknown task.
     """
     task_name = _check_task_name(task)
-    _require_column(df, target, "target", file)
+    require_column(df, target, "target", file)
     for col in ignore:
-        _require_column(df, col, "ignored", file)
+        require_column(df, col, "ignored", file)
 
     given: list[str] | None = None
     if text_column is not None:
@@ -317,7 +318,7 @@ def infer_schema(
         if not given:
             raise ConfigError("text_column is an empty list", key="text_column", hint="Name one column or more")
         for col in given:
-            _require_column(df, col, "text", file)
+            require_column(df, col, "text", file)
             if col == target:
                 raise DataError(
                     "the target column cannot also be the text column",

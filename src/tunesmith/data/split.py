@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.schema import TASKS, did_you_mean, label_string, missing_mask
-from tunesmith.data.validate import row_numbers
+from tunesmith.data.schema import TASKS, did_you_mean, label_string, missing_mask, require_column
+from tunesmith.data.validate import require_values, row_numbers
 from tunesmith.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -143,25 +143,11 @@ def _labels(df: pd.DataFrame, target: str | None, task: str, stratify: bool) -> 
 
 
 def _by_column(df: pd.DataFrame, column: str, file: str | Path | None) -> SplitResult:
-    if column not in df.columns:
-        raise DataError(
-            f"split column {column!r} not found",
-            file=file,
-            column=column,
-            hint=did_you_mean(column, df.columns),
-        )
+    require_column(df, column, "split", file)
     raw = df[column]
-    missing = missing_mask(raw).to_numpy(dtype=bool)
     rows = row_numbers(df)
     hint = "Use train (or training), valid (validation, val, dev) or test"
-    if missing.any():
-        raise DataError(
-            "split value is missing",
-            file=file,
-            row=int(rows[np.flatnonzero(missing)[0]]),
-            column=column,
-            hint=hint,
-        )
+    require_values(df, column, "split", hint=hint, file=file)
     names = [SPLIT_VALUES.get(str(v).strip().lower()) for v in raw.tolist()]
     for i, name in enumerate(names):
         if name is None:
@@ -190,15 +176,7 @@ def _cut(sizes: np.ndarray, wanted: float) -> int:
 
 def group_codes(df: pd.DataFrame, column: str, file: str | Path | None = None) -> tuple[np.ndarray, pd.Index]:
     """(group code per row, sorted group names); a missing group is a :class:`DataError` naming its row."""
-    missing = missing_mask(df[column]).to_numpy(dtype=bool)
-    if missing.any():
-        raise DataError(
-            "group value is missing",
-            file=file,
-            row=int(row_numbers(df)[np.flatnonzero(missing)[0]]),
-            column=column,
-            hint="Fill in every row's group, or drop the rows without one",
-        )
+    require_values(df, column, "group", hint="Fill in every row's group, or drop the rows without one", file=file)
     codes, uniques = pd.factorize(df[column].map(label_string), sort=True)
     return np.asarray(codes), pd.Index(uniques)
 

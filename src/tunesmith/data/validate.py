@@ -94,6 +94,19 @@ def row_numbers(df: pd.DataFrame) -> np.ndarray:
     return np.arange(1, len(df) + 1, dtype=np.int64)
 
 
+def require_values(df: pd.DataFrame, column: str, what: str, *, hint: str, file: str | Path | None = None) -> None:
+    """:class:`DataError` naming the first row whose ``column`` is missing (``"{what} value is missing"``)."""
+    missing = missing_mask(df[column]).to_numpy(dtype=bool)
+    if missing.any():
+        raise DataError(
+            f"{what} value is missing",
+            file=file,
+            row=int(row_numbers(df)[np.flatnonzero(missing)[0]]),
+            column=column,
+            hint=hint,
+        )
+
+
 def _series_rows(series: pd.Series) -> np.ndarray:
     if series.index.name == ROW_INDEX:
         return series.index.to_numpy(dtype=np.int64)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.schema import ROW_COLUMN, _infer_task, did_you_mean, label_string, missing_mask
+from tunesmith.data.schema import ROW_COLUMN, _infer_task, label_string, missing_mask, require_column
 from tunesmith.data.split import group_codes
-from tunesmith.data.validate import row_numbers
+from tunesmith.data.validate import require_values, row_numbers
 from tunesmith.errors import ConfigError, DataError, TunesmithError
 
 if TYPE_CHECKING:
@@ -55,13 +55,6 @@ def _check_fold_args(k: Any, strategy: str, group_column: str | None, time_colum
             "strategy 'time' needs a time column",
             key="time_column",
             hint="Name the column that orders the rows in time (CLI: --time-column COL)",
-        )
-
-
-def _require(df: pd.DataFrame, column: str, what: str, file: str | Path | None) -> None:
-    if column not in df.columns:
-        raise DataError(
-            f"{what} column {column!r} not found", file=file, column=column, hint=did_you_mean(column, df.columns)
         )
 
 
@@ -119,7 +112,7 @@ def _grouped(
 ) -> list[Fold]:
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-    _require(df, column, "group", file)
+    require_column(df, column, "group", file)
     groups, uniques = group_codes(df, column, file)
     if len(uniques) < k:
         raise DataError(
@@ -147,18 +140,10 @@ def time_values(df: pd.DataFrame, column: str, file: str | Path | None = None) -
     Raises :class:`DataError` naming the column and the 1-based row of the first missing or
     unreadable value.
     """
-    _require(df, column, "time", file)
+    require_column(df, column, "time", file)
     raw = df[column]
     rows = row_numbers(df)
-    missing = missing_mask(raw).to_numpy(dtype=bool)
-    if missing.any():
-        raise DataError(
-            "time value is missing",
-            file=file,
-            row=int(rows[np.flatnonzero(missing)[0]]),
-            column=column,
-            hint="Fill in every row's time, or drop the rows without one",
-        )
+    require_values(df, column, "time", hint="Fill in every row's time, or drop the rows without one", file=file)
     if pd.api.types.is_bool_dtype(raw.dtype):
         raise DataError("a time column must hold dates, times or numbers, not true/false", file=file, column=column)
     if pd.api.types.is_numeric_dtype(raw.dtype):
@@ -256,7 +241,7 @@ def cv_folds(
     _check_fold_args(k, strategy, group_column, time_column)
     k = int(k)
     if target is not None:
-        _require(df, target, "target", file)
+        require_column(df, target, "target", file)
     if len(df) < k:
         raise DataError(f"too few rows ({len(df)}) for {k} folds", file=file, hint="Lower k or give more data")
     resolved = _resolve_task(df, target, task)
@@ -372,13 +357,7 @@ def cross_validate(
 
     df, target_col, file = FineTuner._frame(data, None, target)
     assert target_col is not None
-    if target_col not in df.columns:
-        raise DataError(
-            f"target column {target_col!r} not found",
-            file=file,
-            column=target_col,
-            hint=did_you_mean(target_col, df.columns),
-        )
+    require_column(df, target_col, "target", file)
     if ROW_COLUMN not in df.columns:
         # Row numbers of the whole table, so an error inside a fold names the row the user sees.
         df = df.copy()
