@@ -148,11 +148,17 @@ def normalise_text(text: str) -> str:
     return _SPACES.sub(" ", text).strip().lower()
 
 
+def duplicate_mask(df: pd.DataFrame, schema: Schema, texts: Sequence[str] | None = None) -> np.ndarray:
+    """True for each row whose model input and label equal an earlier row's (``texts``: its inputs, if known)."""
+    inputs = list(texts) if texts is not None else texts_of(df, schema)
+    key = pd.DataFrame({"input": inputs, "target": df[schema.target].astype(str).to_numpy()})
+    return key.duplicated(keep="first").to_numpy()
+
+
 def drop_duplicates(df: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, CleanAction]:
     """Drop rows whose model input and target equal an earlier row's; keep the first."""
     rows = _rows(df)
-    key = pd.DataFrame({"input": texts_of(df, schema), "target": df[schema.target].astype(str).to_numpy()})
-    dup = key.duplicated(keep="first").to_numpy()
+    dup = duplicate_mask(df, schema)
     dropped = rows[dup].tolist()
     action = CleanAction(
         "drop_duplicates",

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.clean import conflict_groups, normalise_text
+from tunesmith.data.clean import conflict_groups, duplicate_mask, normalise_text
 from tunesmith.data.schema import ROW_COLUMN, Schema, infer_schema, missing_mask
 from tunesmith.data.split import SPLIT_VALUES
 from tunesmith.data.validate import DropReport, prepare_frame, row_numbers, texts_of
@@ -406,8 +406,7 @@ def _check_mixed_types(raw: pd.DataFrame, rows: np.ndarray, target: str) -> list
 
 def _check_duplicates(df: pd.DataFrame, schema: Schema, texts: list[str], raw: pd.DataFrame) -> list[Finding]:
     rows = df[ROW_COLUMN].to_numpy(dtype=np.int64)
-    key = pd.DataFrame({"input": texts, "target": df[schema.target].astype(str).to_numpy()})
-    dup = key.duplicated(keep="first").to_numpy()
+    dup = duplicate_mask(df, schema, texts)
     body = raw.drop(columns=[c for c in raw.columns if c == ROW_COLUMN])
     try:
         identical = int(body.astype(str).duplicated().sum())
@@ -610,9 +609,7 @@ def _single_column_score(keys: np.ndarray, y: np.ndarray, regression: bool, seed
     return float(balanced_accuracy_score(y.astype(str), pred.astype(str)))
 
 
-def _check_leakage(
-    raw: pd.DataFrame, df: pd.DataFrame, schema: Schema, skip: Sequence[str], seed: int
-) -> list[Finding]:
+def _check_leakage(df: pd.DataFrame, schema: Schema, skip: Sequence[str], seed: int) -> list[Finding]:
     regression = schema.task == "regression"
     y = df[schema.target].to_numpy(dtype=np.float64 if regression else object)
     out = []
@@ -919,7 +916,7 @@ def inspect_data(
         class_counts = {label: int(counts.get(label, 0)) for label in schema.labels}
         findings += _check_balance(class_counts, folds)
     with _timed(timings, "leakage"):
-        findings += _check_leakage(raw, df, schema, ignore, seed)
+        findings += _check_leakage(df, schema, ignore, seed)
 
     need_embeddings = near_duplicates or label_errors == "fast"
     embeddings: np.ndarray | None = None
@@ -940,11 +937,9 @@ def inspect_data(
     pairs_rows: list[tuple[int, int, float]] = []
     pair_positions: list[tuple[int, int, float]] = []
     crossing = 0
+    names = _split_names(df, split_column) if split_column else None
     if near_duplicates and embeddings is not None:
-        sides = None
-        if split_column:
-            names = _split_names(df, split_column)
-            sides = np.where(names == "train", 0, np.where(names == "other", -1, 1))
+        sides = None if names is None else np.where(names == "train", 0, np.where(names == "other", -1, 1))
         with _timed(timings, "near_duplicates"):
             pair_positions, total, crossing = near_duplicate_pairs(
                 embeddings, keys, near_duplicate_threshold, sides=sides
@@ -953,8 +948,7 @@ def inspect_data(
             findings += found
 
     with _timed(timings, "overlap"):
-        if split_column:
-            names = _split_names(df, split_column)
+        if names is not None:
             tr, te = names == "train", names != "train"
             te &= names != "other"
             groups = df[group_column].tolist() if group_column else None
