@@ -33,8 +33,9 @@ from tunesmith.backbones import create_backbone, is_registered
 from tunesmith.backbones.cache import FEATURE_CACHE, feature_key
 from tunesmith.backbones.text import TextBackbone, build_from_files
 from tunesmith.config import FIELD_NAMES, FitConfig, config_to_yaml, make_config
+from tunesmith.data.clean import CleanReport
 from tunesmith.data.io import file_sha256, read_table
-from tunesmith.data.quality import Preprocessing, clean_before_split, clean_train, report_of
+from tunesmith.data.quality import Preprocessing, clean_before_split, clean_train
 from tunesmith.data.schema import Schema, infer_schema
 from tunesmith.data.split import split_frame
 from tunesmith.data.validate import DropReport, encode_target, prepare_frame, texts_of
@@ -324,7 +325,7 @@ class FineTuner:
         valid_df, test_df = preprocessing.apply(valid_df), preprocessing.apply(test_df)
         # With eval_set, only X is cleaned: the given validation and test sets are not counted.
         kept = len(train_df) + (len(valid_df) + len(test_df) if eval_set is None else 0)
-        self.cleaning_ = report_of(rows_prepared, kept, clean_actions)
+        self.cleaning_ = CleanReport(rows_in=rows_prepared, rows_out=kept, actions=clean_actions)
         if len(train_df) == 0:
             raise DataError("cleaning left no rows to train on", file=file, hint=self.cleaning_.summary())
 

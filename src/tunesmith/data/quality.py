@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.clean import CleanAction, CleanReport, apply_label_issues, drop_duplicates, handle_missing
+from tunesmith.data.clean import CleanAction, apply_label_issues, drop_duplicates, handle_missing
 from tunesmith.data.clean import resolve_conflicts as _resolve_conflicts
 from tunesmith.data.schema import ROW_COLUMN, Schema, missing_mask
 from tunesmith.data.validate import texts_of
@@ -222,11 +222,6 @@ def augment_frame(
         f"added {added} augmented copies of training rows ({', '.join(ops)}, p={cfg.augment_p})",
         {**augmenter.describe(), "copies": cfg.augment_copies, "unchanged_copies": unchanged},
     )
-
-
-def report_of(rows_in: int, rows_out: int, actions: list[CleanAction]) -> CleanReport:
-    """A :class:`CleanReport` of a fit's actions."""
-    return CleanReport(rows_in=rows_in, rows_out=rows_out, actions=actions)
 
 
 def _fold_params(cfg: FitConfig) -> dict[str, Any]:

@@ -306,8 +306,6 @@ def _objective(problem: _Problem) -> Callable[[optuna.Trial], float]:
     space = SearchSpace.from_dict(problem.space)
 
     def objective(trial: optuna.Trial) -> float:
-        import optuna
-
         trial.set_user_attr("worker", _worker_id())
         started = time.perf_counter()
         params = {
@@ -366,8 +364,6 @@ def _objective(problem: _Problem) -> Callable[[optuna.Trial], float]:
                         hint="Set valid_size > 0 or pass eval_set",
                     )
                 value = float(ft.best_score_)
-        except optuna.TrialPruned:
-            raise
         finally:
             trial.set_user_attr("epochs_run", sum(p.epochs for p in pruners))
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
@@ -376,18 +372,19 @@ def _objective(problem: _Problem) -> Callable[[optuna.Trial], float]:
     return objective
 
 
-def _run_worker(
-    problem: _Problem,
-    storage: Any,
-    study_name: str,
-    sampler_name: str,
-    pruner_name: str,
-    n_trials: int | None,
-    timeout: float | None,
-    worker_index: int,
-    threads: int | None,
-    progress: bool,
-) -> None:
+@dataclass
+class _Run:
+    """How a worker runs its share of a study (picklable, for spawned workers)."""
+
+    study_name: str
+    sampler: str
+    pruner: str
+    n_trials: int | None
+    timeout: float | None
+    progress: bool
+
+
+def _run_worker(problem: _Problem, storage: Any, run: _Run, worker_index: int, threads: int | None) -> None:
     """One process's share of the search: ask, fit, tell, until the budget is spent."""
     import optuna
     from optuna.study import MaxTrialsCallback
@@ -402,11 +399,12 @@ def _run_worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.from_dict(problem.space)
     study = optuna.load_study(
-        study_name=study_name,
+        study_name=run.study_name,
         storage=storage,
-        sampler=make_sampler(sampler_name, space, problem.seed + worker_index),
-        pruner=make_pruner(pruner_name),
+        sampler=make_sampler(run.sampler, space, problem.seed + worker_index),
+        pruner=make_pruner(run.pruner),
     )
+    n_trials = run.n_trials
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = []
     if n_trials is not None:
         if _finished(study) >= n_trials:
@@ -423,10 +421,10 @@ def _run_worker(
     study.optimize(
         _objective(problem),
         n_trials=None,
-        timeout=timeout,
+        timeout=run.timeout,
         callbacks=callbacks,
         catch=(ConfigError,),
-        show_progress_bar=progress and worker_index == 0 and n_trials is not None,
+        show_progress_bar=run.progress and worker_index == 0 and n_trials is not None,
     )
 
 
@@ -582,12 +580,13 @@ def tune(
         stride=max_epochs,
         seed=seed,
     )
+    run = _Run(study_name, sampler, pruner, n_trials, timeout, progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if workers == 1:
-            _run_worker(problem, store, study_name, sampler, pruner, n_trials, timeout, 0, None, progress)
+            _run_worker(problem, store, run, 0, None)
         else:
-            _spawn_workers(problem, store_text, study_name, sampler, pruner, n_trials, timeout, workers, progress)
+            _spawn_workers(problem, store_text, run, workers)
     study = optuna.load_study(study_name=study_name, storage=store)
     rows = trial_rows(study)
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
@@ -650,30 +649,14 @@ def _refit(
     return path
 
 
-def _spawn_workers(
-    problem: _Problem,
-    storage: str,
-    study_name: str,
-    sampler: str,
-    pruner: str,
-    n_trials: int | None,
-    timeout: float | None,
-    workers: int,
-    progress: bool,
-) -> None:
+def _spawn_workers(problem: _Problem, storage: str, run: _Run, workers: int) -> None:
     import multiprocessing as mp
 
     from tunesmith.estimator import default_threads
 
     threads = max(1, default_threads() // workers)
     ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(
-            target=_spawned,
-            args=(problem, storage, study_name, sampler, pruner, n_trials, timeout, i, threads, progress),
-        )
-        for i in range(workers)
-    ]
+    procs = [ctx.Process(target=_spawned, args=(problem, storage, run, i, threads)) for i in range(workers)]
     for p in procs:
         p.start()
     try:
@@ -686,20 +669,9 @@ def _spawn_workers(
         raise
 
 
-def _spawned(
-    problem: _Problem,
-    storage: str,
-    study_name: str,
-    sampler: str,
-    pruner: str,
-    n_trials: int | None,
-    timeout: float | None,
-    index: int,
-    threads: int,
-    progress: bool,
-) -> None:
+def _spawned(problem: _Problem, storage: str, run: _Run, index: int, threads: int) -> None:
     store, _ = make_storage(storage)
-    _run_worker(problem, store, study_name, sampler, pruner, n_trials, timeout, index, threads, progress)
+    _run_worker(problem, store, run, index, threads)
 
 
 def tune_summary(result: TuneResult, top: int = 10) -> list[dict[str, Any]]:
