@@ -188,31 +188,106 @@ def predict(
     data: Annotated[Path, typer.Argument(help="Rows to predict: CSV, TSV, Parquet or JSONL.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write predictions (by suffix).")],
     proba: Annotated[bool, typer.Option("--proba", help="Add a probability column per class.")] = False,
+    backend: Annotated[str, typer.Option(help="torch, or onnx (after tunesmith export; fastest on a CPU).")] = "torch",
+    precision: Annotated[str, typer.Option(help="ONNX graph: auto (int8 when exported), int8 or fp32.")] = "auto",
+    chunk_rows: Annotated[int, typer.Option(help="Rows read, scored and written at a time.")] = 4096,
+    batch_size: Annotated[int, typer.Option(help="Rows per model call.")] = 64,
+    threads: Annotated[int | None, typer.Option(help="Compute threads (default: all cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Predict labels (or values) for DATA and write them beside the input columns."""
-    import numpy as np
+    """Predict labels (or values) for DATA and write them beside the input columns.
 
-    import tunesmith
-    from tunesmith.data.io import read_table, write_table
+    Large files are read, scored and written in chunks, so memory stays flat.
+    """
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
-    ft = tunesmith.load(model)
-    df = read_table(data)
-    out = df.copy()
-    taken = [c for c in out.columns if c == "prediction" or str(c).startswith("proba_")]
-    if taken:
-        console.print(f"[yellow]replacing existing column(s) {', '.join(map(str, taken))}[/yellow]")
-    schema = ft.schema_
-    if proba and schema is not None and schema.task != "regression" and ft.classes_ is not None:
-        p = ft.predict_proba(data)
-        out["prediction"] = ft.classes_[np.argmax(p, axis=1)]
-        for i, label in enumerate(schema.labels or []):
-            out[f"proba_{label}"] = p[:, i]
-    else:
-        if proba:
-            console.print("[yellow]--proba ignored: this model does regression[/yellow]")
-        out["prediction"] = ft.predict(data)
-    write_table(out, output)
-    console.print(f"wrote {len(out)} predictions to {output}")
+    from tunesmith.export.batch import predict_file
+    from tunesmith.export.runtime import load_predictor
+
+    if chunk_rows < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--chunk-rows")
+    predictor = load_predictor(model, backend=backend, precision=precision, batch_size=batch_size, threads=threads)
+    if proba and predictor.task == "regression":
+        console.print("[yellow]--proba ignored: this model does regression[/yellow]")
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=True,
+    ) as bar:
+        task_id = bar.add_task(f"predicting ({predictor.backend} {predictor.precision})", total=None)
+
+        def advance(done: int, total: int, unit: str) -> None:
+            # Streamed text files report bytes read, the others rows: the bar shows a percentage of either.
+            bar.update(task_id, completed=done, total=total)
+
+        result = predict_file(predictor, data, output, probabilities=proba, chunk_rows=chunk_rows, progress=advance)
+    if result.empty_text_rows:
+        console.print(f"[yellow]{result.empty_text_rows} row(s) had no text; predicted from an empty text[/yellow]")
+    console.print(
+        f"wrote {result.rows} predictions to {output} ({predictor.backend} {predictor.precision}, "
+        f"model {predictor.version})",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Model folder written by fit.")],
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    quantize: Annotated[str | None, typer.Option(help="Also write an int8 graph (dynamic quantisation).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Labeled rows for the checks; the training file gives the run's own test split."),
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="Label column of --data (default: the training target).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest |logit difference| from PyTorch allowed.")] = 1e-3,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option(help="Fail when int8 costs more accuracy points than this.")
+    ] = None,
+    sample_size: Annotated[int, typer.Option(help="Rows in the parity check.")] = 256,
+) -> None:
+    """Export MODEL to ONNX (into MODEL/onnx/), checked against PyTorch; optionally int8 too."""
+    from tunesmith.errors import ConfigError
+    from tunesmith.export.onnx import export_onnx
+
+    if format != "onnx":
+        raise ConfigError(f"must be onnx, got {format!r}", key="format")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"must be int8, got {quantize!r}", key="quantize")
+    with console.status("exporting and checking the graph"):
+        result = export_onnx(
+            model,
+            quantize=quantize,
+            data=data,
+            target=target,
+            tolerance=tolerance,
+            max_accuracy_drop=max_accuracy_drop,
+            sample_size=sample_size,
+        )
+    p = result.parity
+    console.print(
+        f"parity (fp32 vs PyTorch, {p['rows']} rows from {p['source']}): "
+        f"max |logit difference| {p['max_abs_diff']:.2e} <= {p['tolerance']:g}",
+        soft_wrap=True,
+    )
+    q = result.int8
+    if q is not None:
+        if "accuracy_drop_points" in q:
+            console.print(
+                f"int8 accuracy on {q['source']}: {100 * q['accuracy_fp32']:.2f}% -> {100 * q['accuracy_int8']:.2f}% "
+                f"({q['accuracy_drop_points']:.2f} points lost)",
+                soft_wrap=True,
+            )
+        elif "mae_change" in q:
+            console.print(f"int8 MAE on {q['source']}: {q['mae_fp32']:.4g} -> {q['mae_int8']:.4g}")
+        else:
+            console.print(f"int8 accuracy {q.get('accuracy_note', 'not measured')}")
+    for rel in result.files.values():
+        console.print(f"wrote {model / rel}", soft_wrap=True)
 
 
 @app.command()

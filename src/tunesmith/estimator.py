@@ -38,7 +38,7 @@ from tunesmith.data.io import file_sha256, read_table
 from tunesmith.data.quality import Preprocessing, clean_before_split, clean_train
 from tunesmith.data.schema import Schema, infer_schema
 from tunesmith.data.split import split_frame
-from tunesmith.data.validate import DropReport, encode_target, prepare_frame, texts_of
+from tunesmith.data.validate import DropReport, encode_target, prepare_frame, row_numbers, texts_of
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, tfidf_baseline
 from tunesmith.evaluate.metrics import compute_metrics, metric_direction
@@ -601,6 +601,10 @@ class FineTuner:
             "target": schema.target,
             "text_columns": list(schema.text_columns),
         }
+        if file and eval_set is None:
+            # Which data rows (1-based) formed the test split: with the same file (checked by its
+            # SHA-256), an export can measure int8 accuracy on exactly the rows the run was scored on.
+            self.data_info_["test_rows"] = row_numbers(test_df).tolist()
         self.training_info_ = {
             "epochs_run": len(state.history),
             "best_epoch": state.best_epoch,

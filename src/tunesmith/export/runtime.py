@@ -1,0 +1,474 @@
+"""Prediction from a saved model folder with one interface for every backend.
+
+:func:`load_predictor` opens a model folder written by :meth:`FineTuner.save` and returns a
+:class:`Predictor` that runs either the PyTorch model (``backend="torch"``) or the ONNX graph
+written by ``tunesmith export`` (``backend="onnx"``, fp32 or int8). Both take rows (dicts or a
+DataFrame with the training columns), build the same input text as training did, tokenize
+with the model's own tokenizer and run length-sorted batches. The server, ``tunesmith
+predict`` and the benchmarks all predict through this one class, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.errors import ArtifactError, ConfigError, DataError
+
+ONNX_DIR = "onnx"
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+EXPORT_INFO = "export.json"
+BACKENDS = ("onnx", "torch")
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One row's answer: ``label`` and ``probabilities`` for classification, ``value`` for regression."""
+
+    label: Any = None
+    probabilities: dict[str, float] | None = None
+    value: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form with only the fields that apply."""
+        if self.value is not None:
+            return {"value": self.value}
+        out: dict[str, Any] = {"label": self.label}
+        if self.probabilities is not None:
+            out["probabilities"] = self.probabilities
+        return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """``tunesmith.json`` of a model folder, or an :class:`ArtifactError` saying what is wrong."""
+    from tunesmith.runs.artifacts import check_safe_model_dir
+
+    check_safe_model_dir(folder)
+    try:
+        meta: dict[str, Any] = json.loads((folder / "tunesmith.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"tunesmith.json cannot be read: {exc}", path=folder) from None
+    return meta
+
+
+def model_version(folder: Path) -> str:
+    """A short content hash of the weights: two folders with the same version hold the same model."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ArtifactError("model.safetensors is missing", path=folder, hint="Give a folder written by save()")
+    return _sha256(weights)[:12]
+
+
+class Predictor:
+    """Turns rows into predictions with one backend; safe to call from one thread at a time per call.
+
+    Use :func:`load_predictor` to build one. ``version`` identifies the model weights,
+    ``backend`` and ``precision`` say what runs them.
+    """
+
+    backend: str = ""
+    precision: str = "fp32"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], *, batch_size: int, version: str | None) -> None:
+        from tunesmith.data.quality import Preprocessing
+        from tunesmith.data.schema import Schema
+
+        self.folder = folder
+        self.meta = meta
+        self.schema = Schema.from_dict(meta["schema"])
+        self.task: str = meta["task"]
+        self.labels: list[str] = [str(x) for x in meta.get("labels") or []]
+        values = list(meta.get("label_values") or [])
+        self.label_values: list[Any] = values if len(values) == len(self.labels) else list(self.labels)
+        self.target_scaling: dict[str, float] = meta.get("target_scaling") or {"mean": 0.0, "std": 1.0}
+        self.preprocessing = Preprocessing.from_dict(meta.get("preprocessing"))
+        self.max_length = min(int(meta["config"].get("max_length", 128)), _max_positions(folder))
+        if batch_size < 1:
+            raise ConfigError(f"must be at least 1, got {batch_size}", key="batch_size")
+        self.batch_size = batch_size
+        self.version = version or model_version(folder)
+        # One tokenizer call at a time: the Rust tokenizer is not documented as thread-safe for
+        # changes of its truncation settings, and serialising it costs nothing next to the model.
+        self._lock = threading.Lock()
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Columns a row may carry: text columns first, then numeric and categorical ones."""
+        return list(self.schema.feature_columns)
+
+    def input_schema(self) -> dict[str, Any]:
+        """What a request row looks like: required text columns and optional extras."""
+        s = self.schema
+        return {
+            "text_columns": list(s.text_columns),
+            "numeric_columns": list(s.numeric_columns),
+            "categorical_columns": list(s.categorical_columns),
+            "required": list(s.text_columns[:1]) if len(s.text_columns) == 1 else [],
+            "max_tokens": self.max_length,
+        }
+
+    def rows_to_frame(self, rows: Sequence[Mapping[str, Any] | str], *, where: str = "inputs") -> pd.DataFrame:
+        """A frame of the model's columns from dicts (or bare strings for a one-text-column model).
+
+        A row without any text column, a text that is not a string or a column the model does
+        not know is a :class:`DataError` naming the row (``where[i]``) and the field.
+        """
+        s = self.schema
+        known = set(s.feature_columns)
+        records: list[dict[str, Any]] = []
+        for i, row in enumerate(rows):
+            if isinstance(row, str):
+                records.append({s.text_columns[0]: row})
+                continue
+            if not isinstance(row, Mapping):
+                raise DataError(
+                    f"{where}[{i}] must be an object of column values or a string, got {type(row).__name__}",
+                    row=i + 1,
+                )
+            unknown = [k for k in row if k not in known]
+            if unknown:
+                raise DataError(
+                    f"{where}[{i}] has unknown field {unknown[0]!r}",
+                    row=i + 1,
+                    column=str(unknown[0]),
+                    hint=f"This model reads: {', '.join(s.feature_columns)}",
+                )
+            if not any(row.get(c) not in (None, "") for c in s.text_columns):
+                col = s.text_columns[0]
+                raise DataError(
+                    f"{where}[{i}] has no text: field {col!r} is required",
+                    row=i + 1,
+                    column=col,
+                    hint="Send the text to classify",
+                )
+            for col in s.text_columns:
+                value = row.get(col)
+                if value is not None and not isinstance(value, str):
+                    raise DataError(
+                        f"{where}[{i}].{col} must be a string, got {type(value).__name__}", row=i + 1, column=col
+                    )
+            records.append(dict(row))
+        return pd.DataFrame.from_records(records, columns=list(s.feature_columns))
+
+    def texts(self, df: pd.DataFrame) -> list[str]:
+        """The one input string per row that training built (text columns joined, extras appended)."""
+        from tunesmith.data.validate import texts_of
+
+        frame = df
+        if self.preprocessing:
+            frame = self.preprocessing.apply(df)
+        for col in self.schema.text_columns:
+            if col in frame.columns and frame[col].isna().any():
+                frame = frame.assign(**{col: frame[col].fillna("")})
+        return texts_of(frame, self.schema)
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw model outputs ``(n, n_outputs)`` for ``texts``, in input order."""
+        if not texts:
+            return np.zeros((0, max(1, len(self.labels))), dtype=np.float32)
+        with self._lock:
+            ids = self._tokenize(texts)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        # Length-sorted batches: similar lengths share padding, so short texts stay cheap.
+        order = np.argsort(lengths, kind="stable")
+        out: np.ndarray | None = None
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = int(lengths[idx].max())
+            batch = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, j in enumerate(idx):
+                seq = ids[j]
+                batch[row, : len(seq)] = seq
+                mask[row, : len(seq)] = 1
+            result = self._run(batch, mask)
+            if out is None:
+                out = np.empty((len(texts), result.shape[1]), dtype=np.float32)
+            out[idx] = result
+        assert out is not None
+        return out
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Softmax over classes, computed stably in float64 then returned as float32."""
+        z = logits.astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def predict_frame(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(predictions, probabilities)`` for a frame; probabilities are ``None`` for regression."""
+        logits = self.logits(self.texts(df))
+        if self.task == "regression":
+            s = self.target_scaling
+            return logits[:, 0] * float(s["std"]) + float(s["mean"]), None
+        proba = self.probabilities(logits)
+        values = np.asarray(self.label_values, dtype=object)
+        return values[proba.argmax(axis=1)], proba
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any] | str], *, probabilities: bool = True) -> list[Prediction]:
+        """One :class:`Prediction` per row (dicts of column values or bare strings)."""
+        preds, proba = self.predict_frame(self.rows_to_frame(rows))
+        if proba is None:
+            return [Prediction(value=float(v)) for v in preds]
+        out = []
+        for i, label in enumerate(preds):
+            p = (
+                {name: round(float(x), 6) for name, x in zip(self.labels, proba[i], strict=True)}
+                if probabilities
+                else None
+            )
+            out.append(Prediction(label=_plain(label), probabilities=p))
+        return out
+
+    def warmup(self) -> None:
+        """One prediction on a made-up row, so the first request does not pay for lazy setup."""
+        self.predict_rows(["warm up the model with a short sentence."])
+
+    def metadata(self) -> dict[str, Any]:
+        """Task, labels, input schema, version and test metrics (what ``/v1/metadata`` returns)."""
+        meta = self.meta
+        metrics = meta.get("metrics") or {}
+        shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {
+            "task": self.task,
+            "labels": list(self.label_values) if self.task != "regression" else None,
+            "input_schema": self.input_schema(),
+            "model_version": self.version,
+            "backend": self.backend,
+            "precision": self.precision,
+            "backbone": (meta.get("backbone") or {}).get("name"),
+            "created": meta.get("created"),
+            "tunesmith_version": meta.get("tunesmith_version"),
+            "metrics": shown,
+            "export": self.export_info(),
+        }
+
+    def export_info(self) -> dict[str, Any] | None:
+        path = self.folder / ONNX_DIR / EXPORT_INFO
+        if not path.is_file():
+            return None
+        try:
+            info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return info
+
+    def close(self) -> None:
+        """Release the session or model (the object must not be used afterwards)."""
+
+
+def _max_positions(folder: Path) -> int:
+    """The encoder's position limit, which caps truncation exactly as training's tokenizer did."""
+    try:
+        config = json.loads((folder / "backbone_config.json").read_text(encoding="utf-8"))
+        return int(config.get("max_position_embeddings", 512))
+    except (OSError, json.JSONDecodeError, TypeError, ValueError):
+        return 512
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars become Python ones so they serialise to JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class OnnxPredictor(Predictor):
+    """ONNX Runtime on the CPU, with the model's tokenizer; no PyTorch needed at prediction time."""
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        folder: Path,
+        meta: dict[str, Any],
+        *,
+        precision: str,
+        batch_size: int,
+        threads: int | None,
+        version: str | None,
+        graph: Path | None = None,
+    ) -> None:
+        super().__init__(folder, meta, batch_size=batch_size, version=version)
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        onnx_dir = folder / ONNX_DIR
+        if precision == "auto":
+            precision = "int8" if (onnx_dir / ONNX_FILES["int8"]).is_file() else "fp32"
+        graph = graph or onnx_dir / ONNX_FILES[precision]
+        if not graph.is_file():
+            flag = " --quantize int8" if precision == "int8" else ""
+            raise ArtifactError(
+                f"no {precision} ONNX graph ({ONNX_DIR}/{ONNX_FILES[precision]})",
+                path=folder,
+                hint=f"Export it first: tunesmith export {folder} --format onnx{flag}",
+            )
+        self.precision = precision
+        self.graph_path = graph
+        tok_file = folder / "tokenizer" / "tokenizer.json"
+        if not tok_file.is_file():
+            raise ArtifactError("tokenizer/tokenizer.json is missing", path=folder)
+        tokenizer = Tokenizer.from_file(str(tok_file))
+        tokenizer.enable_truncation(max_length=self.max_length)
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        pad = tokenizer.token_to_id("[PAD]")
+        tok_cfg = folder / "tokenizer" / "tokenizer_config.json"
+        if tok_cfg.is_file():
+            try:
+                name = json.loads(tok_cfg.read_text(encoding="utf-8")).get("pad_token")
+                if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
+                    pad = tokenizer.token_to_id(name)
+            except (OSError, json.JSONDecodeError):
+                pass
+        self._pad = int(pad) if pad is not None else 0
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+            raise ArtifactError(
+                f"the ONNX graph cannot be loaded: {str(exc).splitlines()[0]}",
+                path=graph,
+                hint="Re-export the model with tunesmith export",
+            ) from None
+        self._input_names = {i.name for i in self._session.get_inputs()}
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return [enc.ids for enc in self._tokenizer.encode_batch(list(texts))]
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": ids, "attention_mask": mask}
+        out = self._session.run(["logits"], {k: v for k, v in feed.items() if k in self._input_names})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        self._session = None
+
+
+class TorchPredictor(Predictor):
+    """The PyTorch model as :meth:`FineTuner.load` builds it."""
+
+    backend = "torch"
+
+    def __init__(
+        self, folder: Path, meta: dict[str, Any], *, batch_size: int, threads: int | None, version: str | None
+    ) -> None:
+        super().__init__(folder, meta, batch_size=batch_size, version=version)
+        import torch
+
+        from tunesmith.estimator import FineTuner
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.estimator = FineTuner.load(folder)
+        backbone = self.estimator.backbone_
+        self._backbone = backbone
+        self._model = self.estimator.model_
+
+    @property
+    def pad_id(self) -> int:
+        return int(self._backbone.pad_id)
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._backbone.tokenize(texts, self.max_length)
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        assert self._model is not None
+        with torch.inference_mode():
+            out = self._model(torch.from_numpy(ids), torch.from_numpy(mask))
+        return np.asarray(out.float().numpy(), dtype=np.float32)
+
+    def close(self) -> None:
+        self._model = None
+
+
+def default_threads() -> int:
+    """Threads for one model: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def load_predictor(
+    path: str | os.PathLike[str],
+    *,
+    backend: str = "onnx",
+    precision: str = "auto",
+    batch_size: int = 64,
+    threads: int | None = None,
+    version: str | None = None,
+) -> Predictor:
+    """Open the model folder at ``path`` for prediction.
+
+    ``backend`` is ``"onnx"`` (needs ``tunesmith export`` first) or ``"torch"``. For ONNX,
+    ``precision`` picks ``"int8"`` or ``"fp32"``; ``"auto"`` takes int8 when it was exported.
+    ``threads`` caps the compute threads (default: all cores this process may use);
+    ``version`` overrides the model version reported with every prediction (default: a
+    content hash of the weights).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"must be one of {', '.join(BACKENDS)}, got {backend!r}", key="backend")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {precision!r}", key="precision")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ArtifactError("no model folder here", path=folder, hint="Give a folder written by tunesmith fit")
+    meta = read_meta(folder)
+    if backend == "torch":
+        if precision == "int8":
+            raise ConfigError("int8 runs on the onnx backend only", key="precision", hint="Use --backend onnx")
+        return TorchPredictor(folder, meta, batch_size=batch_size, threads=threads, version=version)
+    return OnnxPredictor(folder, meta, precision=precision, batch_size=batch_size, threads=threads, version=version)
+
+
+def iter_chunks(rows: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Consecutive lists of at most ``size`` items."""
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
