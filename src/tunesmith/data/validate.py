@@ -315,8 +315,8 @@ def encode_target(series: pd.Series | pd.DataFrame, schema: Schema, *, file: str
     return out
 
 
-def _format_value(value: Any) -> str | None:
-    """``value`` as it appears in the text, or None when missing."""
+def format_value(value: Any) -> str | None:
+    """``value`` as it appears in the model's input text, or None when missing."""
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or value is pd.NA:
@@ -356,10 +356,10 @@ def texts_of(df: pd.DataFrame, schema: Schema) -> list[str]:
     extras = [(c, df[c].tolist()) for c in (*schema.numeric_columns, *schema.categorical_columns) if c in df.columns]
     out: list[str] = []
     for i in range(n):
-        parts = [s for s in (_format_value(col[i]) for col in text_cols) if s]
+        parts = [s for s in (format_value(col[i]) for col in text_cols) if s]
         text = _join_texts(parts)
         for name, values in extras:
-            shown = _format_value(values[i])
+            shown = format_value(values[i])
             if shown is not None:
                 text = f"{text}{EXTRA_JOIN}{name}: {shown}" if text else f"{name}: {shown}"
         out.append(text)
