@@ -15,7 +15,7 @@ from tunesmith.cli import main
 
 from .conftest import make_reviews
 
-COMMANDS = ["fit", "evaluate", "predict", "demo", "backbones", "export"]
+COMMANDS = ["fit", "evaluate", "predict", "demo", "backbones", "export", "serve"]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -291,6 +291,69 @@ def export(
 
 
 @app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Model folder written by fit (exported for --backend onnx).")],
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="onnx (after tunesmith export) or torch.")] = "onnx",
+    precision: Annotated[str, typer.Option(help="ONNX graph: auto (int8 when exported), int8 or fp32.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Server processes, each with its own model.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="Compute threads per worker (default: cores // workers).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Most rows in one model call.")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Longest wait to fill a batch.")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Rows that may wait; beyond that 503.")] = None,
+    max_rows_per_request: Annotated[int | None, typer.Option(help="Most rows in one request.")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body; larger is 413.")] = None,
+    request_timeout_s: Annotated[float | None, typer.Option(help="Seconds before a 504.")] = None,
+    graceful_timeout_s: Annotated[float | None, typer.Option(help="Seconds to drain after SIGTERM.")] = None,
+    model_version: Annotated[str | None, typer.Option(help="Version to report (default: hash of the weights).")] = None,
+    prediction_log: Annotated[Path | None, typer.Option(help="Log predictions to this SQLite or Parquet file.")] = None,
+    prediction_log_format: Annotated[str | None, typer.Option(help="sqlite or parquet.")] = None,
+    prediction_log_rotate_rows: Annotated[int | None, typer.Option(help="Records per log file.")] = None,
+    prediction_log_buffer_rows: Annotated[
+        int | None, typer.Option(help="Rows the log may hold in memory; beyond that records are dropped and counted.")
+    ] = None,
+    model_nice: Annotated[
+        int | None, typer.Option(help="Nice steps of the model threads below the event loop (0 = same priority).")
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Print one line per request.")] = False,
+    log_level: Annotated[str | None, typer.Option(help="critical, error, warning, info or debug.")] = None,
+) -> None:
+    """Serve MODEL over HTTP: /v1/predict, /v1/metadata, /live, /ready, /metrics.
+
+    The API key and the admin token (which turns on POST /admin/reload) are read from the
+    TUNESMITH_API_KEY and TUNESMITH_ADMIN_TOKEN environment variables, never from flags.
+    """
+    from tunesmith.serve.command import run_server
+    from tunesmith.serve.settings import ServeSettings
+
+    settings = ServeSettings.from_options(
+        host=host,
+        port=port,
+        backend=backend,
+        precision=precision,
+        workers=workers,
+        threads=threads,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_rows_per_request=max_rows_per_request,
+        max_body_bytes=max_body_bytes,
+        request_timeout_s=request_timeout_s,
+        graceful_timeout_s=graceful_timeout_s,
+        model_version=model_version,
+        prediction_log=prediction_log,
+        prediction_log_format=prediction_log_format,
+        prediction_log_rotate_rows=prediction_log_rotate_rows,
+        prediction_log_buffer_rows=prediction_log_buffer_rows,
+        model_nice=model_nice,
+        access_log=access_log,
+        log_level=log_level,
+    )
+    run_server(model, settings)
+
+
+@app.command()
 def tune(
     data: Annotated[Path, typer.Argument(help="Labeled data: CSV, TSV, Parquet or JSONL.")],
     target: Annotated[str, typer.Option("--target", "-t", help="Column holding the labels.")],

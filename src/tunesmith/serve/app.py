@@ -1,0 +1,905 @@
+"""The FastAPI application of ``tunesmith serve``.
+
+Endpoints: ``POST /v1/predict``, ``GET /v1/metadata``, ``GET /live``, ``GET /ready``,
+``GET /metrics`` and, when an admin token is set, ``POST /admin/reload``. See
+``docs/serving.md`` for the request and response formats.
+
+The per-request path is kept short because it is measured: one pure-ASGI middleware
+(:class:`_Gate`) does authentication, body-size limits, cheap overload rejection and metrics
+before FastAPI routes the request; the handler parses the body with pydantic's JSON parser
+and hands the rows to the :class:`~tunesmith.serve.batcher.Batcher`, which runs the model on
+its own thread. Nothing on the event loop touches pandas or the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hmac
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from starlette.exceptions import HTTPException
+
+from tunesmith.errors import ArtifactError, DataError, TunesmithError
+from tunesmith.serve.batcher import (
+    Batcher,
+    ClientGone,
+    DeadlineExceeded,
+    QueueFull,
+    ShuttingDown,
+    call_with_lower_priority,
+)
+from tunesmith.serve.predlog import LogRecord, PredictionLog
+from tunesmith.serve.settings import SETTINGS_ENV, Backend, Precision, ServeSettings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from tunesmith.export.runtime import Predictor
+
+logger = logging.getLogger("tunesmith.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MODEL_ENV = "TUNESMITH_SERVE_MODEL"
+# Fine at the low end: the interesting latencies of a small model are single milliseconds.
+# fmt: off
+LATENCY_BUCKETS = (
+    0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.0125, 0.015, 0.02,
+    0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096)
+REJECTION_REASONS = (
+    "unauthorized", "body_too_large", "too_many_rows", "queue_full", "timeout", "shutting_down", "invalid",
+    "disconnected",
+)
+# fmt: on
+ENDPOINTS = frozenset(
+    {"/v1/predict", "/v1/metadata", "/live", "/ready", "/metrics", "/admin/reload", "/openapi.json", "/docs"}
+)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+# --- request and response models (validation and the OpenAPI document) ---------------------
+
+_ROW_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {
+            "type": "object",
+            "additionalProperties": True,
+            "description": "Column values: the text column(s), plus any numeric or categorical columns the model "
+            "was trained with (see /v1/metadata input_schema).",
+        },
+        {"type": "string", "minLength": 1, "description": "The text, for a model with one text column."},
+    ]
+}
+
+
+class PredictRequest(BaseModel):
+    """One row or a batch of rows to predict."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"inputs": {"text": "great fun movie"}},
+                {"inputs": ["great fun movie", "boring and bad"], "probabilities": False},
+            ]
+        },
+    )
+
+    inputs: Annotated[
+        Any,
+        WithJsonSchema(
+            {"oneOf": [_ROW_SCHEMA, {"type": "array", "items": _ROW_SCHEMA, "minItems": 1}]},
+        ),
+    ] = Field(..., description="A row (object of column values, or a bare string) or a list of rows.")
+    probabilities: bool = Field(default=True, description="Include class probabilities in each prediction.")
+
+
+class PredictionOut(BaseModel):
+    """One row's prediction: ``label`` (+ ``probabilities``) for classes, ``value`` for regression."""
+
+    label: Any = Field(default=None, description="Predicted class (classification).")
+    probabilities: dict[str, float] | None = Field(default=None, description="Probability of each class; sums to 1.")
+    value: float | None = Field(default=None, description="Predicted value (regression).")
+
+
+class PredictResponse(BaseModel):
+    """Predictions in the order of the request's rows (always a list, also for one row)."""
+
+    model_version: str = Field(..., description="Version of the model that made these predictions.")
+    backend: str = Field(..., description="onnx or torch.")
+    precision: str = Field(..., description="fp32 or int8.")
+    predictions: list[PredictionOut]
+
+
+class ErrorOut(BaseModel):
+    """An error: ``detail`` is a message, or a list of ``{loc, msg, type}`` for validation errors."""
+
+    detail: Any
+
+
+class ReloadRequest(BaseModel):
+    """What to load; every field defaults to what is serving now (the same folder, re-read)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(default=None, description="Model folder on the server's disk.")
+    backend: Backend | None = Field(default=None, description="onnx or torch.")
+    precision: Precision | None = Field(default=None, description="auto, fp32 or int8 (onnx).")
+    model_version: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Version to report; default: a hash of the weights."
+    )
+
+
+class ReloadOut(BaseModel):
+    """Outcome of a reload: what serves now."""
+
+    reloaded: bool
+    model_version: str = Field(..., description="The version serving after this call.")
+    backend: str
+    precision: str
+    previous_version: str | None = None
+    seconds: float | None = None
+    detail: str | None = Field(default=None, description="Why the reload failed (the old model keeps serving).")
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Prometheus metrics of one app, in a registry of its own (several apps may share a process)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tunesmith_http_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "tunesmith_http_request_duration_seconds",
+            "Time from request start to the end of the response, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "tunesmith_batch_rows", "Rows per model call (micro-batch).", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "tunesmith_batch_requests", "Requests per model call (micro-batch).", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.model_seconds = Histogram(
+            "tunesmith_model_seconds", "Time of one model call.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.rows = Counter("tunesmith_predicted_rows", "Rows predicted.", registry=r)
+        self.queue_rows = Gauge("tunesmith_queue_rows", "Rows waiting for the model.", registry=r)
+        self.busy_rows = Gauge(
+            "tunesmith_model_busy_rows", "Rows of the model call running now (0: the model is idle).", registry=r
+        )
+        self.in_flight = Gauge("tunesmith_requests_in_flight", "HTTP requests being handled.", registry=r)
+        self.ready = Gauge("tunesmith_ready", "1 when the model is warmed up and serving.", registry=r)
+        self.rejections = Counter("tunesmith_rejections", "Requests refused, by reason.", ["reason"], registry=r)
+        self.model_info = Gauge(
+            "tunesmith_model_info",
+            "The model serving now (value 1).",
+            ["model_version", "backend", "precision"],
+            registry=r,
+        )
+        self.reloads = Counter("tunesmith_reloads", "Model reloads by result.", ["result"], registry=r)
+        self.log_records = Counter(
+            "tunesmith_prediction_log_records",
+            "Prediction log records by result (dropped: the buffer was full or the write failed).",
+            ["result"],
+            registry=r,
+        )
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        for result in ("written", "dropped"):
+            self.log_records.labels(result)
+        self._children: dict[tuple[str, int], Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one finished request."""
+        key = (endpoint, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(endpoint, str(status))
+        child.inc()
+        hist = self._latency.get(endpoint)
+        if hist is None:
+            hist = self._latency[endpoint] = self.latency.labels(endpoint)
+        hist.observe(seconds)
+
+    def batch(self, rows: int, requests: int, seconds: float) -> None:
+        """Record one model call (called on the event loop by the batcher)."""
+        self.batch_rows.observe(rows)
+        self.batch_requests.observe(requests)
+        self.model_seconds.observe(seconds)
+        self.rows.inc(rows)
+
+    def set_model(self, predictor: Predictor) -> None:
+        self.model_info.clear()
+        self.model_info.labels(predictor.version, predictor.backend, predictor.precision).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# --- server state --------------------------------------------------------------------------
+
+
+class ServerState:
+    """What one server process holds: the model (through the batcher), the log and the metrics."""
+
+    def __init__(
+        self, model: Path, settings: ServeSettings, predictor: Predictor | None = None, *, owns_process: bool = False
+    ) -> None:
+        self.settings = settings
+        self.owns_process = owns_process
+        # Process-wide tuning only when the server has the process to itself (not under tests).
+        self.nice = settings.model_nice if owns_process else 0
+        self.model_path = model
+        self.backend: str = settings.backend
+        self.precision: str = settings.precision
+        self.threads = settings.threads_per_worker()
+        self.metrics = Metrics()
+        self.batcher: Batcher | None = None
+        self.predlog: PredictionLog | None = None
+        self.ready = False
+        self.draining = False
+        self.failure: str | None = None
+        self.in_flight = 0
+        self._initial = predictor
+        self._warm_task: asyncio.Task[None] | None = None
+        self._reload_lock: asyncio.Lock | None = None
+        self._meta: tuple[Predictor, dict[str, Any]] | None = None
+        self.api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.admin_token = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
+        m = self.metrics
+        m.queue_rows.set_function(lambda: float(self.batcher.queued_rows if self.batcher else 0))
+        m.busy_rows.set_function(lambda: float(self.batcher.busy_rows if self.batcher else 0))
+        m.in_flight.set_function(lambda: float(self.in_flight))
+        m.ready.set_function(lambda: 1.0 if self.ready else 0.0)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def load(self, path: Path, backend: str, precision: str, version: str | None) -> Predictor:
+        """Load a predictor (blocking; run it off the event loop)."""
+        from tunesmith.export.runtime import load_predictor
+
+        return call_with_lower_priority(
+            lambda: load_predictor(path, backend=backend, precision=precision, threads=self.threads, version=version),
+            self.nice,
+        )
+
+    async def start(self) -> None:
+        """Load the model if not given, start the batcher and the log, and warm up in the background."""
+        s = self.settings
+        predictor = self._initial
+        if predictor is None:
+            predictor = await asyncio.to_thread(self.load, self.model_path, s.backend, s.precision, s.model_version)
+        self._initial = None
+        self._reload_lock = asyncio.Lock()
+        self.batcher = Batcher(
+            predictor,
+            max_batch_size=s.max_batch_size,
+            max_wait_ms=s.max_wait_ms,
+            max_queue=s.max_queue,
+            on_batch=self.metrics.batch,
+            nice=self.nice,
+        )
+        await self.batcher.start()
+        self.metrics.set_model(predictor)
+        if s.prediction_log is not None:
+            path = Path(s.prediction_log)
+            if s.workers > 1:
+                # One file per worker: SQLite handles several writers, but rotation by rename
+                # would pull the file from under the other processes.
+                path = path.with_name(f"{path.stem}.pid{os.getpid()}{path.suffix}")
+            written = self.metrics.log_records.labels("written")
+            dropped = self.metrics.log_records.labels("dropped")
+            self.predlog = PredictionLog(
+                path,
+                fmt=s.prediction_log_format,
+                rotate_rows=s.prediction_log_rotate_rows,
+                buffer_rows=s.prediction_log_buffer_rows,
+                on_written=written.inc,
+                on_dropped=dropped.inc,
+            )
+            await asyncio.to_thread(self.predlog.start)
+        self._warm_task = asyncio.create_task(self._warm_up(predictor))
+
+    async def _warm_up(self, predictor: Predictor) -> None:
+        assert self.batcher is not None
+        try:
+            await self.batcher.call(predictor.warmup)
+        except Exception as exc:
+            self.failure = f"the warm-up prediction failed: {exc}"
+            logger.error("tunesmith: %s; /ready stays 503", self.failure)
+            return
+        if self.owns_process:
+            # Everything loaded so far (libraries, the model) lives as long as the process: out
+            # of the collector's sight, full collections stay short instead of pausing the
+            # event loop for tens of milliseconds under load.
+            gc.collect()
+            gc.freeze()
+        if not self.draining:
+            self.ready = True
+            logger.info(
+                "tunesmith: model %s ready (%s, %s, %d threads)",
+                predictor.version,
+                predictor.backend,
+                predictor.precision,
+                self.threads,
+            )
+
+    def begin_drain(self) -> None:
+        """Stop reporting ready (called on SIGTERM, before the server stops accepting)."""
+        self.draining = True
+        self.ready = False
+
+    async def stop(self) -> None:
+        """Finish queued work, then close the model and flush and close the prediction log."""
+        self.begin_drain()
+        if self._warm_task is not None and not self._warm_task.done():
+            await asyncio.wait({self._warm_task}, timeout=self.settings.graceful_timeout_s)
+        if self.batcher is not None:
+            if not await self.batcher.drain(self.settings.graceful_timeout_s):
+                logger.warning("tunesmith: queued predictions did not finish before the graceful timeout")
+            await self.batcher.close()
+        if self.predlog is not None:
+            await asyncio.to_thread(self.predlog.close)
+
+    # --- helpers for the handlers ------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        assert self.batcher is not None
+        predictor = self.batcher.predictor
+        if self._meta is None or self._meta[0] is not predictor:
+            self._meta = (predictor, predictor.metadata())
+        out = dict(self._meta[1])
+        out["limits"] = self.settings.limits()
+        out["server"] = {"workers": self.settings.workers, "threads": self.threads, "ready": self.ready}
+        return out
+
+    def log(self, record: LogRecord) -> None:
+        if self.predlog is not None:
+            self.predlog.write(record)
+
+    async def reload(self, req: ReloadRequest) -> JSONResponse:
+        assert self.batcher is not None and self._reload_lock is not None
+        async with self._reload_lock:
+            old = self.batcher.predictor
+            path = Path(req.path) if req.path else self.model_path
+            backend = req.backend or self.backend
+            precision = req.precision or (self.precision if backend == self.backend else "auto")
+            started = time.monotonic()
+            try:
+                new = await asyncio.to_thread(self._load_and_warm, path, backend, precision, req.model_version)
+            except Exception as exc:
+                user_error = isinstance(exc, TunesmithError)
+                self.metrics.reloads.labels("failed").inc()
+                logger.warning("tunesmith: reload of %s failed, %s keeps serving: %s", path, old.version, exc)
+                body = ReloadOut(
+                    reloaded=False,
+                    model_version=old.version,
+                    backend=old.backend,
+                    precision=old.precision,
+                    detail=str(exc) if user_error else f"{type(exc).__name__}: {exc}",
+                )
+                return JSONResponse(body.model_dump(exclude_none=True), status_code=422 if user_error else 500)
+            self.batcher.swap(new)
+            if self.owns_process:
+                gc.freeze()  # the new model's objects, as after the first warm-up
+            self.model_path, self.backend, self.precision = path, backend, precision
+            self.metrics.set_model(new)
+            self.metrics.reloads.labels("ok").inc()
+            seconds = round(time.monotonic() - started, 3)
+            logger.info("tunesmith: reloaded %s -> %s in %.2fs", old.version, new.version, seconds)
+            out = ReloadOut(
+                reloaded=True,
+                model_version=new.version,
+                backend=new.backend,
+                precision=new.precision,
+                previous_version=old.version,
+                seconds=seconds,
+            )
+            return JSONResponse(out.model_dump(exclude_none=True))
+
+    def _load_and_warm(self, path: Path, backend: str, precision: str, version: str | None) -> Predictor:
+        # Runs on a worker thread of its own: the model thread keeps serving the old model.
+        predictor = self.load(path, backend, precision, version)
+        try:
+            predictor.warmup()
+        except Exception as exc:
+            predictor.close()
+            raise ArtifactError(f"the model failed its warm-up prediction: {exc}", path=path) from None
+        return predictor
+
+
+# --- the ASGI gate -------------------------------------------------------------------------
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes", headers={"connection": "close"})
+
+
+def _secret_ok(given: bytes | None, secret: bytes) -> bool:
+    return given is not None and hmac.compare_digest(given, secret)
+
+
+async def _send_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = _dumps(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Gate:
+    """Pure ASGI middleware: auth, body limit, early 503, request metrics.
+
+    Everything here happens before the body is read, so refusals cost next to nothing.
+    (Starlette's BaseHTTPMiddleware would add a task and a stream per request.)
+    """
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        self.max_body = state.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        started = time.monotonic()
+        scope["tunesmith.started"] = started
+        path: str = scope["path"]
+        endpoint = path if path in ENDPOINTS else "other"
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        state.in_flight += 1
+        ticket = None
+        try:
+            refusal = self._screen(scope, path)
+            if refusal is not None:
+                code, reason, payload, headers = refusal
+                state.metrics.rejections.labels(reason).inc()
+                await _send_json(send_status, code, payload, headers)
+                return
+            if path == "/v1/predict" and state.batcher is not None:
+                ticket = scope["tunesmith.ticket"] = state.batcher.arrive()
+            await self.app(scope, self._limited(scope, receive), send_status)
+        finally:
+            if ticket is not None and state.batcher is not None:
+                state.batcher.leave(ticket)
+            state.in_flight -= 1
+            state.metrics.request(endpoint, status, time.monotonic() - started)
+
+    def _screen(self, scope: Scope, path: str) -> tuple[int, str, Any, list[tuple[bytes, bytes]]] | None:
+        state = self.state
+        length: bytes | None = None
+        bearer: bytes | None = None
+        api_key: bytes | None = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"authorization":
+                if value[:7].lower() == b"bearer ":
+                    bearer = value[7:].strip()
+            elif key == b"x-api-key":
+                api_key = value.strip()
+        challenge = [(b"www-authenticate", b"Bearer")]
+        if path.startswith("/v1/") and state.api_key is not None:
+            if not (_secret_ok(api_key, state.api_key) or _secret_ok(bearer, state.api_key)):
+                return 401, "unauthorized", {"detail": "a valid API key is required (X-API-Key header)"}, challenge
+        elif path.startswith("/admin/") and state.admin_token is not None and not _secret_ok(bearer, state.admin_token):
+            return 401, "unauthorized", {"detail": "a valid admin token is required (Authorization: Bearer)"}, challenge
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_body
+            except ValueError:
+                return 400, "invalid", {"detail": "Content-Length is not a number"}, []
+            if too_big:
+                # Refused without reading the body; the connection closes so the rest of it is
+                # not read either.
+                detail = {"detail": f"the request body is larger than {self.max_body} bytes"}
+                return 413, "body_too_large", detail, [(b"connection", b"close")]
+        batcher = state.batcher
+        if path == "/v1/predict" and batcher is not None:
+            if batcher.draining:
+                return 503, "shutting_down", {"detail": "the server is shutting down"}, [(b"retry-after", b"1")]
+            if batcher.full():
+                retry = str(batcher.retry_after()).encode()
+                return 503, "queue_full", {"detail": "the prediction queue is full"}, [(b"retry-after", retry)]
+        return None
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return receive
+        for key, _value in scope["headers"]:
+            if key == b"content-length":
+                return receive  # already checked; the server enforces the length it announced
+        limit = self.max_body
+        metrics = self.state.metrics
+        seen = 0
+
+        async def receive_limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    metrics.rejections.labels("body_too_large").inc()
+                    raise _BodyTooLarge(limit)
+            return message
+
+        return receive_limited
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def _validation_error(errors: list[dict[str, Any]]) -> RequestValidationError:
+    return RequestValidationError(errors)
+
+
+def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors(include_url=False, include_context=False):
+        item: dict[str, Any] = dict(err)
+        item["loc"] = ("body", *err["loc"])
+        if item.get("type") == "json_invalid":
+            item.pop("input", None)
+        out.append(item)
+    return out
+
+
+def _rows(inputs: Any) -> tuple[list[Any], bool]:
+    """The request rows as a list and whether the request sent a single row."""
+    single = not isinstance(inputs, list)
+    rows = [inputs] if single else inputs
+    if not rows:
+        raise _validation_error(
+            [{"type": "too_short", "loc": ("body", "inputs"), "msg": "inputs must hold at least one row", "input": []}]
+        )
+    for i, row in enumerate(rows):
+        where: tuple[Any, ...] = ("body", "inputs") if single else ("body", "inputs", i)
+        if isinstance(row, dict):
+            continue
+        if isinstance(row, str):
+            if row.strip():
+                continue
+            msg = "the text is empty"
+        else:
+            msg = f"a row must be an object of column values or a string, got {type(row).__name__}"
+        raise _validation_error([{"type": "value_error", "loc": where, "msg": msg, "input": row}])
+    return rows, single
+
+
+def _data_error_detail(exc: DataError, single: bool, rows: list[Any]) -> list[dict[str, Any]]:
+    loc: list[Any] = ["body", "inputs"]
+    row = None
+    if exc.row is not None:
+        i = exc.row - 1
+        if not single:
+            loc.append(i)
+        row = rows[i] if 0 <= i < len(rows) else None
+    if exc.column is not None:
+        loc.append(exc.column)
+    msg = exc.message if not exc.hint else f"{exc.message}. {exc.hint}"
+    return [{"type": "value_error", "loc": loc, "msg": msg, "input": row}]
+
+
+def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(_dumps({"detail": detail}), status_code=status, media_type="application/json", headers=headers)
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "API key missing or wrong."},
+    408: {"model": ErrorOut, "description": "The body did not arrive within request_timeout_s."},
+    413: {"model": ErrorOut, "description": "Body larger than max_body_bytes, or more rows than max_rows_per_request."},
+    415: {"model": ErrorOut, "description": "Content-Type is not application/json."},
+    422: {"model": ErrorOut, "description": "Invalid request: detail lists {loc, msg} naming the row and field."},
+    503: {"model": ErrorOut, "description": "Queue full or shutting down; retry after the Retry-After seconds."},
+    504: {"model": ErrorOut, "description": "The prediction did not finish within request_timeout_s."},
+}
+
+
+def create_app(
+    model: str | os.PathLike[str],
+    settings: ServeSettings,
+    predictor: Predictor | None = None,
+    *,
+    owns_process: bool = False,
+) -> FastAPI:
+    """The server app for the model folder ``model``.
+
+    ``predictor`` is an already loaded :class:`~tunesmith.export.runtime.Predictor` for that
+    folder (``run_server`` loads it up front so a bad model fails before the server starts);
+    without it the app loads the model itself at start-up. The app takes ownership of the
+    predictor and closes it on shutdown. ``owns_process`` (set by ``run_server``) allows
+    process-wide tuning: lower priority for the model's threads (``model_nice``) and a frozen
+    garbage-collector heap after warm-up.
+    """
+    state = ServerState(Path(model), settings, predictor, owns_process=owns_process)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="tunesmith prediction server",
+        version="1",
+        description="Predictions from a model fine-tuned with tunesmith. See docs/serving.md.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.tunesmith = state
+    timeout = settings.request_timeout_s
+    max_rows = settings.max_rows_per_request
+
+    @app.post(
+        "/v1/predict",
+        summary="Predict one row or a batch",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+            }
+        },
+    )
+    async def predict(request: Request) -> Response:
+        scope = request.scope
+        started: float = scope.get("tunesmith.started") or time.monotonic()
+        headers = request.headers
+        rid = headers.get("x-request-id") or ""
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        if not _is_json(headers.get("content-type")):
+            return _json_error(415, "send the body as JSON with Content-Type: application/json")
+        try:
+            # The deadline covers the upload too: a client trickling its body holds no slot forever.
+            body = await asyncio.wait_for(request.body(), timeout=max(0.0, started + timeout - time.monotonic()))
+        except asyncio.TimeoutError:
+            state.metrics.rejections.labels("timeout").inc()
+            return _json_error(408, f"the request body did not arrive within {timeout:g}s")
+        try:
+            req = PredictRequest.model_validate_json(body)
+            rows, single = _rows(req.inputs)
+        except ValidationError as exc:
+            state.metrics.rejections.labels("invalid").inc()
+            raise _validation_error(_body_errors(exc)) from None
+        except RequestValidationError:
+            state.metrics.rejections.labels("invalid").inc()
+            raise
+        if len(rows) > max_rows:
+            state.metrics.rejections.labels("too_many_rows").inc()
+            return _json_error(
+                413, f"inputs has {len(rows)} rows; this server takes at most {max_rows} per request", None
+            )
+        batcher = state.batcher
+        assert batcher is not None
+        # Reported when the request fails; a success reports the model that answered it.
+        version, backend = batcher.predictor.version, batcher.predictor.backend
+        status, outputs, error = 200, None, None
+        response: Response
+        # Completes when the client hangs up (the body is read, so the next message is the
+        # disconnect): its rows are then skipped instead of computed for nobody.
+        gone = asyncio.ensure_future(request.receive())
+        try:
+            answer = await batcher.submit(
+                rows,
+                probabilities=req.probabilities,
+                deadline=started + timeout,
+                ticket=scope.get("tunesmith.ticket"),
+                gone=gone,
+            )
+        except QueueFull as exc:
+            state.metrics.rejections.labels("queue_full").inc()
+            return _json_error(503, "the prediction queue is full", {"retry-after": str(exc.retry_after)})
+        except ShuttingDown:
+            state.metrics.rejections.labels("shutting_down").inc()
+            return _json_error(503, "the server is shutting down", {"retry-after": "1"})
+        except ClientGone:
+            state.metrics.rejections.labels("disconnected").inc()
+            status, error = 499, "the client closed the connection before the prediction was done"
+            response = _json_error(499, error)
+        except DeadlineExceeded:
+            state.metrics.rejections.labels("timeout").inc()
+            status, error = 504, f"no prediction within the request timeout of {timeout:g}s"
+            response = _json_error(504, error)
+        except DataError as exc:
+            state.metrics.rejections.labels("invalid").inc()
+            status, error = 422, str(exc)
+            response = JSONResponse({"detail": _data_error_detail(exc, single, rows)}, status_code=422)
+        except Exception as exc:
+            logger.exception("tunesmith: prediction failed")
+            status, error = 500, f"{type(exc).__name__}: {exc}"
+            response = _json_error(500, f"the prediction failed: {error}")
+        else:
+            outputs = answer.predictions
+            version, backend = answer.model_version, answer.backend
+            body_out = {
+                "model_version": version,
+                "backend": backend,
+                "precision": answer.precision,
+                "predictions": outputs,
+            }
+            response = Response(
+                _dumps(body_out),
+                media_type="application/json",
+            )
+        finally:
+            gone.cancel()
+        response.headers["x-request-id"] = rid
+        if state.predlog is not None:
+            state.log(
+                LogRecord(
+                    timestamp=time.time(),
+                    request_id=rid,
+                    model_version=version,
+                    backend=backend,
+                    status=status,
+                    latency_ms=round((time.monotonic() - started) * 1000.0, 3),
+                    inputs=rows,
+                    outputs=outputs,
+                    error=error,
+                )
+            )
+        return response
+
+    @app.get("/v1/metadata", summary="Model and server metadata", responses={401: _ERRORS[401]})
+    async def metadata() -> dict[str, Any]:
+        return state.metadata()
+
+    @app.get("/live", summary="200 while the process runs")
+    async def live() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/ready", summary="200 once the model is warmed up; 503 before that and while draining")
+    async def ready() -> Response:
+        if state.ready:
+            batcher = state.batcher
+            version = batcher.predictor.version if batcher is not None else None
+            return Response(_dumps({"status": "ready", "model_version": version}), media_type="application/json")
+        why = "draining" if state.draining else ("failed" if state.failure else "starting")
+        payload: dict[str, Any] = {"status": why}
+        if state.failure:
+            payload["detail"] = state.failure
+        return Response(_dumps(payload), status_code=503, media_type="application/json")
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    if settings.admin_token is not None:
+
+        @app.post(
+            "/admin/reload",
+            summary="Load a model version beside the serving one and switch over",
+            response_model=ReloadOut,
+            responses={
+                401: {"model": ErrorOut, "description": "Admin token missing or wrong."},
+                422: {"model": ReloadOut, "description": "The model cannot be loaded; the old one keeps serving."},
+                500: {"model": ReloadOut, "description": "Unexpected failure; the old one keeps serving."},
+            },
+            openapi_extra={
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReloadRequest"}}},
+                }
+            },
+        )
+        async def reload(request: Request) -> Response:
+            body = await request.body()
+            if body.strip():
+                if not _is_json(request.headers.get("content-type")):
+                    return _json_error(415, "send the body as JSON with Content-Type: application/json")
+                try:
+                    req = ReloadRequest.model_validate_json(body)
+                except ValidationError as exc:
+                    raise _validation_error(_body_errors(exc)) from None
+            else:
+                req = ReloadRequest()
+            return await state.reload(req)
+
+    app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
+    app.add_middleware(_Gate, state=state)
+    return app
+
+
+def _openapi(app: FastAPI, settings: ServeSettings) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for model in (PredictRequest, ReloadRequest):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(model_schema.pop("$defs", {}))
+            schemas[model.__name__] = model_schema
+        schemes = components.setdefault("securitySchemes", {})
+        paths = schema.get("paths", {})
+        if settings.api_key is not None:
+            schemes["ApiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+            schemes["Bearer"] = {"type": "http", "scheme": "bearer"}
+            for path in ("/v1/predict", "/v1/metadata"):
+                for op in paths.get(path, {}).values():
+                    op["security"] = [{"ApiKey": []}, {"Bearer": []}]
+        if settings.admin_token is not None:
+            schemes["Bearer"] = {"type": "http", "scheme": "bearer"}
+            for op in paths.get("/admin/reload", {}).values():
+                op["security"] = [{"Bearer": []}]
+        if not schemes:
+            components.pop("securitySchemes")
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
+
+def create_app_from_env() -> FastAPI:
+    """App factory for uvicorn worker processes: model and settings come from the environment."""
+    raw = os.environ.get(SETTINGS_ENV)
+    model = os.environ.get(MODEL_ENV)
+    if not raw or not model:
+        raise RuntimeError(f"{SETTINGS_ENV} and {MODEL_ENV} must be set (run_server sets them)")
+    return create_app(Path(model), ServeSettings.from_json(raw), owns_process=True)

@@ -1,0 +1,674 @@
+"""The prediction server in-process: FastAPI's TestClient against a real tiny model (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tunesmith import FineTuner
+from tunesmith.errors import ArtifactError, ConfigError
+from tunesmith.export.runtime import model_version
+from tunesmith.serve import PredictionLog, ServeSettings, create_app, read_prediction_log, run_server
+from tunesmith.serve.predlog import LogRecord, log_files
+
+from .conftest import make_reviews
+
+TEXTS = ["great fun movie", "awful boring movie", "best film i love it", "a dull dull film"]
+
+
+def _fit(folder: Path, seed: int) -> Path:
+    params = {
+        "backbone": "tiny-text",
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "max_length": 32,
+        "progress": False,
+        "runs_dir": str(folder.parent / "runs"),
+        "num_threads": 1,
+        "seed": seed,
+    }
+    FineTuner(**params).fit(make_reviews(64, seed=seed), target="label").save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fit(tmp_path_factory.mktemp("serve") / "model", seed=0)
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fit(tmp_path_factory.mktemp("serve2") / "model", seed=1)
+
+
+@pytest.fixture(scope="module")
+def expected(model_dir: Path) -> list[str]:
+    labels = FineTuner.load(model_dir).predict(pd.DataFrame({"text": TEXTS}))
+    return [str(x) for x in labels]
+
+
+def _settings(**options: Any) -> ServeSettings:
+    base: dict[str, Any] = {"backend": "torch", "threads": 1, "api_key": None, "admin_token": None}
+    return ServeSettings(**{**base, **options})
+
+
+def _wait_ready(client: TestClient, timeout: float = 10.0) -> None:
+    until = time.monotonic() + timeout
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < until, "the server never became ready"
+        time.sleep(0.01)
+
+
+@contextmanager
+def serving(model: Path, **options: Any) -> Iterator[TestClient]:
+    app = create_app(model, _settings(**options))
+    with TestClient(app) as client:
+        _wait_ready(client)
+        yield client
+
+
+def _state(client: TestClient) -> Any:
+    return client.app.state.tunesmith  # type: ignore[attr-defined]
+
+
+def metrics(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = client.get("/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def metric(values: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return values.get((name, frozenset(labels.items())), 0.0)
+
+
+def _wait_for(condition: Any, timeout: float = 10.0) -> None:
+    until = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < until, "timed out waiting"
+        time.sleep(0.002)
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    with serving(model_dir, admin_token=None) as c:
+        yield c
+
+
+# --- predictions ---------------------------------------------------------------------------
+
+
+def test_single_row_prediction(client: TestClient, expected: list[str]) -> None:
+    r = client.post("/v1/predict", json={"inputs": {"text": TEXTS[0]}})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_version"] == _state(client).batcher.predictor.version
+    assert body["backend"] == "torch"
+    assert body["precision"] == "fp32"
+    (pred,) = body["predictions"]
+    assert pred["label"] == expected[0]
+    assert math.isclose(sum(pred["probabilities"].values()), 1.0, abs_tol=1e-4)
+    assert set(pred["probabilities"]) == {"neg", "pos"}
+    assert r.headers["x-request-id"]
+
+
+def test_batch_prediction_matches_finetuner(client: TestClient, expected: list[str]) -> None:
+    rows = [{"text": t} for t in TEXTS[:2]] + TEXTS[2:]  # objects and bare strings mixed
+    r = client.post("/v1/predict", json={"inputs": rows}, headers={"X-Request-ID": "abc-123"})
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == "abc-123"
+    preds = r.json()["predictions"]
+    assert [p["label"] for p in preds] == expected
+    for p in preds:
+        assert math.isclose(sum(p["probabilities"].values()), 1.0, abs_tol=1e-4)
+    r = client.post("/v1/predict", json={"inputs": TEXTS, "probabilities": False})
+    assert r.json()["predictions"] == [{"label": label} for label in expected]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({}, ["body", "inputs"]),
+        ({"inputs": 5}, ["body", "inputs"]),
+        ({"inputs": [{"text": "ok"}, 7]}, ["body", "inputs", 1]),
+        ({"inputs": []}, ["body", "inputs"]),
+        ({"inputs": [{"text": "fine"}, {"txt": "typo"}]}, ["body", "inputs", 1, "txt"]),
+        ({"inputs": {"text": ""}}, ["body", "inputs", "text"]),
+        ({"inputs": ["fine", ""]}, ["body", "inputs", 1]),
+        ({"inputs": [{"text": 12}]}, ["body", "inputs", 0, "text"]),
+        ({"inputs": "fine", "probabilities": "maybe"}, ["body", "probabilities"]),
+        ({"inputs": "fine", "top_k": 3}, ["body", "top_k"]),
+    ],
+)
+def test_bad_payloads_are_422_naming_the_field(client: TestClient, body: dict[str, Any], loc: list[Any]) -> None:
+    r = client.post("/v1/predict", json=body)
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["detail"]
+    assert err["loc"] == loc
+    assert err["msg"]
+
+
+def test_unknown_column_message_names_row_and_known_columns(client: TestClient) -> None:
+    r = client.post("/v1/predict", json={"inputs": [{"text": "fine"}, {"txt": "typo"}]})
+    msg = r.json()["detail"][0]["msg"]
+    assert "inputs[1]" in msg and "'txt'" in msg and "text" in msg
+
+
+def test_invalid_json_and_wrong_content_type(client: TestClient) -> None:
+    r = client.post("/v1/predict", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "json_invalid"
+    # No Content-Type: refused, so a browser's "simple" cross-site POST cannot reach the model.
+    r = client.post("/v1/predict", content=b'{"inputs": "fine"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_bad_row_in_a_batch_fails_only_its_request(model_dir: Path, expected: list[str]) -> None:
+    with serving(model_dir, max_rows_per_request=4000) as c:
+        state = _state(c)
+        results: dict[str, Any] = {}
+        big = threading.Thread(
+            target=lambda: results.setdefault("big", c.post("/v1/predict", json={"inputs": ["fine movie"] * 3000}))
+        )
+        big.start()
+        _wait_for(lambda: state.batcher.busy_rows > 0)
+        # Both queue behind the big request and run in one batch.
+        bad = threading.Thread(
+            target=lambda: results.setdefault("bad", c.post("/v1/predict", json={"inputs": [{"nope": "x"}]}))
+        )
+        good = threading.Thread(
+            target=lambda: results.setdefault("good", c.post("/v1/predict", json={"inputs": TEXTS}))
+        )
+        bad.start()
+        good.start()
+        for t in (big, bad, good):
+            t.join()
+        assert results["big"].status_code == 200
+        assert results["bad"].status_code == 422
+        assert results["bad"].json()["detail"][0]["loc"] == ["body", "inputs", 0, "nope"]
+        assert results["good"].status_code == 200
+        assert [p["label"] for p in results["good"].json()["predictions"]] == expected
+        # The bad and the good request shared one model call (after the big one).
+        values = metrics(c)
+        assert metric(values, "tunesmith_batch_requests_count") == 2
+        assert metric(values, "tunesmith_batch_requests_sum") == 3
+
+
+# --- limits --------------------------------------------------------------------------------
+
+
+def test_too_many_rows_is_413(model_dir: Path) -> None:
+    with serving(model_dir, max_rows_per_request=3) as c:
+        r = c.post("/v1/predict", json={"inputs": ["a", "b", "c", "d"]})
+        assert r.status_code == 413
+        assert "at most 3" in r.json()["detail"]
+        assert c.post("/v1/predict", json={"inputs": ["a", "b", "c"]}).status_code == 200
+        assert metric(metrics(c), "tunesmith_rejections_total", reason="too_many_rows") == 1
+
+
+def test_oversized_body_is_413_by_content_length_and_chunked(model_dir: Path) -> None:
+    with serving(model_dir, max_body_bytes=1000) as c:
+        big = json.dumps({"inputs": ["x" * 2000]}).encode()
+        r = c.post("/v1/predict", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert "1000 bytes" in r.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:
+            # No Content-Length: httpx sends it chunked, and the limit is counted as it streams.
+            yield b'{"inputs": ["'
+            for _ in range(100):
+                yield b"y" * 100
+            yield b'"]}'
+
+        r = c.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
+        assert r.request.headers.get("transfer-encoding") == "chunked"
+        assert r.status_code == 413
+        # A body under the limit still goes through.
+        assert c.post("/v1/predict", json={"inputs": "fine"}).status_code == 200
+        assert metric(metrics(c), "tunesmith_rejections_total", reason="body_too_large") == 2
+
+
+def test_full_queue_is_503_with_retry_after(model_dir: Path) -> None:
+    with serving(model_dir, max_queue=8, max_rows_per_request=8000, request_timeout_s=60) as c:
+        state = _state(c)
+        results: list[int] = []
+
+        def post(rows: list[str]) -> None:
+            results.append(c.post("/v1/predict", json={"inputs": rows}).status_code)
+
+        busy = threading.Thread(target=post, args=(["keep the model busy"] * 8000,))
+        busy.start()
+        _wait_for(lambda: state.batcher.busy_rows > 0)
+        waiting = threading.Thread(target=post, args=(["queued"] * 6,))
+        waiting.start()
+        _wait_for(lambda: state.batcher.queued_rows == 6)
+        # 6 waiting + 3 > 8: refused by the handler.
+        r = c.post("/v1/predict", json={"inputs": ["a", "b", "c"]})
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) >= 1
+        filler = threading.Thread(target=post, args=(["queued"] * 2,))
+        filler.start()
+        _wait_for(lambda: state.batcher.queued_rows == 8)
+        # Queue full: refused before the body is read.
+        started = time.monotonic()
+        r = c.post("/v1/predict", json={"inputs": "one more"})
+        assert r.status_code == 503
+        assert time.monotonic() - started < 1.0
+        assert int(r.headers["retry-after"]) >= 1
+        for t in (busy, waiting, filler):
+            t.join()
+        assert results == [200, 200, 200]
+        assert metric(metrics(c), "tunesmith_rejections_total", reason="queue_full") == 2
+
+
+def test_request_timeout_is_504_and_expired_requests_are_skipped(model_dir: Path) -> None:
+    with serving(model_dir, max_rows_per_request=8000, request_timeout_s=0.2) as c:
+        state = _state(c)
+        results: dict[str, Any] = {}
+        slow = threading.Thread(
+            target=lambda: results.setdefault("slow", c.post("/v1/predict", json={"inputs": ["slow"] * 8000}))
+        )
+        slow.start()
+        _wait_for(lambda: state.batcher.busy_rows > 0)
+        # Queued behind the slow batch, it times out before the model is free: never computed.
+        r = c.post("/v1/predict", json={"inputs": ["skipped"] * 7})
+        slow.join()
+        assert r.status_code == 504
+        assert "timeout" in r.json()["detail"]
+        assert results["slow"].status_code == 504
+        _wait_for(lambda: state.batcher.busy_rows == 0)
+        values = metrics(c)
+        assert metric(values, "tunesmith_predicted_rows_total") == 8000
+        assert metric(values, "tunesmith_rejections_total", reason="timeout") == 2
+        # Once the model is free, a small request is on time again.
+        assert c.post("/v1/predict", json={"inputs": "fine"}).status_code == 200
+
+
+def test_a_body_trickling_in_past_the_timeout_is_408(model_dir: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    async def scenario() -> int:
+        app = create_app(model_dir, _settings(request_timeout_s=0.2))
+        state = app.state.tunesmith
+        await state.start()
+
+        async def slow_body() -> Any:
+            yield b'{"inputs": '
+            await asyncio.sleep(2)
+            yield b'"too late"}'
+
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                started = time.monotonic()
+                r = await client.post("/v1/predict", content=slow_body(), headers={"content-type": "application/json"})
+                assert time.monotonic() - started < 1.5
+                return r.status_code
+        finally:
+            await state.stop()
+
+    assert asyncio.run(scenario()) == 408
+
+
+def test_api_key(model_dir: Path) -> None:
+    with serving(model_dir, api_key="s3cret-key") as c:
+        body = {"inputs": "fine"}
+        assert c.post("/v1/predict", json=body).status_code == 401
+        assert c.post("/v1/predict", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.post("/v1/predict", json=body, headers={"X-API-Key": "s3cret-key"}).status_code == 200
+        assert c.post("/v1/predict", json=body, headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+        assert c.get("/v1/metadata").status_code == 401
+        meta = c.get("/v1/metadata", headers={"X-API-Key": "s3cret-key"}).json()
+        assert meta["limits"]["api_key_required"] is True
+        for path in ("/live", "/ready", "/metrics"):
+            assert c.get(path).status_code == 200
+        assert metric(metrics(c), "tunesmith_rejections_total", reason="unauthorized") == 3
+
+
+# --- health, metadata, metrics, OpenAPI ----------------------------------------------------
+
+
+def test_live_ready_and_draining(model_dir: Path) -> None:
+    with serving(model_dir) as c:
+        assert c.get("/live").json() == {"status": "alive"}
+        ready = c.get("/ready")
+        assert ready.status_code == 200
+        assert ready.json()["model_version"] == _state(c).batcher.predictor.version
+        _state(c).begin_drain()  # what SIGTERM does first
+        r = c.get("/ready")
+        assert r.status_code == 503
+        assert r.json()["status"] == "draining"
+        assert c.get("/live").status_code == 200
+
+
+def test_not_ready_until_the_warm_up_prediction_passed(model_dir: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    async def scenario() -> None:
+        app = create_app(model_dir, _settings())
+        state = app.state.tunesmith
+        await state.start()
+        # Hold the model thread before the warm-up reaches it (the warm-up task has not run yet).
+        gate = threading.Event()
+        state.batcher._executor.submit(gate.wait)
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                r = await client.get("/ready")
+                assert r.status_code == 503
+                assert r.json() == {"status": "starting"}
+                # A prediction sent now waits behind the warm-up instead of failing.
+                pending = asyncio.ensure_future(client.post("/v1/predict", json={"inputs": "fine"}))
+                await asyncio.sleep(0.05)
+                assert not pending.done()
+                gate.set()
+                assert (await pending).status_code == 200
+                for _ in range(500):
+                    if (await client.get("/ready")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.01)
+                assert (await client.get("/ready")).json()["status"] == "ready"
+        finally:
+            gate.set()
+            await state.stop()
+        assert state.ready is False
+
+    asyncio.run(scenario())
+
+
+def test_metadata(client: TestClient, model_dir: Path) -> None:
+    meta = client.get("/v1/metadata").json()
+    assert meta["task"] == "binary"
+    assert meta["labels"] == ["neg", "pos"]
+    assert meta["input_schema"]["text_columns"] == ["text"]
+    assert meta["model_version"] == model_version(model_dir)
+    assert meta["backend"] == "torch"
+    assert meta["limits"]["max_rows_per_request"] == 256
+    assert meta["limits"]["max_body_bytes"] == 1 << 20
+    assert meta["server"]["ready"] is True
+
+
+def test_metrics_move(client: TestClient) -> None:
+    before = metrics(client)
+    client.post("/v1/predict", json={"inputs": TEXTS})
+    client.post("/v1/predict", json={})
+    after = metrics(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert moved("tunesmith_http_requests_total", endpoint="/v1/predict", status="200") == 1
+    assert moved("tunesmith_http_requests_total", endpoint="/v1/predict", status="422") == 1
+    assert moved("tunesmith_http_request_duration_seconds_count", endpoint="/v1/predict") == 2
+    assert moved("tunesmith_batch_rows_count") == 1
+    assert moved("tunesmith_batch_rows_sum") == len(TEXTS)
+    assert moved("tunesmith_predicted_rows_total") == len(TEXTS)
+    assert moved("tunesmith_rejections_total", reason="invalid") == 1
+    # Fine buckets from 1 ms.
+    assert (
+        "tunesmith_http_request_duration_seconds_bucket",
+        frozenset({("endpoint", "/v1/predict"), ("le", "0.001")}),
+    ) in after
+    version = _state(client).batcher.predictor.version
+    assert metric(after, "tunesmith_model_info", model_version=version, backend="torch", precision="fp32") == 1
+    assert metric(after, "tunesmith_ready") == 1
+    assert ("tunesmith_queue_rows", frozenset()) in after
+    assert ("tunesmith_rejections_total", frozenset({("reason", "queue_full")})) in after
+
+
+def test_micro_batching_gathers_concurrent_requests(model_dir: Path, expected: list[str]) -> None:
+    with serving(model_dir, max_rows_per_request=4000, max_batch_size=32) as c:
+        state = _state(c)
+        results: dict[int, Any] = {}
+        busy = threading.Thread(target=lambda: c.post("/v1/predict", json={"inputs": ["busy"] * 3000}))
+        busy.start()
+        _wait_for(lambda: state.batcher.busy_rows > 0)
+
+        def post(i: int) -> None:
+            results[i] = c.post("/v1/predict", json={"inputs": TEXTS[i % 4]})
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        busy.join()
+        # Each request got its own row's answer back from the shared batch.
+        for i, r in results.items():
+            assert r.status_code == 200
+            assert r.json()["predictions"][0]["label"] == expected[i % 4]
+        values = metrics(c)
+        batches = metric(values, "tunesmith_batch_requests_count")
+        requests = metric(values, "tunesmith_batch_requests_sum")
+        assert requests == 13
+        assert batches < requests  # at least one model call served several requests
+        assert metric(values, "tunesmith_batch_requests_bucket", le="1.0") < batches
+
+
+def test_openapi_documents_the_models(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/v1/predict"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictRequest")
+    schemas = spec["components"]["schemas"]
+    assert {"PredictRequest", "PredictResponse", "PredictionOut", "ErrorOut"} <= set(schemas)
+    assert {"inputs", "probabilities"} <= set(schemas["PredictRequest"]["properties"])
+    assert "/admin/reload" not in spec["paths"]  # no admin token, no admin endpoints
+
+
+# --- hot reload ----------------------------------------------------------------------------
+
+
+def test_admin_endpoints_absent_without_token(client: TestClient) -> None:
+    assert client.post("/admin/reload").status_code == 404
+
+
+def test_reload_switches_versions_without_failing_requests(model_dir: Path, other_model_dir: Path) -> None:
+    auth = {"Authorization": "Bearer admin-token"}
+    with serving(model_dir, admin_token="admin-token") as c:
+        old = c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"]
+        assert c.post("/admin/reload").status_code == 401
+        assert c.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+        statuses: list[int] = []
+        versions: set[str] = set()
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                r = c.post("/v1/predict", json={"inputs": TEXTS})
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.add(r.json()["model_version"])
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        _wait_for(lambda: len(statuses) >= 5)
+        r = c.post("/admin/reload", json={"path": str(other_model_dir)}, headers=auth)
+        _wait_for(lambda: len(statuses) >= 20 + 5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert r.status_code == 200, r.text
+        new = r.json()["model_version"]
+        assert r.json()["reloaded"] is True
+        assert r.json()["previous_version"] == old
+        assert new != old
+        assert set(statuses) == {200}
+        assert versions == {old, new}
+        assert c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"] == new
+        assert c.get("/v1/metadata").json()["model_version"] == new
+        values = metrics(c)
+        assert metric(values, "tunesmith_model_info", model_version=new, backend="torch", precision="fp32") == 1
+        assert metric(values, "tunesmith_model_info", model_version=old, backend="torch", precision="fp32") == 0
+        assert metric(values, "tunesmith_reloads_total", result="ok") == 1
+
+
+def test_reload_of_a_corrupt_model_keeps_the_old_one(model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    auth = {"Authorization": "Bearer admin-token"}
+    with serving(model_dir, admin_token="admin-token") as c:
+        old = c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"]
+        r = c.post("/admin/reload", json={"path": str(broken)}, headers=auth)
+        assert r.status_code == 422
+        body = r.json()
+        assert body["reloaded"] is False
+        assert body["model_version"] == old
+        assert "safetensors" in body["detail"]
+        r = c.post("/admin/reload", json={"path": str(tmp_path / "nowhere")}, headers=auth)
+        assert r.status_code == 422 and "no model folder" in r.json()["detail"]
+        r = c.post("/admin/reload", json={"backend": "tpu"}, headers=auth)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "backend"]
+        after = c.post("/v1/predict", json={"inputs": "fine"})
+        assert after.status_code == 200
+        assert after.json()["model_version"] == old
+        assert metric(metrics(c), "tunesmith_reloads_total", result="failed") == 2
+        # Re-reading the same folder (no body) works and keeps the version (same weights).
+        r = c.post("/admin/reload", headers=auth)
+        assert r.status_code == 200 and r.json()["model_version"] == old
+
+
+# --- prediction log ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["preds.db", "preds.parquet"])
+def test_prediction_log_rotates_and_reads_back(model_dir: Path, tmp_path: Path, name: str) -> None:
+    path = tmp_path / "logs" / name
+    with serving(model_dir, prediction_log=path, prediction_log_rotate_rows=3) as c:
+        version = _state(c).batcher.predictor.version
+        for i in range(7):
+            assert c.post("/v1/predict", json={"inputs": [TEXTS[i % 4]]}).status_code == 200
+        assert c.post("/v1/predict", json={"inputs": [{"text": ""}]}).status_code == 422
+        assert _state(c).predlog.flush()
+        if name.endswith(".db"):
+            live = read_prediction_log(path)  # SQLite is readable while the server runs
+            assert len(live) == 8
+    files = log_files(path)
+    assert len(files) == 3  # two full rotated files and the active one
+    assert files[-1] == path
+    assert all(f.parent == path.parent for f in files)
+    log = read_prediction_log(path)
+    assert len(log) == 8
+    assert list(log.columns[:4]) == ["timestamp", "request_id", "model_version", "backend"]
+    assert str(log["timestamp"].dt.tz) == "UTC"
+    assert log["timestamp"].is_monotonic_increasing
+    ok = log[log["status"] == 200]
+    assert len(ok) == 7
+    assert set(ok["model_version"]) == {version}
+    assert set(log["backend"]) == {"torch"}
+    assert ok["inputs"].iloc[1] == [TEXTS[1]]
+    assert ok["outputs"].iloc[0][0]["label"] in ("pos", "neg")
+    assert (ok["latency_ms"] > 0).all()
+    assert (log["n_rows"] == 1).all()
+    bad = log[log["status"] == 422].iloc[0]
+    assert bad["outputs"] is None
+    assert "no text" in bad["error"]
+    assert log["request_id"].is_unique
+
+
+def test_prediction_log_drops_and_counts_when_the_buffer_is_full(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    plog = PredictionLog(tmp_path / "p.db", buffer_rows=3, on_dropped=dropped.append)
+    record = LogRecord(time.time(), "r1", "v1", "torch", 200, 1.0, inputs=["a", "b"], outputs=[{"label": "pos"}] * 2)
+    # Not started: nothing drains the buffer, so the second record does not fit.
+    assert plog.write(record) is True
+    assert plog.write(record) is False
+    assert plog.dropped == 1
+    assert dropped == [1]
+    plog.start()
+    assert plog.flush()
+    plog.close()
+    assert plog.written == 1
+    assert len(read_prediction_log(tmp_path / "p.db")) == 1
+
+
+def test_read_prediction_log_without_a_log(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no prediction log"):
+        read_prediction_log(tmp_path / "none.db")
+
+
+# --- settings and start-up errors ----------------------------------------------------------
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        ServeSettings.from_options(max_batch_size=0)
+    with pytest.raises(ConfigError, match="unknown setting") as info:
+        ServeSettings.from_options(max_bach_size=4)
+    assert "max_batch_size" in str(info.value)
+    with pytest.raises(ConfigError, match="onnx backend only"):
+        ServeSettings.from_options(backend="torch", precision="int8")
+    with pytest.raises(ConfigError, match="port"):
+        ServeSettings.from_options(port=70000)
+    s = ServeSettings.from_options(prediction_log="logs/p.parquet", port=None, api_key=None, admin_token=None)
+    assert s.prediction_log_format == "parquet"
+    assert s.port == 8000
+    assert ServeSettings(workers=2, threads=None).threads_per_worker() >= 1
+
+
+def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNESMITH_API_KEY", "from-env")
+    monkeypatch.setenv("TUNESMITH_ADMIN_TOKEN", "admin-env")
+    s = ServeSettings()
+    assert s.api_key is not None and s.api_key.get_secret_value() == "from-env"
+    assert "from-env" not in repr(s)
+    again = ServeSettings.from_json(s.to_json())
+    assert again.admin_token is not None and again.admin_token.get_secret_value() == "admin-env"
+    assert again == s
+
+
+def test_run_server_fails_fast_on_user_errors(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no model folder"):
+        run_server(tmp_path / "missing", _settings())
+    with pytest.raises(ArtifactError, match="ONNX graph"):
+        run_server(model_dir, _settings(backend="onnx"))
+    with pytest.raises(ArtifactError, match="ONNX graph"):
+        run_server(model_dir, _settings(backend="onnx", workers=2))
+    with pytest.raises(ConfigError, match="prediction_log.*folder"):
+        run_server(model_dir, _settings(prediction_log=tmp_path))
+
+
+# --- ONNX ----------------------------------------------------------------------------------
+
+
+def test_onnx_backend(model_dir: Path, tmp_path: Path, expected: list[str]) -> None:
+    try:
+        from tunesmith.export.onnx import export_onnx
+    except ImportError as exc:  # pragma: no cover - export is optional
+        pytest.skip(f"ONNX export unavailable: {exc}")
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    export_onnx(folder, quantize="int8", sample_size=8)
+    with serving(folder, backend="onnx", precision="int8") as c:
+        r = c.post("/v1/predict", json={"inputs": TEXTS})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["backend"] == "onnx"
+        assert [p["label"] for p in body["predictions"]] == expected
+        assert c.get("/v1/metadata").json()["precision"] == "int8"
