@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ bench-label-noise: setup
 
 bench-search: setup
 	$(BIN)/python bench/search.py
+
+bench-serving: setup
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
