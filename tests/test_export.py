@@ -135,14 +135,24 @@ def test_failed_export_leaves_the_previous_one(trained, model_copy, monkeypatch)
     assert not list(model_copy.glob(".export-*")), "the scratch folder must be removed"
 
 
-def test_int8_gate_on_accuracy_drop(trained, model_copy):
-    result = export_onnx(model_copy, quantize="int8", data=trained["data"])
-    drop = result.int8["accuracy_drop_points"]
-    if drop > 0:
-        with pytest.raises(ArtifactError, match="accuracy points"):
-            export_onnx(model_copy, quantize="int8", data=trained["data"], max_accuracy_drop=drop / 2)
-    # Allowing the measured drop passes.
-    export_onnx(model_copy, quantize="int8", data=trained["data"], max_accuracy_drop=max(drop, 0.0))
+def test_int8_gate_on_accuracy_drop(trained, model_copy, monkeypatch):
+    import tunesmith.export.onnx as mod
+
+    real = mod._int8_accuracy
+
+    def costly(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["accuracy_drop_points"] = 1.5  # as if int8 had cost 1.5 points
+        return out
+
+    monkeypatch.setattr(mod, "_int8_accuracy", costly)
+    with pytest.raises(ArtifactError, match="int8 costs 1.50 accuracy points .* more than the 0.5 allowed"):
+        export_onnx(model_copy, quantize="int8", data=trained["data"], max_accuracy_drop=0.5)
+    assert not (model_copy / "onnx").exists(), "a failed first export leaves no onnx folder"
+    result = export_onnx(model_copy, quantize="int8", data=trained["data"], max_accuracy_drop=2.0)
+    assert result.int8["accuracy_drop_points"] == 1.5
+    with pytest.raises(ArtifactError, match="gate was set but accuracy was not measured"):
+        export_onnx(model_copy, quantize="int8", max_accuracy_drop=2.0)
 
 
 def test_export_without_data_uses_generated_sentences(model_copy):
@@ -169,6 +179,8 @@ def test_lora_and_regression_models_export(tmp_path):
     folder = ft.save(tmp_path / "reg")
     result = export_onnx(folder, quantize="int8", data=reg.drop(columns="label"))
     assert "mae_change" in result.int8
+    with pytest.raises(ArtifactError, match="int8 raises the MAE"):
+        export_onnx(folder, quantize="int8", data=reg.drop(columns="label"), max_mae_increase=-1.0)
     values, proba = load_predictor(folder, precision="fp32", threads=1).predict_frame(reg)
     assert proba is None
     assert np.allclose(values, ft.predict(reg), atol=1e-4)
@@ -186,6 +198,8 @@ def test_several_columns_build_the_training_text(tmp_path):
     assert list(predictor.predict_frame(df)[0]) == list(ft.predict(df))
     row = df.drop(columns="label").iloc[0].to_dict()
     assert predictor.predict_rows([row])[0].label == ft.predict(df.iloc[:1])[0]
+    with pytest.raises(DataError, match="bare string, but this model reads several text columns: text, title"):
+        predictor.predict_rows(["a film"])
 
 
 def test_errors_name_what_is_wrong(trained, model_copy):
@@ -202,6 +216,13 @@ def test_errors_name_what_is_wrong(trained, model_copy):
         predictor.rows_to_frame([{"text": ""}])
     with pytest.raises(DataError, match=r"inputs\[0\]\.text must be a string, got int"):
         predictor.rows_to_frame([{"text": 5}])
+    for blank in ("   ", "\u00a0"):
+        with pytest.raises(DataError, match=r"inputs\[0\] has no text"):
+            predictor.rows_to_texts([{"text": blank}])
+        with pytest.raises(DataError, match=r"inputs\[0\] has no text"):
+            predictor.rows_to_texts([blank])
+    predictor.close()
+    assert predictor.estimator is None and predictor._model is None
     (model_copy / "onnx").mkdir()
     (model_copy / "onnx" / "model.onnx").write_bytes(b"not a graph")
     with pytest.raises(ArtifactError, match="cannot be loaded"):
@@ -235,6 +256,12 @@ def test_predict_file_streams_in_chunks(trained, model_copy, tmp_path, suffix):
     assert len(got) == 50
     whole = predict_file(predictor, src, tmp_path / f"whole{suffix}", probabilities=True)
     assert not whole.streamed
+    if suffix == ".jsonl":
+        lines = out.read_text().splitlines()
+        assert len(lines) == 50 and all(line.strip() for line in lines), "no blank lines between chunks"
+    else:
+        again = pd.read_parquet(whole.output) if suffix == ".parquet" else pd.read_csv(whole.output)
+        pd.testing.assert_frame_equal(again.reset_index(drop=True), got.reset_index(drop=True), check_dtype=False)
     with pytest.warns(UserWarning, match="no text"):
         expected = load(model_copy).predict(frame.fillna(""))
     assert list(got["prediction"]) == list(expected)
@@ -267,3 +294,27 @@ def test_cli_export_then_predict_with_onnx(trained, model_copy, tmp_path, capsys
     assert code == 2 and "format" in err and "onnx" in err
     code, _, err = cli(capsys, "predict", str(model_copy), str(unlabeled), "-o", str(out_file), "--backend", "jax")
     assert code == 2 and "backend" in err
+
+
+def test_predict_file_formats_and_parquet_schema(trained, model_copy, tmp_path):
+    predictor = load_predictor(model_copy, backend="torch", threads=1)
+    frame = make_reviews(40, seed=6).drop(columns="label")
+    # A column empty in the first chunk and filled later, and integers that meet a missing value.
+    frame["note"] = [None] * 20 + ["seen"] * 20
+    frame["count"] = [1] * 30 + [None] * 10
+    frame.loc[:29, "count"] = 1
+    src = tmp_path / "in.csv"
+    frame.to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    predict_file(predictor, src, out, chunk_rows=16, stream_above=0)
+    got = pd.read_parquet(out)
+    assert got["note"].isna().sum() == 20 and got["note"].iloc[20:].tolist() == ["seen"] * 20
+    assert got["count"].isna().sum() == 10
+    # Small inputs go through write_table: JSON and compressed output work.
+    for name in ("out.json", "out.csv.gz"):
+        result = predict_file(predictor, src, tmp_path / name)
+        assert not result.streamed and result.rows == 40
+    assert len(pd.read_json(tmp_path / "out.json")) == 40
+    assert len(pd.read_csv(tmp_path / "out.csv.gz")) == 40
+    with pytest.raises(DataError, match="uncompressed CSV, TSV, JSONL or Parquet"):
+        predict_file(predictor, src, tmp_path / "big.json", stream_above=0)

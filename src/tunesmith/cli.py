@@ -248,6 +248,9 @@ def export(
     max_accuracy_drop: Annotated[
         float | None, typer.Option(help="Fail when int8 costs more accuracy points than this.")
     ] = None,
+    max_mae_increase: Annotated[
+        float | None, typer.Option(help="Regression: fail when int8 raises the MAE by more than this.")
+    ] = None,
     sample_size: Annotated[int, typer.Option(help="Rows in the parity check.")] = 256,
 ) -> None:
     """Export MODEL to ONNX (into MODEL/onnx/), checked against PyTorch; optionally int8 too."""
@@ -266,6 +269,7 @@ def export(
             target=target,
             tolerance=tolerance,
             max_accuracy_drop=max_accuracy_drop,
+            max_mae_increase=max_mae_increase,
             sample_size=sample_size,
         )
     p = result.parity

@@ -78,15 +78,26 @@ def _text_chunks(path: Path, fmt: str, chunk_rows: int) -> Iterator[pd.DataFrame
 
 
 class _Writer:
-    """Appends chunks to a temporary file in the output's format; ``commit`` renames it into place."""
+    """Appends chunks of a streamed input to a temporary file; ``commit`` renames it into place.
 
-    def __init__(self, path: Path) -> None:
+    Parquet needs one schema for the whole file, taken from the first chunk: a column empty
+    in it becomes a string column, and integer input columns of text files become floats
+    (a later chunk may hold a missing value there, which integers cannot). ``widen`` names
+    the input columns of a text file, whose types the first chunk only suggests.
+    """
+
+    def __init__(self, path: Path, *, widen: set[str]) -> None:
         from tunesmith.data.io import detect_format
 
         self.path = path
-        self.fmt, self.compression = detect_format(path, None)
-        if self.compression is not None and self.fmt != "parquet":
-            raise DataError("compressed output is not supported for streamed prediction", file=path)
+        self.fmt, compression = detect_format(path, None)
+        if self.fmt not in STREAMABLE or compression is not None:
+            raise DataError(
+                "a streamed (large) input is written as uncompressed CSV, TSV, JSONL or Parquet",
+                file=path,
+                hint="Give --output a .csv, .tsv, .jsonl or .parquet name",
+            )
+        self.widen = widen
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -95,29 +106,44 @@ class _Writer:
         self.schema: Any = None
         self.first = True
 
+    def _parquet(self, df: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if self.schema is None:
+            fields = []
+            for f in table.schema:
+                kind = f.type
+                # A column with no value yet (CSV reads it as floats) is most likely text.
+                if pa.types.is_null(kind) or (f.name in self.widen and bool(df[f.name].isna().all())):
+                    kind = pa.string()
+                elif f.name in self.widen and pa.types.is_integer(kind):
+                    kind = pa.float64()
+                fields.append(pa.field(f.name, kind))
+            self.schema = pa.schema(fields)
+            self.parquet = pq.ParquetWriter(str(self.tmp), self.schema)
+        try:
+            table = table.cast(self.schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise DataError(
+                f"a column changed type between chunks of the input ({str(exc).splitlines()[0]})",
+                file=self.path,
+                hint="Write CSV or JSONL output instead, or convert the input to Parquet first",
+            ) from None
+        self.parquet.write_table(table)
+
     def write(self, df: pd.DataFrame) -> None:
         if self.fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.Table.from_pandas(df, preserve_index=False, schema=self.schema)
-            if self.parquet is None:
-                self.schema = table.schema
-                self.parquet = pq.ParquetWriter(str(self.tmp), self.schema)
-            self.parquet.write_table(table)
+            self._parquet(df)
         elif self.fmt in ("csv", "tsv"):
             df.to_csv(self.tmp, sep="," if self.fmt == "csv" else "\t", index=False, header=self.first, mode="a")
-        elif self.fmt == "jsonl":
-            with self.tmp.open("a", encoding="utf-8") as fh:
-                df.to_json(fh, orient="records", lines=True, force_ascii=False)
-                if len(df):
-                    fh.write("\n")
         else:
-            raise DataError(
-                f"streamed prediction writes CSV, TSV, JSONL or Parquet, not {self.fmt}",
-                file=self.path,
-                hint="Give --output a .csv, .tsv, .jsonl or .parquet name",
-            )
+            text = df.to_json(orient="records", lines=True, force_ascii=False) or ""
+            if text and not text.endswith("\n"):
+                text += "\n"
+            with self.tmp.open("a", encoding="utf-8") as fh:
+                fh.write(text)
         self.first = False
 
     def commit(self) -> None:
@@ -148,15 +174,22 @@ def predict_file(
     A text column the model needs and the file lacks is a :class:`DataError`; rows whose text
     is empty are predicted from an empty text and counted in the result.
     """
+    from tunesmith.data.io import detect_format, write_table
+
     src, dst = Path(data), Path(output)
+    detect_format(dst, None)  # an unknown output format fails before any work
     chunks, total, unit, streamed = _chunks(src, chunk_rows, stream_above)
-    writer = _Writer(dst)
+    writer: _Writer | None = None
+    kept: list[pd.DataFrame] = []
     rows = empty = 0
     text_columns = list(predictor.schema.text_columns)
     try:
         for chunk in chunks:
             if rows == 0:
                 _check_columns(chunk, text_columns, src)
+                if streamed:
+                    text_input = detect_format(src, None)[0] != "parquet"
+                    writer = _Writer(dst, widen=set(map(str, chunk.columns)) if text_input else set())
             blank = np.ones(len(chunk), dtype=bool)
             for col in text_columns:
                 if col in chunk.columns:
@@ -169,15 +202,24 @@ def predict_file(
             if probabilities and proba is not None:
                 for i, label in enumerate(predictor.labels):
                     out[f"proba_{label}"] = proba[:, i]
-            writer.write(out)
+            if writer is not None:
+                writer.write(out)
+            else:
+                kept.append(out)
             rows += len(chunk)
             if progress is not None:
                 progress(int(chunk.attrs.get("position", rows)) if unit == "bytes" else rows, total, unit)
         if rows == 0:
             raise DataError("file has no data rows", file=src)
-        writer.commit()
+        if writer is not None:
+            writer.commit()
+        else:
+            # Not streamed: the whole table fits in memory, and write_table writes every format
+            # (JSON, compressed files) atomically.
+            write_table(pd.concat(kept), dst)
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     return BatchResult(rows=rows, empty_text_rows=empty, output=dst, streamed=streamed)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import shutil
 import tempfile
@@ -310,6 +309,7 @@ def export_onnx(
     target: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     max_accuracy_drop: float | None = None,
+    max_mae_increase: float | None = None,
     sample_size: int = 256,
     opset: int = OPSET,
     threads: int | None = None,
@@ -322,8 +322,9 @@ def export_onnx(
     (matched by SHA-256); any other labeled rows are used whole; without it, generated
     sentences check parity and int8 accuracy is not measured. ``tolerance`` bounds the fp32
     graph's max |logit difference| from PyTorch on up to ``sample_size`` rows; above it the
-    export fails. ``max_accuracy_drop`` (points) makes the int8 export fail when it costs
-    more accuracy than that. The result is also written to ``onnx/export.json`` and to a
+    export fails. ``max_accuracy_drop`` (points, classification) and ``max_mae_increase``
+    (regression) make the int8 export fail when it costs more than that; either needs
+    labeled rows. The result is also written to ``onnx/export.json`` and to a
     section of ``card.md``.
     """
     if quantize not in QUANTIZE_CHOICES:
@@ -346,7 +347,6 @@ def export_onnx(
     parity_texts = [all_texts[i] for i in parity_idx]
 
     out_dir = folder / ONNX_DIR
-    out_dir.mkdir(exist_ok=True)
     # Build in a scratch folder beside the final one: a failed check leaves the old export intact.
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
@@ -374,14 +374,7 @@ def export_onnx(
                 int8_report.update(_int8_accuracy(ft, fp32_check, int8_check, all_texts, sample, schema.task))
             else:
                 int8_report["accuracy_note"] = "not measured: give labeled data (--data) to measure it"
-            drop = int8_report.get("accuracy_drop_points")
-            if max_accuracy_drop is not None and drop is not None and drop > max_accuracy_drop:
-                raise ArtifactError(
-                    f"int8 costs {drop:.2f} accuracy points on {sample.source}, more than the "
-                    f"{max_accuracy_drop:g} allowed",
-                    path=folder,
-                    hint="Serve the fp32 graph, or allow a larger drop with --max-accuracy-drop",
-                )
+            _gate_int8(int8_report, max_accuracy_drop, max_mae_increase, sample.source, folder)
             files["int8"] = f"{ONNX_DIR}/{ONNX_FILES['int8']}"
         version = model_version(folder)
         info = _versions()
@@ -397,6 +390,7 @@ def export_onnx(
             seconds=time.perf_counter() - started,
             info=info,
         )
+        out_dir.mkdir(exist_ok=True)
         for precision, rel in files.items():
             os.replace(scratch / ONNX_FILES[precision], folder / rel)
         if quantize is None:
@@ -409,6 +403,32 @@ def export_onnx(
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _gate_int8(
+    report: dict[str, Any], max_drop: float | None, max_mae_increase: float | None, source: str, folder: Path
+) -> None:
+    """Fail the export when int8 costs more than allowed (accuracy points, or MAE for regression)."""
+    drop = report.get("accuracy_drop_points")
+    if max_drop is not None and drop is not None and drop > max_drop:
+        raise ArtifactError(
+            f"int8 costs {drop:.2f} accuracy points on {source}, more than the {max_drop:g} allowed",
+            path=folder,
+            hint="Serve the fp32 graph, or allow a larger drop with --max-accuracy-drop",
+        )
+    change = report.get("mae_change")
+    if max_mae_increase is not None and change is not None and change > max_mae_increase:
+        raise ArtifactError(
+            f"int8 raises the MAE by {change:.4g} on {source}, more than the {max_mae_increase:g} allowed",
+            path=folder,
+            hint="Serve the fp32 graph, or allow a larger increase with --max-mae-increase",
+        )
+    if (max_drop is not None or max_mae_increase is not None) and drop is None and change is None:
+        raise ArtifactError(
+            "an int8 accuracy gate was set but accuracy was not measured",
+            path=folder,
+            hint="Give labeled rows with --data",
+        )
 
 
 def _int8_accuracy(
@@ -488,15 +508,3 @@ def render_export_section(result: ExportResult) -> str:
         else:
             lines.append(f"- int8 accuracy: {q.get('accuracy_note', 'not measured')}")
     return "\n".join(lines) + "\n"
-
-
-def read_export_info(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """``onnx/export.json`` of a model folder, or ``None`` when it was never exported."""
-    path = Path(folder) / ONNX_DIR / EXPORT_INFO
-    if not path.is_file():
-        return None
-    try:
-        info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"export.json cannot be read: {exc}", path=path) from None
-    return info

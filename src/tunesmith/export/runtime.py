@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,21 @@ class Predictor:
         records: list[Mapping[str, Any]] = []
         for i, row in enumerate(rows):
             if isinstance(row, str):
+                if len(s.text_columns) > 1:
+                    raise DataError(
+                        f"{where}[{i}] is a bare string, but this model reads several text columns: "
+                        f"{', '.join(s.text_columns)}",
+                        row=i + 1,
+                        hint="Send an object with a value per column",
+                    )
+                if not row.strip():
+                    col = s.text_columns[0]
+                    raise DataError(
+                        f"{where}[{i}] has no text: field {col!r} is required",
+                        row=i + 1,
+                        column=col,
+                        hint="Send the text to classify",
+                    )
                 records.append({s.text_columns[0]: row})
                 continue
             if not isinstance(row, Mapping):
@@ -148,7 +163,13 @@ class Predictor:
                     column=str(unknown[0]),
                     hint=f"This model reads: {', '.join(s.feature_columns)}",
                 )
-            if not any(row.get(c) not in (None, "") for c in s.text_columns):
+            for col in s.text_columns:
+                value = row.get(col)
+                if value is not None and not isinstance(value, str):
+                    raise DataError(
+                        f"{where}[{i}].{col} must be a string, got {type(value).__name__}", row=i + 1, column=col
+                    )
+            if not any(isinstance(row.get(c), str) and row[c].strip() for c in s.text_columns):
                 col = s.text_columns[0]
                 raise DataError(
                     f"{where}[{i}] has no text: field {col!r} is required",
@@ -156,12 +177,6 @@ class Predictor:
                     column=col,
                     hint="Send the text to classify",
                 )
-            for col in s.text_columns:
-                value = row.get(col)
-                if value is not None and not isinstance(value, str):
-                    raise DataError(
-                        f"{where}[{i}].{col} must be a string, got {type(value).__name__}", row=i + 1, column=col
-                    )
             records.append(row)
         return records
 
@@ -417,17 +432,19 @@ class TorchPredictor(Predictor):
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        self.estimator = FineTuner.load(folder)
-        backbone = self.estimator.backbone_
-        self._backbone = backbone
-        self._model = self.estimator.model_
+        estimator = FineTuner.load(folder)
+        self.estimator: FineTuner | None = estimator
+        self._backbone: Any = estimator.backbone_
+        self._model: Any = estimator.model_
+        self._pad = int(estimator.backbone_.pad_id)
 
     @property
     def pad_id(self) -> int:
-        return int(self._backbone.pad_id)
+        return self._pad
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._backbone.tokenize(texts, self.max_length)
+        assert self._backbone is not None, "this predictor was closed"
+        return list(self._backbone.tokenize(texts, self.max_length))
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -437,7 +454,10 @@ class TorchPredictor(Predictor):
         return np.asarray(out.float().numpy(), dtype=np.float32)
 
     def close(self) -> None:
+        # Every reference to the network goes, or a reload would keep two models in memory.
         self._model = None
+        self.estimator = None
+        self._backbone = None
 
 
 def default_threads() -> int:
@@ -478,15 +498,3 @@ def load_predictor(
             raise ConfigError("int8 runs on the onnx backend only", key="precision", hint="Use --backend onnx")
         return TorchPredictor(folder, meta, batch_size=batch_size, threads=threads, version=version)
     return OnnxPredictor(folder, meta, precision=precision, batch_size=batch_size, threads=threads, version=version)
-
-
-def iter_chunks(rows: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    """Consecutive lists of at most ``size`` items."""
-    chunk: list[Any] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
