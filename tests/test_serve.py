@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tunesmith import FineTuner
 from tunesmith.errors import ArtifactError, ConfigError
-from tunesmith.export.runtime import model_version
+from tunesmith.export.runtime import load_predictor, model_version
 from tunesmith.serve import PredictionLog, ServeSettings, create_app, read_prediction_log, run_server
+from tunesmith.serve.batcher import Batcher, ShuttingDown
 from tunesmith.serve.predlog import LogRecord, log_files
 
 from .conftest import make_reviews
@@ -89,7 +92,10 @@ def _state(client: TestClient) -> Any:
 
 
 def metrics(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = client.get("/metrics").text
+    return parse_metrics(client.get("/metrics").text)
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -153,6 +159,7 @@ def test_batch_prediction_matches_finetuner(client: TestClient, expected: list[s
         ({"inputs": []}, ["body", "inputs"]),
         ({"inputs": [{"text": "fine"}, {"txt": "typo"}]}, ["body", "inputs", 1, "txt"]),
         ({"inputs": {"text": ""}}, ["body", "inputs", "text"]),
+        ({"inputs": {"text": "   "}}, ["body", "inputs", "text"]),
         ({"inputs": ["fine", ""]}, ["body", "inputs", 1]),
         ({"inputs": [{"text": 12}]}, ["body", "inputs", 0, "text"]),
         ({"inputs": "fine", "probabilities": "maybe"}, ["body", "probabilities"]),
@@ -165,6 +172,22 @@ def test_bad_payloads_are_422_naming_the_field(client: TestClient, body: dict[st
     (err,) = r.json()["detail"]
     assert err["loc"] == loc
     assert err["msg"]
+
+
+def test_a_bare_string_for_a_model_with_several_text_columns_is_422(tmp_path: Path) -> None:
+    df = make_reviews(16).assign(title=["a film", "the movie"] * 8)
+    params = {"backbone": "tiny-text", "epochs": 1, "batch_size": 8, "max_length": 32, "progress": False}
+    fitted = FineTuner(**params, runs_dir=str(tmp_path / "runs"), num_threads=1, text_column=["text", "title"])
+    folder = fitted.fit(df, target="label").save(tmp_path / "multi")
+    with TestClient(create_app(folder, _settings())) as c:
+        _wait_ready(c)  # the warm-up sends a value per text column, so this model becomes ready
+        r = c.post("/v1/predict", json={"inputs": ["great fun movie", "boring"]})
+        assert r.status_code == 422, r.text
+        (err,) = r.json()["detail"]
+        assert err["loc"] == ["body", "inputs", 0]
+        assert "several text columns: text, title" in err["msg"]
+        r = c.post("/v1/predict", json={"inputs": {"text": "great fun movie", "title": "a film"}})
+        assert r.status_code == 200, r.text
 
 
 def test_unknown_column_message_names_row_and_known_columns(client: TestClient) -> None:
@@ -182,35 +205,52 @@ def test_invalid_json_and_wrong_content_type(client: TestClient) -> None:
     assert r.status_code == 415
 
 
+@contextmanager
+def model_thread_held(client: TestClient) -> Iterator[None]:
+    """Hold the model thread, with the batch loop waiting on a first one-row request.
+
+    Requests sent inside the block queue up behind it, however slow the machine, and run
+    together in the next batch once the block ends.
+    """
+    batcher = _state(client).batcher
+    gate = threading.Event()
+    batcher._executor.submit(gate.wait)
+    first = threading.Thread(target=lambda: client.post("/v1/predict", json={"inputs": "hold"}))
+    first.start()
+    try:
+        _wait_for(lambda: batcher.busy_rows == 1)
+        yield
+    finally:
+        gate.set()
+        first.join()
+
+
 def test_bad_row_in_a_batch_fails_only_its_request(model_dir: Path, expected: list[str]) -> None:
-    with serving(model_dir, max_rows_per_request=4000) as c:
+    with serving(model_dir) as c:
         state = _state(c)
         results: dict[str, Any] = {}
-        big = threading.Thread(
-            target=lambda: results.setdefault("big", c.post("/v1/predict", json={"inputs": ["fine movie"] * 3000}))
-        )
-        big.start()
-        _wait_for(lambda: state.batcher.busy_rows > 0)
-        # Both queue behind the big request and run in one batch.
         bad = threading.Thread(
             target=lambda: results.setdefault("bad", c.post("/v1/predict", json={"inputs": [{"nope": "x"}]}))
         )
         good = threading.Thread(
             target=lambda: results.setdefault("good", c.post("/v1/predict", json={"inputs": TEXTS}))
         )
-        bad.start()
-        good.start()
-        for t in (big, bad, good):
+        with model_thread_held(c):
+            bad.start()
+            good.start()
+            _wait_for(lambda: state.batcher.queued_rows == 1 + len(TEXTS))
+        for t in (bad, good):
             t.join()
-        assert results["big"].status_code == 200
         assert results["bad"].status_code == 422
         assert results["bad"].json()["detail"][0]["loc"] == ["body", "inputs", 0, "nope"]
         assert results["good"].status_code == 200
         assert [p["label"] for p in results["good"].json()["predictions"]] == expected
-        # The bad and the good request shared one model call (after the big one).
+        # The bad and the good request shared one model call (after the one holding the model).
         values = metrics(c)
-        assert metric(values, "tunesmith_batch_requests_count") == 2
         assert metric(values, "tunesmith_batch_requests_sum") == 3
+        assert metric(values, "tunesmith_batch_requests_bucket", le="1.0") < metric(
+            values, "tunesmith_batch_requests_count"
+        )
 
 
 # --- limits --------------------------------------------------------------------------------
@@ -304,8 +344,6 @@ def test_request_timeout_is_504_and_expired_requests_are_skipped(model_dir: Path
 
 
 def test_a_body_trickling_in_past_the_timeout_is_408(model_dir: Path) -> None:
-    import asyncio
-
     import httpx
 
     async def scenario() -> int:
@@ -329,6 +367,170 @@ def test_a_body_trickling_in_past_the_timeout_is_408(model_dir: Path) -> None:
             await state.stop()
 
     assert asyncio.run(scenario()) == 408
+
+
+async def _upload_then_hang_up(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    """Call the ASGI app as a server would for a client that sends half a body and hangs up."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"inputs": "half a', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if len(messages) > 1 else messages[0]
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_client_hanging_up_mid_upload_is_499_not_500(model_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "p.db"
+
+    async def scenario() -> Any:
+        app = create_app(model_dir, _settings(admin_token="admin-token", prediction_log=log))
+        state = app.state.tunesmith
+        await state.start()
+        try:
+            for path in ("/v1/predict", "/admin/reload"):
+                sent = await _upload_then_hang_up(app, path, [(b"authorization", b"Bearer admin-token")])
+                assert sent[0]["type"] == "http.response.start"
+                assert sent[0]["status"] == 499, sent
+            assert state.predlog.flush()
+        finally:
+            await state.stop()
+        return parse_metrics(state.metrics.exposition().decode())
+
+    values = asyncio.run(scenario())
+    assert metric(values, "tunesmith_rejections_total", reason="disconnected") == 2
+    assert metric(values, "tunesmith_http_requests_total", endpoint="/v1/predict", status="499") == 1
+    assert metric(values, "tunesmith_http_requests_total", endpoint="/admin/reload", status="499") == 1
+    assert metric(values, "tunesmith_http_requests_total", endpoint="/v1/predict", status="500") == 0
+    (record,) = read_prediction_log(log).itertuples()
+    assert record.status == 499
+    assert record.n_rows == 0
+    assert "closed the connection" in record.error
+
+
+def test_draining_refuses_new_predictions_and_finishes_admitted_ones(model_dir: Path, expected: list[str]) -> None:
+    with serving(model_dir) as c:
+        state = _state(c)
+        results: dict[str, Any] = {}
+        queued = threading.Thread(
+            target=lambda: results.setdefault("queued", c.post("/v1/predict", json={"inputs": TEXTS}))
+        )
+        with model_thread_held(c):
+            queued.start()
+            _wait_for(lambda: state.batcher.queued_rows == len(TEXTS))
+            state.begin_drain()  # what SIGTERM does first
+            # A request on a kept-alive connection after the signal: refused at once.
+            r = c.post("/v1/predict", json={"inputs": "too late"})
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["detail"] == "the server is shutting down"
+        queued.join()
+        # Queued before the signal: answered.
+        assert results["queued"].status_code == 200
+        assert [p["label"] for p in results["queued"].json()["predictions"]] == expected
+        assert metric(metrics(c), "tunesmith_rejections_total", reason="shutting_down") == 1
+
+
+def test_a_request_still_uploading_when_draining_begins_is_answered(model_dir: Path) -> None:
+    import httpx
+
+    async def scenario() -> tuple[int, int]:
+        app = create_app(model_dir, _settings())
+        state = app.state.tunesmith
+        await state.start()
+        release = asyncio.Event()
+
+        async def slow_body() -> Any:
+            yield b'{"inputs": '
+            await release.wait()
+            yield b'"fine"}'
+
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                headers = {"content-type": "application/json"}
+                admitted = asyncio.ensure_future(client.post("/v1/predict", content=slow_body(), headers=headers))
+                for _ in range(1000):
+                    if state.batcher.incoming:
+                        break
+                    await asyncio.sleep(0.005)
+                assert state.batcher.incoming == 1
+                state.begin_drain()
+                refused = await client.post("/v1/predict", json={"inputs": "new"})
+                release.set()
+                return (await admitted).status_code, refused.status_code
+        finally:
+            await state.stop()
+
+    assert asyncio.run(scenario()) == (200, 503)
+
+
+def test_batcher_drain_waits_for_the_batch_being_gathered(model_dir: Path) -> None:
+    async def scenario() -> None:
+        batcher = Batcher(load_predictor(model_dir, backend="torch", threads=1), max_wait_ms=1000)
+        await batcher.start()
+        try:
+            ticket = batcher.arrive()  # another request on its way: the batch waits for it
+            job = asyncio.ensure_future(batcher.submit(["fine"], deadline=time.monotonic() + 30))
+            for _ in range(1000):
+                if batcher._inflight:
+                    break
+                await asyncio.sleep(0.001)
+            batcher.leave(ticket)  # it gave up; the batch still waits out max_wait_ms
+            # Nothing queued, the model idle, nobody on the way: only the batch being gathered.
+            assert not batcher._queue and batcher.busy_rows == 0 and batcher.incoming == 0
+            assert await batcher.drain(0.05) is False
+            assert await batcher.drain(10.0) is True
+            assert len((await job).predictions) == 1
+        finally:
+            await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_batcher_close_answers_the_requests_of_a_batch_it_cuts_off(model_dir: Path) -> None:
+    async def scenario() -> None:
+        batcher = Batcher(load_predictor(model_dir, backend="torch", threads=1))
+        await batcher.start()
+        gate = threading.Event()
+        batcher._executor.submit(gate.wait)  # the batch cannot finish within close()'s second
+        try:
+            job = asyncio.ensure_future(batcher.submit(["fine"], deadline=time.monotonic() + 60))
+            for _ in range(1000):
+                if batcher.busy_rows:
+                    break
+                await asyncio.sleep(0.001)
+            assert batcher.busy_rows == 1
+            await batcher.close()
+            # Answered at once, not after the request's own 60 s.
+            with pytest.raises(ShuttingDown):
+                await asyncio.wait_for(job, timeout=2)
+        finally:
+            gate.set()
+
+    asyncio.run(scenario())
 
 
 def test_api_key(model_dir: Path) -> None:
@@ -363,8 +565,6 @@ def test_live_ready_and_draining(model_dir: Path) -> None:
 
 
 def test_not_ready_until_the_warm_up_prediction_passed(model_dir: Path) -> None:
-    import asyncio
-
     import httpx
 
     async def scenario() -> None:
@@ -440,22 +640,20 @@ def test_metrics_move(client: TestClient) -> None:
 
 
 def test_micro_batching_gathers_concurrent_requests(model_dir: Path, expected: list[str]) -> None:
-    with serving(model_dir, max_rows_per_request=4000, max_batch_size=32) as c:
+    with serving(model_dir, max_batch_size=32) as c:
         state = _state(c)
         results: dict[int, Any] = {}
-        busy = threading.Thread(target=lambda: c.post("/v1/predict", json={"inputs": ["busy"] * 3000}))
-        busy.start()
-        _wait_for(lambda: state.batcher.busy_rows > 0)
 
         def post(i: int) -> None:
             results[i] = c.post("/v1/predict", json={"inputs": TEXTS[i % 4]})
 
         threads = [threading.Thread(target=post, args=(i,)) for i in range(12)]
-        for t in threads:
-            t.start()
+        with model_thread_held(c):
+            for t in threads:
+                t.start()
+            _wait_for(lambda: state.batcher.queued_rows == 12)
         for t in threads:
             t.join()
-        busy.join()
         # Each request got its own row's answer back from the shared batch.
         for i, r in results.items():
             assert r.status_code == 200
@@ -554,6 +752,36 @@ def test_reload_of_a_corrupt_model_keeps_the_old_one(model_dir: Path, tmp_path: 
         assert r.status_code == 200 and r.json()["model_version"] == old
 
 
+def test_a_good_reload_makes_a_server_whose_warm_up_failed_ready(model_dir: Path) -> None:
+    predictor = load_predictor(model_dir, backend="torch", threads=1)
+
+    def broken_warmup() -> None:
+        raise RuntimeError("the warm-up broke")
+
+    predictor.warmup = broken_warmup  # type: ignore[method-assign]
+    auth = {"Authorization": "Bearer admin-token"}
+    app = create_app(model_dir, _settings(admin_token="admin-token"), predictor=predictor)
+    with TestClient(app) as c:
+        state = _state(c)
+        _wait_for(lambda: state.failure is not None)
+        r = c.get("/ready")
+        assert r.status_code == 503
+        assert r.json()["status"] == "failed" and "warm-up broke" in r.json()["detail"]
+        assert c.get("/v1/metadata").json()["server"]["ready"] is False
+        assert state._meta is not None and state._meta[0] is predictor
+        r = c.post("/admin/reload", headers=auth)
+        assert r.status_code == 200, r.text
+        # The old predictor is no longer held by the metadata cache.
+        assert state._meta is None
+        r = c.get("/ready")
+        assert r.status_code == 200 and r.json()["status"] == "ready"
+        assert metric(metrics(c), "tunesmith_ready") == 1
+        # A reload while draining leaves the server not ready.
+        state.begin_drain()
+        assert c.post("/admin/reload", headers=auth).status_code == 200
+        assert c.get("/ready").json()["status"] == "draining"
+
+
 # --- prediction log ------------------------------------------------------------------------
 
 
@@ -562,6 +790,7 @@ def test_prediction_log_rotates_and_reads_back(model_dir: Path, tmp_path: Path, 
     path = tmp_path / "logs" / name
     with serving(model_dir, prediction_log=path, prediction_log_rotate_rows=3) as c:
         version = _state(c).batcher.predictor.version
+        assert _state(c).predlog.buffer_bytes == 64 << 20
         for i in range(7):
             assert c.post("/v1/predict", json={"inputs": [TEXTS[i % 4]]}).status_code == 200
         assert c.post("/v1/predict", json={"inputs": [{"text": ""}]}).status_code == 422
@@ -608,6 +837,28 @@ def test_prediction_log_drops_and_counts_when_the_buffer_is_full(tmp_path: Path)
     assert len(read_prediction_log(tmp_path / "p.db")) == 1
 
 
+def test_prediction_log_buffer_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    plog = PredictionLog(tmp_path / "p.db", buffer_rows=1000, buffer_bytes=1 << 20, on_dropped=dropped.append)
+
+    def record(rid: str, inputs: list[Any], nbytes: int = 0) -> LogRecord:
+        return LogRecord(time.time(), rid, "v1", "torch", 200, 1.0, inputs=inputs, nbytes=nbytes)
+
+    # Not started: nothing drains the buffer. Rows fit, but a second 600 kB body does not.
+    assert plog.write(record("big1", ["x"], nbytes=600_000)) is True
+    assert plog.write(record("big2", ["x"], nbytes=600_000)) is False
+    # Without the request's size, the texts are counted.
+    assert plog.write(record("long", ["y" * 500_000])) is False
+    assert plog.write(record("short", ["y" * 1000])) is True
+    assert plog.dropped == 2
+    assert dropped == [1, 1]
+    plog.start()
+    assert plog.flush()
+    plog.close()
+    assert list(read_prediction_log(tmp_path / "p.db")["request_id"]) == ["big1", "short"]
+    assert ServeSettings().prediction_log_buffer_bytes == 64 << 20
+
+
 def test_read_prediction_log_without_a_log(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="no prediction log"):
         read_prediction_log(tmp_path / "none.db")
@@ -641,6 +892,27 @@ def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     again = ServeSettings.from_json(s.to_json())
     assert again.admin_token is not None and again.admin_token.get_secret_value() == "admin-env"
     assert again == s
+
+
+def test_a_worker_begins_draining_when_sigterm_arrives(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.serve.app import MODEL_ENV, create_app_from_env
+    from tunesmith.serve.settings import SETTINGS_ENV
+
+    monkeypatch.setenv(SETTINGS_ENV, _settings().to_json())
+    monkeypatch.setenv(MODEL_ENV, str(model_dir))
+    seen: list[int] = []
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Stands in for uvicorn's handler, which a worker installs before it calls the factory.
+    signal.signal(signal.SIGTERM, lambda sig, frame: seen.append(sig))
+    try:
+        state = create_app_from_env().state.tunesmith
+        assert not state.draining
+        signal.raise_signal(signal.SIGTERM)
+        assert state.draining and not state.ready
+        assert seen == [signal.SIGTERM]  # and uvicorn still hears of it
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def test_run_server_fails_fast_on_user_errors(model_dir: Path, tmp_path: Path) -> None:

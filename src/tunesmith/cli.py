@@ -317,6 +317,9 @@ def serve(
     prediction_log_buffer_rows: Annotated[
         int | None, typer.Option(help="Rows the log may hold in memory; beyond that records are dropped and counted.")
     ] = None,
+    prediction_log_buffer_bytes: Annotated[
+        int | None, typer.Option(help="Bytes the log may hold in memory; beyond that records are dropped and counted.")
+    ] = None,
     model_nice: Annotated[
         int | None, typer.Option(help="Nice steps of the model threads below the event loop (0 = same priority).")
     ] = None,
@@ -350,6 +353,7 @@ def serve(
         prediction_log_format=prediction_log_format,
         prediction_log_rotate_rows=prediction_log_rotate_rows,
         prediction_log_buffer_rows=prediction_log_buffer_rows,
+        prediction_log_buffer_bytes=prediction_log_buffer_bytes,
         model_nice=model_nice,
         access_log=access_log,
         log_level=log_level,

@@ -287,7 +287,7 @@ class Predictor:
 
     def warmup(self) -> None:
         """One prediction on a made-up row, so the first request does not pay for lazy setup."""
-        self.predict_rows(["warm up the model with a short sentence."])
+        self.predict_rows([{col: "warm up the model with a short sentence." for col in self.schema.text_columns}])
 
     def metadata(self) -> dict[str, Any]:
         """Task, labels, input schema, version and test metrics (what ``/v1/metadata`` returns)."""

@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -34,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from tunesmith.errors import ArtifactError, DataError, TunesmithError
 from tunesmith.serve.batcher import (
@@ -330,6 +333,7 @@ class ServerState:
                 fmt=s.prediction_log_format,
                 rotate_rows=s.prediction_log_rotate_rows,
                 buffer_rows=s.prediction_log_buffer_rows,
+                buffer_bytes=s.prediction_log_buffer_bytes,
                 on_written=written.inc,
                 on_dropped=dropped.inc,
             )
@@ -361,9 +365,16 @@ class ServerState:
             )
 
     def begin_drain(self) -> None:
-        """Stop reporting ready (called on SIGTERM, before the server stops accepting)."""
+        """Stop reporting ready and admitting predictions (called on SIGTERM, before the server
+        stops accepting connections).
+
+        A prediction arriving from now on, say on a kept-alive connection, gets 503 with
+        Retry-After; those admitted before still run to the end.
+        """
         self.draining = True
         self.ready = False
+        if self.batcher is not None:
+            self.batcher.refuse_new()
 
     async def stop(self) -> None:
         """Finish queued work, then close the model and flush and close the prediction log."""
@@ -416,6 +427,11 @@ class ServerState:
                 )
                 return JSONResponse(body.model_dump(exclude_none=True), status_code=422 if user_error else 500)
             self.batcher.swap(new)
+            # The cached metadata holds the old predictor: drop it so the old model can go.
+            self._meta = None
+            # A good model serves now, whatever became of the first warm-up.
+            self.failure = None
+            self.ready = not self.draining
             if self.owns_process:
                 gc.freeze()  # the new model's objects, as after the first warm-up
             self.model_path, self.backend, self.precision = path, backend, precision
@@ -590,10 +606,6 @@ def _is_json(content_type: str | None) -> bool:
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
-def _validation_error(errors: list[dict[str, Any]]) -> RequestValidationError:
-    return RequestValidationError(errors)
-
-
 def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors(include_url=False, include_context=False):
@@ -610,7 +622,7 @@ def _rows(inputs: Any) -> tuple[list[Any], bool]:
     single = not isinstance(inputs, list)
     rows = [inputs] if single else inputs
     if not rows:
-        raise _validation_error(
+        raise RequestValidationError(
             [{"type": "too_short", "loc": ("body", "inputs"), "msg": "inputs must hold at least one row", "input": []}]
         )
     for i, row in enumerate(rows):
@@ -623,7 +635,7 @@ def _rows(inputs: Any) -> tuple[list[Any], bool]:
             msg = "the text is empty"
         else:
             msg = f"a row must be an object of column values or a string, got {type(row).__name__}"
-        raise _validation_error([{"type": "value_error", "loc": where, "msg": msg, "input": row}])
+        raise RequestValidationError([{"type": "value_error", "loc": where, "msg": msg, "input": row}])
     return rows, single
 
 
@@ -693,6 +705,34 @@ def create_app(
     timeout = settings.request_timeout_s
     max_rows = settings.max_rows_per_request
 
+    def log_request(
+        rid: str,
+        started: float,
+        status: int,
+        version: str,
+        backend: str,
+        rows: list[Any],
+        *,
+        outputs: list[dict[str, Any]] | None = None,
+        error: str | None = None,
+        nbytes: int = 0,
+    ) -> None:
+        if state.predlog is None:
+            return
+        record = LogRecord(
+            timestamp=time.time(),
+            request_id=rid,
+            model_version=version,
+            backend=backend,
+            status=status,
+            latency_ms=round((time.monotonic() - started) * 1000.0, 3),
+            inputs=rows,
+            outputs=outputs,
+            error=error,
+            nbytes=nbytes,
+        )
+        state.log(record)
+
     @app.post(
         "/v1/predict",
         summary="Predict one row or a batch",
@@ -720,12 +760,20 @@ def create_app(
         except asyncio.TimeoutError:
             state.metrics.rejections.labels("timeout").inc()
             return _json_error(408, f"the request body did not arrive within {timeout:g}s")
+        except ClientDisconnect:
+            # Hung up mid-upload: nobody reads an answer, but the attempt is counted and logged.
+            state.metrics.rejections.labels("disconnected").inc()
+            gone_early = "the client closed the connection before the request body arrived"
+            if state.batcher is not None:
+                serving = state.batcher.predictor
+                log_request(rid, started, 499, serving.version, serving.backend, [], error=gone_early)
+            return _json_error(499, gone_early)
         try:
             req = PredictRequest.model_validate_json(body)
             rows, single = _rows(req.inputs)
         except ValidationError as exc:
             state.metrics.rejections.labels("invalid").inc()
-            raise _validation_error(_body_errors(exc)) from None
+            raise RequestValidationError(_body_errors(exc)) from None
         except RequestValidationError:
             state.metrics.rejections.labels("invalid").inc()
             raise
@@ -789,20 +837,7 @@ def create_app(
         finally:
             gone.cancel()
         response.headers["x-request-id"] = rid
-        if state.predlog is not None:
-            state.log(
-                LogRecord(
-                    timestamp=time.time(),
-                    request_id=rid,
-                    model_version=version,
-                    backend=backend,
-                    status=status,
-                    latency_ms=round((time.monotonic() - started) * 1000.0, 3),
-                    inputs=rows,
-                    outputs=outputs,
-                    error=error,
-                )
-            )
+        log_request(rid, started, status, version, backend, rows, outputs=outputs, error=error, nbytes=len(body))
         return response
 
     @app.get("/v1/metadata", summary="Model and server metadata", responses={401: _ERRORS[401]})
@@ -848,14 +883,18 @@ def create_app(
             },
         )
         async def reload(request: Request) -> Response:
-            body = await request.body()
+            try:
+                body = await request.body()
+            except ClientDisconnect:
+                state.metrics.rejections.labels("disconnected").inc()
+                return _json_error(499, "the client closed the connection before the request body arrived")
             if body.strip():
                 if not _is_json(request.headers.get("content-type")):
                     return _json_error(415, "send the body as JSON with Content-Type: application/json")
                 try:
                     req = ReloadRequest.model_validate_json(body)
                 except ValidationError as exc:
-                    raise _validation_error(_body_errors(exc)) from None
+                    raise RequestValidationError(_body_errors(exc)) from None
             else:
                 req = ReloadRequest()
             return await state.reload(req)
@@ -897,9 +936,32 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> Callable[[], dict[str, An
 
 
 def create_app_from_env() -> FastAPI:
-    """App factory for uvicorn worker processes: model and settings come from the environment."""
+    """App factory for uvicorn worker processes: model and settings come from the environment.
+
+    The worker reports not-ready and refuses new predictions the moment SIGTERM or SIGINT
+    arrives, as ``run_server`` does with one worker, then uvicorn's own handler (installed
+    before it calls the factory) stops the server.
+    """
     raw = os.environ.get(SETTINGS_ENV)
     model = os.environ.get(MODEL_ENV)
     if not raw or not model:
         raise RuntimeError(f"{SETTINGS_ENV} and {MODEL_ENV} must be set (run_server sets them)")
-    return create_app(Path(model), ServeSettings.from_json(raw), owns_process=True)
+    app = create_app(Path(model), ServeSettings.from_json(raw), owns_process=True)
+    _drain_on_signals(app.state.tunesmith)
+    return app
+
+
+def _drain_on_signals(state: ServerState) -> None:
+    """Call ``state.begin_drain()`` on SIGTERM and SIGINT, then the handler that was there."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):  # SIG_DFL or SIG_IGN: nobody to chain to, leave it
+            continue
+
+        def handler(signum: int, frame: Any, previous: Callable[[int, Any], Any] = previous) -> None:
+            state.begin_drain()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)

@@ -162,7 +162,9 @@ class Batcher:
         # Seconds per row of recent batches: the basis of Retry-After. Start pessimistic-ish
         # (1 ms/row); the warm-up and the first batches correct it.
         self._row_seconds = 1e-3
-        self.batches = 0
+        # Jobs taken from the queue for the batch being gathered or run: no longer queued,
+        # not answered yet.
+        self._inflight: list[_Job] = []
         self._draining = False
         self._closing = False
         # One thread: predictors are not safe to call concurrently, and one model call at a
@@ -203,29 +205,44 @@ class Batcher:
         """Run ``fn`` on the model thread (warm-up, timing) and return its result."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    def refuse_new(self) -> None:
+        """Refuse requests admitted from now on; admitted and queued ones still run."""
+        self._draining = True
+
+    def _busy(self) -> bool:
+        return bool(self._queue or self._inflight or self.busy_rows or self.incoming)
+
     async def drain(self, timeout: float) -> bool:
-        """Refuse new work and wait up to ``timeout`` seconds for queued work to finish."""
+        """Refuse new work and wait up to ``timeout`` seconds for admitted work to finish.
+
+        Admitted work: requests still on their way to the queue, queued rows, and the batch
+        being gathered or run.
+        """
         self._draining = True
         until = time.monotonic() + timeout
-        while (self._queue or self.busy_rows) and time.monotonic() < until:
+        while self._busy() and time.monotonic() < until:
             await asyncio.sleep(0.005)
-        return not (self._queue or self.busy_rows)
+        return not self._busy()
 
     async def close(self) -> None:
-        """Stop the batching task, fail what is left and release the model thread."""
+        """Stop the batching task, fail what is left and release the model thread.
+
+        Every request still waiting gets :class:`ShuttingDown` at once, also those of a batch
+        cut off mid-run, so no client waits for its own timeout.
+        """
         self._draining = True
         self._closing = True
         if self._wake is not None:
             self._wake.set()
         if self._task is not None:
-            try:
+            # wait_for cancels the task when it is not done within the second.
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._task, timeout=1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self._task.cancel()
-        while self._queue:
-            job = self._queue.popleft()
+        for job in (*self._inflight, *self._queue):
             if not job.future.done():
                 job.future.set_exception(ShuttingDown("the server is shutting down"))
+        self._inflight = []
+        self._queue.clear()
         self.queued_rows = 0
         self._executor.submit(self._predictor.close)
         self._executor.shutdown(wait=False, cancel_futures=False)
@@ -283,9 +300,11 @@ class Batcher:
             ClientGone: ``gone`` completed first; the rows are skipped if not started yet.
             DataError: a row the model cannot read (unknown field, no text, ...).
         """
+        admitted = ticket is not None and ticket.pending
         if ticket is not None:
             self.leave(ticket)
-        if self._draining:
+        # A request admitted before draining began still runs; a new one is refused.
+        if self._closing or (self._draining and not admitted):
             raise ShuttingDown("the server is shutting down")
         if not self.has_room(len(rows)):
             raise QueueFull(self.retry_after())
@@ -347,14 +366,23 @@ class Batcher:
                 await wake.wait()
                 continue
             jobs: list[_Job] = []
+            self._inflight = jobs
             try:
                 await self._run_batch(jobs)
+            except asyncio.CancelledError:
+                # close() gave up waiting for this batch: its requests are answered now.
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(ShuttingDown("the server is shutting down"))
+                raise
             except Exception as exc:
                 # A bug here must not leave every later request waiting for its timeout.
                 logger.exception("tunesmith: the batch loop failed; its requests get a 500")
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(exc)
+            finally:
+                self._inflight = []
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         assert self._wake is not None
@@ -386,7 +414,6 @@ class Batcher:
             self.busy_rows = 0
         seconds = time.monotonic() - started
         self._row_seconds = 0.7 * self._row_seconds + 0.3 * (seconds / max(rows, 1))
-        self.batches += 1
         if self._on_batch is not None:
             self._on_batch(rows, len(jobs), seconds)
         answer_of = (predictor.version, predictor.backend, predictor.precision)

@@ -117,13 +117,22 @@ def _run_single(model: Path, settings: ServeSettings) -> None:
     state: ServerState = app.state.tunesmith
     server = _Server(_uvicorn_config(app, settings), state)
     with sock, _quiet_signals(server):
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except SystemExit:
+            # uvicorn (0.50 on) exits with its start-up failure status when the app's start-up
+            # fails: a one-line error below instead.
+            if server.started:
+                raise
     if not server.started:
         raise TunesmithError("the server did not start; the log above says why")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's Server, told to report not-ready the moment a shutdown signal arrives."""
+    """uvicorn's Server, told to drain (not-ready, 503 for new predictions) the moment a
+    shutdown signal arrives. Worker processes of ``--workers N`` get the same from
+    :func:`~tunesmith.serve.app.create_app_from_env`.
+    """
 
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)

@@ -1,10 +1,11 @@
 """The prediction log: every prediction request's inputs, outputs, latency and model version.
 
 Records are written off the request path. :meth:`PredictionLog.write` only appends to a
-bounded in-memory buffer and returns at once; a background thread writes the buffer to an
-SQLite database (default) or to Parquet files. When the buffer is full the record is dropped
-and counted (``dropped``, and the ``tunesmith_prediction_log_records_total{result="dropped"}``
-metric of the server): logging never slows down or fails a prediction.
+buffer bounded in input rows and in bytes, and returns at once; a background thread writes the
+buffer to an SQLite database (default) or to Parquet files. When the buffer is full the record
+is dropped and counted (``dropped``, and the
+``tunesmith_prediction_log_records_total{result="dropped"}`` metric of the server): logging
+never slows down or fails a prediction.
 
 The active file is rotated every ``rotate_rows`` records: it is renamed to
 ``STEM.NNNNNN-YYYYMMDDTHHMMSSZ.SUFFIX`` beside it (sequence first, so names sort in order)
@@ -58,11 +59,19 @@ _PARQUET_MAGIC = b"PAR1"
 # one row group per request would bloat the file's footer at low traffic.
 _PARQUET_GROUP = 1024
 _PARQUET_MAX_AGE_S = 10.0
+# Size estimate of a record without a known request size: per row and per prediction, plus the
+# length of each text (counted without serialising anything).
+_ROW_BYTES = 64
+_OUTPUT_BYTES = 128
 
 
 @dataclass(frozen=True)
 class LogRecord:
-    """One prediction request as the log stores it (``outputs`` is ``None`` when it failed)."""
+    """One prediction request as the log stores it (``outputs`` is ``None`` when it failed).
+
+    ``nbytes`` is the size of the request body, what the buffer's byte bound counts; ``0``:
+    estimated from the inputs.
+    """
 
     timestamp: float
     request_id: str
@@ -73,10 +82,27 @@ class LogRecord:
     inputs: Sequence[Any]
     outputs: Sequence[Any] | None = None
     error: str | None = None
+    nbytes: int = 0
 
     @property
     def n_rows(self) -> int:
         return len(self.inputs)
+
+    def size(self) -> int:
+        """Approximate bytes the record holds in memory: the request body and its predictions."""
+        size = self.nbytes or _estimate_bytes(self.inputs)
+        return size + _OUTPUT_BYTES * len(self.outputs or ())
+
+
+def _estimate_bytes(rows: Sequence[Any]) -> int:
+    total = 0
+    for row in rows:
+        total += _ROW_BYTES
+        if isinstance(row, str):
+            total += len(row)
+        elif isinstance(row, dict):
+            total += sum(len(v) if isinstance(v, str) else 16 for v in row.values())
+    return total
 
 
 def _iso(ts: float) -> str:
@@ -265,10 +291,11 @@ class _ParquetSink(_Sink):
 class PredictionLog:
     """A bounded, non-blocking writer of :class:`LogRecord` to SQLite or Parquet.
 
-    ``buffer_rows`` bounds the input rows held in memory; a record that does not fit is
-    dropped and counted (``on_dropped``), never waited for. ``start()`` opens the file (so a
-    bad path fails at start-up) and starts the writer thread; ``close()`` writes what is
-    buffered and closes the file.
+    ``buffer_rows`` bounds the input rows held in memory and ``buffer_bytes`` their size
+    (:meth:`LogRecord.size`); a record that does not fit either is dropped and counted
+    (``on_dropped``), never waited for. ``start()`` opens the file (so a bad path fails at
+    start-up) and starts the writer thread; ``close()`` writes what is buffered and closes
+    the file.
     """
 
     def __init__(
@@ -278,6 +305,7 @@ class PredictionLog:
         fmt: Literal["sqlite", "parquet"] = "sqlite",
         rotate_rows: int = 100_000,
         buffer_rows: int = 50_000,
+        buffer_bytes: int = 64 << 20,
         flush_interval_s: float = 1.0,
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
@@ -290,12 +318,14 @@ class PredictionLog:
         self.fmt = fmt
         self.rotate_rows = rotate_rows
         self.buffer_rows = buffer_rows
+        self.buffer_bytes = buffer_bytes
         self.flush_interval_s = flush_interval_s
         self._on_written = on_written
         self._on_dropped = on_dropped
         self._cond = threading.Condition()
         self._buffer: list[LogRecord] = []
         self._buffered_rows = 0
+        self._buffered_bytes = 0
         self._accepted = 0
         self._done = 0
         self._flush_wanted = False
@@ -325,13 +355,19 @@ class PredictionLog:
     def write(self, record: LogRecord) -> bool:
         """Buffer ``record`` for writing; ``False`` (and counted as dropped) when the buffer is full."""
         n = max(1, record.n_rows)
+        size = record.size()
         with self._cond:
-            if self._closing or self._buffered_rows + n > self.buffer_rows:
+            if (
+                self._closing
+                or self._buffered_rows + n > self.buffer_rows
+                or self._buffered_bytes + size > self.buffer_bytes
+            ):
                 self.dropped += 1
                 dropped = True
             else:
                 self._buffer.append(record)
                 self._buffered_rows += n
+                self._buffered_bytes += size
                 self._accepted += 1
                 dropped = False
                 # Wake the writer only for the first record: later ones ride along.
@@ -374,6 +410,7 @@ class PredictionLog:
                     self._cond.wait(self.flush_interval_s)
                 records, self._buffer = self._buffer, []
                 self._buffered_rows = 0
+                self._buffered_bytes = 0
                 closing, flush = self._closing, self._flush_wanted
             if records:
                 self._write(sink, records)

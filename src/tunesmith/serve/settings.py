@@ -117,6 +117,11 @@ class ServeSettings(BaseModel):
     prediction_log_buffer_rows: int = Field(
         50_000, ge=1, description="Input rows the log may hold in memory; records beyond it are dropped and counted."
     )
+    prediction_log_buffer_bytes: int = Field(
+        64 << 20,
+        ge=1 << 16,
+        description="Bytes of request bodies the log may hold in memory; records beyond it are dropped and counted.",
+    )
 
     # --- console -----------------------------------------------------------------------
     access_log: bool = Field(False, description="Print one line per request (off: it costs time under load).")
