@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,9 @@ bench-search: setup
 
 bench-serving: setup
 	$(BIN)/python bench/serving.py
+
+bench-recsys: setup
+	$(BIN)/python bench/recsys.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -83,3 +83,13 @@ def test_errors_name_the_setting():
         SequentialRecommender(N_ITEMS, SMALL).pretrain([np.array([1])])
     with pytest.raises(NotFittedError):
         SequentialRecommender(N_ITEMS, SMALL).score([np.array([1, 2])])
+
+
+def test_short_histories_score_finite_in_training_and_inference_mode():
+    model = SequentialRecommender(N_ITEMS, SMALL)
+    model.pretrain(_cycles(20), TrainSettings(epochs=2))
+    short = [np.array([3]), np.array([4, 5]), np.array([], dtype=np.int64), _cycles(1)[0]]
+    scores = model.score(short)
+    assert np.isfinite(scores).all()
+    # Padding does not change what a history scores: the same history alone or in a batch.
+    assert np.allclose(model.score([np.array([4, 5])])[0], scores[1], atol=1e-5)

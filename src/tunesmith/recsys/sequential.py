@@ -123,10 +123,13 @@ class SASRecNet(nn.Module):
         x = table[seq] * math.sqrt(self.cfg.dim) + self.pos_emb.weight[:length]
         x = self.drop(x)
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=seq.device), diagonal=1)
-        pad = seq == 0
-        # A fully padded row would make attention produce NaN; let such rows attend to themselves.
-        pad = pad & ~pad.all(dim=1, keepdim=True)
-        h = self.encoder(x, mask=causal, src_key_padding_mask=pad)
+        blocked = causal[None] | (seq == 0)[:, None, :]
+        # A padding position sees only padding: with every key blocked its attention would be
+        # NaN, and NaN values leak into later layers even under zero weights. Letting every
+        # position attend to itself keeps them finite; real positions never see padding.
+        blocked &= ~torch.eye(length, dtype=torch.bool, device=seq.device)[None]
+        mask = blocked.repeat_interleave(self.cfg.heads, dim=0)
+        h = self.encoder(x, mask=mask)
         return self.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
