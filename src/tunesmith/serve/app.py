@@ -1,6 +1,7 @@
 """The FastAPI application of ``tunesmith serve``.
 
-Endpoints: ``POST /v1/predict``, ``GET /v1/metadata``, ``GET /live``, ``GET /ready``,
+Endpoints: ``POST /v1/predict`` (a text model) or ``POST /v1/recommend`` (a recommender, see
+:mod:`tunesmith.serve.recommend`), ``GET /v1/metadata``, ``GET /live``, ``GET /ready``,
 ``GET /metrics`` and, when an admin token is set, ``POST /admin/reload``. See
 ``docs/serving.md`` for the request and response formats.
 
@@ -40,6 +41,7 @@ from starlette.requests import ClientDisconnect
 
 from tunesmith.errors import ArtifactError, DataError, TunesmithError
 from tunesmith.serve.batcher import (
+    Answer,
     Batcher,
     ClientGone,
     DeadlineExceeded,
@@ -48,12 +50,21 @@ from tunesmith.serve.batcher import (
     call_with_lower_priority,
 )
 from tunesmith.serve.predlog import LogRecord, PredictionLog
+from tunesmith.serve.recommend import TASK as RECOMMENDATION
+from tunesmith.serve.recommend import (
+    RecommenderPredictor,
+    RecommendRequest,
+    RecommendResponse,
+    folder_task,
+    load_served_model,
+    request_row,
+)
 from tunesmith.serve.settings import SETTINGS_ENV, Backend, Precision, ServeSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from tunesmith.export.runtime import Predictor
+    from tunesmith.serve.batcher import ServedModel
 
 logger = logging.getLogger("tunesmith.serve")
 
@@ -77,7 +88,17 @@ REJECTION_REASONS = (
 )
 # fmt: on
 ENDPOINTS = frozenset(
-    {"/v1/predict", "/v1/metadata", "/live", "/ready", "/metrics", "/admin/reload", "/openapi.json", "/docs"}
+    {
+        "/v1/predict",
+        "/v1/recommend",
+        "/v1/metadata",
+        "/live",
+        "/ready",
+        "/metrics",
+        "/admin/reload",
+        "/openapi.json",
+        "/docs",
+    }
 )
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -247,7 +268,7 @@ class Metrics:
         self.model_seconds.observe(seconds)
         self.rows.inc(rows)
 
-    def set_model(self, predictor: Predictor) -> None:
+    def set_model(self, predictor: ServedModel) -> None:
         self.model_info.clear()
         self.model_info.labels(predictor.version, predictor.backend, predictor.precision).set(1)
 
@@ -262,13 +283,21 @@ class ServerState:
     """What one server process holds: the model (through the batcher), the log and the metrics."""
 
     def __init__(
-        self, model: Path, settings: ServeSettings, predictor: Predictor | None = None, *, owns_process: bool = False
+        self, model: Path, settings: ServeSettings, predictor: ServedModel | None = None, *, owns_process: bool = False
     ) -> None:
         self.settings = settings
         self.owns_process = owns_process
         # Process-wide tuning only when the server has the process to itself (not under tests).
         self.nice = settings.model_nice if owns_process else 0
         self.model_path = model
+        # Fixed for the life of the server: the routes are built for one kind of model, so a
+        # reload must bring the same kind.
+        self.recommender = (
+            isinstance(predictor, RecommenderPredictor)
+            if predictor is not None
+            else folder_task(model) == RECOMMENDATION
+        )
+        self.model_endpoint = "/v1/recommend" if self.recommender else "/v1/predict"
         self.backend: str = settings.backend
         self.precision: str = settings.precision
         self.threads = settings.threads_per_worker()
@@ -282,7 +311,7 @@ class ServerState:
         self._initial = predictor
         self._warm_task: asyncio.Task[None] | None = None
         self._reload_lock: asyncio.Lock | None = None
-        self._meta: tuple[Predictor, dict[str, Any]] | None = None
+        self._meta: tuple[ServedModel, dict[str, Any]] | None = None
         self.api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self.admin_token = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
         m = self.metrics
@@ -293,12 +322,12 @@ class ServerState:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def load(self, path: Path, backend: str, precision: str, version: str | None) -> Predictor:
-        """Load a predictor (blocking; run it off the event loop)."""
-        from tunesmith.export.runtime import load_predictor
-
+    def load(self, path: Path, backend: str, precision: str, version: str | None) -> ServedModel:
+        """Load a predictor or a recommender (blocking; run it off the event loop)."""
         return call_with_lower_priority(
-            lambda: load_predictor(path, backend=backend, precision=precision, threads=self.threads, version=version),
+            lambda: load_served_model(
+                path, backend=backend, precision=precision, threads=self.threads, version=version
+            ),
             self.nice,
         )
 
@@ -340,7 +369,7 @@ class ServerState:
             await asyncio.to_thread(self.predlog.start)
         self._warm_task = asyncio.create_task(self._warm_up(predictor))
 
-    async def _warm_up(self, predictor: Predictor) -> None:
+    async def _warm_up(self, predictor: ServedModel) -> None:
         assert self.batcher is not None
         try:
             await self.batcher.call(predictor.warmup)
@@ -449,8 +478,16 @@ class ServerState:
             )
             return JSONResponse(out.model_dump(exclude_none=True))
 
-    def _load_and_warm(self, path: Path, backend: str, precision: str, version: str | None) -> Predictor:
+    def _load_and_warm(self, path: Path, backend: str, precision: str, version: str | None) -> ServedModel:
         # Runs on a worker thread of its own: the model thread keeps serving the old model.
+        task = folder_task(path)
+        if (task == RECOMMENDATION) != self.recommender:
+            serving = "a recommendation model" if self.recommender else "a text model"
+            raise ArtifactError(
+                f"this server serves {serving}; the folder holds a {task!r} model",
+                path=path,
+                hint="Reload to a model of the same task, or start another server for this one",
+            )
         predictor = self.load(path, backend, precision, version)
         try:
             predictor.warmup()
@@ -526,7 +563,7 @@ class _Gate:
                 state.metrics.rejections.labels(reason).inc()
                 await _send_json(send_status, code, payload, headers)
                 return
-            if path == "/v1/predict" and state.batcher is not None:
+            if path == state.model_endpoint and state.batcher is not None:
                 ticket = scope["tunesmith.ticket"] = state.batcher.arrive()
             await self.app(scope, self._limited(scope, receive), send_status)
         finally:
@@ -565,7 +602,7 @@ class _Gate:
                 detail = {"detail": f"the request body is larger than {self.max_body} bytes"}
                 return 413, "body_too_large", detail, [(b"connection", b"close")]
         batcher = state.batcher
-        if path == "/v1/predict" and batcher is not None:
+        if path == state.model_endpoint and batcher is not None:
             if batcher.draining:
                 return 503, "shutting_down", {"detail": "the server is shutting down"}, [(b"retry-after", b"1")]
             if batcher.full():
@@ -653,6 +690,11 @@ def _data_error_detail(exc: DataError, single: bool, rows: list[Any]) -> list[di
     return [{"type": "value_error", "loc": loc, "msg": msg, "input": row}]
 
 
+def _recommend_error_detail(exc: DataError) -> list[dict[str, Any]]:
+    msg = exc.message if not exc.hint else f"{exc.message}. {exc.hint}"
+    return [{"type": "value_error", "loc": ["body", exc.column or "user"], "msg": msg, "input": None}]
+
+
 def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(_dumps({"detail": detail}), status_code=status, media_type="application/json", headers=headers)
 
@@ -671,7 +713,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def create_app(
     model: str | os.PathLike[str],
     settings: ServeSettings,
-    predictor: Predictor | None = None,
+    predictor: ServedModel | None = None,
     *,
     owns_process: bool = False,
 ) -> FastAPI:
@@ -733,30 +775,17 @@ def create_app(
         )
         state.log(record)
 
-    @app.post(
-        "/v1/predict",
-        summary="Predict one row or a batch",
-        response_model=PredictResponse,
-        responses=_ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
-            }
-        },
-    )
-    async def predict(request: Request) -> Response:
-        scope = request.scope
-        started: float = scope.get("tunesmith.started") or time.monotonic()
-        headers = request.headers
-        rid = headers.get("x-request-id") or ""
-        if not _REQUEST_ID.match(rid):
-            rid = uuid.uuid4().hex
-        if not _is_json(headers.get("content-type")):
+    def request_id(request: Request) -> str:
+        rid = request.headers.get("x-request-id") or ""
+        return rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+
+    async def read_body(request: Request, started: float, rid: str) -> bytes | Response:
+        """The JSON body, or the response that refuses it (415, 408, 499)."""
+        if not _is_json(request.headers.get("content-type")):
             return _json_error(415, "send the body as JSON with Content-Type: application/json")
         try:
             # The deadline covers the upload too: a client trickling its body holds no slot forever.
-            body = await asyncio.wait_for(request.body(), timeout=max(0.0, started + timeout - time.monotonic()))
+            return await asyncio.wait_for(request.body(), timeout=max(0.0, started + timeout - time.monotonic()))
         except asyncio.TimeoutError:
             state.metrics.rejections.labels("timeout").inc()
             return _json_error(408, f"the request body did not arrive within {timeout:g}s")
@@ -768,6 +797,62 @@ def create_app(
                 serving = state.batcher.predictor
                 log_request(rid, started, 499, serving.version, serving.backend, [], error=gone_early)
             return _json_error(499, gone_early)
+
+    async def run_model(
+        request: Request,
+        rows: list[Any],
+        probabilities: bool,
+        started: float,
+        data_error: Callable[[DataError], list[dict[str, Any]]],
+    ) -> Answer | tuple[int, str | None, Response]:
+        """The batcher's answer, or (status, error to log, response) when there is none.
+
+        ``data_error`` words the 422 detail of a row the model cannot read. A 503 refusal
+        logs nothing: the request never reached the model.
+        """
+        batcher = state.batcher
+        assert batcher is not None
+        # Completes when the client hangs up (the body is read, so the next message is the
+        # disconnect): its rows are then skipped instead of computed for nobody.
+        gone = asyncio.ensure_future(request.receive())
+        try:
+            return await batcher.submit(
+                rows,
+                probabilities=probabilities,
+                deadline=started + timeout,
+                ticket=request.scope.get("tunesmith.ticket"),
+                gone=gone,
+            )
+        except QueueFull as exc:
+            state.metrics.rejections.labels("queue_full").inc()
+            return 503, None, _json_error(503, "the prediction queue is full", {"retry-after": str(exc.retry_after)})
+        except ShuttingDown:
+            state.metrics.rejections.labels("shutting_down").inc()
+            return 503, None, _json_error(503, "the server is shutting down", {"retry-after": "1"})
+        except ClientGone:
+            state.metrics.rejections.labels("disconnected").inc()
+            error = "the client closed the connection before the prediction was done"
+            return 499, error, _json_error(499, error)
+        except DeadlineExceeded:
+            state.metrics.rejections.labels("timeout").inc()
+            error = f"no prediction within the request timeout of {timeout:g}s"
+            return 504, error, _json_error(504, error)
+        except DataError as exc:
+            state.metrics.rejections.labels("invalid").inc()
+            return 422, str(exc), JSONResponse({"detail": data_error(exc)}, status_code=422)
+        except Exception as exc:
+            logger.exception("tunesmith: prediction failed")
+            error = f"{type(exc).__name__}: {exc}"
+            return 500, error, _json_error(500, f"the prediction failed: {error}")
+        finally:
+            gone.cancel()
+
+    async def predict(request: Request) -> Response:
+        started: float = request.scope.get("tunesmith.started") or time.monotonic()
+        rid = request_id(request)
+        body = await read_body(request, started, rid)
+        if isinstance(body, Response):
+            return body
         try:
             req = PredictRequest.model_validate_json(body)
             rows, single = _rows(req.inputs)
@@ -782,46 +867,15 @@ def create_app(
             return _json_error(
                 413, f"inputs has {len(rows)} rows; this server takes at most {max_rows} per request", None
             )
-        batcher = state.batcher
-        assert batcher is not None
+        assert state.batcher is not None
         # Reported when the request fails; a success reports the model that answered it.
-        version, backend = batcher.predictor.version, batcher.predictor.backend
-        status, outputs, error = 200, None, None
-        response: Response
-        # Completes when the client hangs up (the body is read, so the next message is the
-        # disconnect): its rows are then skipped instead of computed for nobody.
-        gone = asyncio.ensure_future(request.receive())
-        try:
-            answer = await batcher.submit(
-                rows,
-                probabilities=req.probabilities,
-                deadline=started + timeout,
-                ticket=scope.get("tunesmith.ticket"),
-                gone=gone,
-            )
-        except QueueFull as exc:
-            state.metrics.rejections.labels("queue_full").inc()
-            return _json_error(503, "the prediction queue is full", {"retry-after": str(exc.retry_after)})
-        except ShuttingDown:
-            state.metrics.rejections.labels("shutting_down").inc()
-            return _json_error(503, "the server is shutting down", {"retry-after": "1"})
-        except ClientGone:
-            state.metrics.rejections.labels("disconnected").inc()
-            status, error = 499, "the client closed the connection before the prediction was done"
-            response = _json_error(499, error)
-        except DeadlineExceeded:
-            state.metrics.rejections.labels("timeout").inc()
-            status, error = 504, f"no prediction within the request timeout of {timeout:g}s"
-            response = _json_error(504, error)
-        except DataError as exc:
-            state.metrics.rejections.labels("invalid").inc()
-            status, error = 422, str(exc)
-            response = JSONResponse({"detail": _data_error_detail(exc, single, rows)}, status_code=422)
-        except Exception as exc:
-            logger.exception("tunesmith: prediction failed")
-            status, error = 500, f"{type(exc).__name__}: {exc}"
-            response = _json_error(500, f"the prediction failed: {error}")
-        else:
+        version, backend = state.batcher.predictor.version, state.batcher.predictor.backend
+        outputs = None
+        answer = await run_model(
+            request, rows, req.probabilities, started, lambda exc: _data_error_detail(exc, single, rows)
+        )
+        if isinstance(answer, Answer):
+            status, error = 200, None
             outputs = answer.predictions
             version, backend = answer.model_version, answer.backend
             body_out = {
@@ -830,15 +884,76 @@ def create_app(
                 "precision": answer.precision,
                 "predictions": outputs,
             }
-            response = Response(
-                _dumps(body_out),
-                media_type="application/json",
-            )
-        finally:
-            gone.cancel()
+            response = Response(_dumps(body_out), media_type="application/json")
+        else:
+            status, error, response = answer
+            if status == 503:
+                return response
         response.headers["x-request-id"] = rid
         log_request(rid, started, status, version, backend, rows, outputs=outputs, error=error, nbytes=len(body))
         return response
+
+    async def recommend(request: Request) -> Response:
+        started: float = request.scope.get("tunesmith.started") or time.monotonic()
+        rid = request_id(request)
+        body = await read_body(request, started, rid)
+        if isinstance(body, Response):
+            return body
+        try:
+            req = RecommendRequest.model_validate_json(body)
+        except ValidationError as exc:
+            state.metrics.rejections.labels("invalid").inc()
+            raise RequestValidationError(_body_errors(exc)) from None
+        if req.user is None and req.history is None:
+            state.metrics.rejections.labels("invalid").inc()
+            msg = "give a user id (user) or a list of item ids (history)"
+            raise RequestValidationError([{"type": "missing", "loc": ("body", "user"), "msg": msg, "input": None}])
+        rows = [request_row(req)]
+        assert state.batcher is not None
+        version, backend = state.batcher.predictor.version, state.batcher.predictor.backend
+        outputs = None
+        answer = await run_model(request, rows, False, started, _recommend_error_detail)
+        if isinstance(answer, Answer):
+            status, error = 200, None
+            outputs = answer.predictions
+            version, backend = answer.model_version, answer.backend
+            out = outputs[0]
+            body_out = {"model_version": version, "items": out["items"], "source": out["source"]}
+            response = Response(_dumps(body_out), media_type="application/json")
+        else:
+            status, error, response = answer
+            if status == 503:
+                return response
+        response.headers["x-request-id"] = rid
+        log_request(rid, started, status, version, backend, rows, outputs=outputs, error=error, nbytes=len(body))
+        return response
+
+    if state.recommender:
+        app.post(
+            "/v1/recommend",
+            summary="Top-k items for a user or a history",
+            response_model=RecommendResponse,
+            responses=_ERRORS,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RecommendRequest"}}},
+                }
+            },
+        )(recommend)
+    else:
+        app.post(
+            "/v1/predict",
+            summary="Predict one row or a batch",
+            response_model=PredictResponse,
+            responses=_ERRORS,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+                }
+            },
+        )(predict)
 
     @app.get("/v1/metadata", summary="Model and server metadata", responses={401: _ERRORS[401]})
     async def metadata() -> dict[str, Any]:
@@ -899,19 +1014,19 @@ def create_app(
                 req = ReloadRequest()
             return await state.reload(req)
 
-    app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, settings, recommender=state.recommender)  # type: ignore[method-assign]
     app.add_middleware(_Gate, state=state)
     return app
 
 
-def _openapi(app: FastAPI, settings: ServeSettings) -> Callable[[], dict[str, Any]]:
+def _openapi(app: FastAPI, settings: ServeSettings, *, recommender: bool = False) -> Callable[[], dict[str, Any]]:
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        for model in (PredictRequest, ReloadRequest):
+        for model in (RecommendRequest if recommender else PredictRequest, ReloadRequest):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(model_schema.pop("$defs", {}))
             schemas[model.__name__] = model_schema
@@ -920,7 +1035,7 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> Callable[[], dict[str, An
         if settings.api_key is not None:
             schemes["ApiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
             schemes["Bearer"] = {"type": "http", "scheme": "bearer"}
-            for path in ("/v1/predict", "/v1/metadata"):
+            for path in ("/v1/predict", "/v1/recommend", "/v1/metadata"):
                 for op in paths.get(path, {}).values():
                     op["security"] = [{"ApiKey": []}, {"Bearer": []}]
         if settings.admin_token is not None:

@@ -25,16 +25,38 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tunesmith.errors import DataError
-
-if TYPE_CHECKING:
-    from tunesmith.export.runtime import Predictor
 
 logger = logging.getLogger("tunesmith.serve")
 T = TypeVar("T")
 Row = Mapping[str, Any] | str
+
+
+class _Answerable(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class ServedModel(Protocol):
+    """What the batcher and the server need of a model: a text predictor
+    (:class:`~tunesmith.export.runtime.Predictor`) or a recommender
+    (:class:`~tunesmith.serve.recommend.RecommenderPredictor`).
+    """
+
+    version: str
+    backend: str
+    precision: str
+
+    def predict_rows(self, rows: Sequence[Any], *, probabilities: bool = True) -> Sequence[_Answerable]: ...
+
+    def rows_to_texts(self, rows: Sequence[Any], *, where: str = "inputs") -> list[Any]: ...
+
+    def warmup(self) -> None: ...
+
+    def metadata(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 def lower_thread_priority(increment: int) -> None:
@@ -141,7 +163,7 @@ class Batcher:
 
     def __init__(
         self,
-        predictor: Predictor,
+        predictor: ServedModel,
         *,
         max_batch_size: int = 32,
         max_wait_ms: float = 2.0,
@@ -186,11 +208,11 @@ class Batcher:
         self._task = asyncio.create_task(self._loop(), name="tunesmith-batcher")
 
     @property
-    def predictor(self) -> Predictor:
+    def predictor(self) -> ServedModel:
         """The predictor the next batch will use."""
         return self._predictor
 
-    def swap(self, predictor: Predictor) -> Predictor:
+    def swap(self, predictor: ServedModel) -> ServedModel:
         """Make ``predictor`` serve from the next batch on; returns the previous one.
 
         The previous predictor is closed on the model thread after the batch it may be
@@ -426,7 +448,7 @@ class Batcher:
                 job.future.set_result(Answer(outcome, *answer_of))
 
 
-def _compute(predictor: Predictor, jobs: list[_Job]) -> list[list[dict[str, Any]] | Exception]:
+def _compute(predictor: ServedModel, jobs: list[_Job]) -> list[list[dict[str, Any]] | Exception]:
     """Predictions (or the error) per job; one model call for all of them when all are valid."""
     try:
         return list(_predict(predictor, jobs))
@@ -457,14 +479,14 @@ def _compute(predictor: Predictor, jobs: list[_Job]) -> list[list[dict[str, Any]
         return [o if o is not None else _one(predictor, job) for o, job in zip(outcomes, jobs, strict=True)]
 
 
-def _one(predictor: Predictor, job: _Job) -> list[dict[str, Any]] | Exception:
+def _one(predictor: ServedModel, job: _Job) -> list[dict[str, Any]] | Exception:
     try:
         return _predict(predictor, [job])[0]
     except Exception as exc:
         return exc
 
 
-def _predict(predictor: Predictor, jobs: list[_Job]) -> list[list[dict[str, Any]]]:
+def _predict(predictor: ServedModel, jobs: list[_Job]) -> list[list[dict[str, Any]]]:
     rows: Sequence[Row] = jobs[0].rows if len(jobs) == 1 else [r for job in jobs for r in job.rows]
     predictions = predictor.predict_rows(rows, probabilities=True)
     out: list[list[dict[str, Any]]] = []

@@ -94,12 +94,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _run_single(model: Path, settings: ServeSettings) -> None:
-    from tunesmith.export.runtime import load_predictor
     from tunesmith.serve.app import create_app
     from tunesmith.serve.batcher import call_with_lower_priority
+    from tunesmith.serve.recommend import load_served_model
 
     predictor = call_with_lower_priority(
-        lambda: load_predictor(
+        lambda: load_served_model(
             model,
             backend=settings.backend,
             precision=settings.precision,
@@ -204,7 +204,10 @@ def check_model(model: Path, settings: ServeSettings) -> None:
     read_meta(folder)
     if not (folder / "model.safetensors").is_file():
         raise ArtifactError("model.safetensors is missing", path=folder, hint="Give a folder written by save()")
-    if settings.backend == "onnx":
+    from tunesmith.serve.recommend import is_recommender_folder
+
+    # A recommender runs its own model (torch or numpy): the backend setting does not apply.
+    if settings.backend == "onnx" and not is_recommender_folder(folder):
         onnx_dir = folder / ONNX_DIR
         wanted = ["int8", "fp32"] if settings.precision == "auto" else [settings.precision]
         if not any((onnx_dir / ONNX_FILES[p]).is_file() for p in wanted):
