@@ -30,7 +30,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, default_threads, environment_info, format_table, now_iso, ratio, write_results
+from _common import (
+    RESULTS_DIR,
+    default_threads,
+    environment_info,
+    format_table,
+    now_iso,
+    ratio,
+    read_results,
+    write_results,
+)
 
 BENCHMARK = "recsys"
 SEED = 0
@@ -240,7 +249,52 @@ def cold_start(inter: Any, items: Any, threads: int) -> dict[str, Any]:
     return out
 
 
-def summarise(a: dict[str, Any], b: dict[str, Any] | None, cold: dict[str, Any] | None) -> dict[str, Any]:
+def serve_latency(threads: int, requests: int = 500) -> dict[str, Any]:
+    """p50/p99 of ``POST /v1/recommend`` over HTTP at concurrency 1, for a SASRec recommender.
+
+    The recommender (the protocol A architecture, trained briefly: latency does not depend on
+    how well it ranks) is saved, served by ``tunesmith serve`` on a free loopback port, and
+    asked for the top 10 of real users, one request at a time.
+    """
+    import asyncio
+    import json
+    import tempfile
+
+    from serving import closed_loop, free_port, start, stop
+    from tunesmith.datasets import movielens_100k
+    from tunesmith.recsys.recommender import Recommender
+
+    ratings, _, _ = movielens_100k()
+    with tempfile.TemporaryDirectory(prefix="bench-recsys-") as tmp:
+        folder = Path(tmp) / "recommender"
+        rec = Recommender(
+            model="sasrec",
+            min_rating=4,
+            pretrain=False,
+            seq=SAS,
+            finetune_settings={"epochs": 3},
+            seed=SEED,
+            threads=threads,
+        ).fit(ratings, user="user_id", item="item_id", time="timestamp", rating="rating")
+        rec.save(folder)
+        users = sorted(ratings["user_id"].astype(str).unique().tolist())
+        bodies = [json.dumps({"user": u, "k": 10}).encode() for u in users]
+        port = free_port()
+        cmd = [sys.executable, "-m", "tunesmith.cli", "serve", str(folder), "--port", str(port)]
+        cmd += ["--backend", "torch", "--threads", str(threads)]
+        proc = start(cmd, port, threads, Path(tmp) / "server.log")
+        try:
+            asyncio.run(closed_loop(port, "/v1/recommend", bodies, 1, 30, 30))
+            c1 = asyncio.run(closed_loop(port, "/v1/recommend", bodies, 1, requests, 60))
+        finally:
+            code = stop(proc)
+    print(f"[serve] /v1/recommend c1: p50 {c1['p50_ms']:.2f} ms, p99 {c1['p99_ms']:.2f} ms", flush=True)
+    return {"status": "ok", "c1": c1, "exit_code_after_sigterm": code}
+
+
+def summarise(
+    a: dict[str, Any], b: dict[str, Any] | None, cold: dict[str, Any] | None, serve: dict[str, Any] | None = None
+) -> dict[str, Any]:
     def get(d: dict[str, Any] | None, name: str, key: str) -> float | None:
         entry = (d or {}).get(name) or {}
         value = (entry.get("overall") or {}).get(key)
@@ -262,8 +316,8 @@ def summarise(a: dict[str, Any], b: dict[str, Any] | None, cold: dict[str, Any] 
         "hr10_cold_items_content": get(cold, "content", "hr@10"),
         "hr10_cold_items_id_only": get(cold, "id_only", "hr@10"),
         "train_seconds_finetuned": ((a.get("sasrec_finetuned") or {}).get("train_seconds")),
-        # Measured by the serving part of this benchmark once /v1/recommend exists.
-        "p99_ms_recommend": None,
+        "p99_ms_recommend": ((serve or {}).get("c1") or {}).get("p99_ms"),
+        "p50_ms_recommend": ((serve or {}).get("c1") or {}).get("p50_ms"),
     }
 
 
@@ -271,17 +325,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "recsys.json")
     p.add_argument("--threads", type=int, default=default_threads())
-    p.add_argument("--only", default="pop,bpr,ease,sasrec_scratch,sasrec_finetuned,protocol_b,cold")
+    p.add_argument("--only", default="pop,bpr,ease,sasrec_scratch,sasrec_finetuned,protocol_b,cold,serve")
+    p.add_argument(
+        "--merge", action="store_true", help="Keep the parts of an earlier result file that this run does not redo."
+    )
     args = p.parse_args(argv)
     only = set(args.only.split(","))
     import torch
 
     torch.set_num_threads(args.threads)
     inter, items = load()
+    earlier = read_results(args.out, BENCHMARK) if args.merge else {}
     a = protocol_a(inter, args.threads, only)
-    b = protocol_b(inter) if "protocol_b" in only else None
-    cold = cold_start(inter, items, args.threads) if "cold" in only else None
-    summary = summarise(a, b, cold)
+    if args.merge:
+        a = {**(earlier.get("protocol_a") or {}), **a}
+    b = protocol_b(inter) if "protocol_b" in only else earlier.get("protocol_b")
+    cold = cold_start(inter, items, args.threads) if "cold" in only else earlier.get("cold_start")
+    serve = serve_latency(args.threads) if "serve" in only else earlier.get("serve")
+    summary = summarise(a, b, cold, serve)
     checks = {}
     for key, (op, bound) in TARGETS.items():
         v = summary.get(key)
@@ -299,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             "scratch": SCRATCH,
             "created": now_iso(),
         },
-        results={"protocol_a": a, "protocol_b": b, "cold_start": cold, "targets_met": checks},
+        results={"protocol_a": a, "protocol_b": b, "cold_start": cold, "serve": serve, "targets_met": checks},
         summary=summary,
     )
     rows = [
