@@ -12,6 +12,9 @@ import pytest
 from tunesmith.cli import main
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from tunesmith.recsys.recommender import Recommender
+from tunesmith.runs.plots import plot_metric_by_group, plot_ranking_at_k
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 N_USERS, N_ITEMS, LENGTH = 40, 30, 8
 SEQ = {"dim": 16, "layers": 1, "heads": 2, "max_len": 10, "dropout": 0.0}
@@ -91,7 +94,13 @@ def test_unknown_user_and_unknown_history_items(sasrec):
 
 def test_save_load_round_trip(sasrec, tmp_path):
     folder = sasrec.save(tmp_path / "model")
-    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "tunesmith.json", "card.md"}
+    assert {p.name for p in folder.iterdir()} == {
+        "model.safetensors",
+        "tunesmith.json",
+        "card.md",
+        "ranking_at_k.png",
+        "ndcg_by_history.png",
+    }
     meta = json.loads((folder / "tunesmith.json").read_text())
     assert meta["task"] == "recommendation" and meta["model"] == "sasrec" and meta["format_version"] == 1
     assert "| sasrec |" in (folder / "card.md").read_text()
@@ -100,6 +109,39 @@ def test_save_load_round_trip(sasrec, tmp_path):
     assert loaded.test_metrics_["overall"]["ndcg@10"] == pytest.approx(sasrec.test_metrics_["overall"]["ndcg@10"])
     with pytest.raises(ArtifactError, match="already exists"):
         sasrec.save(folder)
+
+
+def test_save_writes_plots_linked_from_the_card(sasrec, tmp_path):
+    folder = sasrec.save(tmp_path / "model")
+    card = (folder / "card.md").read_text()
+    for name in ("ranking_at_k.png", "ndcg_by_history.png"):
+        assert (folder / name).read_bytes()[:8] == PNG_SIGNATURE
+        assert f"]({name})" in card
+    loaded = Recommender.load(folder)
+    assert loaded.recommend_batch(users=["u1"], k=5) == sasrec.recommend_batch(users=["u1"], k=5)
+    assert "ranking_at_k.png" not in sasrec.card()
+
+
+def test_recsys_plots_tolerate_missing_and_nan_values(tmp_path):
+    nan = float("nan")
+    models = {
+        "model": {
+            "overall": {"hr@5": 0.2, "ndcg@5": None, "hr@10": nan, "ndcg@10": 0.3, "hr@20": 0.5},
+            "by_history_length": {
+                "<10": {"ndcg@10": 0.1, "n_users": 4},
+                "10-29": {"ndcg@10": None, "n_users": 0},
+                ">=100": {"ndcg@10": nan, "n_users": 2},
+            },
+        },
+        "popularity": {"overall": {}, "by_history_length": {"<10": {"ndcg@10": 0.05, "n_users": 4}}},
+        "empty": {},
+    }
+    for path in (
+        plot_ranking_at_k(models, tmp_path / "k.png"),
+        plot_metric_by_group(models, tmp_path / "g.png"),
+        plot_metric_by_group({"m": {"by_history_length": {"<10": {"n_users": 0}}}}, tmp_path / "none.png"),
+    ):
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_load_refuses_other_models_and_pickles(tmp_path):

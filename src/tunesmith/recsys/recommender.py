@@ -45,6 +45,8 @@ TASK = "recommendation"
 MODEL_KINDS = ("sasrec", "ease", "bpr", "itemknn", "popularity")
 _CLASSIC = {"ease": EASE, "bpr": BPRMF, "itemknn": ItemKNN, "popularity": Popularity}
 KS = (5, 10, 20)
+RANKING_PLOT = "ranking_at_k.png"
+HISTORY_PLOT = "ndcg_by_history.png"
 # Fine-tuning starts from pre-trained weights, so it takes smaller steps than training from scratch.
 _PRETRAIN_DEFAULTS = {"epochs": 50, "lr": 1e-3, "patience": 5}
 _FINETUNE_DEFAULTS = {"epochs": 50, "lr": 3e-4, "patience": 5}
@@ -580,11 +582,24 @@ class Recommender:
             tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
             save_tensors(Path(tmp) / "model.safetensors", tensors, {"format": "tunesmith", "task": TASK})
             atomic_write_json(Path(tmp) / "tunesmith.json", json_safe(meta))
-            (Path(tmp) / "card.md").write_text(self.card(), encoding="utf-8")
+            self._save_plots(Path(tmp))
+            (Path(tmp) / "card.md").write_text(self.card(figures=True), encoding="utf-8")
         return final
 
-    def card(self) -> str:
-        """A short Markdown report: data, split, and test metrics against popularity."""
+    def _save_plots(self, folder: Path) -> None:
+        """Write ``ranking_at_k.png`` and ``ndcg_by_history.png``: the model against its baselines."""
+        from tunesmith.runs.plots import plot_metric_by_group, plot_ranking_at_k
+
+        models = {self.model: self.test_metrics_, **self.baseline_metrics_}
+        plot_ranking_at_k(models, folder / RANKING_PLOT)
+        plot_metric_by_group(models, folder / HISTORY_PLOT, metric="ndcg@10")
+
+    def card(self, figures: bool = False) -> str:
+        """A short Markdown report: data, split, and test metrics against popularity.
+
+        With ``figures`` the report links the plots :meth:`save` writes next to it
+        (``ranking_at_k.png`` and ``ndcg_by_history.png``).
+        """
         self._require_fitted()
         keys = ["hr@10", "ndcg@10", "recall@10", "mrr", "coverage@10"]
         rows = {self.model: self.test_metrics_["overall"]}
@@ -602,6 +617,21 @@ class Recommender:
             "The saved model is the one trained on the split (not refitted on the held-out interactions).",
             "",
         ]
+        if figures:
+            lines += [
+                "## Figures",
+                "",
+                "Hit rate and NDCG on the test interactions at list lengths k = 5, 10 and 20, "
+                "for this model and the baselines:",
+                "",
+                f"![Ranking quality by cut-off k]({RANKING_PLOT})",
+                "",
+                "NDCG@10 by how many distinct items are in a user's history (user count under each group; "
+                "empty groups left out), for this model and the baselines:",
+                "",
+                f"![NDCG@10 by history length]({HISTORY_PLOT})",
+                "",
+            ]
         return "\n".join(lines)
 
     @classmethod

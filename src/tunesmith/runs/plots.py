@@ -21,7 +21,13 @@ from matplotlib.figure import Figure
 from tunesmith.errors import DataError
 from tunesmith.runs.artifacts import atomic_write_bytes
 
-__all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_residuals"]
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_learning_curves",
+    "plot_metric_by_group",
+    "plot_ranking_at_k",
+    "plot_residuals",
+]
 
 DPI = 120
 _TRAIN = "#1f77b4"
@@ -242,4 +248,148 @@ def plot_residuals(
     for a in (ax, rx):
         _style(a)
     fig.suptitle(f"Regression diagnostics (n={len(t)}, RMSE={rmse:.4g}, MAE={mae:.4g})", fontweight="bold")
+    return _save(fig, path)
+
+
+def _at_k(metrics: Any, name: str) -> dict[int, float]:
+    """``{k: value}`` for every ``"<name>@<k>"`` key of a metrics dict (values may be NaN)."""
+    found: dict[int, float] = {}
+    if not isinstance(metrics, dict):
+        return found
+    for key, value in metrics.items():
+        base, sep, k = str(key).partition("@")
+        if sep and base == name and k.isdigit():
+            found[int(k)] = _number(value)
+    return found
+
+
+def plot_ranking_at_k(
+    models: dict[str, dict[str, Any]],
+    path: str | os.PathLike[str],
+    metrics: Sequence[str] = ("hr", "ndcg"),
+) -> Path:
+    """Plot ranking metrics against the cut-off k: one panel per metric, one line per model; save a PNG.
+
+    Args:
+        models: model name -> an evaluation dict, either ``{"overall": {"hr@10": .., ..}, ..}``
+            (as from :func:`tunesmith.recsys.metrics.evaluate_ranking`) or the flat
+            ``{"hr@10": .., ..}`` itself. Missing, None and NaN values leave gaps.
+        path: where to write the PNG (dpi 120).
+        metrics: metric names without the ``@k`` suffix, e.g. ``("hr", "ndcg")``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        DataError: ``models`` or ``metrics`` is empty.
+    """
+    names = list(metrics)
+    if not models or not names:
+        raise DataError("plot_ranking_at_k needs at least one model and one metric")
+    flat = {str(m): (d.get("overall", d) if isinstance(d, dict) else {}) for m, d in models.items()}
+
+    fig = Figure(figsize=(max(5.5, 4.8 * len(names)), 4.3))
+    axes = np.atleast_1d(fig.subplots(1, len(names))).ravel()
+    for ax, name in zip(axes, names, strict=True):
+        for i, (model, values) in enumerate(flat.items()):
+            points = _at_k(values, name)
+            ks = sorted(points)
+            ys = [points[k] for k in ks]
+            if not ks or all(math.isnan(y) for y in ys):
+                continue
+            ax.plot(ks, ys, marker="o", linewidth=1.6, color=_METRIC_COLORS[i % len(_METRIC_COLORS)], label=model)
+        all_ks = sorted({k for values in flat.values() for k in _at_k(values, name)})
+        if all_ks:
+            ax.set_xticks(all_ks)
+        else:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, color="#777777")
+        ax.set_xlabel("k (list length)")
+        ax.set_ylabel(f"{name}@k")
+        ax.set_title(f"{name.upper()}@k")
+        _style(ax)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(frameon=False, fontsize=9)
+    fig.suptitle("Ranking quality by cut-off", fontweight="bold")
+    return _save(fig, path)
+
+
+def plot_metric_by_group(
+    models: dict[str, dict[str, Any]],
+    path: str | os.PathLike[str],
+    metric: str = "ndcg@10",
+) -> Path:
+    """Draw one metric per user group (e.g. history length) as grouped bars, one bar per model; save a PNG.
+
+    Args:
+        models: model name -> an evaluation dict holding ``"by_history_length"``:
+            ``{group label: {metric: .., "n_users": ..}}`` (or that group mapping itself).
+            Groups with no users (``n_users`` 0 or missing in every model) are skipped;
+            a None or NaN value draws no bar.
+        path: where to write the PNG (dpi 120).
+        metric: the metric key to plot, e.g. ``"ndcg@10"``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        DataError: ``models`` is empty.
+    """
+    if not models:
+        raise DataError("plot_metric_by_group needs at least one model")
+    groups_by_model: dict[str, dict[str, Any]] = {}
+    for model, data in models.items():
+        inner = data.get("by_history_length", data) if isinstance(data, dict) else {}
+        groups_by_model[str(model)] = inner if isinstance(inner, dict) else {}
+
+    labels: list[str] = []
+    users: dict[str, int] = {}
+    for inner in groups_by_model.values():
+        for label, values in inner.items():
+            n = _number(values.get("n_users") if isinstance(values, dict) else None)
+            count = 0 if math.isnan(n) else int(n)
+            if str(label) not in labels:
+                labels.append(str(label))
+            users[str(label)] = max(users.get(str(label), 0), count)
+    labels = [label for label in labels if users[label] > 0]
+
+    fig = Figure(figsize=(max(5.5, 1.6 * max(1, len(labels)) + 2.5), 4.5))
+    ax = fig.subplots()
+    n_models = len(groups_by_model)
+    width = 0.8 / n_models
+    x = np.arange(len(labels))
+    for i, (model, inner) in enumerate(groups_by_model.items()):
+        ys = [
+            _number(inner.get(label, {}).get(metric) if isinstance(inner.get(label), dict) else None)
+            for label in labels
+        ]
+        if all(math.isnan(y) for y in ys):
+            continue  # no bar and no legend entry for a model without values
+        heights = [0.0 if math.isnan(y) else y for y in ys]
+        offset = (i - (n_models - 1) / 2) * width
+        bars = ax.bar(x + offset, heights, width, color=_METRIC_COLORS[i % len(_METRIC_COLORS)], label=model)
+        for bar, y in zip(bars, ys, strict=True):
+            if math.isnan(y):
+                bar.set_visible(False)
+            else:
+                ax.annotate(
+                    f"{y:.3f}",
+                    (bar.get_x() + bar.get_width() / 2, y),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{label}\n(n={users[label]})" for label in labels])
+    if not labels:
+        ax.text(0.5, 0.5, "no users in any group", ha="center", va="center", transform=ax.transAxes, color="#777777")
+    ax.set_xlabel("history length (distinct items)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by history length")
+    ax.set_ylim(bottom=0.0)
+    _style(ax)
+    ax.grid(False, axis="x")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=9)
     return _save(fig, path)
