@@ -228,7 +228,9 @@ def test_sigterm_finishes_admitted_requests_and_exits_0(server: Server) -> None:
     while time.monotonic() < until and not refused:
         try:
             httpx.get(server.base + "/live", timeout=0.5)
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+            # Refused outright, or reset: a connection that reached the backlog just as the
+            # listener closed was never admitted, and the kernel resets it.
             refused = True
         time.sleep(0.01)
     unfinished_when_refused = n - len(results)
