@@ -93,3 +93,13 @@ def test_short_histories_score_finite_in_training_and_inference_mode():
     assert np.isfinite(scores).all()
     # Padding does not change what a history scores: the same history alone or in a batch.
     assert np.allclose(model.score([np.array([4, 5])])[0], scores[1], atol=1e-5)
+
+
+def test_items_never_trained_on_are_not_recommended_without_content():
+    known = np.ones(N_ITEMS, dtype=bool)
+    known[[5, 6]] = False
+    seqs = [s[~np.isin(s, [5, 6])] for s in _cycles()]
+    model = SequentialRecommender(N_ITEMS, SMALL, known_items=known)
+    model.pretrain(seqs, TrainSettings(epochs=2))
+    scores = model.score(seqs[:4])
+    assert np.isneginf(scores[:, [5, 6]]).all() and np.isfinite(np.delete(scores, [5, 6], axis=1)).all()

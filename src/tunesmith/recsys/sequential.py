@@ -357,6 +357,10 @@ class SequentialRecommender:
             seq = torch.from_numpy(_pad_left(rows, self.cfg.max_len))
             hidden = self.net(seq)[:, -1]
             out[b : b + len(rows)] = (hidden @ table.T).numpy()
+        if self.net.content_proj is None:
+            # Without content, an item never seen in training has no vector at all: a score of
+            # 0 would be an artefact, so it is never recommended.
+            out[:, ~self._known.numpy()] = -np.inf
         return out
 
     def item_vectors(self) -> np.ndarray:
