@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunesmith.cli import main
+from tests.test_cli import cli
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from tunesmith.recsys.recommender import Recommender
 from tunesmith.runs.plots import plot_metric_by_group, plot_ranking_at_k
@@ -200,17 +200,6 @@ def test_add_items_makes_a_cold_item_recommendable():
     recs = rec.recommend("u0", k=N_ITEMS + 1)
     assert "new" in [r["item"] for r in recs]
     assert all(np.isfinite(r["score"]) for r in recs)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process: (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_fit_evaluate_predict(tmp_path, capsys):

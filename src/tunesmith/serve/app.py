@@ -928,32 +928,26 @@ def create_app(
         log_request(rid, started, status, version, backend, rows, outputs=outputs, error=error, nbytes=len(body))
         return response
 
+    def route(path: str, summary: str, schema: type[BaseModel], response: type[BaseModel], handler: Any) -> None:
+        # The body is read by the handler itself (to bound its size and time), so the request
+        # schema is declared for the OpenAPI document only.
+        app.post(
+            path,
+            summary=summary,
+            response_model=response,
+            responses=_ERRORS,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema.__name__}"}}},
+                }
+            },
+        )(handler)
+
     if state.recommender:
-        app.post(
-            "/v1/recommend",
-            summary="Top-k items for a user or a history",
-            response_model=RecommendResponse,
-            responses=_ERRORS,
-            openapi_extra={
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RecommendRequest"}}},
-                }
-            },
-        )(recommend)
+        route("/v1/recommend", "Top-k items for a user or a history", RecommendRequest, RecommendResponse, recommend)
     else:
-        app.post(
-            "/v1/predict",
-            summary="Predict one row or a batch",
-            response_model=PredictResponse,
-            responses=_ERRORS,
-            openapi_extra={
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
-                }
-            },
-        )(predict)
+        route("/v1/predict", "Predict one row or a batch", PredictRequest, PredictResponse, predict)
 
     @app.get("/v1/metadata", summary="Model and server metadata", responses={401: _ERRORS[401]})
     async def metadata() -> dict[str, Any]:
