@@ -24,11 +24,15 @@ if TYPE_CHECKING:
     from tunesmith.data.inspect import inspect_data
     from tunesmith.data.label_issues import find_label_issues
     from tunesmith.estimator import FineTuner, load
+    from tunesmith.tabular import TabularFineTuner
+    from tunesmith.vision import ImageFineTuner
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "FineTuner": "tunesmith.estimator",
+    "ImageFineTuner": "tunesmith.vision",
+    "TabularFineTuner": "tunesmith.tabular",
     "load": "tunesmith.estimator",
     "FitConfig": "tunesmith.config",
     "create_backbone": "tunesmith.backbones",
@@ -45,7 +49,9 @@ __all__ = [
     "DataError",
     "FineTuner",
     "FitConfig",
+    "ImageFineTuner",
     "NotFittedError",
+    "TabularFineTuner",
     "TunesmithError",
     "__version__",
     "clean_data",

@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -104,13 +105,92 @@ def print_fit_summary(ft: Any) -> None:
         console.print(f"run record: {ft.run_dir_}")
 
 
+KINDS = ("auto", "text", "image", "tabular")
+
+
+def _detect_kind(data: Path, kind: str, image_column: str | None, backbone: str | None, target: str | None) -> str:
+    """Which estimator a fit needs: image for a folder or an image-path column, tabular for a table without text."""
+    if kind not in KINDS:
+        raise typer.BadParameter(f"must be one of {', '.join(KINDS)}, got {kind!r}", param_hint="--kind")
+    if kind != "auto":
+        return kind
+    from tunesmith.backbones import backbone_modality
+
+    if data.is_dir() or image_column or (backbone and backbone_modality(backbone) == "image"):
+        return "image"
+    from tunesmith.data.io import read_table
+    from tunesmith.data.schema import column_role
+
+    df = read_table(data)
+    roles = [column_role(df[c], str(c)) for c in df.columns if c != target]
+    return "text" if "text" in roles else "tabular"
+
+
+def _plain_settings(
+    fields: Sequence[str], config: Path | None, overrides: list[str] | None, **flags: Any
+) -> dict[str, Any]:
+    """Settings for the image and tabular estimators (``fields``: the names each one accepts)."""
+    from tunesmith.config import load_config_file, parse_override
+
+    params: dict[str, Any] = load_config_file(config, fields) if config else {}
+    for text in overrides or []:
+        key, value = parse_override(text, fields)
+        params[key] = value
+    params.update({k: v for k, v in flags.items() if v is not None})
+    return params
+
+
+def _print_image_summary(ft: Any) -> None:
+    rows: dict[str, dict[str, Any]] = {}
+    if ft.test_metrics_:
+        rows[f"fine-tuned {ft.config_.backbone} ({ft.config_.strategy})"] = ft.test_metrics_
+    names = {"majority": "majority class", "frozen": "frozen features + linear"}
+    for key, m in ft.baseline_metrics_.items():
+        rows[names.get(key, key)] = m
+    if rows:
+        console.print(metrics_table(f"test split ({ft.split_sizes_['test']} images)", rows, ft.task_))
+    info = ft.training_info_
+    bn = info.get("batchnorm") or {}
+    console.print(
+        f"trained {info['epochs_run']} epoch(s) in {info['train_seconds']:.1f}s "
+        f"({info['train_examples_per_s'] or 0:.1f} images/s); best epoch {info['best_epoch']}; "
+        f"BatchNorm {bn.get('mode')}"
+        + (f" ({'kept' if bn.get('kept') else 'not kept'})" if bn.get("recalibrated_layers") else "")
+    )
+    info_data = ft.data_info_ or {}
+    skipped = (info_data.get("decode") or {}).get("skipped") or []
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]}[/yellow]")
+    if info_data.get("ignored_files"):
+        console.print(f"[yellow]{info_data['ignored_files']} file(s) in the folder are not images: ignored[/yellow]")
+
+
+def _print_tabular_summary(ft: Any) -> None:
+    rows = {}
+    for name, info in ft.candidates_.items():
+        shown = info.get("test") or info.get("valid") or {}
+        rows[name + (" (chosen)" if name == ft.chosen_ else "")] = shown
+    which = "test" if any(i.get("test") for i in ft.candidates_.values()) else "validation"
+    console.print(metrics_table(f"candidates on the {which} split", rows, ft.schema_.task))
+    console.print(f"chosen on validation: {ft.chosen_}")
+
+
 @app.command()
 def fit(
-    data: Annotated[Path, typer.Argument(help="Labeled data: CSV, TSV, Parquet or JSONL.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Column holding the labels.")],
+    data: Annotated[
+        Path, typer.Argument(help="Labeled data: CSV, TSV, Parquet or JSONL, or a folder of images (one per class).")
+    ],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="Column holding the labels (image folders: not needed).")
+    ] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Settings as key=value (e.g. lr=3e-5).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")] = None,
+    kind: Annotated[str, typer.Option(help="auto, text, image or tabular (auto: from the data).")] = "auto",
     text_column: Annotated[str | None, typer.Option(help="Text column (inferred if omitted).")] = None,
+    image_column: Annotated[str | None, typer.Option(help="Column of image paths (an image model).")] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Folder image paths are relative to (default: the table's).")
+    ] = None,
     task: Annotated[str | None, typer.Option(help="binary, multiclass or regression (inferred).")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone name or local model folder.")] = None,
     group_column: Annotated[str | None, typer.Option(help="Keep each group inside one split.")] = None,
@@ -121,8 +201,69 @@ def fit(
     cv_strategy: Annotated[str, typer.Option(help="stratified, group or time folds.")] = "stratified",
     time_column: Annotated[str | None, typer.Option(help="Order of rows for --cv-strategy time.")] = None,
 ) -> None:
-    """Fine-tune a backbone on DATA, compare with baselines, save the model and a run record."""
+    """Fine-tune a backbone on DATA, compare with baselines, save the model and a run record.
+
+    Text tables fine-tune a text encoder; a folder of images or a table with --image-column
+    fine-tunes an image CNN; a table without text trains the tabular models (LightGBM and a
+    neural network, the better on validation kept). --kind tabular also takes tables that mix
+    text with numbers and categories.
+    """
     from tunesmith.errors import ArtifactError
+
+    if output is not None and output.exists() and not overwrite:
+        # Say so now, not after the training run.
+        raise ArtifactError(
+            "the output folder already exists", path=output, hint="Pass --overwrite or choose another -o"
+        )
+    chosen = _detect_kind(data, kind, image_column, backbone, target)
+    if chosen in ("image", "tabular"):
+        # Say so rather than split at random behind the user's back.
+        unsupported = {
+            "--group-column": group_column,
+            "--split-column": split_column,
+            "--cv": cv,
+            "--time-column": time_column,
+            "--task": task if chosen == "image" else None,
+        }
+        for flag, value in unsupported.items():
+            if value is not None:
+                raise typer.BadParameter(f"is not supported for {chosen} models yet", param_hint=flag)
+    if chosen == "image":
+        from tunesmith.vision import ImageConfig, ImageFineTuner
+
+        params = _plain_settings(
+            list(ImageConfig.model_fields),
+            config,
+            overrides,
+            backbone=backbone,
+            target=target,
+            path_column=image_column,
+            root=str(root) if root else None,
+        )
+        ift = ImageFineTuner(**params).fit(data)
+        _print_image_summary(ift)
+        out = output or Path("model")
+        ift.save(out, overwrite=overwrite)
+        console.print(f"model saved to {out}")
+        return
+    if target is None:
+        raise typer.BadParameter("is required for a table (the column holding the labels)", param_hint="--target")
+    if chosen == "tabular":
+        from tunesmith.tabular import TabularFineTuner
+
+        params = _plain_settings(
+            TabularFineTuner._param_names(),
+            config,
+            overrides,
+            task=task,
+            text_columns=[text_column] if text_column else None,
+        )
+        tft = TabularFineTuner(target=target, **params).fit(data)
+        _print_tabular_summary(tft)
+        out = output or Path("model")
+        tft.save(out, overwrite=overwrite)
+        console.print(f"model saved to {out}")
+        return
     from tunesmith.estimator import FineTuner
 
     params = _settings(
@@ -148,11 +289,6 @@ def fit(
             f"(folds: {scores})",
             highlight=False,
         )
-    if output is not None and output.exists() and not overwrite:
-        # Say so now, not after the training run.
-        raise ArtifactError(
-            "the output folder already exists", path=output, hint="Pass --overwrite or choose another -o"
-        )
     ft = FineTuner(**params).fit(data, target=target, text_column=text_column)
     print_fit_summary(ft)
     out = output or (Path(ft.run_dir_) / "model" if ft.run_dir_ else Path("model"))
@@ -173,7 +309,8 @@ def evaluate(
 
     ft = tunesmith.load(model)
     metrics = ft.evaluate(data, target=target)
-    task = ft.schema_.task if ft.schema_ is not None else "binary"
+    schema = getattr(ft, "schema_", None)
+    task = schema.task if schema is not None else getattr(ft, "task_", "binary")
     console.print(metrics_table(f"{data.name} ({metrics.get('n', '?')} rows)", {"model": metrics}, task))
     dropped = metrics.get("dropped") or {}
     if dropped.get("dropped_total"):
@@ -193,11 +330,13 @@ def predict(
     chunk_rows: Annotated[int, typer.Option(help="Rows read, scored and written at a time.")] = 4096,
     batch_size: Annotated[int, typer.Option(help="Rows per model call.")] = 64,
     threads: Annotated[int | None, typer.Option(help="Compute threads (default: all cores).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Image models: folder the paths are relative to.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict labels (or values) for DATA and write them beside the input columns.
 
-    Large files are read, scored and written in chunks, so memory stays flat.
+    Large files are read, scored and written in chunks, so memory stays flat. For an image
+    model DATA is a table with the image-path column, or a folder of images.
     """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
@@ -207,6 +346,11 @@ def predict(
     if chunk_rows < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--chunk-rows")
     predictor = load_predictor(model, backend=backend, precision=precision, batch_size=batch_size, threads=threads)
+    if hasattr(predictor, "root"):
+        predictor.root = root or (data if data.is_dir() else data.parent)
+        if data.is_dir():
+            _predict_image_folder(predictor, data, output, proba)
+            return
     if proba and predictor.task == "regression":
         console.print("[yellow]--proba ignored: this model does regression[/yellow]")
     with Progress(
@@ -232,6 +376,28 @@ def predict(
         f"model {predictor.version})",
         soft_wrap=True,
     )
+
+
+def _predict_image_folder(predictor: Any, folder: Path, output: Path, proba: bool) -> None:
+    """Every image under ``folder`` (recursively), predicted and written as a table of path and label."""
+    import pandas as pd
+
+    from tunesmith.data.images import is_image_file
+    from tunesmith.data.io import write_table
+
+    paths = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    if not paths:
+        from tunesmith.errors import DataError
+
+        raise DataError("no images in this folder", file=folder, hint="Give a folder of .png/.jpg/... files")
+    frame = pd.DataFrame({predictor.path_column: paths})
+    preds, probabilities = predictor.predict_frame(frame)
+    frame["prediction"] = preds
+    if proba and probabilities is not None:
+        for i, label in enumerate(predictor.labels):
+            frame[f"proba_{label}"] = probabilities[:, i]
+    write_table(frame, output)
+    console.print(f"wrote {len(frame)} predictions to {output} ({predictor.backend}, model {predictor.version})")
 
 
 @app.command()
@@ -780,12 +946,13 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        # typer may raise its own vendored copy of click's exceptions, so they are recognised by
+        # what they do (show themselves, carry an exit code), not by click's classes.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         raise
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -201,15 +201,58 @@ def _closest(key: str, names: Iterable[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def make_config(params: Mapping[str, Any]) -> FitConfig:
-    """Validate ``params`` into a :class:`FitConfig`, raising :class:`ConfigError` on the first problem."""
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def validate_settings(model: type[SettingsT], params: Mapping[str, Any]) -> SettingsT:
+    """Validate ``params`` into ``model``, raising :class:`ConfigError` on the first problem."""
+    names = tuple(model.model_fields)
     for key in params:
-        if key not in FitConfig.model_fields:
-            raise ConfigError(f"unknown setting{_closest(key, FIELD_NAMES)}", key=key)
+        if key not in model.model_fields:
+            raise ConfigError(f"unknown setting{_closest(key, names)}", key=key)
     try:
-        return FitConfig(**params)
+        return model(**params)
     except ValidationError as exc:
         raise _config_error(exc) from None
+
+
+def make_config(params: Mapping[str, Any]) -> FitConfig:
+    """Validate ``params`` into a :class:`FitConfig`, raising :class:`ConfigError` on the first problem."""
+    return validate_settings(FitConfig, params)
+
+
+class SettingsEstimator:
+    """The scikit-learn parameter protocol for an estimator whose settings are one pydantic model.
+
+    The constructor only stores (and checks) the settings; ``get_params`` returns every
+    setting, given or defaulted; ``set_params`` validates the whole set before changing
+    anything. Subclasses name their model in ``settings_model``.
+    """
+
+    settings_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, **params: Any) -> None:
+        validate_settings(self.settings_model, params)  # check at construction time, not late
+        self._params: dict[str, Any] = dict(params)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Every setting, as passed or defaulted (the estimator protocol)."""
+        fields = self.settings_model.model_fields
+        return {
+            name: self._params[name] if name in self._params else field.get_default(call_default_factory=True)
+            for name, field in fields.items()
+        }
+
+    def set_params(self, **params: Any) -> Self:
+        """Change settings; the whole set is validated again before anything changes."""
+        merged = {**self._params, **params}
+        validate_settings(self.settings_model, merged)
+        self._params = merged
+        return self
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"{type(self).__name__}({shown})"
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
@@ -222,14 +265,18 @@ def _config_error(exc: ValidationError) -> ConfigError:
     return ConfigError(msg)
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one ``key=value`` command-line override; the value is read as YAML (so 1e-4, true, [a, b])."""
+def parse_override(text: str, fields: Sequence[str] | None = None) -> tuple[str, Any]:
+    """Parse one ``key=value`` command-line override; the value is read as YAML (so 1e-4, true, [a, b]).
+
+    ``fields`` lists the settings allowed (default: those of :class:`FitConfig`).
+    """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value", hint="For example: lr=3e-5")
     key, _, raw = text.partition("=")
     key = key.strip()
-    if key not in FitConfig.model_fields:
-        raise ConfigError(f"unknown setting{_closest(key, FIELD_NAMES)}", key=key)
+    allowed = tuple(fields) if fields is not None else FIELD_NAMES
+    if key not in allowed:
+        raise ConfigError(f"unknown setting{_closest(key, allowed)}", key=key)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
@@ -241,8 +288,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file of settings (flat ``key: value`` pairs)."""
+def load_config_file(path: str | Path, fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config file of settings (flat ``key: value`` pairs); ``fields`` as in :func:`parse_override`."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist", hint="Check the --config path")
@@ -252,9 +299,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of settings, got {type(data).__name__}")
+    allowed = tuple(fields) if fields is not None else FIELD_NAMES
     for key in data:
-        if key not in FitConfig.model_fields:
-            raise ConfigError(f"unknown setting in {p.name}{_closest(str(key), FIELD_NAMES)}", key=str(key))
+        if key not in allowed:
+            raise ConfigError(f"unknown setting in {p.name}{_closest(str(key), allowed)}", key=str(key))
     return dict(data)
 
 

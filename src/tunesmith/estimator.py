@@ -32,7 +32,7 @@ from tunesmith.adapt import (
 from tunesmith.backbones import create_backbone, is_registered
 from tunesmith.backbones.cache import FEATURE_CACHE, feature_key
 from tunesmith.backbones.text import TextBackbone, build_from_files
-from tunesmith.config import FIELD_NAMES, FitConfig, config_to_yaml, make_config
+from tunesmith.config import FitConfig, SettingsEstimator, config_to_yaml, make_config
 from tunesmith.data.clean import CleanReport
 from tunesmith.data.io import file_sha256, read_table
 from tunesmith.data.quality import Preprocessing, clean_before_split, clean_train
@@ -119,7 +119,7 @@ def _restore_label_values(labels: Sequence[str], values: Sequence[Any]) -> np.nd
     return np.asarray(list(labels), dtype=object)
 
 
-class FineTuner:
+class FineTuner(SettingsEstimator):
     """Fine-tune a pre-trained text backbone on a labeled table.
 
     Every keyword is a setting of :class:`tunesmith.config.FitConfig` (see ``docs/config.md``);
@@ -134,32 +134,14 @@ class FineTuner:
 
     model_path_: Path | None = None
 
-    def __init__(self, **params: Any) -> None:
-        make_config(params)
-        self._params: dict[str, Any] = dict(params)
+    settings_model = FitConfig
 
-    # --- scikit-learn estimator protocol -----------------------------------------------
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Every setting, as passed or defaulted (the estimator protocol)."""
-        defaults = FitConfig.model_fields
-        return {name: self._params.get(name, defaults[name].default) for name in FIELD_NAMES}
-
-    def set_params(self, **params: Any) -> FineTuner:
-        """Change settings; the whole set is validated again before anything changes."""
-        merged = {**self._params, **params}
-        make_config(merged)
-        self._params = merged
-        return self
+    # --- scikit-learn estimator protocol (get_params, set_params, repr: SettingsEstimator) ---
 
     @property
     def config(self) -> FitConfig:
         """The validated settings."""
         return make_config(self._params)
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
-        return f"FineTuner({shown})"
 
     def __sklearn_tags__(self) -> Any:  # pragma: no cover - only used by sklearn utilities
         from sklearn.utils import Tags, TargetTags
@@ -1166,9 +1148,26 @@ def _progress(description: str, total: int, *, enabled: bool) -> Any:
     return _RichBar(description, total) if enabled else _NullBar()
 
 
-def load(path: str | os.PathLike[str]) -> FineTuner:
-    """Load a saved model folder (see :meth:`FineTuner.save`)."""
-    return FineTuner.load(path)
+def load(path: str | os.PathLike[str]) -> Any:
+    """Load a saved model folder of any kind: text (:class:`FineTuner`), image
+    (:class:`~tunesmith.vision.ImageFineTuner`) or tabular (:class:`~tunesmith.tabular.TabularFineTuner`)."""
+    folder = Path(path)
+    kind = "text"
+    meta_file = folder / "tunesmith.json"
+    if meta_file.is_file():
+        try:
+            kind = str(json.loads(meta_file.read_text(encoding="utf-8")).get("kind", "text"))
+        except (OSError, json.JSONDecodeError, AttributeError):
+            kind = "text"  # FineTuner.load reports the unreadable file
+    if kind == "image":
+        from tunesmith.vision import ImageFineTuner
+
+        return ImageFineTuner.load(folder)
+    if kind == "tabular":
+        from tunesmith.tabular import TabularFineTuner
+
+        return TabularFineTuner.load(folder)
+    return FineTuner.load(folder)
 
 
 def embed_texts(

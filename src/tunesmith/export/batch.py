@@ -182,11 +182,17 @@ def predict_file(
     writer: _Writer | None = None
     kept: list[pd.DataFrame] = []
     rows = empty = 0
-    text_columns = list(predictor.schema.text_columns)
+    # Image models need their path column; tabular models name missing columns themselves.
+    text_columns = (
+        list(getattr(predictor, "required_columns", None) or predictor.schema.text_columns)
+        if hasattr(predictor, "schema")
+        else list(getattr(predictor, "required_columns", []))
+    )
     try:
         for chunk in chunks:
             if rows == 0:
-                _check_columns(chunk, text_columns, src)
+                if text_columns:
+                    _check_columns(chunk, text_columns, src)
                 if streamed:
                     text_input = detect_format(src, None)[0] != "parquet"
                     writer = _Writer(dst, widen=set(map(str, chunk.columns)) if text_input else set())

@@ -335,6 +335,18 @@ def export_onnx(
         raise ConfigError(f"must be at least 1, got {sample_size!r}", key="sample_size")
     _need_onnx()
     started = time.perf_counter()
+    kind_folder = getattr(model, "model_path_", None) if not isinstance(model, (str, os.PathLike)) else model
+    if kind_folder is None and type(model).__name__ in ("ImageFineTuner", "TabularFineTuner"):
+        raise ArtifactError(
+            "this estimator was never saved, so there is no model folder to export into",
+            hint="Call save(path) first, then export that folder",
+        )
+    if kind_folder is not None and Path(kind_folder).is_dir():
+        kind = read_meta(Path(kind_folder)).get("kind", "text")
+        if kind in ("image", "tabular"):
+            return _export_other(
+                Path(kind_folder), kind, quantize, data, target, tolerance, sample_size, opset, threads, seed
+            )
     ft, folder = _resolve_model(model)
     meta = read_meta(folder)
     schema = ft.schema_
@@ -403,6 +415,48 @@ def export_onnx(
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _export_other(
+    folder: Path,
+    kind: str,
+    quantize: str | None,
+    data: Any,
+    target: str | None,
+    tolerance: float,
+    sample_size: int,
+    opset: int,
+    threads: int | None,
+    seed: int,
+) -> ExportResult:
+    """Image and tabular models: an fp32 graph with the same parity check (int8 is for text encoders)."""
+    if quantize is not None:
+        raise ConfigError(
+            f"int8 quantisation is offered for text models only; this is a {kind} model",
+            key="quantize",
+            hint="Export without --quantize: dynamic int8 covers matrix products, not a CNN's convolutions or trees",
+        )
+    meta = read_meta(folder)
+    if kind == "image":
+        from tunesmith.export.modal import export_image_onnx
+
+        result: ExportResult = export_image_onnx(
+            folder,
+            meta,
+            data=data,
+            tolerance=tolerance,
+            sample_size=sample_size,
+            opset=opset,
+            threads=threads,
+            seed=seed,
+        )
+        return result
+    from tunesmith.export.modal import export_tabular_onnx
+
+    result = export_tabular_onnx(
+        folder, meta, data=data, tolerance=tolerance, sample_size=sample_size, opset=opset, threads=threads, seed=seed
+    )
+    return result
 
 
 def _gate_int8(

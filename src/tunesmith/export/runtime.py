@@ -255,10 +255,7 @@ class Predictor:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Softmax over classes, computed stably in float64 then returned as float32."""
-        z = logits.astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return softmax(logits).astype(np.float32)
 
     def predict_frame(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """``(predictions, probabilities)`` for a frame; probabilities are ``None`` for regression."""
@@ -274,7 +271,11 @@ class Predictor:
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any] | str], *, probabilities: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per row (dicts of column values or bare strings)."""
-        preds, proba = self._decode(self.logits(self.rows_to_texts(rows)))
+        return self.predictions(self.logits(self.rows_to_texts(rows)), probabilities)
+
+    def predictions(self, logits: np.ndarray, probabilities: bool) -> list[Prediction]:
+        """One :class:`Prediction` per row of model outputs (``probabilities``: include them)."""
+        preds, proba = self._decode(logits)
         if proba is None:
             return [Prediction(value=float(v)) for v in preds]
         out = []
@@ -322,6 +323,33 @@ class Predictor:
         """Release the session or model (the object must not be used afterwards)."""
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, computed stably in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def onnx_session(graph: Path, threads: int | None) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` compute threads; a bad graph is an :class:`ArtifactError`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise ArtifactError(
+            f"the ONNX graph cannot be loaded: {str(exc).splitlines()[0]}",
+            path=graph,
+            hint="Re-export the model with tunesmith export",
+        ) from None
+
+
 def _max_positions(folder: Path) -> int:
     """The encoder's position limit, which caps truncation exactly as training's tokenizer did."""
     try:
@@ -353,7 +381,6 @@ class OnnxPredictor(Predictor):
         graph: Path | None = None,
     ) -> None:
         super().__init__(folder, meta, batch_size=batch_size, version=version)
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         onnx_dir = folder / ONNX_DIR
@@ -386,18 +413,7 @@ class OnnxPredictor(Predictor):
             except (OSError, json.JSONDecodeError):
                 pass
         self._pad = int(pad) if pad is not None else 0
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-            raise ArtifactError(
-                f"the ONNX graph cannot be loaded: {str(exc).splitlines()[0]}",
-                path=graph,
-                hint="Re-export the model with tunesmith export",
-            ) from None
+        self._session = onnx_session(graph, threads)
         self._input_names = {i.name for i in self._session.get_inputs()}
 
     @property
@@ -493,6 +509,17 @@ def load_predictor(
     if not folder.is_dir():
         raise ArtifactError("no model folder here", path=folder, hint="Give a folder written by tunesmith fit")
     meta = read_meta(folder)
+    kind = meta.get("kind", "text")
+    if kind in ("image", "tabular"):
+        from tunesmith.export.modal import ImagePredictor, TabularPredictor
+
+        graph = None
+        if backend == "onnx":
+            from tunesmith.export.modal import _graph_path
+
+            graph = _graph_path(folder, precision)
+        cls = ImagePredictor if kind == "image" else TabularPredictor
+        return cls(folder, meta, backend=backend, batch_size=batch_size, threads=threads, version=version, graph=graph)
     if backend == "torch":
         if precision == "int8":
             raise ConfigError("int8 runs on the onnx backend only", key="precision", hint="Use --backend onnx")

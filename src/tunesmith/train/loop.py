@@ -188,6 +188,8 @@ def train(
                 "train_examples_per_s": epoch_examples / seconds if seconds > 0 else None,
             }
             if valid_loader is not None and valid_targets is not None:
+                for cb in ordered:
+                    cb.on_validation_start(state)
                 outputs = predict_outputs(model, valid_loader, accelerator, len(valid_targets))
                 with torch.no_grad():
                     out_t = torch.as_tensor(outputs).to(accelerator.device)
