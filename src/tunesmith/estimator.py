@@ -62,7 +62,7 @@ from tunesmith.train.callbacks import (
     TrainState,
     snapshot,
 )
-from tunesmith.train.loop import LoopSettings, train
+from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import class_weights, make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
 
@@ -588,16 +588,9 @@ class FineTuner(SettingsEstimator):
             # SHA-256), an export can measure int8 accuracy on exactly the rows the run was scored on.
             self.data_info_["test_rows"] = row_numbers(test_df).tolist()
         self.training_info_ = {
-            "epochs_run": len(state.history),
-            "best_epoch": state.best_epoch,
-            "monitor": f"valid_{monitor}",
-            "stopped_early": state.stop_reason is not None,
-            "stop_reason": state.stop_reason,
-            "train_seconds": train_seconds,
-            "train_examples": state.examples_seen,
-            "train_examples_per_s": state.examples_seen / train_seconds if train_seconds > 0 else None,
-            "validation_seconds": max(0.0, loop_seconds - train_seconds),
-            "total_seconds": time.perf_counter() - started,
+            **training_summary(
+                state, monitor=monitor, train_seconds=train_seconds, loop_seconds=loop_seconds, started=started
+            ),
             "parameters": self.n_parameters_,
         }
         self.run_dir_ = None

@@ -46,7 +46,7 @@ from tunesmith.runs.artifacts import (
     save_tensors,
 )
 from tunesmith.train.callbacks import Callback, EarlyStopping, EpochHook, ProgressBar, TrainState, snapshot
-from tunesmith.train.loop import LoopSettings, train
+from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
 
@@ -636,15 +636,9 @@ class ImageFineTuner(SettingsEstimator):
             "ignored_files": data.ignored_files,
         }
         self.training_info_ = {
-            "epochs_run": len(state.history),
-            "best_epoch": state.best_epoch,
-            "monitor": f"valid_{monitor}",
-            "stopped_early": state.stop_reason is not None,
-            "stop_reason": state.stop_reason,
-            "train_seconds": train_seconds,
-            "train_examples": state.examples_seen,
-            "train_examples_per_s": state.examples_seen / train_seconds if train_seconds > 0 else None,
-            "total_seconds": time.perf_counter() - started,
+            **training_summary(
+                state, monitor=monitor, train_seconds=train_seconds, loop_seconds=loop_seconds, started=started
+            ),
             "parameters": {"trainable": trainable, "total": total},
             "batchnorm": bn_info,
         }

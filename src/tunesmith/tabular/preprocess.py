@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.schema import did_you_mean, label_string, missing_mask
+from tunesmith.data.schema import label_string, missing_mask, require_column
 from tunesmith.data.validate import row_numbers
 from tunesmith.errors import ArtifactError, ConfigError, DataError
 
@@ -312,13 +312,7 @@ class TabularPreprocessor:
 
     def _check_columns(self, df: pd.DataFrame, file: str | Path | None) -> None:
         for col in self.columns:
-            if col not in df.columns:
-                raise DataError(
-                    f"feature column {col!r} is missing",
-                    file=file,
-                    column=col,
-                    hint=did_you_mean(col, df.columns),
-                )
+            require_column(df, col, "feature", file)
 
     def _build_index(self) -> None:
         self._index = {c: {v: i + 1 for i, v in enumerate(vocab)} for c, vocab in self.vocabularies.items()}

@@ -214,6 +214,24 @@ def train(
     return state
 
 
+def training_summary(
+    state: TrainState, *, monitor: str, train_seconds: float, loop_seconds: float, started: float
+) -> dict[str, Any]:
+    """What a fit reports about its training run (``training_info_``): epochs, best epoch, speed, time."""
+    return {
+        "epochs_run": len(state.history),
+        "best_epoch": state.best_epoch,
+        "monitor": f"valid_{monitor}",
+        "stopped_early": state.stop_reason is not None,
+        "stop_reason": state.stop_reason,
+        "train_seconds": train_seconds,
+        "train_examples": state.examples_seen,
+        "train_examples_per_s": state.examples_seen / train_seconds if train_seconds > 0 else None,
+        "validation_seconds": max(0.0, loop_seconds - train_seconds),
+        "total_seconds": time.perf_counter() - started,
+    }
+
+
 class _nullcontext:
     def __enter__(self) -> None:
         return None
