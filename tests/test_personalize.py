@@ -1,0 +1,113 @@
+"""Per-user head adapters and their store: training, validation gating, routing, one-at-a-time updates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tunesmith.errors import ArtifactError, ConfigError
+from tunesmith.personalize import (
+    AdapterStore,
+    HeadAdapter,
+    HeadAdapterSettings,
+    adapter_key,
+    apply_head_adapter,
+    fit_head_adapter,
+    validate_head_adapter,
+)
+
+
+def user_rows(n: int, flip: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features where the shared model's rule is 'feature 0 > 0'; a flipped user likes the opposite."""
+    rng = np.random.default_rng(seed)
+    f = rng.normal(size=(n, 16)).astype(np.float32)
+    shared = np.stack([-3 * f[:, 0], 3 * f[:, 0]], axis=1)
+    y = (f[:, 0] > 0).astype(np.int64)
+    return f, shared, (1 - y) if flip else y
+
+
+def test_adapter_learns_a_user_the_shared_model_gets_wrong_and_is_used():
+    f, z, y = user_rows(60, flip=True, seed=0)
+    fv, zv, yv = user_rows(30, flip=True, seed=1)
+    adapter = fit_head_adapter(f, z, y, HeadAdapterSettings(rank=2, steps=200, lr=0.05), seed=0)
+    report = validate_head_adapter(adapter, fv, zv, yv)
+    assert report["shared"]["accuracy"] < 0.1
+    assert report["adapter"]["accuracy"] > 0.9 and report["used"]
+
+
+def test_adapter_that_does_not_help_is_not_used():
+    f, z, y = user_rows(40, flip=False, seed=2)
+    fv, zv, yv = user_rows(20, flip=False, seed=3)
+    # The shared model is already right and confident: any change only costs log loss.
+    adapter = fit_head_adapter(f, z, 1 - y, HeadAdapterSettings(rank=0, steps=50), seed=0)
+    report = validate_head_adapter(adapter, fv, zv, yv)
+    assert not report["used"] and report["adapter"]["log_loss"] > report["shared"]["log_loss"]
+
+
+def test_untrained_adapter_is_the_shared_model_and_is_small():
+    adapter = HeadAdapter(384, 2, 4)
+    f, z, _ = user_rows(5, flip=False, seed=4)
+    f = np.pad(f, ((0, 0), (0, 384 - 16)))
+    np.testing.assert_allclose(apply_head_adapter(adapter, f, z), z, atol=1e-6)
+    size = sum(t.numel() * 4 for t in adapter.tensors().values())
+    assert size <= 64 * 1024
+
+
+def test_same_seed_same_adapter():
+    f, z, y = user_rows(30, flip=True, seed=5)
+    a = fit_head_adapter(f, z, y, seed=3).tensors()
+    b = fit_head_adapter(f, z, y, seed=3).tensors()
+    for k in a:
+        assert torch.equal(a[k], b[k])
+
+
+def test_store_adds_replaces_deletes_one_at_a_time_and_routes(tmp_path):
+    store = AdapterStore(tmp_path / "adapters", "sha256:base")
+    f, z, y = user_rows(30, flip=True, seed=6)
+    adapter = fit_head_adapter(f, z, y, seed=0)
+    store.put(adapter_key("user", 7), adapter.tensors(), {"level": "user", "kind": "head", "used": True})
+    store.put(adapter_key("user", "a/b ..x"), adapter.tensors(), {"level": "user", "kind": "head", "used": False})
+    store.put(adapter_key("segment", "north", "region"), adapter.tensors(), {"level": "segment", "kind": "head"})
+    assert len(store) == 3
+    files = sorted(p.name for p in (tmp_path / "adapters" / "adapters").iterdir())
+    assert all(name.endswith(".safetensors") and "/" not in name for name in files)
+
+    assert store.route(7, "north", segment_column="region").level == "user"
+    # an adapter that lost to the shared model on validation is skipped by the router
+    assert store.route("a/b ..x", "north", segment_column="region").to_dict() == {
+        "level": "segment",
+        "key": "segment:region=north",
+    }
+    assert store.route("unknown", "south", segment_column="region").level == "shared"
+
+    other_before = (tmp_path / "adapters" / store.info("segment:region=north")["file"]).read_bytes()
+    replaced = fit_head_adapter(f, z, 1 - y, seed=1)
+    store.put("user:7", replaced.tensors(), {"level": "user", "kind": "head"})
+    reopened = AdapterStore(tmp_path / "adapters", "sha256:base")
+    assert torch.equal(reopened.load("user:7")["B"], replaced.tensors()["B"])
+    assert (tmp_path / "adapters" / store.info("segment:region=north")["file"]).read_bytes() == other_before
+    reopened.delete("user:7")
+    assert "user:7" not in AdapterStore(tmp_path / "adapters", "sha256:base")
+    assert reopened.summary()["user"] == {"total": 1, "used": 0}
+    with pytest.raises(KeyError, match="no adapter"):
+        reopened.delete("user:7")
+
+
+def test_store_refuses_another_base_model_and_bad_input(tmp_path):
+    store = AdapterStore(tmp_path, "sha256:one")
+    store.put("user:1", HeadAdapter(4, 2, 1).tensors(), {"level": "user"})
+    with pytest.raises(ArtifactError, match="different shared model"):
+        AdapterStore(tmp_path, "sha256:two")
+    (tmp_path / "index.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(ArtifactError, match="not an adapter store"):
+        AdapterStore(tmp_path, "sha256:one")
+    with pytest.raises(ConfigError, match="needs its column name"):
+        adapter_key("segment", "x")
+    with pytest.raises(ConfigError) as err:
+        HeadAdapterSettings(rank=-1)
+    assert err.value.key == "rank"
+    with pytest.raises(ConfigError, match="same, non-zero row count"):
+        fit_head_adapter(np.zeros((3, 4)), np.zeros((2, 2)), np.zeros(3))
