@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -111,3 +113,84 @@ def test_store_refuses_another_base_model_and_bad_input(tmp_path):
     assert err.value.key == "rank"
     with pytest.raises(ConfigError, match="same, non-zero row count"):
         fit_head_adapter(np.zeros((3, 4)), np.zeros((2, 2)), np.zeros(3))
+
+
+def _ratings(n_users: int, rows: int, seed: int) -> pd.DataFrame:
+    """Two kinds of users: most like 'good' films, a quarter like the 'bad' ones."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for u in range(n_users):
+        contrarian = u % 4 == 0
+        for t in range(rows):
+            good = bool(rng.random() < 0.5)
+            text = ("a good great film" if good else "a bad awful film") + rng.choice([" indeed", " really", ""])
+            liked = good != contrarian
+            out.append(
+                {
+                    "user": f"u{u}",
+                    "region": "north" if u % 2 else "south",
+                    "t": t,
+                    "text": text,
+                    "label": "yes" if liked else "no",
+                }
+            )
+    return pd.DataFrame(out)
+
+
+@pytest.fixture(scope="module")
+def shared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tunesmith import FineTuner
+
+    folder = tmp_path_factory.mktemp("shared") / "model"
+    params = {
+        "backbone": "tiny-text",
+        "epochs": 4,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "max_length": 16,
+        "progress": False,
+        "runs_dir": "",
+        "num_threads": 1,
+        "baselines": False,
+    }
+    FineTuner(**params).fit(_ratings(16, 24, seed=0)[["text", "label"]], target="label").save(folder)
+    return folder
+
+
+def test_personalizer_fixes_contrarian_users_and_routes(shared_model, tmp_path):
+    from tunesmith.personalize.personalizer import Personalizer, time_ordered_holdout
+
+    data = _ratings(16, 30, seed=1)
+    held = time_ordered_holdout(data, "user", 0.2, "t")
+    train, test = data.loc[~held], data.loc[held]
+    assert len(test) == 16 * 6 and test.groupby("user")["t"].min().min() == 24
+    p = Personalizer(
+        shared_model,
+        tmp_path / "store",
+        user_column="user",
+        segment_column="region",
+        time_column="t",
+        min_rows=10,
+        steps=150,
+        progress=False,
+    )
+    p.fit(train)
+    assert len(p.store) == 16 + 2
+    result = p.evaluate(test)
+    users = result["users"].set_index("user")
+    contrarians = users.loc[[f"u{u}" for u in range(0, 16, 4)]]
+    assert contrarians["accuracy_personal"].mean() >= contrarians["accuracy_shared"].mean() + 0.3
+    assert result["summary"]["all"]["accuracy_personal"] >= result["summary"]["all"]["accuracy_shared"]
+    proba, levels = p.predict_proba(
+        pd.DataFrame({"user": ["nobody", "u0"], "region": ["north", "south"], "text": ["a good film", "a good film"]})
+    )
+    assert levels[0] in ("segment", "shared") and proba.shape == (2, 2)
+    # only the named user's adapter is rewritten
+    before = {k: p.store.info(k)["updated"] for k in p.store}
+    files = {k: (p.store.folder / p.store.info(k)["file"]).read_bytes() for k in p.store}
+    Personalizer(
+        shared_model, tmp_path / "store", user_column="user", time_column="t", min_rows=10, steps=20, progress=False
+    ).fit(train, users=["u1"])
+    again = AdapterStore(tmp_path / "store", p.base_fingerprint)
+    changed = [k for k in again if (again.folder / again.info(k)["file"]).read_bytes() != files[k]]
+    assert changed == ["user:u1"] and set(before) == set(again)

@@ -1,0 +1,319 @@
+"""Per-user and per-segment head adapters over a saved shared text classifier.
+
+:class:`Personalizer` reads each row's encoder features and shared logits from the saved
+model once (each distinct input text is embedded once), then trains one head adapter per
+user with at least ``min_rows`` labeled rows, and one per segment, on the earlier part of
+that user's (or segment's) rows in time order; the later ``valid_fraction`` decides whether
+the adapter is used. Prediction routes each row: the user's adapter, else the segment's,
+else the shared model, and says which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tunesmith.data.schema import label_string, require_column
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.personalize.head import (
+    HeadAdapter,
+    HeadAdapterSettings,
+    apply_head_adapter,
+    fit_head_adapter,
+    validate_head_adapter,
+)
+from tunesmith.personalize.store import AdapterStore, adapter_key
+
+SETTINGS_FILE = "personalize.json"
+
+
+def time_ordered_holdout(
+    df: pd.DataFrame, group_column: str, fraction: float, time_column: str | None = None
+) -> np.ndarray:
+    """Boolean mask of each group's last ``fraction`` of rows (by ``time_column``, else row order).
+
+    A group with ``n`` rows holds out ``floor(fraction * n)`` of them, so a group with very
+    few rows keeps them all for training.
+    """
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"must be in [0, 1), got {fraction}", key="valid_fraction")
+    order = np.arange(len(df))
+    keys = df[group_column].astype(str).to_numpy()
+    if time_column is not None:
+        times = pd.to_numeric(df[time_column], errors="coerce").to_numpy(dtype=float)
+        sorted_idx = np.lexsort((order, times, keys))
+    else:
+        sorted_idx = np.lexsort((order, keys))
+    held = np.zeros(len(df), dtype=bool)
+    sorted_keys = keys[sorted_idx]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    ends = np.r_[starts[1:], len(sorted_idx)]
+    for s, e in zip(starts, ends, strict=True):
+        k = int(np.floor(fraction * (e - s)))
+        if k:
+            held[sorted_idx[e - k : e]] = True
+    return held
+
+
+class Personalizer:
+    """Head adapters per user (and per segment) on top of a saved text classifier.
+
+    Parameters
+    ----------
+    base:
+        Folder of a saved :class:`~tunesmith.FineTuner` classification model (the shared model).
+    store:
+        Folder of the adapter store (created or reused; refused if built for another model).
+    user_column, segment_column, time_column:
+        Columns naming each row's user, its segment (optional) and its time (optional; row
+        order otherwise).
+    min_rows:
+        Labeled rows a user or segment needs for an adapter; others fall back.
+    valid_fraction:
+        The latest share of each user's rows that validates its adapter.
+    rank, l2, steps, lr, seed:
+        Head adapter training (:class:`~tunesmith.personalize.HeadAdapterSettings`).
+    """
+
+    def __init__(
+        self,
+        base: str | os.PathLike[str],
+        store: str | os.PathLike[str],
+        *,
+        user_column: str,
+        segment_column: str | None = None,
+        time_column: str | None = None,
+        min_rows: int = 10,
+        valid_fraction: float = 0.2,
+        rank: int = 4,
+        l2: float = 1e-2,
+        steps: int = 100,
+        lr: float = 0.05,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        from tunesmith.estimator import FineTuner
+        from tunesmith.export.runtime import model_version
+
+        if min_rows < 2:
+            raise ConfigError(f"must be at least 2, got {min_rows}", key="min_rows")
+        if not 0 < valid_fraction < 1:
+            raise ConfigError(f"must be between 0 and 1, got {valid_fraction}", key="valid_fraction")
+        self.settings = HeadAdapterSettings(rank=rank, l2=l2, steps=steps, lr=lr)
+        self.base_path = Path(base)
+        self.base = FineTuner.load(self.base_path)
+        if self.base.schema_ is None or self.base.schema_.task == "regression":
+            raise ConfigError("personalisation needs a classification model as the shared model", key="base")
+        self.user_column = user_column
+        self.segment_column = segment_column
+        self.time_column = time_column
+        self.min_rows = min_rows
+        self.valid_fraction = valid_fraction
+        self.seed = seed
+        self.progress = progress
+        self.base_fingerprint = "sha256:" + model_version(self.base_path)
+        self.store = AdapterStore(store, self.base_fingerprint)
+        self.labels = list(self.base.schema_.labels or [])
+
+    # --- shared model ------------------------------------------------------------------------
+
+    def shared_outputs(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Encoder features ``(n, d)`` and shared logits ``(n, k)`` of each row."""
+        from tunesmith.estimator import FineTuner
+
+        ft = self.base
+        assert ft.model_ is not None
+        texts, _, _ = ft._texts_for_prediction(df)
+        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        ids = ft.backbone_.tokenize([str(t) for t in unique], ft.config_.max_length)
+        features = FineTuner._run_batches(
+            ft.backbone_,
+            ids,
+            ft.config_.eval_batch_size,
+            ft.backbone_.pad_id,
+            progress=self.progress,
+            description="shared model features",
+        )
+        with torch.inference_mode():
+            logits = ft.model_.head(torch.as_tensor(features)).float().numpy()
+        inv = inverse.reshape(-1)
+        return features[inv].astype(np.float32), logits[inv].astype(np.float32)
+
+    def _targets(self, df: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+        """Class indices and a mask of rows whose label the shared model knows (others are dropped, counted)."""
+        index = {name: i for i, name in enumerate(self.labels)}
+        raw = df[target]
+        names = [None if pd.isna(v) else label_string(v) for v in raw.tolist()]
+        known = np.array([n is not None and n in index for n in names], dtype=bool)
+        y = np.array([index[n] if k and n is not None else -1 for n, k in zip(names, known, strict=True)])
+        return y.astype(np.int64), known
+
+    # --- training ----------------------------------------------------------------------------
+
+    def fit(self, data: pd.DataFrame | str | os.PathLike[str], *, users: list[Any] | None = None) -> Personalizer:
+        """Train (or retrain) adapters; with ``users``, only those users' adapters change."""
+        df = self._read(data)
+        assert self.base.schema_ is not None
+        target = self.base.schema_.target
+        require_column(df, self.user_column, "user", None)
+        require_column(df, target, "target", None)
+        if self.segment_column:
+            require_column(df, self.segment_column, "segment", None)
+        y, known = self._targets(df, target)
+        self.dropped_ = {"unknown_or_missing_label": int((~known).sum())}
+        df, y = df.loc[known].reset_index(drop=True), y[known]
+        features, logits = self.shared_outputs(df)
+        report: dict[str, Any] = {"user": {}, "segment": {}}
+        wanted = None if users is None else {str(u) for u in users}
+        groups: list[tuple[str, str | None]] = [("user", self.user_column)]
+        if self.segment_column and users is None:
+            groups.append(("segment", self.segment_column))
+        for level, column in groups:
+            assert column is not None
+            held = time_ordered_holdout(df, column, self.valid_fraction, self.time_column)
+            keys = df[column].astype(str).to_numpy()
+            for value in pd.unique(keys):
+                if wanted is not None and value not in wanted:
+                    continue
+                rows = keys == value
+                train, valid = rows & ~held, rows & held
+                key = adapter_key(level, value, column if level == "segment" else None)
+                if rows.sum() < self.min_rows or not valid.any():
+                    report[level][value] = {"rows": int(rows.sum()), "adapter": False}
+                    if key in self.store:
+                        self.store.delete(key)  # too few rows now: the stale adapter must not answer
+                    continue
+                adapter = fit_head_adapter(features[train], logits[train], y[train], self.settings, seed=self.seed)
+                check = validate_head_adapter(adapter, features[valid], logits[valid], y[valid])
+                meta = {
+                    "level": level,
+                    "kind": "head",
+                    "rows_train": int(train.sum()),
+                    "rows_valid": int(valid.sum()),
+                    "used": bool(check["used"]),
+                    "validation": check,
+                    "settings": self.settings.__dict__,
+                }
+                self.store.put(key, adapter.tensors(), meta)
+                report[level][value] = {"rows": int(rows.sum()), "adapter": True, "used": bool(check["used"])}
+        self.report_ = report
+        self._write_settings()
+        return self
+
+    def _read(self, data: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
+        if isinstance(data, pd.DataFrame):
+            return data.reset_index(drop=True)
+        from tunesmith.data.io import read_table
+
+        return read_table(data)
+
+    def _write_settings(self) -> None:
+        from tunesmith.runs.artifacts import atomic_write_json
+
+        atomic_write_json(
+            self.store.folder / SETTINGS_FILE,
+            {
+                "base": str(self.base_path.resolve()),
+                "base_fingerprint": self.base_fingerprint,
+                "user_column": self.user_column,
+                "segment_column": self.segment_column,
+                "time_column": self.time_column,
+                "min_rows": self.min_rows,
+                "valid_fraction": self.valid_fraction,
+                "head": self.settings.__dict__,
+                "seed": self.seed,
+            },
+        )
+
+    # --- prediction and evaluation -----------------------------------------------------------
+
+    def predict_proba(self, data: pd.DataFrame | str | os.PathLike[str]) -> tuple[np.ndarray, list[str]]:
+        """Probabilities per row and the level that answered it (``user``, ``segment`` or ``shared``)."""
+        df = self._read(data)
+        require_column(df, self.user_column, "user", None)
+        features, logits = self.shared_outputs(df)
+        out = logits.copy()
+        levels = ["shared"] * len(df)
+        users = df[self.user_column].astype(str).to_numpy()
+        segments = df[self.segment_column].astype(str).to_numpy() if self.segment_column in df.columns else None
+        cache: dict[str, HeadAdapter] = {}
+        routes: dict[str, list[int]] = {}
+        for i in range(len(df)):
+            route = self.store.route(
+                users[i], None if segments is None else segments[i], segment_column=self.segment_column
+            )
+            levels[i] = route.level
+            if route.key is not None:
+                routes.setdefault(route.key, []).append(i)
+        for key, rows in routes.items():
+            adapter = cache.setdefault(key, HeadAdapter.from_tensors(self.store.load(key)))
+            out[rows] = apply_head_adapter(adapter, features[rows], logits[rows])
+        from tunesmith.export.runtime import softmax
+
+        return softmax(out).astype(np.float32), levels
+
+    def evaluate(self, data: pd.DataFrame | str | os.PathLike[str]) -> dict[str, Any]:
+        """Per-user accuracy and ROC AUC (binary), personalised vs shared, on labeled rows.
+
+        ``users`` holds one record per user; ``summary`` the means over users, overall and by
+        the number of training rows the user's adapter had (``<20``, ``20-49``, ``50+``,
+        ``none`` for users without an adapter).
+        """
+        from sklearn.metrics import roc_auc_score
+
+        from tunesmith.export.runtime import softmax
+
+        df = self._read(data)
+        assert self.base.schema_ is not None
+        y, known = self._targets(df, self.base.schema_.target)
+        df, y = df.loc[known].reset_index(drop=True), y[known]
+        if not len(df):
+            raise DataError("no labeled rows to evaluate", hint="Give rows with the target column filled")
+        personal, levels = self.predict_proba(df)
+        _, logits = self.shared_outputs(df)
+        shared = softmax(logits)
+        binary = len(self.labels) == 2
+        records = []
+        for user, idx in df.groupby(df[self.user_column].astype(str)).indices.items():
+            yt = y[idx]
+            rec: dict[str, Any] = {"user": user, "rows": len(idx), "level": levels[idx[0]]}
+            key = adapter_key("user", user)
+            rec["train_rows"] = int(self.store.info(key)["rows_train"]) if key in self.store else 0
+            for name, proba in (("shared", shared), ("personal", personal)):
+                rec[f"accuracy_{name}"] = float(np.mean(proba[idx].argmax(axis=1) == yt))
+                if binary and len(np.unique(yt)) == 2:
+                    rec[f"auc_{name}"] = float(roc_auc_score(yt, proba[idx, 1]))
+            records.append(rec)
+        table = pd.DataFrame(records)
+
+        def means(frame: pd.DataFrame) -> dict[str, Any]:
+            out: dict[str, Any] = {"users": len(frame)}
+            for col in ("accuracy_shared", "accuracy_personal", "auc_shared", "auc_personal"):
+                if col in frame.columns and frame[col].notna().any():
+                    out[col] = float(frame[col].mean())
+            return out
+
+        bins = pd.cut(table["train_rows"], [-1, 0, 19, 49, np.inf], labels=["none", "<20", "20-49", "50+"])
+        summary = {
+            "all": means(table),
+            "by_train_rows": {str(b): means(g) for b, g in table.groupby(bins, observed=True)},
+        }
+        return {"users": table, "summary": summary, "levels": pd.Series(levels).value_counts().to_dict()}
+
+
+def load_settings(store: str | os.PathLike[str]) -> dict[str, Any]:
+    """The settings a store was built with (``personalize.json``)."""
+    path = Path(store) / SETTINGS_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        from tunesmith.errors import ArtifactError
+
+        raise ArtifactError(f"{SETTINGS_FILE} cannot be read: {exc}", path=Path(store)) from None
+    return data
