@@ -194,3 +194,37 @@ def test_personalizer_fixes_contrarian_users_and_routes(shared_model, tmp_path):
     again = AdapterStore(tmp_path / "store", p.base_fingerprint)
     changed = [k for k in again if (again.folder / again.info(k)["file"]).read_bytes() != files[k]]
     assert changed == ["user:u1"] and set(before) == set(again)
+
+
+def test_cli_personalize_trains_and_updates_named_users(shared_model, tmp_path, capsys):
+    from .test_cli import cli
+
+    csv = tmp_path / "ratings.csv"
+    _ratings(8, 20, seed=2).to_csv(csv, index=False)
+    store = tmp_path / "store"
+    code, out, err = cli(
+        capsys,
+        "personalize",
+        str(shared_model),
+        str(csv),
+        "--user-column",
+        "user",
+        "--time-column",
+        "t",
+        "--segment-column",
+        "region",
+        "-o",
+        str(store),
+    )
+    assert code == 0, err
+    assert "user adapters: 8 user(s)" in out and "segment adapters: 2 segment(s)" in out
+    assert (store / "index.json").is_file() and (store / "personalize.json").is_file()
+    code, out, err = cli(
+        capsys, "personalize", str(shared_model), str(csv), "--user-column", "user", "--users", "u3", "-o", str(store)
+    )
+    assert code == 0, err
+    assert "user adapters: 1 user(s)" in out
+    code, _, err = cli(
+        capsys, "personalize", str(shared_model), str(csv), "--user-column", "customer", "-o", str(store)
+    )
+    assert code != 0 and "user column 'customer' not found" in err and "Traceback" not in err

@@ -776,6 +776,63 @@ def demo(
     console.print(f"model saved to {output}; try: tunesmith predict {output} reviews.csv -o predictions.csv")
 
 
+@app.command()
+def personalize(
+    base: Annotated[Path, typer.Argument(help="Shared model folder (a text classifier written by fit).")],
+    data: Annotated[Path, typer.Argument(help="Labeled rows with a user column: CSV, TSV, Parquet or JSONL.")],
+    user_column: Annotated[str, typer.Option(help="Column naming each row's user.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Adapter store folder (created or updated).")],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Label column (default: the model's).")] = None,
+    segment_column: Annotated[str | None, typer.Option(help="Also one adapter per value of this column.")] = None,
+    time_column: Annotated[str | None, typer.Option(help="Order of each user's rows (default: file order).")] = None,
+    users: Annotated[str | None, typer.Option(help="Comma-separated users: update only their adapters.")] = None,
+    min_rows: Annotated[int, typer.Option(help="Labeled rows a user needs for an adapter.")] = 10,
+    valid_fraction: Annotated[float, typer.Option(help="Latest share of a user's rows that validates it.")] = 0.2,
+    rank: Annotated[int, typer.Option(help="Rank of the head adapter's correction.")] = 4,
+) -> None:
+    """Train a head adapter per user (and per segment) on top of a shared model.
+
+    An adapter is kept only if it beats the shared model on the user's latest rows; users
+    without one fall back to their segment's adapter, then to the shared model.
+    """
+    import pandas as pd
+
+    from tunesmith.data.io import read_table
+    from tunesmith.personalize.personalizer import Personalizer
+
+    frame = read_table(data)
+    p = Personalizer(
+        base,
+        output,
+        user_column=user_column,
+        segment_column=segment_column,
+        time_column=time_column,
+        min_rows=min_rows,
+        valid_fraction=valid_fraction,
+        rank=rank,
+    )
+    assert p.base.schema_ is not None
+    wanted = p.base.schema_.target
+    if target is not None and target != wanted:
+        from tunesmith.data.schema import require_column
+
+        require_column(frame, target, "target", data)
+        frame = frame.assign(**{wanted: frame[target]})
+    chosen = [u.strip() for u in users.split(",") if u.strip()] if users else None
+    p.fit(frame, users=chosen)
+    for level, report in p.report_.items():
+        if not report:
+            continue
+        counts = pd.Series(
+            [("used" if r.get("used") else "not better" if r["adapter"] else "too few rows") for r in report.values()]
+        ).value_counts()
+        shown = ", ".join(f"{n} {what}" for what, n in counts.items())
+        console.print(f"{level} adapters: {len(report)} {level}(s): {shown}")
+    if p.dropped_.get("unknown_or_missing_label"):
+        console.print(f"[yellow]{p.dropped_['unknown_or_missing_label']} row(s) without a known label dropped[/yellow]")
+    console.print(f"adapters saved to {output} ({len(p.store)} in the store)")
+
+
 recommend_app = typer.Typer(
     help="Recommend items from an interaction log: fit, evaluate, predict top-k lists.",
     no_args_is_help=True,

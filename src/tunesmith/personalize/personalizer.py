@@ -79,6 +79,9 @@ class Personalizer:
         The latest share of each user's rows that validates its adapter.
     rank, l2, steps, lr, seed:
         Head adapter training (:class:`~tunesmith.personalize.HeadAdapterSettings`).
+    feature_cache:
+        The shared model's features and logits per input text. Give one dict to several
+        Personalizers of the same shared model so each text is embedded once.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Personalizer:
         lr: float = 0.05,
         seed: int = 0,
         progress: bool = True,
+        feature_cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         from tunesmith.estimator import FineTuner
         from tunesmith.export.runtime import model_version
@@ -120,30 +124,42 @@ class Personalizer:
         self.base_fingerprint = "sha256:" + model_version(self.base_path)
         self.store = AdapterStore(store, self.base_fingerprint)
         self.labels = list(self.base.schema_.labels or [])
+        # The shared model's outputs per input text; pass one dict to several Personalizers of the
+        # same shared model to embed each text once.
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = feature_cache if feature_cache is not None else {}
 
     # --- shared model ------------------------------------------------------------------------
 
     def shared_outputs(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Encoder features ``(n, d)`` and shared logits ``(n, k)`` of each row."""
+        """Encoder features ``(n, d)`` and shared logits ``(n, k)`` of each row.
+
+        Each distinct input text is run through the encoder once per cache (see ``feature_cache``).
+        """
         from tunesmith.estimator import FineTuner
 
         ft = self.base
         assert ft.model_ is not None
         texts, _, _ = ft._texts_for_prediction(df)
         unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        ids = ft.backbone_.tokenize([str(t) for t in unique], ft.config_.max_length)
-        features = FineTuner._run_batches(
-            ft.backbone_,
-            ids,
-            ft.config_.eval_batch_size,
-            ft.backbone_.pad_id,
-            progress=self.progress,
-            description="shared model features",
-        )
-        with torch.inference_mode():
-            logits = ft.model_.head(torch.as_tensor(features)).float().numpy()
+        missing = [str(t) for t in unique if t not in self._cache]
+        if missing:
+            ids = ft.backbone_.tokenize(missing, ft.config_.max_length)
+            features = FineTuner._run_batches(
+                ft.backbone_,
+                ids,
+                ft.config_.eval_batch_size,
+                ft.backbone_.pad_id,
+                progress=self.progress,
+                description="shared model features",
+            )
+            with torch.inference_mode():
+                logits = ft.model_.head(torch.as_tensor(features)).float().numpy()
+            for text, f, z in zip(missing, features, logits, strict=True):
+                self._cache[text] = (f.astype(np.float32), z.astype(np.float32))
+        feats = np.stack([self._cache[str(t)][0] for t in unique])
+        outs = np.stack([self._cache[str(t)][1] for t in unique])
         inv = inverse.reshape(-1)
-        return features[inv].astype(np.float32), logits[inv].astype(np.float32)
+        return feats[inv], outs[inv]
 
     def _targets(self, df: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
         """Class indices and a mask of rows whose label the shared model knows (others are dropped, counted)."""
