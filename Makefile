@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,9 @@ bench-recsys: setup
 
 bench-vision-tabular: setup
 	$(BIN)/python bench/vision_tabular.py
+
+bench-personalization: setup
+	$(BIN)/python bench/personalization.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
