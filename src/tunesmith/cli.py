@@ -382,14 +382,11 @@ def _predict_image_folder(predictor: Any, folder: Path, output: Path, proba: boo
     """Every image under ``folder`` (recursively), predicted and written as a table of path and label."""
     import pandas as pd
 
-    from tunesmith.data.images import is_image_file
+    from tunesmith.data.images import list_images
     from tunesmith.data.io import write_table
 
-    paths = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
-    if not paths:
-        from tunesmith.errors import DataError
-
-        raise DataError("no images in this folder", file=folder, hint="Give a folder of .png/.jpg/... files")
+    base = folder.resolve()
+    paths = [str(Path(p).relative_to(base)) for p in list_images(base)]
     frame = pd.DataFrame({predictor.path_column: paths})
     preds, probabilities = predictor.predict_frame(frame)
     frame["prediction"] = preds

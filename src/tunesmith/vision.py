@@ -31,6 +31,7 @@ from tunesmith.data.images import (
     decode_images,
     images_from_array,
     is_image_file,
+    list_images,
     read_image_folder,
     resolve_image_paths,
 )
@@ -758,9 +759,7 @@ class ImageFineTuner(SettingsEstimator):
         elif isinstance(X, (str, os.PathLike)) and Path(X).is_dir():
             # A folder to predict: every image under it, in sorted order (class sub-folders optional).
             root = Path(X).resolve()
-            X = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
-            if not X:
-                raise DataError("no images in this folder", file=root, hint="Give a folder of .png/.jpg/... files")
+            X = list_images(root)
         # Predictions must line up with the inputs: an unreadable image is an error here, whatever
         # on_error says (that setting is for training data).
         loaded = self._load(

@@ -162,6 +162,15 @@ def _images_under(folder: Path) -> tuple[list[str], int]:
     return found, ignored
 
 
+def list_images(folder: str | os.PathLike[str]) -> list[str]:
+    """Every image file below ``folder`` (hidden files and folders skipped), sorted; a :class:`DataError` if none."""
+    base = Path(folder).resolve()
+    found, _ = _images_under(base)
+    if not found:
+        raise DataError("no images in this folder", file=base, hint="Give a folder of .png/.jpg/... files")
+    return found
+
+
 def resolve_image_paths(
     df: pd.DataFrame,
     path_column: str,

@@ -243,7 +243,7 @@ def export_image_onnx(
     """Trace an image model into ``onnx/model.onnx`` and check it against PyTorch."""
     import torch
 
-    from tunesmith.export.onnx import _quiet_export
+    from tunesmith.export.onnx import trace_to_onnx
     from tunesmith.vision import ImageFineTuner
 
     started = time.perf_counter()
@@ -253,19 +253,8 @@ def export_image_onnx(
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
         fp32 = scratch / ONNX_FILES["fp32"]
-        example = torch.zeros(2, 3, size, size)
-        with _quiet_export(), torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(
-                ft.model_,
-                (example,),
-                str(fp32),
-                dynamo=False,
-                input_names=["pixels"],
-                output_names=["logits"],
-                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=opset,
-                do_constant_folding=True,
-            )
+        axes = {"pixels": {0: "batch"}, "logits": {0: "batch"}}
+        trace_to_onnx(ft.model_, (torch.zeros(2, 3, size, size),), fp32, ["pixels"], axes, opset=opset)
         onnx_side = ImagePredictor(
             folder, meta, backend="onnx", batch_size=32, threads=threads, version="export-check", graph=fp32
         )
@@ -578,20 +567,10 @@ def _write_trees(booster: Any, n_features: int, path: Path) -> None:
 def _write_net(net: Any, features: Any, path: Path, opset: int) -> None:
     import torch
 
-    from tunesmith.export.onnx import _quiet_export
+    from tunesmith.export.onnx import trace_to_onnx
 
     numeric = torch.as_tensor(features.numeric[:2], dtype=torch.float32)
     categorical = torch.as_tensor(features.categorical[:2], dtype=torch.long)
     net.eval()
-    with _quiet_export(), torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(
-            net,
-            (numeric, categorical),
-            str(path),
-            dynamo=False,
-            input_names=["numeric", "categorical"],
-            output_names=["logits"],
-            dynamic_axes={"numeric": {0: "batch"}, "categorical": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
+    axes = {"numeric": {0: "batch"}, "categorical": {0: "batch"}, "logits": {0: "batch"}}
+    trace_to_onnx(net, (numeric, categorical), path, ["numeric", "categorical"], axes, opset=opset)

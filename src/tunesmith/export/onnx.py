@@ -141,15 +141,30 @@ def write_graph(ft: Any, path: Path, *, opset: int = OPSET) -> None:
         input_ids[i, : len(seq)] = torch.as_tensor(seq)
         mask[i, : len(seq)] = 1
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "logits": {0: "batch"}}
+    trace_to_onnx(module, (input_ids, mask), path, ["input_ids", "attention_mask"], axes, opset=opset)
+
+
+def trace_to_onnx(
+    module: Any,
+    example: tuple[Any, ...],
+    path: Path,
+    input_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    *,
+    opset: int = OPSET,
+) -> None:
+    """Trace ``module`` on ``example`` inputs into ``path``; one output, ``logits``, every model kind alike."""
+    import torch
+
     with _quiet_export(), torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
             module,
-            (input_ids, mask),
+            example,
             str(path),
             dynamo=False,
-            input_names=["input_ids", "attention_mask"],
+            input_names=input_names,
             output_names=["logits"],
-            dynamic_axes=axes,
+            dynamic_axes=dynamic_axes,
             opset_version=opset,
             do_constant_folding=True,
         )
