@@ -228,3 +228,4 @@ def test_cli_personalize_trains_and_updates_named_users(shared_model, tmp_path, 
         capsys, "personalize", str(shared_model), str(csv), "--user-column", "customer", "-o", str(store)
     )
     assert code != 0 and "user column 'customer' not found" in err and "Traceback" not in err
+    assert "ratings.csv" in err

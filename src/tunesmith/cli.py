@@ -797,7 +797,6 @@ def personalize(
     from tunesmith.data.io import read_table
     from tunesmith.personalize.personalizer import Personalizer
 
-    frame = read_table(data)
     p = Personalizer(
         base,
         output,
@@ -810,13 +809,15 @@ def personalize(
     )
     assert p.base.schema_ is not None
     wanted = p.base.schema_.target
+    rows: Path | pd.DataFrame = data  # read by the personalizer, so its errors name the file
     if target is not None and target != wanted:
         from tunesmith.data.schema import require_column
 
+        frame = read_table(data)
         require_column(frame, target, "target", data)
-        frame = frame.assign(**{wanted: frame[target]})
+        rows = frame.assign(**{wanted: frame[target]})
     chosen = [u.strip() for u in users.split(",") if u.strip()] if users else None
-    p.fit(frame, users=chosen)
+    p.fit(rows, users=chosen)
     for level, report in p.report_.items():
         if not report:
             continue

@@ -174,13 +174,13 @@ class Personalizer:
 
     def fit(self, data: pd.DataFrame | str | os.PathLike[str], *, users: list[Any] | None = None) -> Personalizer:
         """Train (or retrain) adapters; with ``users``, only those users' adapters change."""
-        df = self._read(data)
+        df, file = self._read(data)
         assert self.base.schema_ is not None
         target = self.base.schema_.target
-        require_column(df, self.user_column, "user", None)
-        require_column(df, target, "target", None)
+        require_column(df, self.user_column, "user", file)
+        require_column(df, target, "target", file)
         if self.segment_column:
-            require_column(df, self.segment_column, "segment", None)
+            require_column(df, self.segment_column, "segment", file)
         y, known = self._targets(df, target)
         self.dropped_ = {"unknown_or_missing_label": int((~known).sum())}
         df, y = df.loc[known].reset_index(drop=True), y[known]
@@ -222,12 +222,13 @@ class Personalizer:
         self._write_settings()
         return self
 
-    def _read(self, data: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
+    def _read(self, data: pd.DataFrame | str | os.PathLike[str]) -> tuple[pd.DataFrame, str | None]:
+        """The rows, and the file they came from (named in errors)."""
         if isinstance(data, pd.DataFrame):
-            return data.reset_index(drop=True)
+            return data.reset_index(drop=True), None
         from tunesmith.data.io import read_table
 
-        return read_table(data)
+        return read_table(data), str(data)
 
     def _write_settings(self) -> None:
         from tunesmith.runs.artifacts import atomic_write_json
@@ -251,8 +252,8 @@ class Personalizer:
 
     def predict_proba(self, data: pd.DataFrame | str | os.PathLike[str]) -> tuple[np.ndarray, list[str]]:
         """Probabilities per row and the level that answered it (``user``, ``segment`` or ``shared``)."""
-        df = self._read(data)
-        require_column(df, self.user_column, "user", None)
+        df, file = self._read(data)
+        require_column(df, self.user_column, "user", file)
         features, logits = self.shared_outputs(df)
         out = logits.copy()
         levels = ["shared"] * len(df)
@@ -285,12 +286,12 @@ class Personalizer:
 
         from tunesmith.export.runtime import softmax
 
-        df = self._read(data)
+        df, file = self._read(data)
         assert self.base.schema_ is not None
         y, known = self._targets(df, self.base.schema_.target)
         df, y = df.loc[known].reset_index(drop=True), y[known]
         if not len(df):
-            raise DataError("no labeled rows to evaluate", hint="Give rows with the target column filled")
+            raise DataError("no labeled rows to evaluate", file=file, hint="Give rows with the target column filled")
         personal, levels = self.predict_proba(df)
         _, logits = self.shared_outputs(df)
         shared = softmax(logits)
