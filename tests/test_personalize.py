@@ -176,7 +176,8 @@ def test_personalizer_fixes_contrarian_users_and_routes(shared_model, tmp_path):
     )
     p.fit(train)
     assert len(p.store) == 16 + 2
-    result = p.evaluate(test)
+    result = p.evaluate(pd.concat([test, test.head(3).assign(label="maybe")]))
+    assert result["dropped"] == {"unknown_or_missing_label": 3}
     users = result["users"].set_index("user")
     contrarians = users.loc[[f"u{u}" for u in range(0, 16, 4)]]
     assert contrarians["accuracy_personal"].mean() >= contrarians["accuracy_shared"].mean() + 0.3

@@ -280,7 +280,8 @@ class Personalizer:
 
         ``users`` holds one record per user; ``summary`` the means over users, overall and by
         the number of training rows the user's adapter had (``<20``, ``20-49``, ``50+``,
-        ``none`` for users without an adapter).
+        ``none`` for users without an adapter); ``dropped`` counts rows left out for a missing
+        label or one the shared model does not know.
         """
         from sklearn.metrics import roc_auc_score
 
@@ -321,7 +322,12 @@ class Personalizer:
             "all": means(table),
             "by_train_rows": {str(b): means(g) for b, g in table.groupby(bins, observed=True)},
         }
-        return {"users": table, "summary": summary, "levels": pd.Series(levels).value_counts().to_dict()}
+        return {
+            "users": table,
+            "summary": summary,
+            "levels": pd.Series(levels).value_counts().to_dict(),
+            "dropped": {"unknown_or_missing_label": int((~known).sum())},
+        }
 
 
 def load_settings(store: str | os.PathLike[str]) -> dict[str, Any]:
