@@ -202,6 +202,8 @@ def test_cli_personalize_trains_and_updates_named_users(shared_model, tmp_path, 
 
     csv = tmp_path / "ratings.csv"
     _ratings(8, 20, seed=2).to_csv(csv, index=False)
+    test_csv = tmp_path / "test.csv"
+    _ratings(8, 6, seed=4).to_csv(test_csv, index=False)
     store = tmp_path / "store"
     code, out, err = cli(
         capsys,
@@ -216,10 +218,19 @@ def test_cli_personalize_trains_and_updates_named_users(shared_model, tmp_path, 
         "region",
         "-o",
         str(store),
+        "--test",
+        str(test_csv),
     )
     assert code == 0, err
     assert "user adapters: 8 user(s)" in out and "segment adapters: 2 segment(s)" in out
     assert (store / "index.json").is_file() and (store / "personalize.json").is_file()
+    assert "per-user metrics on test.csv" in out and "all users" in out
+    report = json.loads((store / "report" / "evaluation.json").read_text())
+    assert report["summary"]["all"]["users"] == 8 and report["metric"] == "auc"
+    per_user = pd.read_csv(store / "report" / "per_user.csv")
+    assert len(per_user) == 8 and set(per_user["level"]) <= {"user", "segment", "shared"}
+    for png in ("per_user.png", "by_train_rows.png"):
+        assert (store / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, out, err = cli(
         capsys, "personalize", str(shared_model), str(csv), "--user-column", "user", "--users", "u3", "-o", str(store)
     )
@@ -230,3 +241,58 @@ def test_cli_personalize_trains_and_updates_named_users(shared_model, tmp_path, 
     )
     assert code != 0 and "user column 'customer' not found" in err and "Traceback" not in err
     assert "ratings.csv" in err
+
+
+def test_lora_adapters_fix_contrarian_users_and_match_across_paths(shared_model, tmp_path):
+    from tunesmith.personalize.lora import LoraAdapter, lora_logits
+    from tunesmith.personalize.personalizer import Personalizer, time_ordered_holdout
+
+    data = _ratings(8, 30, seed=3)
+    held = time_ordered_holdout(data, "user", 0.2, "t")
+    train, test = data.loc[~held], data.loc[held].reset_index(drop=True)
+    p = Personalizer(
+        shared_model,
+        tmp_path / "store",
+        user_column="user",
+        time_column="t",
+        min_rows=10,
+        adapter_kind="lora",
+        lora_rank=8,
+        lora_alpha=16.0,
+        lora_steps=150,
+        lora_lr=0.1,
+        l2=0.0,
+        progress=False,
+    )
+    # The tapped path without an adapter is the shared model exactly.
+    tapped, logits = p.tap(test)
+    _, shared = p.shared_outputs(test)
+    np.testing.assert_allclose(logits.numpy(), shared, atol=1e-5)
+    p.fit(train)
+    kinds = {p.store.info(k)["kind"] for k in p.store}
+    assert kinds == {"lora"} and len(p.store) == 8
+    result = p.evaluate(test)
+    users = result["users"].set_index("user")
+    contrarians = users.loc[["u0", "u4"]]
+    assert contrarians["accuracy_personal"].mean() >= contrarians["accuracy_shared"].mean() + 0.3
+    size = p.store.info("user:u0")["bytes"]
+    assert size < 64 * 1024
+    # Offline prediction and the batched serving path agree, rows of several users in one batch.
+    proba, levels = p.predict_proba(test)
+    ft = p.base
+    ids = ft.backbone_.tokenize(list(test["text"]), 16)
+    width = max(len(x) for x in ids)
+    batch = torch.zeros((len(ids), width), dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for i, seq in enumerate(ids):
+        batch[i, : len(seq)] = torch.as_tensor(seq)
+        mask[i, : len(seq)] = 1
+    out, routes = p.run_batch(batch, mask, list(test["user"]))
+    from tunesmith.export.runtime import softmax
+
+    np.testing.assert_allclose(softmax(out), proba, atol=1e-5)
+    assert [r.level for r in routes] == levels
+    reloaded = LoraAdapter.from_tensors(p.store.load("user:u0"))
+    with torch.no_grad():
+        again = lora_logits(reloaded, p._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
+    assert again.shape == (len(test), 2)

@@ -462,8 +462,14 @@ def serve(
     model: Annotated[Path, typer.Argument(help="Model folder written by fit (exported for --backend onnx).")],
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="onnx (after tunesmith export) or torch.")] = "onnx",
+    backend: Annotated[
+        str | None, typer.Option(help="onnx (after tunesmith export; default) or torch (default with --adapters).")
+    ] = None,
     precision: Annotated[str, typer.Option(help="ONNX graph: auto (int8 when exported), int8 or fp32.")] = "auto",
+    adapters: Annotated[
+        Path | None,
+        typer.Option(help="Adapter store of tunesmith personalize: each row is answered by its user's adapter."),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Server processes, each with its own model.")] = 1,
     threads: Annotated[int | None, typer.Option(help="Compute threads per worker (default: cores // workers).")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Most rows in one model call.")] = None,
@@ -491,6 +497,10 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP: /v1/predict, /v1/metadata, /live, /ready, /metrics.
 
+    With --adapters STORE (torch backend), each row names its user in the store's user column
+    and is answered by that user's adapter, else its segment's, else the shared model; every
+    prediction says which (served_by). A store built for another model is refused.
+
     The API key and the admin token (which turns on POST /admin/reload) are read from the
     TUNESMITH_API_KEY and TUNESMITH_ADMIN_TOKEN environment variables, never from flags.
     """
@@ -502,6 +512,7 @@ def serve(
         port=port,
         backend=backend,
         precision=precision,
+        adapters=adapters,
         workers=workers,
         threads=threads,
         max_batch_size=max_batch_size,
@@ -786,8 +797,17 @@ def personalize(
     min_rows: Annotated[int, typer.Option(help="Labeled rows a user needs for an adapter.")] = 10,
     valid_fraction: Annotated[float, typer.Option(help="Latest share of a user's rows that validates it.")] = 0.2,
     rank: Annotated[int, typer.Option(help="Rank of the head adapter's correction.")] = 4,
+    adapter_kind: Annotated[
+        str, typer.Option(help="head (cheap, over cached features) or lora (on the encoder's last block).")
+    ] = "head",
+    test: Annotated[
+        Path | None, typer.Option(help="Held-out rows: per-user metrics, personalised vs shared, with plots.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Folder for the --test evaluation (default: STORE/report).")
+    ] = None,
 ) -> None:
-    """Train a head adapter per user (and per segment) on top of a shared model.
+    """Train an adapter per user (and per segment) on top of a shared model.
 
     An adapter is kept only if it beats the shared model on the user's latest rows; users
     without one fall back to their segment's adapter, then to the shared model.
@@ -806,6 +826,7 @@ def personalize(
         min_rows=min_rows,
         valid_fraction=valid_fraction,
         rank=rank,
+        adapter_kind=adapter_kind,
     )
     assert p.base.schema_ is not None
     wanted = p.base.schema_.target
@@ -818,17 +839,34 @@ def personalize(
         rows = frame.assign(**{wanted: frame[target]})
     chosen = [u.strip() for u in users.split(",") if u.strip()] if users else None
     p.fit(rows, users=chosen)
-    for level, report in p.report_.items():
-        if not report:
+    for level, trained in p.report_.items():
+        if not trained:
             continue
         counts = pd.Series(
-            [("used" if r.get("used") else "not better" if r["adapter"] else "too few rows") for r in report.values()]
+            [("used" if r.get("used") else "not better" if r["adapter"] else "too few rows") for r in trained.values()]
         ).value_counts()
         shown = ", ".join(f"{n} {what}" for what, n in counts.items())
-        console.print(f"{level} adapters: {len(report)} {level}(s): {shown}")
+        console.print(f"{level} adapters: {len(trained)} {level}(s): {shown}")
     if p.dropped_.get("unknown_or_missing_label"):
         console.print(f"[yellow]{p.dropped_['unknown_or_missing_label']} row(s) without a known label dropped[/yellow]")
     console.print(f"adapters saved to {output} ({len(p.store)} in the store)")
+    if test is not None:
+        from tunesmith.personalize.personalizer import write_report
+
+        result = p.evaluate(test)
+        paths = write_report(result, report or output / "report")
+        groups = {"all users": result["summary"]["all"], **result["summary"]["by_train_rows"]}
+        columns = ("auc_shared", "auc_personal", "accuracy_shared", "accuracy_personal")
+        table = Table(title=f"per-user metrics on {test.name} (mean over users)")
+        table.add_column("training rows")
+        table.add_column("users", justify="right")
+        for c in columns:
+            table.add_column(c.replace("_", " "), justify="right")
+        for name, values in groups.items():
+            cells = [f"{values[c]:.4f}" if isinstance(values.get(c), float) else "-" for c in columns]
+            table.add_row(str(name), str(values.get("users", 0)), *cells)
+        console.print(table)
+        console.print(f"report written to {paths['json'].parent} (evaluation.json, per_user.csv, plots)")
 
 
 recommend_app = typer.Typer(

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,19 +33,33 @@ PRECISIONS = ("auto", "fp32", "int8")
 
 @dataclass(frozen=True)
 class Prediction:
-    """One row's answer: ``label`` and ``probabilities`` for classification, ``value`` for regression."""
+    """One row's answer: ``label`` and ``probabilities`` for classification, ``value`` for regression.
+
+    ``served_by`` and ``user_known`` are set by personalised serving only (see
+    :class:`~tunesmith.serve.personalized.PersonalizedPredictor`): which adapter answered the
+    row, and whether the row's user had one of their own.
+    """
 
     label: Any = None
     probabilities: dict[str, float] | None = None
     value: float | None = None
+    served_by: dict[str, Any] | None = None
+    user_known: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form with only the fields that apply."""
+        out: dict[str, Any]
         if self.value is not None:
-            return {"value": self.value}
-        out: dict[str, Any] = {"label": self.label}
-        if self.probabilities is not None:
-            out["probabilities"] = self.probabilities
+            out = {"value": self.value}
+        else:
+            out = {"label": self.label}
+            if self.probabilities is not None:
+                out["probabilities"] = self.probabilities
+        # Only when set: answers of a server without adapters stay exactly as they were.
+        if self.served_by is not None:
+            out["served_by"] = self.served_by
+        if self.user_known is not None:
+            out["user_known"] = self.user_known
         return out
 
 
@@ -227,16 +241,19 @@ class Predictor:
     def pad_id(self) -> int:
         return 0
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw model outputs ``(n, n_outputs)`` for ``texts``, in input order."""
+    def padded_batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Tokenize ``texts`` and yield ``(rows, input_ids, attention_mask)`` per padded batch.
+
+        ``rows`` are the positions in ``texts`` of the batch's rows. Batches are sorted by
+        length so similar lengths share padding and short texts stay cheap; every caller that
+        runs the model (:meth:`logits`, personalised serving) batches the same way.
+        """
         if not texts:
-            return np.zeros((0, max(1, len(self.labels))), dtype=np.float32)
+            return
         with self._lock:
             ids = self._tokenize(texts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        # Length-sorted batches: similar lengths share padding, so short texts stay cheap.
         order = np.argsort(lengths, kind="stable")
-        out: np.ndarray | None = None
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             width = int(lengths[idx].max())
@@ -246,6 +263,14 @@ class Predictor:
                 seq = ids[j]
                 batch[row, : len(seq)] = seq
                 mask[row, : len(seq)] = 1
+            yield idx, batch, mask
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw model outputs ``(n, n_outputs)`` for ``texts``, in input order."""
+        if not texts:
+            return np.zeros((0, max(1, len(self.labels))), dtype=np.float32)
+        out: np.ndarray | None = None
+        for idx, batch, mask in self.padded_batches(texts):
             result = self._run(batch, mask)
             if out is None:
                 out = np.empty((len(texts), result.shape[1]), dtype=np.float32)
@@ -438,8 +463,16 @@ class TorchPredictor(Predictor):
     backend = "torch"
 
     def __init__(
-        self, folder: Path, meta: dict[str, Any], *, batch_size: int, threads: int | None, version: str | None
+        self,
+        folder: Path,
+        meta: dict[str, Any],
+        *,
+        batch_size: int,
+        threads: int | None,
+        version: str | None,
+        estimator: Any = None,
     ) -> None:
+        """``estimator``: the :class:`~tunesmith.FineTuner` of ``folder`` if already loaded (else loaded here)."""
         super().__init__(folder, meta, batch_size=batch_size, version=version)
         import torch
 
@@ -448,7 +481,8 @@ class TorchPredictor(Predictor):
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        estimator = FineTuner.load(folder)
+        if estimator is None:
+            estimator = FineTuner.load(folder)
         self.estimator: FineTuner | None = estimator
         self._backbone: Any = estimator.backbone_
         self._model: Any = estimator.model_

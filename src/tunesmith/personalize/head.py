@@ -128,24 +128,31 @@ def _scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 def validate_head_adapter(
     adapter: HeadAdapter, features: np.ndarray, logits: np.ndarray, y: np.ndarray
 ) -> dict[str, Any]:
-    """Shared vs adapted log loss and accuracy on the user's validation rows; ``used`` if the adapter is better.
+    """Shared vs adapted log loss and accuracy on the user's validation rows (see :func:`compare_logits`)."""
+    with torch.no_grad():
+        mine = adapter(
+            torch.as_tensor(np.asarray(features, dtype=np.float32)),
+            torch.as_tensor(np.asarray(logits, dtype=np.float32)),
+        )
+    return compare_logits(np.asarray(logits, dtype=np.float32), mine.numpy(), y)
+
+
+def compare_logits(shared: np.ndarray, adapted: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Shared vs adapted log loss and accuracy on validation rows; ``used`` if the adapter is better.
 
     Better means a lower log loss: on the handful of validation rows a user has, accuracy
     moves in large steps and ties often, while log loss tells a small gain from none.
     """
-    f = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float32))
     t = torch.as_tensor(np.asarray(y, dtype=np.int64))
     if len(t) == 0:
         return {"rows": 0, "used": False, "reason": "no validation rows"}
-    with torch.no_grad():
-        shared = _scores(z, t)
-        mine = _scores(adapter(f, z), t)
+    shared_scores = _scores(torch.as_tensor(shared), t)
+    mine = _scores(torch.as_tensor(adapted), t)
     return {
         "rows": len(t),
-        "shared": shared,
+        "shared": shared_scores,
         "adapter": mine,
-        "used": mine["log_loss"] < shared["log_loss"],
+        "used": mine["log_loss"] < shared_scores["log_loss"],
     }
 
 

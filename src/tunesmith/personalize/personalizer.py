@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,25 @@ from tunesmith.personalize.head import (
     HeadAdapter,
     HeadAdapterSettings,
     apply_head_adapter,
+    compare_logits,
     fit_head_adapter,
     validate_head_adapter,
 )
-from tunesmith.personalize.store import AdapterStore, adapter_key
+from tunesmith.personalize.lora import (
+    LoraAdapter,
+    LoraAdapterSettings,
+    Tapped,
+    concat_tapped,
+    fit_lora_adapter,
+    last_ffn_output,
+    lora_logits,
+    subset,
+    tap_last_ffn,
+)
+from tunesmith.personalize.store import AdapterStore, Route, adapter_key
 
 SETTINGS_FILE = "personalize.json"
+ADAPTER_KINDS = ("head", "lora")
 
 
 def time_ordered_holdout(
@@ -99,6 +113,11 @@ class Personalizer:
         steps: int = 100,
         lr: float = 0.05,
         seed: int = 0,
+        adapter_kind: str = "head",
+        lora_rank: int = 4,
+        lora_alpha: float = 8.0,
+        lora_steps: int = 40,
+        lora_lr: float = 0.02,
         progress: bool = True,
         feature_cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
@@ -109,7 +128,11 @@ class Personalizer:
             raise ConfigError(f"must be at least 2, got {min_rows}", key="min_rows")
         if not 0 < valid_fraction < 1:
             raise ConfigError(f"must be between 0 and 1, got {valid_fraction}", key="valid_fraction")
+        if adapter_kind not in ADAPTER_KINDS:
+            raise ConfigError(f"must be one of {', '.join(ADAPTER_KINDS)}, got {adapter_kind!r}", key="adapter_kind")
+        self.adapter_kind = adapter_kind
         self.settings = HeadAdapterSettings(rank=rank, l2=l2, steps=steps, lr=lr)
+        self.lora_settings = LoraAdapterSettings(rank=lora_rank, alpha=lora_alpha, l2=l2, steps=lora_steps, lr=lora_lr)
         self.base_path = Path(base)
         self.base = FineTuner.load(self.base_path)
         if self.base.schema_ is None or self.base.schema_.task == "regression":
@@ -127,6 +150,7 @@ class Personalizer:
         # The shared model's outputs per input text; pass one dict to several Personalizers of the
         # same shared model to embed each text once.
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = feature_cache if feature_cache is not None else {}
+        self._adapters: dict[str, HeadAdapter | LoraAdapter] = {}
 
     # --- shared model ------------------------------------------------------------------------
 
@@ -184,12 +208,13 @@ class Personalizer:
         y, known = self._targets(df, target)
         self.dropped_ = {"unknown_or_missing_label": int((~known).sum())}
         df, y = df.loc[known].reset_index(drop=True), y[known]
-        features, logits = self.shared_outputs(df)
+        features, logits = self.shared_outputs(df) if self.adapter_kind == "head" else (None, None)
         report: dict[str, Any] = {"user": {}, "segment": {}}
         wanted = None if users is None else {str(u) for u in users}
         groups: list[tuple[str, str | None]] = [("user", self.user_column)]
         if self.segment_column and users is None:
             groups.append(("segment", self.segment_column))
+        plan: list[tuple[str, str, str, np.ndarray, np.ndarray]] = []
         for level, column in groups:
             assert column is not None
             held = time_ordered_holdout(df, column, self.valid_fraction, self.time_column)
@@ -205,22 +230,93 @@ class Personalizer:
                     if key in self.store:
                         self.store.delete(key)  # too few rows now: the stale adapter must not answer
                     continue
-                adapter = fit_head_adapter(features[train], logits[train], y[train], self.settings, seed=self.seed)
-                check = validate_head_adapter(adapter, features[valid], logits[valid], y[valid])
+                plan.append((level, str(value), key, np.flatnonzero(train), np.flatnonzero(valid)))
+        from tunesmith.estimator import _progress
+
+        with _progress(f"{self.adapter_kind} adapters", len(plan), enabled=self.progress and len(plan) > 2) as advance:
+            for level, value, key, train_idx, valid_idx in plan:
+                if features is not None and logits is not None:
+                    head = fit_head_adapter(
+                        features[train_idx], logits[train_idx], y[train_idx], self.settings, seed=self.seed
+                    )
+                    check = validate_head_adapter(head, features[valid_idx], logits[valid_idx], y[valid_idx])
+                    tensors, settings = head.tensors(), self.settings.__dict__
+                else:
+                    lora, check = self._fit_lora(df, y, train_idx, valid_idx)
+                    tensors, settings = lora.tensors(), self.lora_settings.__dict__
                 meta = {
                     "level": level,
-                    "kind": "head",
-                    "rows_train": int(train.sum()),
-                    "rows_valid": int(valid.sum()),
+                    "kind": self.adapter_kind,
+                    "rows_train": len(train_idx),
+                    "rows_valid": len(valid_idx),
                     "used": bool(check["used"]),
                     "validation": check,
-                    "settings": self.settings.__dict__,
+                    "settings": settings,
                 }
-                self.store.put(key, adapter.tensors(), meta)
-                report[level][value] = {"rows": int(rows.sum()), "adapter": True, "used": bool(check["used"])}
+                self.store.put(key, tensors, meta)
+                self._adapters.pop(key, None)
+                report[level][value] = {
+                    "rows": len(train_idx) + len(valid_idx),
+                    "adapter": True,
+                    "used": bool(check["used"]),
+                }
+                advance()
         self.report_ = report
         self._write_settings()
         return self
+
+    def tap(self, df: pd.DataFrame) -> tuple[Tapped, torch.Tensor]:
+        """The last feed-forward block's inputs for ``df``'s rows (one padded batch) and their shared logits."""
+        ft = self.base
+        assert ft.model_ is not None
+        texts, _, _ = ft._texts_for_prediction(df)
+        ids = ft.backbone_.tokenize([str(t) for t in texts], ft.config_.max_length)
+        parts: list[Tapped] = []
+        size = ft.config_.eval_batch_size
+        pad = ft.backbone_.pad_id
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            width = max(len(x) for x in chunk)
+            batch = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, seq in enumerate(chunk):
+                batch[i, : len(seq)] = torch.as_tensor(seq)
+                mask[i, : len(seq)] = 1
+            with torch.inference_mode(), tap_last_ffn(ft.backbone_) as seen:
+                ft.backbone_(batch, mask)
+            h, pre = seen[-1]
+            parts.append(Tapped(h.clone(), pre.clone(), mask))
+        tapped = concat_tapped(parts)
+        with torch.no_grad():
+            logits = lora_logits(None, self._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
+        return tapped, logits
+
+    def _fit_lora(
+        self, df: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, valid_idx: np.ndarray
+    ) -> tuple[LoraAdapter, dict[str, Any]]:
+        ft = self.base
+        assert ft.model_ is not None
+        idx = np.concatenate([train_idx, valid_idx])
+        tapped, shared = self.tap(df.iloc[idx])
+        n = len(train_idx)
+        train_rows, valid_rows = np.arange(n), np.arange(n, len(idx))
+        adapter = fit_lora_adapter(
+            self._ffn,
+            ft.model_.head,
+            ft.backbone_.pooling,
+            subset(tapped, train_rows),
+            y[train_idx],
+            self.lora_settings,
+            seed=self.seed,
+        )
+        with torch.no_grad():
+            mine = lora_logits(adapter, self._ffn, ft.model_.head, subset(tapped, valid_rows), ft.backbone_.pooling)
+        check = compare_logits(shared[valid_rows].numpy(), mine.numpy(), y[valid_idx])
+        return adapter, check
+
+    @property
+    def _ffn(self) -> torch.nn.Module:
+        return last_ffn_output(self.base.backbone_)
 
     def _read(self, data: pd.DataFrame | str | os.PathLike[str]) -> tuple[pd.DataFrame, str | None]:
         """The rows, and the file they came from (named in errors)."""
@@ -259,21 +355,114 @@ class Personalizer:
         levels = ["shared"] * len(df)
         users = df[self.user_column].astype(str).to_numpy()
         segments = df[self.segment_column].astype(str).to_numpy() if self.segment_column in df.columns else None
-        cache: dict[str, HeadAdapter] = {}
         routes: dict[str, list[int]] = {}
         for i in range(len(df)):
-            route = self.store.route(
-                users[i], None if segments is None else segments[i], segment_column=self.segment_column
-            )
+            route = self.route(users[i], None if segments is None else segments[i])
             levels[i] = route.level
             if route.key is not None:
                 routes.setdefault(route.key, []).append(i)
+        ft = self.base
+        assert ft.model_ is not None
         for key, rows in routes.items():
-            adapter = cache.setdefault(key, HeadAdapter.from_tensors(self.store.load(key)))
-            out[rows] = apply_head_adapter(adapter, features[rows], logits[rows])
+            adapter = self._adapter(key)
+            if isinstance(adapter, LoraAdapter):
+                tapped, _ = self.tap(df.iloc[rows])
+                with torch.no_grad():
+                    mine = lora_logits(adapter, self._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
+                out[rows] = mine.numpy()
+            else:
+                out[rows] = apply_head_adapter(adapter, features[rows], logits[rows])
         from tunesmith.export.runtime import softmax
 
         return softmax(out).astype(np.float32), levels
+
+    def route(self, user: Any, segment: Any = None) -> Route:
+        """Which adapter answers a row of ``user`` (and ``segment``): user, segment or shared."""
+        return self.store.route(
+            None if user is None else str(user),
+            None if segment is None else str(segment),
+            segment_column=self.segment_column,
+        )
+
+    def run_batch(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        users: Sequence[Any],
+        segments: Sequence[Any] | None = None,
+    ) -> tuple[np.ndarray, list[Route]]:
+        """Adapted logits ``(n, k)`` and the route of each row of one padded token batch.
+
+        Rows of different users share the encoder pass; each adapter then corrects only
+        its own rows. A user without a (used) adapter falls back to the segment's, then to
+        the shared model; ``None`` as a user or segment means unknown.
+        """
+        ft = self.base
+        assert ft.model_ is not None
+        n = int(input_ids.shape[0])
+        if len(users) != n or (segments is not None and len(segments) != n):
+            raise ConfigError(f"{n} rows but {len(users)} users and {len(segments or [])} segments")
+        routes = [self.route(users[i], None if segments is None else segments[i]) for i in range(n)]
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(routes):
+            if r.key is not None:
+                groups.setdefault(r.key, []).append(i)
+        adapters = {key: self._adapter(key) for key in groups}
+        need_tap = any(isinstance(a, LoraAdapter) for a in adapters.values())
+        with torch.inference_mode():
+            if need_tap:
+                with tap_last_ffn(ft.backbone_) as seen:
+                    features = ft.backbone_(input_ids, attention_mask)
+                tapped = Tapped(seen[-1][0], seen[-1][1], attention_mask)
+            else:
+                features = ft.backbone_(input_ids, attention_mask)
+            logits = ft.model_.head(features).float()
+            out = logits.numpy().copy()
+            f_np = features.float().numpy()
+            for key, rows in groups.items():
+                adapter = adapters[key]
+                if isinstance(adapter, LoraAdapter):
+                    part = subset(tapped, rows)
+                    out[rows] = lora_logits(adapter, self._ffn, ft.model_.head, part, ft.backbone_.pooling).numpy()
+                else:
+                    out[rows] = apply_head_adapter(adapter, f_np[rows], out[rows])
+        return out, routes
+
+    def _adapter(self, key: str) -> HeadAdapter | LoraAdapter:
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            kind = self.store.info(key).get("kind", "head")
+            tensors = self.store.load(key)
+            loaded: HeadAdapter | LoraAdapter = (
+                LoraAdapter.from_tensors(tensors) if kind == "lora" else HeadAdapter.from_tensors(tensors)
+            )
+            loaded.eval()
+            adapter = self._adapters[key] = loaded
+        return adapter
+
+    @classmethod
+    def from_store(
+        cls, store: str | os.PathLike[str], base: str | os.PathLike[str] | None = None, *, progress: bool = False
+    ) -> Personalizer:
+        """Reopen a store written by :meth:`fit`, with the settings it was built with.
+
+        ``base`` overrides the shared model folder recorded in the store (it must be the
+        same model: the store checks its fingerprint).
+        """
+        s = load_settings(store)
+        head = s.get("head") or {}
+        return cls(
+            base if base is not None else s["base"],
+            store,
+            user_column=s["user_column"],
+            segment_column=s.get("segment_column"),
+            time_column=s.get("time_column"),
+            min_rows=int(s.get("min_rows", 10)),
+            valid_fraction=float(s.get("valid_fraction", 0.2)),
+            seed=int(s.get("seed", 0)),
+            progress=progress,
+            **{k: head[k] for k in ("rank", "l2", "steps", "lr") if k in head},
+        )
 
     def evaluate(self, data: pd.DataFrame | str | os.PathLike[str]) -> dict[str, Any]:
         """Per-user accuracy and ROC AUC (binary), personalised vs shared, on labeled rows.
@@ -328,6 +517,49 @@ class Personalizer:
             "levels": pd.Series(levels).value_counts().to_dict(),
             "dropped": {"unknown_or_missing_label": int((~known).sum())},
         }
+
+
+def write_report(result: dict[str, Any], folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """Save an :meth:`Personalizer.evaluate` result: JSON, the per-user table as CSV, and two plots.
+
+    ``per_user.png``: each user's shared vs personalised ROC AUC (accuracy for more than two
+    classes). ``by_train_rows.png``: the mean per group of users by training rows, shared vs
+    personalised.
+    """
+    from tunesmith.runs.artifacts import atomic_write_json, json_safe
+    from tunesmith.runs.plots import plot_metric_by_group, plot_per_user_comparison
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    table: pd.DataFrame = result["users"]
+    metric = "auc" if "auc_shared" in table.columns and table["auc_shared"].notna().any() else "accuracy"
+    shown = "ROC AUC" if metric == "auc" else "accuracy"
+    paths = {"json": out / "evaluation.json", "csv": out / "per_user.csv"}
+    atomic_write_json(
+        paths["json"],
+        json_safe({k: v for k, v in result.items() if k != "users"} | {"metric": metric}),
+    )
+    table.to_csv(paths["csv"], index=False)
+    paths["per_user"] = plot_per_user_comparison(
+        table[f"{metric}_shared"].to_numpy(dtype=float),
+        table[f"{metric}_personal"].to_numpy(dtype=float),
+        out / "per_user.png",
+        metric=shown,
+        sizes=table["train_rows"].to_numpy(dtype=float),
+    )
+    groups = result["summary"]["by_train_rows"]
+    models = {
+        name: {g: {shown: v.get(f"{metric}_{key}"), "n_users": v.get("users", 0)} for g, v in groups.items()}
+        for name, key in (("shared", "shared"), ("personalised", "personal"))
+    }
+    paths["by_train_rows"] = plot_metric_by_group(
+        models,
+        out / "by_train_rows.png",
+        metric=shown,
+        xlabel="training rows of the user's adapter",
+        title=f"mean per-user {shown} by training rows",
+    )
+    return paths
 
 
 def load_settings(store: str | os.PathLike[str]) -> dict[str, Any]:

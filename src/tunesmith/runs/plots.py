@@ -25,6 +25,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_learning_curves",
     "plot_metric_by_group",
+    "plot_per_user_comparison",
     "plot_ranking_at_k",
     "plot_residuals",
 ]
@@ -317,6 +318,9 @@ def plot_metric_by_group(
     models: dict[str, dict[str, Any]],
     path: str | os.PathLike[str],
     metric: str = "ndcg@10",
+    *,
+    xlabel: str = "history length (distinct items)",
+    title: str | None = None,
 ) -> Path:
     """Draw one metric per user group (e.g. history length) as grouped bars, one bar per model; save a PNG.
 
@@ -327,6 +331,8 @@ def plot_metric_by_group(
             a None or NaN value draws no bar.
         path: where to write the PNG (dpi 120).
         metric: the metric key to plot, e.g. ``"ndcg@10"``.
+        xlabel: what the groups are.
+        title: the figure title (default: ``"<metric> by history length"``).
 
     Returns:
         The path written.
@@ -384,12 +390,60 @@ def plot_metric_by_group(
     ax.set_xticklabels([f"{label}\n(n={users[label]})" for label in labels])
     if not labels:
         ax.text(0.5, 0.5, "no users in any group", ha="center", va="center", transform=ax.transAxes, color="#777777")
-    ax.set_xlabel("history length (distinct items)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} by history length")
+    ax.set_title(title or f"{metric} by history length")
     ax.set_ylim(bottom=0.0)
     _style(ax)
     ax.grid(False, axis="x")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(frameon=False, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_per_user_comparison(
+    shared: Sequence[float] | np.ndarray,
+    personal: Sequence[float] | np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    metric: str = "ROC AUC",
+    sizes: Sequence[float] | np.ndarray | None = None,
+) -> Path:
+    """One point per user: the shared model's score (x) against the personalised one (y); save a PNG.
+
+    Points above the diagonal are users the personalisation helped. ``sizes`` (e.g. each
+    user's training rows) scales the points. Pairs with a NaN are left out.
+
+    Raises:
+        DataError: ``shared`` and ``personal`` differ in length.
+    """
+    x = np.asarray(shared, dtype=float)
+    y = np.asarray(personal, dtype=float)
+    if x.shape != y.shape:
+        raise DataError(f"plot_per_user_comparison needs one personal score per shared score: {len(x)} vs {len(y)}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    s = (
+        np.full(len(x), 12.0)
+        if sizes is None
+        else 4.0 + 40.0 * np.sqrt(np.asarray(sizes, dtype=float) / max(1.0, float(np.nanmax(sizes))))
+    )
+    fig = Figure(figsize=(5.5, 5.0))
+    ax = fig.subplots()
+    better = keep & (y > x)
+    worse = keep & (y < x)
+    same = keep & (y == x)
+    for mask, colour, label in ((better, _BEST, "helped"), (worse, _VALID, "hurt"), (same, "#999999", "unchanged")):
+        if mask.any():
+            ax.scatter(x[mask], y[mask], s=s[mask], alpha=0.5, color=colour, label=f"{label} ({int(mask.sum())})")
+    lo = float(min(np.nanmin(x[keep]), np.nanmin(y[keep]))) if keep.any() else 0.0
+    hi = float(max(np.nanmax(x[keep]), np.nanmax(y[keep]))) if keep.any() else 1.0
+    ax.plot([lo, hi], [lo, hi], color="#555555", linewidth=0.8, linestyle="--")
+    mean_x = float(np.mean(x[keep])) if keep.any() else math.nan
+    mean_y = float(np.mean(y[keep])) if keep.any() else math.nan
+    ax.set_xlabel(f"shared model {metric}")
+    ax.set_ylabel(f"personalised {metric}")
+    ax.set_title(f"per-user {metric}: mean {mean_x:.3f} shared, {mean_y:.3f} personalised", fontsize=10)
+    _style(ax)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=9, loc="lower right")
     return _save(fig, path)

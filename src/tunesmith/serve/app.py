@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -144,12 +144,31 @@ class PredictRequest(BaseModel):
     probabilities: bool = Field(default=True, description="Include class probabilities in each prediction.")
 
 
+class ServedByOut(BaseModel):
+    """Which model answered a row of a personalised server (``--adapters``)."""
+
+    level: Literal["user", "segment", "shared"] = Field(
+        ..., description="user: the row's user's adapter; segment: its segment's; shared: the shared model."
+    )
+    adapter: str | None = Field(
+        default=None, description="Key of the adapter that answered (user:ID or segment:COLUMN=VALUE); null: shared."
+    )
+
+
 class PredictionOut(BaseModel):
     """One row's prediction: ``label`` (+ ``probabilities``) for classes, ``value`` for regression."""
 
     label: Any = Field(default=None, description="Predicted class (classification).")
     probabilities: dict[str, float] | None = Field(default=None, description="Probability of each class; sums to 1.")
     value: float | None = Field(default=None, description="Predicted value (regression).")
+    served_by: ServedByOut | None = Field(
+        default=None, description="Personalised servers only: the adapter (or shared model) that answered the row."
+    )
+    user_known: bool | None = Field(
+        default=None,
+        description="Personalised servers only, for a row that named a user: true if the user's own adapter "
+        "answered; false if the user has no adapter in use, so the row fell back to its segment or the shared model.",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -326,7 +345,14 @@ class ServerState:
         """Load a predictor or a recommender (blocking; run it off the event loop)."""
         return call_with_lower_priority(
             lambda: load_served_model(
-                path, backend=backend, precision=precision, threads=self.threads, version=version
+                path,
+                backend=backend,
+                precision=precision,
+                threads=self.threads,
+                version=version,
+                # A reload keeps the store of the start and re-reads it: adapters written since
+                # then serve from the reload on.
+                adapters=self.settings.adapters,
             ),
             self.nice,
         )

@@ -105,6 +105,7 @@ def _run_single(model: Path, settings: ServeSettings) -> None:
             precision=settings.precision,
             threads=settings.threads_per_worker(),
             version=settings.model_version,
+            adapters=settings.adapters,
         ),
         settings.model_nice,
     )
@@ -193,8 +194,8 @@ def check_model(model: Path, settings: ServeSettings) -> None:
     """Cheap checks of a model folder without loading it (for the parent of several workers).
 
     Raises:
-        TunesmithError: no model folder, no readable ``tunesmith.json``, no weights, or no ONNX
-            graph of the requested precision.
+        TunesmithError: no model folder, no readable ``tunesmith.json``, no weights, no ONNX
+            graph of the requested precision, or an adapter store built for another model.
     """
     from tunesmith.export.runtime import ONNX_DIR, ONNX_FILES, read_meta
 
@@ -206,6 +207,11 @@ def check_model(model: Path, settings: ServeSettings) -> None:
         raise ArtifactError("model.safetensors is missing", path=folder, hint="Give a folder written by save()")
     from tunesmith.serve.recommend import is_recommender_folder
 
+    if settings.adapters is not None:
+        # Each worker would refuse a store built for another model; say so once, up front.
+        from tunesmith.serve.personalized import check_adapter_store
+
+        check_adapter_store(folder, settings.adapters)
     # A recommender runs its own model (torch or numpy): the backend setting does not apply.
     if settings.backend == "onnx" and not is_recommender_folder(folder):
         onnx_dir = folder / ONNX_DIR

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from tunesmith.recsys.recommender import Recommender
@@ -259,8 +259,32 @@ def load_served_model(
     precision: str,
     threads: int | None,
     version: str | None,
+    adapters: str | os.PathLike[str] | None = None,
 ) -> ServedModel:
-    """A recommender or a text predictor, whichever the folder holds (blocking)."""
+    """A recommender or a text predictor, whichever the folder holds (blocking).
+
+    With ``adapters`` (an adapter store folder) a text classifier is served with per-user
+    adapters (:class:`~tunesmith.serve.personalized.PersonalizedPredictor`, torch only).
+
+    Raises:
+        ConfigError: adapters with the onnx backend or with a recommender.
+    """
+    if adapters is not None:
+        if is_recommender_folder(path):
+            raise ConfigError(
+                "adapters personalise a text classifier, not a recommender",
+                key="adapters",
+                hint="Serve the recommender without --adapters",
+            )
+        if backend != "torch":
+            raise ConfigError(
+                f"personalised serving (--adapters) runs on the torch backend only, not {backend}",
+                key="backend",
+                hint="Use --backend torch",
+            )
+        from tunesmith.serve.personalized import load_personalized_predictor
+
+        return load_personalized_predictor(path, adapters, threads=threads, version=version)
     if is_recommender_folder(path):
         return RecommenderPredictor.load(path, threads=threads, version=version)
     from tunesmith.export.runtime import load_predictor

@@ -77,6 +77,11 @@ class ServeSettings(BaseModel):
         max_length=128,
         description="Version reported with every prediction; default: a content hash of the weights.",
     )
+    adapters: Path | None = Field(
+        None,
+        description="Adapter store (`tunesmith personalize`): route each row to its user's or segment's adapter "
+        "on the torch backend (the default backend then); none = the shared model only.",
+    )
 
     # --- batching and limits -----------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows the model runs in one micro-batch.")
@@ -138,10 +143,24 @@ class ServeSettings(BaseModel):
                 raise ValueError("must not start or end with whitespace")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _adapters_default_to_torch(cls, data: Any) -> Any:
+        # Adapters run on the torch backend only, so asking for them without naming a backend
+        # means torch; naming onnx is refused in _check.
+        if isinstance(data, dict) and data.get("adapters") is not None and data.get("backend") is None:
+            data = {**data, "backend": "torch"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> ServeSettings:
         if self.backend == "torch" and self.precision == "int8":
             raise ValueError("precision int8 runs on the onnx backend only; use backend onnx or precision fp32")
+        if self.adapters is not None and self.backend != "torch":
+            raise ValueError(
+                "personalised serving (adapters) runs on the torch backend only; use backend torch "
+                "(the ONNX graph holds the shared model alone)"
+            )
         if (
             self.prediction_log is not None
             and "prediction_log_format" not in self.model_fields_set
