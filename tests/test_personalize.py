@@ -98,6 +98,17 @@ def test_store_adds_replaces_deletes_one_at_a_time_and_routes(tmp_path):
         reopened.delete("user:7")
 
 
+def test_a_reader_sees_another_writers_changes_after_refresh(tmp_path):
+    reader = AdapterStore(tmp_path, "sha256:base")
+    assert not reader.refresh() and "user:1" not in reader
+    writer = AdapterStore(tmp_path, "sha256:base")
+    writer.put("user:1", HeadAdapter(4, 2, 1).tensors(), {"level": "user", "used": True})
+    assert reader.refresh() and reader.route(1).key == "user:1"
+    assert not reader.refresh()
+    writer.delete("user:1")
+    assert reader.refresh() and reader.route(1).level == "shared"
+
+
 def test_store_refuses_another_base_model_and_bad_input(tmp_path):
     store = AdapterStore(tmp_path, "sha256:one")
     store.put("user:1", HeadAdapter(4, 2, 1).tensors(), {"level": "user"})
@@ -237,6 +248,11 @@ def test_cli_personalize_trains_and_updates_named_users(shared_model, tmp_path, 
     assert code == 0, err
     assert "user adapters: 1 user(s)" in out
     code, _, err = cli(
+        capsys, "personalize", str(shared_model), str(csv), "--user-column", "user", "--adapter-kind", "lora",
+        "-o", str(store),
+    )  # fmt: skip
+    assert code != 0 and "holds head adapters, not lora" in err and "Traceback" not in err
+    code, _, err = cli(
         capsys, "personalize", str(shared_model), str(csv), "--user-column", "customer", "-o", str(store)
     )
     assert code != 0 and "user column 'customer' not found" in err and "Traceback" not in err
@@ -268,6 +284,24 @@ def test_lora_adapters_fix_contrarian_users_and_match_across_paths(shared_model,
     tapped, logits = p.tap(test)
     _, shared = p.shared_outputs(test)
     np.testing.assert_allclose(logits.numpy(), shared, atol=1e-5)
+    with torch.no_grad():
+        rebuilt = lora_logits(None, p._ffn, p.base.model_.head, tapped, p.base.backbone_.pooling)
+    np.testing.assert_allclose(rebuilt.numpy(), shared, atol=1e-5)
+    # The hooks are gone after the pass, also when it fails.
+    assert not p._ffn._forward_pre_hooks
+    norm = p._ffn.get_submodule("LayerNorm")
+    original = norm.forward
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    norm.forward = broken
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            p.tap(test)
+    finally:
+        norm.forward = original
+    assert not p._ffn._forward_pre_hooks and not norm._forward_pre_hooks
     p.fit(train)
     kinds = {p.store.info(k)["kind"] for k in p.store}
     assert kinds == {"lora"} and len(p.store) == 8
@@ -280,7 +314,7 @@ def test_lora_adapters_fix_contrarian_users_and_match_across_paths(shared_model,
     # Offline prediction and the batched serving path agree, rows of several users in one batch.
     proba, levels = p.predict_proba(test)
     ft = p.base
-    ids = ft.backbone_.tokenize(list(test["text"]), 16)
+    ids = ft.backbone_.tokenize(list(test["text"]), ft.config_.max_length)
     width = max(len(x) for x in ids)
     batch = torch.zeros((len(ids), width), dtype=torch.long)
     mask = torch.zeros_like(batch)
@@ -295,4 +329,9 @@ def test_lora_adapters_fix_contrarian_users_and_match_across_paths(shared_model,
     reloaded = LoraAdapter.from_tensors(p.store.load("user:u0"))
     with torch.no_grad():
         again = lora_logits(reloaded, p._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
-    assert again.shape == (len(test), 2)
+    u0 = np.flatnonzero(test["user"].to_numpy() == "u0")
+    if levels[u0[0]] == "user":
+        np.testing.assert_allclose(softmax(again.numpy()[u0]), proba[u0], atol=1e-5)
+    # Reopened from the store alone, the kind and LoRA settings come back with it.
+    again_p = Personalizer.from_store(tmp_path / "store", progress=False)
+    assert again_p.adapter_kind == "lora" and again_p.lora_settings == p.lora_settings

@@ -216,3 +216,35 @@ def test_reload_re_reads_the_store_and_refuses_onnx(shared: Path, store: Path, t
         pred = c.post("/v1/predict", json={"inputs": row}).json()["predictions"][0]
         assert pred["served_by"] == {"level": "user", "adapter": "user:carol"} and pred["user_known"] is True
         assert c.get("/v1/metadata").json()["personalization"]["adapters"] == 5
+
+
+def test_lora_adapters_serve_rows_of_several_users_in_one_batch(shared: Path, tmp_path: Path) -> None:
+    from tunesmith.personalize.lora import LoraAdapter
+
+    folder = tmp_path / "lora_store"
+    p = Personalizer(shared, folder, user_column="user", min_rows=1000, adapter_kind="lora", progress=False)
+    p.fit(make_reviews(16, seed=3, users=True))  # too few rows: settings only, adapters put by hand
+    dense = p._ffn.get_submodule("dense")
+    for i, user in enumerate(("alice", "bob")):
+        adapter = LoraAdapter(dense.in_features, dense.out_features, 4, seed=i)
+        with torch.no_grad():
+            adapter.B.copy_(torch.randn(4, dense.out_features, generator=torch.Generator().manual_seed(i)))
+        p.store.put(f"user:{user}", adapter.tensors(), {"level": "user", "kind": "lora", "used": True})
+    rows = [
+        {"text": TEXTS[0], "user": "alice"},
+        {"text": TEXTS[1], "user": "bob"},
+        {"text": TEXTS[2], "user": "carol"},
+        {"text": TEXTS[3], "user": "alice"},
+    ]
+    with serving(shared, adapters=folder) as c:
+        preds = c.post("/v1/predict", json={"inputs": rows}).json()["predictions"]
+        plain = c.post("/v1/predict", json={"inputs": [{"text": r["text"]} for r in rows]}).json()["predictions"]
+    assert [pr["served_by"]["level"] for pr in preds] == ["user", "user", "shared", "user"]
+    offline, levels = Personalizer.from_store(folder, base=shared).predict_proba(pd.DataFrame(rows))
+    assert levels == ["user", "user", "shared", "user"]
+    served = np.array([[pr["probabilities"]["neg"], pr["probabilities"]["pos"]] for pr in preds])
+    np.testing.assert_allclose(served, offline, atol=1e-5)
+    shared_only = np.array([[pr["probabilities"]["neg"], pr["probabilities"]["pos"]] for pr in plain])
+    # carol falls back to the shared model; alice and bob's adapters change their answers
+    np.testing.assert_allclose(served[2], shared_only[2], atol=1e-6)
+    assert np.abs(served[[0, 1, 3]] - shared_only[[0, 1, 3]]).max() > 1e-3

@@ -796,10 +796,14 @@ def personalize(
     users: Annotated[str | None, typer.Option(help="Comma-separated users: update only their adapters.")] = None,
     min_rows: Annotated[int, typer.Option(help="Labeled rows a user needs for an adapter.")] = 10,
     valid_fraction: Annotated[float, typer.Option(help="Latest share of a user's rows that validates it.")] = 0.2,
-    rank: Annotated[int, typer.Option(help="Rank of the head adapter's correction.")] = 4,
+    rank: Annotated[int, typer.Option(help="Rank of the adapters' low-rank update (head or LoRA).")] = 4,
     adapter_kind: Annotated[
-        str, typer.Option(help="head (cheap, over cached features) or lora (on the encoder's last block).")
-    ] = "head",
+        str | None,
+        typer.Option(
+            help="head (cheap, over cached features) or lora (on the encoder's last block); "
+            "default: the store's kind, else head."
+        ),
+    ] = None,
     test: Annotated[
         Path | None, typer.Option(help="Held-out rows: per-user metrics, personalised vs shared, with plots.")
     ] = None,
@@ -815,8 +819,19 @@ def personalize(
     import pandas as pd
 
     from tunesmith.data.io import read_table
-    from tunesmith.personalize.personalizer import Personalizer
+    from tunesmith.data.schema import require_column
+    from tunesmith.errors import ConfigError
+    from tunesmith.personalize.personalizer import SETTINGS_FILE, Personalizer, load_settings
 
+    # An update keeps the store's kind: retraining some users of a LoRA store as head adapters
+    # would leave a store of two kinds nobody asked for.
+    stored = load_settings(output).get("adapter_kind", "head") if (output / SETTINGS_FILE).is_file() else None
+    if adapter_kind is not None and stored is not None and adapter_kind != stored:
+        raise ConfigError(
+            f"the store at {output} holds {stored} adapters, not {adapter_kind}",
+            key="adapter_kind",
+            hint="Write the other kind to a new store (-o)",
+        )
     p = Personalizer(
         base,
         output,
@@ -826,14 +841,13 @@ def personalize(
         min_rows=min_rows,
         valid_fraction=valid_fraction,
         rank=rank,
-        adapter_kind=adapter_kind,
+        lora_rank=rank,
+        adapter_kind=adapter_kind or stored or "head",
     )
     assert p.base.schema_ is not None
     wanted = p.base.schema_.target
     rows: Path | pd.DataFrame = data  # read by the personalizer, so its errors name the file
     if target is not None and target != wanted:
-        from tunesmith.data.schema import require_column
-
         frame = read_table(data)
         require_column(frame, target, "target", data)
         rows = frame.assign(**{wanted: frame[target]})
@@ -853,7 +867,12 @@ def personalize(
     if test is not None:
         from tunesmith.personalize.personalizer import write_report
 
-        result = p.evaluate(test)
+        held_out: Path | pd.DataFrame = test
+        if target is not None and target != wanted:
+            frame = read_table(test)
+            require_column(frame, target, "target", test)
+            held_out = frame.assign(**{wanted: frame[target]})
+        result = p.evaluate(held_out)
         paths = write_report(result, report or output / "report")
         groups = {"all users": result["summary"]["all"], **result["summary"]["by_train_rows"]}
         columns = ("auc_shared", "auc_personal", "accuracy_shared", "accuracy_personal")

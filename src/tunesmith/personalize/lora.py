@@ -11,9 +11,8 @@ not only the pooled vector.
 Why only that one projection: everything below it is the shared model's and is computed once
 per row (``h`` and the LayerNorm's input ``W h + b + x`` are captured on the way through);
 training a user's adapter then costs two thin matrix products per step instead of a pass
-through the encoder, so adapters for
-every user of a large log train in one pass over the data. With MiniLM (``d = 384``) and rank
-4 an adapter holds 7,680 numbers (30 KB in float32).
+through the encoder: the cost of an adapter is one no-gradient encoder pass over its rows.
+With MiniLM (``d = 384``) and rank 4 an adapter holds 7,680 numbers (30 KB in float32).
 """
 
 from __future__ import annotations
@@ -53,6 +52,14 @@ class LoraAdapterSettings:
             raise ConfigError(f"must be at least 1, got {self.steps}", key="steps")
         if not self.lr > 0:
             raise ConfigError(f"must be above 0, got {self.lr}", key="lr")
+        if not self.alpha > 0:
+            raise ConfigError(f"must be above 0, got {self.alpha}", key="lora_alpha")
+
+
+def lora_projection(n_inner: int, rank: int, seed: int) -> torch.Tensor:
+    """The fixed ``A`` of an adapter: seeded Gaussian, scaled so ``h @ A`` keeps ``h``'s scale."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n_inner, rank, generator=gen) / n_inner**0.5
 
 
 def last_ffn_output(backbone: Any) -> nn.Module:
@@ -80,6 +87,8 @@ class Tapped:
     h: torch.Tensor
     pre: torch.Tensor
     mask: torch.Tensor
+    #: ``h`` already multiplied by an adapter's fixed ``A`` (``(n, t, r)``): what training keeps.
+    projected: bool = False
 
 
 @contextmanager
@@ -121,15 +130,24 @@ class LoraAdapter(nn.Module):
 
     def __init__(self, n_inner: int, n_hidden: int, rank: int, *, alpha: float = 8.0, seed: int = 0) -> None:
         super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        # A random, B zero: the update starts at exactly zero but B gets a gradient at once.
-        self.A = nn.Parameter(torch.randn(n_inner, rank, generator=gen) / n_inner**0.5)
+        # A fixed and random, B zero: the update starts at exactly zero but B gets a gradient at once.
+        self.A = nn.Parameter(lora_projection(n_inner, rank, seed), requires_grad=False)
         self.B = nn.Parameter(torch.zeros(rank, n_hidden))
         self.scale = float(alpha) / rank
 
     def hidden(self, ffn: nn.Module, tapped: Tapped) -> torch.Tensor:
         """The last layer's token vectors with this adapter applied."""
-        return _finish(ffn, tapped, (tapped.h @ self.A) @ self.B * self.scale)
+        return _finish(ffn, tapped, self.project(tapped) @ self.B * self.scale)
+
+    def project(self, tapped: Tapped) -> torch.Tensor:
+        """``h @ A`` of tapped rows (``h`` itself when it was projected while tapping)."""
+        if tapped.projected:
+            if tapped.h.shape[-1] != self.A.shape[1]:
+                raise ConfigError(
+                    f"rows were projected to width {tapped.h.shape[-1]}, the adapter has rank {self.A.shape[1]}"
+                )
+            return tapped.h
+        return tapped.h @ self.A
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What the store saves (``A``, ``B``, ``scale``)."""
@@ -176,17 +194,26 @@ def concat_tapped(parts: Sequence[Tapped]) -> Tapped:
         shape = (t.shape[0], extra, *t.shape[2:])
         return torch.cat([t, torch.zeros(shape, dtype=t.dtype)], dim=1)
 
+    projected = {p.projected for p in parts}
+    if len(projected) != 1:
+        raise ConfigError("cannot join projected and unprojected tapped rows")
     return Tapped(
         torch.cat([pad(p.h) for p in parts]),
         torch.cat([pad(p.pre) for p in parts]),
         torch.cat([pad(p.mask) for p in parts]),
+        projected.pop(),
     )
 
 
 def subset(t: Tapped, rows: Sequence[int] | np.ndarray) -> Tapped:
     """The given rows of a tapped batch."""
     idx = torch.as_tensor(np.asarray(rows, dtype=np.int64))
-    return Tapped(t.h[idx], t.pre[idx], t.mask[idx])
+    return Tapped(t.h[idx], t.pre[idx], t.mask[idx], t.projected)
+
+
+def rows_between(t: Tapped, start: int, stop: int) -> Tapped:
+    """Rows ``start:stop`` of a tapped batch, as views (no copy)."""
+    return Tapped(t.h[start:stop], t.pre[start:stop], t.mask[start:stop], t.projected)
 
 
 def fit_lora_adapter(
@@ -199,16 +226,21 @@ def fit_lora_adapter(
     *,
     seed: int = 0,
 ) -> LoraAdapter:
-    """Train one adapter on a user's tapped rows; the shared block and head stay frozen."""
+    """Train one adapter on a user's tapped rows; the shared block and head stay frozen.
+
+    Rows tapped with ``projected=True`` must have been multiplied by
+    ``lora_projection(n_inner, settings.rank, seed)``, the adapter's fixed ``A``.
+    """
     t = torch.as_tensor(np.asarray(y, dtype=np.int64))
     if len(t) != tapped.h.shape[0] or len(t) == 0:
         raise ConfigError(f"tapped rows and labels need the same, non-zero count: {tapped.h.shape[0]}, {len(t)}")
-    adapter = LoraAdapter(tapped.h.shape[2], tapped.pre.shape[2], settings.rank, alpha=settings.alpha, seed=seed)
+    dense = ffn.get_submodule("dense")
+    n_inner = int(dense.in_features) if isinstance(dense, nn.Linear) else int(tapped.h.shape[2])
+    adapter = LoraAdapter(n_inner, tapped.pre.shape[2], settings.rank, alpha=settings.alpha, seed=seed)
     # A stays the fixed random projection it was seeded with and only B learns (LoRA-FA): then
-    # h @ A is computed once, and each step is a product of width r instead of a pass over h.
-    adapter.A.requires_grad_(False)
+    # h @ A is computed once (or already was, while tapping), and each step is a product of width r.
     with torch.no_grad():
-        projected = tapped.h @ adapter.A
+        projected = adapter.project(tapped)
     opt = torch.optim.Adam([adapter.B], lr=settings.lr)
     shared = [*ffn.parameters(), *head.parameters()]
     # The shared block and head are frozen for the duration: no gradients computed or kept for them.

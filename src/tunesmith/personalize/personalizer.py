@@ -38,6 +38,8 @@ from tunesmith.personalize.lora import (
     fit_lora_adapter,
     last_ffn_output,
     lora_logits,
+    lora_projection,
+    rows_between,
     subset,
     tap_last_ffn,
 )
@@ -137,6 +139,8 @@ class Personalizer:
         self.base = FineTuner.load(self.base_path)
         if self.base.schema_ is None or self.base.schema_.task == "regression":
             raise ConfigError("personalisation needs a classification model as the shared model", key="base")
+        if adapter_kind == "lora":
+            last_ffn_output(self.base.backbone_)  # refused now, before fit removes anything
         self.user_column = user_column
         self.segment_column = segment_column
         self.time_column = time_column
@@ -265,13 +269,18 @@ class Personalizer:
         self._write_settings()
         return self
 
-    def tap(self, df: pd.DataFrame) -> tuple[Tapped, torch.Tensor]:
-        """The last feed-forward block's inputs for ``df``'s rows (one padded batch) and their shared logits."""
+    def tap(self, df: pd.DataFrame, project: torch.Tensor | None = None) -> tuple[Tapped, torch.Tensor]:
+        """The last feed-forward block's inputs for ``df``'s rows (one padded batch) and their shared logits.
+
+        With ``project`` (an adapter's fixed ``A``), only ``h @ A`` is kept of the wide inner
+        activations, batch by batch: what training needs, at a fraction of the memory.
+        """
         ft = self.base
         assert ft.model_ is not None
         texts, _, _ = ft._texts_for_prediction(df)
         ids = ft.backbone_.tokenize([str(t) for t in texts], ft.config_.max_length)
         parts: list[Tapped] = []
+        logits: list[torch.Tensor] = []
         size = ft.config_.eval_batch_size
         pad = ft.backbone_.pad_id
         for start in range(0, len(ids), size):
@@ -282,14 +291,27 @@ class Personalizer:
             for i, seq in enumerate(chunk):
                 batch[i, : len(seq)] = torch.as_tensor(seq)
                 mask[i, : len(seq)] = 1
-            with torch.inference_mode(), tap_last_ffn(ft.backbone_) as seen:
-                ft.backbone_(batch, mask)
-            h, pre = seen[-1]
-            parts.append(Tapped(h.clone(), pre.clone(), mask))
-        tapped = concat_tapped(parts)
-        with torch.no_grad():
-            logits = lora_logits(None, self._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
-        return tapped, logits
+            with torch.inference_mode():
+                tapped, features = self._encode(batch, mask)
+                logits.append(ft.model_.head(features).float())
+                h = tapped.h if project is None else tapped.h @ project
+            # Clones made outside inference mode: training may record operations on them.
+            parts.append(Tapped(h.clone(), tapped.pre.clone(), mask, project is not None))
+        return concat_tapped(parts), torch.cat(logits).clone()
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[Tapped, torch.Tensor]:
+        """Pooled features of a batch and what the last feed-forward block saw (checked to be the same pass)."""
+        ft = self.base
+        with tap_last_ffn(ft.backbone_) as seen:
+            features = ft.backbone_(input_ids, attention_mask)
+        if len(seen) != 1 or seen[0][0].shape[:2] != attention_mask.shape:
+            raise ConfigError(
+                f"the last feed-forward block ran {len(seen)} time(s) for one batch; LoRA adapters need it to "
+                "run once over whole sequences (is chunk_size_feed_forward set?)",
+                key="adapter_kind",
+                hint="Use adapter_kind='head'",
+            )
+        return Tapped(seen[0][0], seen[0][1], attention_mask), features
 
     def _fit_lora(
         self, df: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, valid_idx: np.ndarray
@@ -297,21 +319,24 @@ class Personalizer:
         ft = self.base
         assert ft.model_ is not None
         idx = np.concatenate([train_idx, valid_idx])
-        tapped, shared = self.tap(df.iloc[idx])
+        dense = self._ffn.get_submodule("dense")
+        assert isinstance(dense, torch.nn.Linear)
+        a = lora_projection(dense.in_features, self.lora_settings.rank, self.seed)
+        tapped, shared = self.tap(df.iloc[idx], project=a)
         n = len(train_idx)
-        train_rows, valid_rows = np.arange(n), np.arange(n, len(idx))
         adapter = fit_lora_adapter(
             self._ffn,
             ft.model_.head,
             ft.backbone_.pooling,
-            subset(tapped, train_rows),
+            rows_between(tapped, 0, n),
             y[train_idx],
             self.lora_settings,
             seed=self.seed,
         )
         with torch.no_grad():
-            mine = lora_logits(adapter, self._ffn, ft.model_.head, subset(tapped, valid_rows), ft.backbone_.pooling)
-        check = compare_logits(shared[valid_rows].numpy(), mine.numpy(), y[valid_idx])
+            valid = rows_between(tapped, n, len(idx))
+            mine = lora_logits(adapter, self._ffn, ft.model_.head, valid, ft.backbone_.pooling)
+        check = compare_logits(shared[n:].numpy(), mine.numpy(), y[valid_idx])
         return adapter, check
 
     @property
@@ -339,7 +364,9 @@ class Personalizer:
                 "time_column": self.time_column,
                 "min_rows": self.min_rows,
                 "valid_fraction": self.valid_fraction,
+                "adapter_kind": self.adapter_kind,
                 "head": self.settings.__dict__,
+                "lora": self.lora_settings.__dict__,
                 "seed": self.seed,
             },
         )
@@ -366,10 +393,14 @@ class Personalizer:
         for key, rows in routes.items():
             adapter = self._adapter(key)
             if isinstance(adapter, LoraAdapter):
-                tapped, _ = self.tap(df.iloc[rows])
-                with torch.no_grad():
-                    mine = lora_logits(adapter, self._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
-                out[rows] = mine.numpy()
+                # A batch at a time: a large segment's tapped rows would not fit in memory at once.
+                size = ft.config_.eval_batch_size
+                for start in range(0, len(rows), size):
+                    part = rows[start : start + size]
+                    tapped, _ = self.tap(df.iloc[part], project=adapter.A.detach())
+                    with torch.no_grad():
+                        mine = lora_logits(adapter, self._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
+                    out[part] = mine.numpy()
             else:
                 out[rows] = apply_head_adapter(adapter, features[rows], logits[rows])
         from tunesmith.export.runtime import softmax
@@ -402,6 +433,9 @@ class Personalizer:
         n = int(input_ids.shape[0])
         if len(users) != n or (segments is not None and len(segments) != n):
             raise ConfigError(f"{n} rows but {len(users)} users and {len(segments or [])} segments")
+        if self.store.refresh():
+            # Another process rewrote the store (tunesmith personalize --users): read adapters anew.
+            self._adapters.clear()
         routes = [self.route(users[i], None if segments is None else segments[i]) for i in range(n)]
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(routes):
@@ -411,9 +445,7 @@ class Personalizer:
         need_tap = any(isinstance(a, LoraAdapter) for a in adapters.values())
         with torch.inference_mode():
             if need_tap:
-                with tap_last_ffn(ft.backbone_) as seen:
-                    features = ft.backbone_(input_ids, attention_mask)
-                tapped = Tapped(seen[-1][0], seen[-1][1], attention_mask)
+                tapped, features = self._encode(input_ids, attention_mask)
             else:
                 features = ft.backbone_(input_ids, attention_mask)
             logits = ft.model_.head(features).float()
@@ -431,10 +463,11 @@ class Personalizer:
     def _adapter(self, key: str) -> HeadAdapter | LoraAdapter:
         adapter = self._adapters.get(key)
         if adapter is None:
-            kind = self.store.info(key).get("kind", "head")
             tensors = self.store.load(key)
+            # The kind is read from the tensors themselves: the file is what will run, even if
+            # the index this process read is older than it.
             loaded: HeadAdapter | LoraAdapter = (
-                LoraAdapter.from_tensors(tensors) if kind == "lora" else HeadAdapter.from_tensors(tensors)
+                LoraAdapter.from_tensors(tensors) if "scale" in tensors else HeadAdapter.from_tensors(tensors)
             )
             loaded.eval()
             adapter = self._adapters[key] = loaded
@@ -451,6 +484,7 @@ class Personalizer:
         """
         s = load_settings(store)
         head = s.get("head") or {}
+        lora = s.get("lora") or {}
         return cls(
             base if base is not None else s["base"],
             store,
@@ -461,7 +495,9 @@ class Personalizer:
             valid_fraction=float(s.get("valid_fraction", 0.2)),
             seed=int(s.get("seed", 0)),
             progress=progress,
+            adapter_kind=str(s.get("adapter_kind", "head")),
             **{k: head[k] for k in ("rank", "l2", "steps", "lr") if k in head},
+            **{f"lora_{k}": lora[k] for k in ("rank", "alpha", "steps", "lr") if k in lora},
         )
 
     def evaluate(self, data: pd.DataFrame | str | os.PathLike[str]) -> dict[str, Any]:
@@ -478,6 +514,8 @@ class Personalizer:
 
         df, file = self._read(data)
         assert self.base.schema_ is not None
+        require_column(df, self.user_column, "user", file)
+        require_column(df, self.base.schema_.target, "target", file)
         y, known = self._targets(df, self.base.schema_.target)
         df, y = df.loc[known].reset_index(drop=True), y[known]
         if not len(df):

@@ -66,7 +66,31 @@ class AdapterStore:
         self.folder = Path(folder)
         self.base_fingerprint = base_fingerprint
         self._index: dict[str, Any] = {"format": STORE_FORMAT, "base_fingerprint": base_fingerprint, "adapters": {}}
+        self._stamp: tuple[int, int] | None = None
+        self._read_index()
+
+    def _index_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.folder / INDEX).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> bool:
+        """Re-read the index if another writer changed it since; ``True`` if it did.
+
+        Cheap (one ``stat``): a server calls it before each batch, so adapters added,
+        replaced or deleted by ``tunesmith personalize --users`` serve without a restart.
+        """
+        if self._index_stamp() == self._stamp:
+            return False
+        self._read_index()
+        return True
+
+    def _read_index(self) -> None:
         path = self.folder / INDEX
+        stamp = self._index_stamp()
+        base_fingerprint = self.base_fingerprint
         if path.is_file():
             try:
                 index = json.loads(path.read_text(encoding="utf-8"))
@@ -81,6 +105,7 @@ class AdapterStore:
                     hint="Use the shared model they were built for, or retrain them with tunesmith personalize",
                 )
             self._index = index
+        self._stamp = stamp
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -145,6 +170,7 @@ class AdapterStore:
     def _write_index(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.folder / INDEX, self._index)
+        self._stamp = self._index_stamp()
 
     def summary(self) -> dict[str, Any]:
         """Counts by level and whether used, and the mean adapter size in bytes."""
