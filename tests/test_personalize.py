@@ -109,6 +109,19 @@ def test_a_reader_sees_another_writers_changes_after_refresh(tmp_path):
     assert reader.refresh() and reader.route(1).level == "shared"
 
 
+def test_deferred_writes_publish_the_index_once_at_the_end(tmp_path):
+    writer = AdapterStore(tmp_path, "sha256:base")
+    writer.put("user:old", HeadAdapter(4, 2, 1).tensors(), {"level": "user"})
+    old_file = tmp_path / writer.info("user:old")["file"]
+    reader = AdapterStore(tmp_path, "sha256:base")
+    with writer.deferred():
+        writer.put("user:new", HeadAdapter(4, 2, 1).tensors(), {"level": "user"})
+        writer.delete("user:old")
+        assert not reader.refresh() and "user:new" not in reader
+        assert old_file.is_file()  # the published index still names it
+    assert reader.refresh() and list(reader) == ["user:new"] and not old_file.exists()
+
+
 def test_store_refuses_another_base_model_and_bad_input(tmp_path):
     store = AdapterStore(tmp_path, "sha256:one")
     store.put("user:1", HeadAdapter(4, 2, 1).tensors(), {"level": "user"})

@@ -214,7 +214,8 @@ def test_bpr_fold_in_climbs_the_bpr_objective_row_by_row(log) -> None:
     gains = np.diff(np.array(values), axis=0)
     assert (gains > -1e-5).all() and gains[0].mean() > 0
     # Rows are solved independently: a slice scores like the same rows of the whole batch.
-    np.testing.assert_array_equal(model.score(train[3:6]), model.score(train)[3:6])
+    # Equal up to float rounding: matrix products of other shapes may round differently.
+    np.testing.assert_allclose(model.score(train[3:6]), model.score(train)[3:6], rtol=1e-5, atol=1e-6)
 
 
 def test_bpr_is_deterministic_for_a_seed(log) -> None:

@@ -237,7 +237,8 @@ class Personalizer:
                 plan.append((level, str(value), key, np.flatnonzero(train), np.flatnonzero(valid)))
         from tunesmith.estimator import _progress
 
-        with _progress(f"{self.adapter_kind} adapters", len(plan), enabled=self.progress and len(plan) > 2) as advance:
+        bar = _progress(f"{self.adapter_kind} adapters", len(plan), enabled=self.progress and len(plan) > 2)
+        with self.store.deferred(), bar as advance:
             for level, value, key, train_idx, valid_idx in plan:
                 if features is not None and logits is not None:
                     head = fit_head_adapter(

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ class AdapterStore:
         self.base_fingerprint = base_fingerprint
         self._index: dict[str, Any] = {"format": STORE_FORMAT, "base_fingerprint": base_fingerprint, "adapters": {}}
         self._stamp: tuple[int, int] | None = None
+        self._deferred = False
+        self._unlink: list[str] = []
         self._read_index()
 
     def _index_stamp(self) -> tuple[int, int] | None:
@@ -164,10 +167,40 @@ class AdapterStore:
         entry = self._index["adapters"].pop(key, None)
         if entry is None:
             raise KeyError(f"no adapter {key!r} in the store")
-        self._write_index()
-        (self.folder / entry["file"]).unlink(missing_ok=True)
+        if self._deferred:
+            self._unlink.append(entry["file"])  # after the index stops naming it
+        else:
+            self._write_index()
+            (self.folder / entry["file"]).unlink(missing_ok=True)
+
+    @contextmanager
+    def deferred(self) -> Iterator[AdapterStore]:
+        """Write the index once, when the block ends, instead of after every ``put`` and ``delete``.
+
+        For training many adapters: rewriting an index of thousands of entries after each one
+        costs more than training them. Adapter files are still written at once and files of
+        deleted adapters removed only after the index is written, so until the block ends a
+        reader sees the previous index: the same users routed as before, a retrained adapter
+        possibly already with its new weights. If the block fails, the index is still written
+        for what was done.
+        """
+        if self._deferred:
+            yield self
+            return
+        self._deferred = True
+        try:
+            yield self
+        finally:
+            self._deferred = False
+            self._write_index()
+            for rel in self._unlink:
+                if rel not in {e["file"] for e in self._index["adapters"].values()}:
+                    (self.folder / rel).unlink(missing_ok=True)
+            self._unlink.clear()
 
     def _write_index(self) -> None:
+        if self._deferred:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.folder / INDEX, self._index)
         self._stamp = self._index_stamp()
