@@ -40,12 +40,17 @@ class HeadAdapterSettings:
     def __post_init__(self) -> None:
         if self.rank < 0:
             raise ConfigError(f"must be at least 0, got {self.rank}", key="rank")
-        if self.l2 < 0:
-            raise ConfigError(f"must be at least 0, got {self.l2}", key="l2")
-        if self.steps < 1:
-            raise ConfigError(f"must be at least 1, got {self.steps}", key="steps")
-        if not self.lr > 0:
-            raise ConfigError(f"must be above 0, got {self.lr}", key="lr")
+        check_training(self.l2, self.steps, self.lr)
+
+
+def check_training(l2: float, steps: int, lr: float) -> None:
+    """The settings every adapter's full-batch training shares: ``l2 >= 0``, ``steps >= 1``, ``lr > 0``."""
+    if l2 < 0:
+        raise ConfigError(f"must be at least 0, got {l2}", key="l2")
+    if steps < 1:
+        raise ConfigError(f"must be at least 1, got {steps}", key="steps")
+    if not lr > 0:
+        raise ConfigError(f"must be above 0, got {lr}", key="lr")
 
 
 class HeadAdapter(nn.Module):

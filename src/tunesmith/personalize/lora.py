@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ConfigError
+from tunesmith.personalize.head import check_training
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,7 @@ class LoraAdapterSettings:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ConfigError(f"must be at least 1, got {self.rank}", key="lora_rank")
-        if self.l2 < 0:
-            raise ConfigError(f"must be at least 0, got {self.l2}", key="l2")
-        if self.steps < 1:
-            raise ConfigError(f"must be at least 1, got {self.steps}", key="steps")
-        if not self.lr > 0:
-            raise ConfigError(f"must be above 0, got {self.lr}", key="lr")
+        check_training(self.l2, self.steps, self.lr)
         if not self.alpha > 0:
             raise ConfigError(f"must be above 0, got {self.alpha}", key="lora_alpha")
 
