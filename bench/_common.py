@@ -316,3 +316,32 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str,
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(r) for r in body)])
+
+
+def check_targets(summary: Mapping[str, Any], targets: Mapping[str, tuple[str, float]]) -> dict[str, bool | None]:
+    """Whether each target of ``targets`` (key -> (op, bound), op one of >=, >, <=, <) is met; None if not measured."""
+    ops = {
+        ">=": lambda v, b: v >= b,
+        ">": lambda v, b: v > b,
+        "<=": lambda v, b: v <= b,
+        "<": lambda v, b: v < b,
+    }
+    checks: dict[str, bool | None] = {}
+    for key, (op, bound) in targets.items():
+        value = summary.get(key)
+        checks[key] = None if value is None else bool(ops[op](value, bound))
+    return checks
+
+
+def print_summary(
+    summary: Mapping[str, Any],
+    targets: Mapping[str, tuple[str, float]],
+    checks: Mapping[str, bool | None],
+    digits: int = 4,
+) -> None:
+    """One line per summary key, floats to ``digits`` places, each target marked met or MISSED."""
+    for key, value in summary.items():
+        target = targets.get(key)
+        note = f"   (target {target[0]} {target[1]}: {'met' if checks[key] else 'MISSED'})" if target else ""
+        shown = "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        print(f"{key}: {shown}{note}")

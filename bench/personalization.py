@@ -33,7 +33,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, default_threads, environment_info, format_table, now_iso, write_results
+from _common import (
+    RESULTS_DIR,
+    check_targets,
+    default_threads,
+    environment_info,
+    format_table,
+    now_iso,
+    print_summary,
+    write_results,
+)
 
 BENCHMARK = "personalization"
 SEED = 0
@@ -112,14 +121,6 @@ def measure_serving(args: argparse.Namespace, test: Any) -> tuple[dict[str, Any]
     return results, summary
 
 
-def check_targets(summary: dict[str, Any]) -> dict[str, bool | None]:
-    checks: dict[str, bool | None] = {}
-    for key, (op, bound) in TARGETS.items():
-        v = summary.get(key)
-        checks[key] = None if v is None else (v >= bound if op == ">=" else v <= bound)
-    return checks
-
-
 def serving_only(args: argparse.Namespace, test: Any) -> int:
     """Re-measure serving on the last full run's model and stores; keep its other figures."""
     import json
@@ -128,7 +129,7 @@ def serving_only(args: argparse.Namespace, test: Any) -> int:
     serving_results, serving_summary = measure_serving(args, test)
     results = {**previous["results"], **serving_results}
     summary = {**previous["summary"], **serving_summary}
-    results["targets_met"] = check_targets(summary)
+    results["targets_met"] = check_targets(summary, TARGETS)
     settings = {
         **previous["settings"],
         "serving": {"seconds": args.serve_seconds, "rounds": args.serve_rounds, "measured": now_iso()},
@@ -195,7 +196,7 @@ def retime_head(args: argparse.Namespace, train: Any) -> int:
         },
     }
     summary = {**previous["summary"], "train_seconds_all_users": seconds}
-    results["targets_met"] = check_targets(summary)
+    results["targets_met"] = check_targets(summary, TARGETS)
     path = write_results(
         args.out,
         benchmark=BENCHMARK,
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         serving_results, serving_summary = measure_serving(args, test)
         results.update(serving_results)
         summary.update(serving_summary)
-    checks = check_targets(summary)
+    checks = check_targets(summary, TARGETS)
     results["by_train_rows"] = {name: r["summary"]["by_train_rows"] for name, r in reports.items()}
     results["per_user"] = valid.to_dict("records")
     results["targets_met"] = checks
@@ -388,11 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows, [("model", "model", ""), ("auc", "mean per-user ROC AUC", ".4f")]))
     print()
-    for key, value in summary.items():
-        target = TARGETS.get(key)
-        note = f"   (target {target[0]} {target[1]}: {'met' if checks[key] else 'MISSED'})" if target else ""
-        shown = "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"{key}: {shown}{note}")
+    print_summary(summary, TARGETS, checks)
     print(f"results written to {path}")
     return 0
 

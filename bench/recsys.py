@@ -32,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     RESULTS_DIR,
+    check_targets,
     default_threads,
     environment_info,
     format_table,
     now_iso,
+    print_summary,
     ratio,
     read_results,
     write_results,
@@ -343,10 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     cold = cold_start(inter, items, args.threads) if "cold" in only else earlier.get("cold_start")
     serve = serve_latency(args.threads) if "serve" in only else earlier.get("serve")
     summary = summarise(a, b, cold, serve)
-    checks = {}
-    for key, (op, bound) in TARGETS.items():
-        v = summary.get(key)
-        checks[key] = None if v is None else (v >= bound if op == ">=" else v > bound if op == ">" else v <= bound)
+    checks = check_targets(summary, TARGETS)
     path = write_results(
         args.out,
         benchmark=BENCHMARK,
@@ -385,10 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print()
-    for key, value in summary.items():
-        target = TARGETS.get(key)
-        note = f"   (target {target[0]} {target[1]}: {'met' if checks[key] else 'MISSED'})" if target else ""
-        print(f"{key}: {'-' if value is None else f'{value:.4f}'}{note}")
+    print_summary(summary, TARGETS, checks)
     print(f"results written to {path}")
     return 0
 

@@ -39,11 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     BENCH_DIR,
     RESULTS_DIR,
+    check_targets,
     child_env,
     default_threads,
     environment_info,
     format_table,
     now_iso,
+    print_summary,
     ratio,
     write_json,
     write_results,
@@ -550,10 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] FAILED: {exc}", file=sys.stderr, flush=True)
             results[name] = {"status": "failed", "error": str(exc)[-2000:], "created": now_iso()}
     summary = summarise(results, model)
-    checks = {}
-    for key, (op, bound) in TARGETS.items():
-        value = summary.get(key)
-        checks[key] = None if value is None else (value <= bound if op == "<=" else value >= bound)
+    checks = check_targets(summary, TARGETS)
     settings = {
         **settings_now,
         "dataset": "rotten_tomatoes_split(seed=0) test reviews as requests",
@@ -577,11 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     print()
-    for key, value in summary.items():
-        target = TARGETS.get(key)
-        note = f"   (target {target[0]} {target[1]}: {'met' if checks[key] else 'MISSED'})" if target else ""
-        shown = "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-        print(f"{key}: {shown}{note}")
+    print_summary(summary, TARGETS, checks, digits=3)
     print(f"results written to {path}")
     return 0 if all(r.get("status") == "ok" for r in results.values()) else 1
 

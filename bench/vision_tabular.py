@@ -34,7 +34,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, default_threads, environment_info, format_table, now_iso, read_results, write_results
+from _common import (
+    RESULTS_DIR,
+    check_targets,
+    default_threads,
+    environment_info,
+    format_table,
+    now_iso,
+    print_summary,
+    read_results,
+    write_results,
+)
 
 BENCHMARK = "vision_tabular"
 SEED = 0
@@ -289,10 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     a = adult(args.threads) if "adult" in only else earlier.get("adult")
     x = mixed_rows() if "mixed" in only else earlier.get("mixed_rows")
     summary = summarise(m, d, a, x, ablation)
-    checks = {}
-    for key, (op, bound) in TARGETS.items():
-        v = summary.get(key)
-        checks[key] = None if v is None else (v >= bound if op == ">=" else v <= bound)
+    checks = check_targets(summary, TARGETS)
     path = write_results(
         args.out,
         benchmark=BENCHMARK,
@@ -370,10 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print()
-    for key, value in summary.items():
-        target = TARGETS.get(key)
-        note = f"   (target {target[0]} {target[1]}: {'met' if checks[key] else 'MISSED'})" if target else ""
-        print(f"{key}: {'-' if value is None else f'{value:.4f}'}{note}")
+    print_summary(summary, TARGETS, checks)
     print(f"results written to {path}")
     return 0
 
