@@ -236,7 +236,7 @@ def fit_lora_adapter(
     # A stays the fixed random projection it was seeded with and only B learns (LoRA-FA): then
     # h @ A is computed once (or already was, while tapping), and each step is a product of width r.
     with torch.no_grad():
-        projected = adapter.project(tapped)
+        projected = Tapped(adapter.project(tapped), tapped.pre, tapped.mask, projected=True)
     opt = torch.optim.Adam([adapter.B], lr=settings.lr)
     shared = [*ffn.parameters(), *head.parameters()]
     # The shared block and head are frozen for the duration: no gradients computed or kept for them.
@@ -248,8 +248,7 @@ def fit_lora_adapter(
     try:
         for _ in range(settings.steps):
             opt.zero_grad(set_to_none=True)
-            hidden = _finish(ffn, tapped, projected @ adapter.B * adapter.scale)
-            loss = nn.functional.cross_entropy(head(pool(hidden, tapped.mask, pooling)), t)
+            loss = nn.functional.cross_entropy(lora_logits(adapter, ffn, head, projected, pooling), t)
             loss = loss + settings.l2 * (adapter.B**2).sum()
             loss.backward()
             opt.step()

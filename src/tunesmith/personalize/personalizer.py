@@ -44,6 +44,7 @@ from tunesmith.personalize.lora import (
     tap_last_ffn,
 )
 from tunesmith.personalize.store import AdapterStore, Route, adapter_key
+from tunesmith.train.batching import Collator
 
 SETTINGS_FILE = "personalize.json"
 ADAPTER_KINDS = ("head", "lora")
@@ -283,15 +284,10 @@ class Personalizer:
         parts: list[Tapped] = []
         logits: list[torch.Tensor] = []
         size = ft.config_.eval_batch_size
-        pad = ft.backbone_.pad_id
+        collate = Collator(ft.backbone_.pad_id)
         for start in range(0, len(ids), size):
-            chunk = ids[start : start + size]
-            width = max(len(x) for x in chunk)
-            batch = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, seq in enumerate(chunk):
-                batch[i, : len(seq)] = torch.as_tensor(seq)
-                mask[i, : len(seq)] = 1
+            padded = collate([{"input_ids": seq, "index": i} for i, seq in enumerate(ids[start : start + size])])
+            batch, mask = padded["input_ids"], padded["attention_mask"]
             with torch.inference_mode():
                 tapped, features = self._encode(batch, mask)
                 logits.append(ft.model_.head(features).float())
@@ -380,15 +376,10 @@ class Personalizer:
         require_column(df, self.user_column, "user", file)
         features, logits = self.shared_outputs(df)
         out = logits.copy()
-        levels = ["shared"] * len(df)
-        users = df[self.user_column].astype(str).to_numpy()
-        segments = df[self.segment_column].astype(str).to_numpy() if self.segment_column in df.columns else None
-        routes: dict[str, list[int]] = {}
-        for i in range(len(df)):
-            route = self.route(users[i], None if segments is None else segments[i])
-            levels[i] = route.level
-            if route.key is not None:
-                routes.setdefault(route.key, []).append(i)
+        users = df[self.user_column].astype(str).tolist()
+        segments = df[self.segment_column].astype(str).tolist() if self.segment_column in df.columns else None
+        found, routes = self._routes(users, segments)
+        levels = [r.level for r in found]
         ft = self.base
         assert ft.model_ is not None
         for key, rows in routes.items():
@@ -437,11 +428,7 @@ class Personalizer:
         if self.store.refresh():
             # Another process rewrote the store (tunesmith personalize --users): read adapters anew.
             self._adapters.clear()
-        routes = [self.route(users[i], None if segments is None else segments[i]) for i in range(n)]
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(routes):
-            if r.key is not None:
-                groups.setdefault(r.key, []).append(i)
+        routes, groups = self._routes(users, segments)
         adapters = {key: self._adapter(key) for key in groups}
         need_tap = any(isinstance(a, LoraAdapter) for a in adapters.values())
         with torch.inference_mode():
@@ -460,6 +447,15 @@ class Personalizer:
                 else:
                     out[rows] = apply_head_adapter(adapter, f_np[rows], out[rows])
         return out, routes
+
+    def _routes(self, users: Sequence[Any], segments: Sequence[Any] | None) -> tuple[list[Route], dict[str, list[int]]]:
+        """The route of each row, and the rows of each adapter that answers some."""
+        routes = [self.route(u, None if segments is None else segments[i]) for i, u in enumerate(users)]
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(routes):
+            if r.key is not None:
+                groups.setdefault(r.key, []).append(i)
+        return routes, groups
 
     def _adapter(self, key: str) -> HeadAdapter | LoraAdapter:
         adapter = self._adapters.get(key)
