@@ -256,10 +256,12 @@ def test_cli_personalize_trains_and_updates_named_users(shared_model, tmp_path, 
     for png in ("per_user.png", "by_train_rows.png"):
         assert (store / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, out, err = cli(
-        capsys, "personalize", str(shared_model), str(csv), "--user-column", "user", "--users", "u3", "-o", str(store)
-    )
+        capsys, "personalize", str(shared_model), str(csv), "--user-column", "user", "--users", "u3,ghost", "-o",
+        str(store),
+    )  # fmt: skip
     assert code == 0, err
     assert "user adapters: 1 user(s)" in out
+    assert "no labeled rows in ratings.csv for: ghost (adapters unchanged)" in out
     code, _, err = cli(
         capsys, "personalize", str(shared_model), str(csv), "--user-column", "user", "--adapter-kind", "lora",
         "-o", str(store),

@@ -853,6 +853,10 @@ def personalize(
         rows = frame.assign(**{wanted: frame[target]})
     chosen = [u.strip() for u in users.split(",") if u.strip()] if users else None
     p.fit(rows, users=chosen)
+    absent = [u for u in chosen or [] if u not in p.report_["user"]]
+    if absent:
+        # Named but without a labeled row in the file: nothing to train on, their adapters are kept.
+        console.print(f"[yellow]no labeled rows in {data.name} for: {', '.join(absent)} (adapters unchanged)[/yellow]")
     for level, trained in p.report_.items():
         if not trained:
             continue
