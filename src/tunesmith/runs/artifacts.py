@@ -18,13 +18,13 @@ import math
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.errors import ArtifactError
+from tunesmith.runs.trust import UNSAFE_SUFFIXES, SafeFolder, read_safetensors_header
 
 if TYPE_CHECKING:
     import torch
@@ -45,10 +45,6 @@ __all__ = [
 MODEL_INFO_FILE = "tunesmith.json"
 """The file every tunesmith model folder holds; also marks a folder as safe to overwrite."""
 
-UNSAFE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz"})
-"""Suffixes of formats that can carry pickled (code-running) objects: torch, joblib, NumPy."""
-
-_PICKLE_HINT = "tunesmith models hold only safetensors and JSON; re-save it with FineTuner.save"
 _FILE_MODE = 0o644
 _DIR_MODE = 0o755
 
@@ -261,79 +257,18 @@ def _fsync_tree(folder: Path) -> None:
 # --- safety checks ---------------------------------------------------------------------------
 
 
-def _looks_like_safetensors(head: bytes, size: int) -> bool:
-    """A safetensors file: 8-byte little-endian header length, then a JSON object."""
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 0 < n <= size - 8 and head[8:9] == b"{"
-
-
-def _pickle_reason(path: Path) -> str | None:
-    """Why ``path`` holds (or may hold) a pickle, or None when it does not."""
-    suffix = path.suffix.lower()
-    if suffix in UNSAFE_SUFFIXES:
-        return f"its suffix {suffix} is a pickle-capable format"
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path.name!r}: {exc.strerror or exc}", path=path) from None
-    if _looks_like_safetensors(head, size):
-        return None
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return f"its content starts with a pickle protocol {head[1]} header"
-    if head.startswith(b"\x93NUMPY"):
-        return "its content is a NumPy array file, which can hold pickled objects"
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return None
-        pickled = [n for n in names if n.lower().endswith((".pkl", ".pickle"))]
-        if pickled:
-            return f"it is a zip archive holding {pickled[0]!r} (the torch.save format)"
-    return None
-
-
 def check_safe_model_dir(path: str | os.PathLike[str]) -> Path:
-    """Check that ``path`` is a tunesmith model folder holding no pickle; return it as a Path.
+    """Check that ``path`` is a tunesmith model folder that is safe to load; return it as a Path.
 
-    Every file, recursively, is refused if its suffix is in :data:`UNSAFE_SUFFIXES`, if
-    its first bytes are a pickle header (protocol 2-5), a NumPy array header, or if it
-    is a zip archive with a ``*.pkl`` member (``torch.save``'s format).
+    The checks are :meth:`tunesmith.runs.trust.SafeFolder.open`'s: no pickle (any protocol,
+    by suffix or content, inside a zip or after a safetensors header), no code, and nothing
+    but regular files and folders (no links, FIFOs or devices). Loaders that read files
+    should use the :class:`~tunesmith.runs.trust.SafeFolder` it returns instead.
 
     Raises:
         ArtifactError: the folder is missing, lacks ``tunesmith.json``, or holds such a file.
     """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ArtifactError(
-            f"no model folder at {str(folder)!r}",
-            path=folder,
-            hint="Pass the folder written by `tunesmith fit` or FineTuner.save",
-        )
-    if not (folder / MODEL_INFO_FILE).is_file():
-        raise ArtifactError(
-            f"the folder holds no {MODEL_INFO_FILE}, so it is not a tunesmith model",
-            path=folder,
-            hint="Pass the folder written by `tunesmith fit` or FineTuner.save",
-        )
-    for file in sorted(folder.rglob("*")):
-        if not file.is_file():
-            continue
-        reason = _pickle_reason(file)
-        if reason:
-            rel = file.relative_to(folder).as_posix()
-            raise ArtifactError(
-                f"refusing to load a model folder with a pickle file {rel!r} ({reason}); "
-                "loading pickles can run arbitrary code",
-                path=folder,
-                hint=_PICKLE_HINT,
-            )
-    return folder
+    return SafeFolder.open(path).root
 
 
 # --- tensors ---------------------------------------------------------------------------------
@@ -389,12 +324,14 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     source = Path(path)
-    if not source.is_file():
+    if not (source.is_file() or source.is_symlink()):
         raise ArtifactError(
             "weights file is missing",
             path=source,
             hint="Pass the folder written by `tunesmith fit` or FineTuner.save",
         )
+    # the header is checked first: exact tiling, no trailing bytes, never a link or a FIFO
+    read_safetensors_header(source)
     try:
         return load_file(str(source), device="cpu")
     except Exception as exc:  # safetensors raises its own error type for corrupt files
