@@ -156,9 +156,9 @@ def test_clean_model_dir_passes(tmp_path):
 
 
 def test_missing_folder_and_missing_info(tmp_path):
-    with pytest.raises(ArtifactError, match="no model folder") as err:
+    with pytest.raises(ArtifactError, match="no model folder here") as err:
         check_safe_model_dir(tmp_path / "nope")
-    assert "FineTuner.save" in str(err.value)
+    assert "save()" in str(err.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match=r"tunesmith\.json"):
         check_safe_model_dir(tmp_path / "empty")
@@ -167,9 +167,9 @@ def test_missing_folder_and_missing_info(tmp_path):
 def test_pickle_refused_by_suffix(tmp_path):
     folder = _model_dir(tmp_path)
     (folder / "weights.bin").write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(ArtifactError, match=r"refusing to load.*pickle file 'weights\.bin'") as err:
+    with pytest.raises(ArtifactError, match=r"refusing to load.*unsafe file 'weights\.bin'") as err:
         check_safe_model_dir(folder)
-    assert "re-save it with FineTuner.save" in str(err.value)
+    assert "re-save it with the estimator's save()" in str(err.value)
 
 
 @pytest.mark.parametrize("suffix", sorted(UNSAFE_SUFFIXES))
@@ -184,7 +184,7 @@ def test_every_unsafe_suffix_refused_even_when_empty(tmp_path, suffix):
 def test_pickle_refused_by_content(tmp_path, protocol):
     folder = _model_dir(tmp_path)
     (folder / "x.safetensors").write_bytes(pickle.dumps({"a": np.arange(3)}, protocol=protocol))
-    with pytest.raises(ArtifactError, match=r"pickle file 'x.safetensors'.*protocol"):
+    with pytest.raises(ArtifactError, match=r"unsafe file 'x.safetensors'.*protocol"):
         check_safe_model_dir(folder)
 
 

@@ -579,7 +579,7 @@ class SafeFolder:
         try:
             st = os.stat(given)
         except FileNotFoundError:
-            raise ArtifactError(f"no {what} at {_short(given)!r}", path=_short(given), hint=hint) from None
+            raise ArtifactError(f"no {what} here", path=_short(given), hint=hint) from None
         except OSError as exc:
             raise ArtifactError(f"cannot open the {what}: {exc.strerror or exc}", path=_short(given), hint=hint) from None
         if not stat.S_ISDIR(st.st_mode):
