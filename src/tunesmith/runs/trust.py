@@ -48,6 +48,7 @@ __all__ = [
     "check_state_shapes",
     "field",
     "malformed",
+    "open_model",
     "read_safetensors_header",
     "refuse_custom_code",
     "safe_relative",
@@ -176,7 +177,9 @@ def parse_json(data: bytes, *, path: str | os.PathLike[str], shown: str) -> Any:
     except UnicodeDecodeError as exc:
         raise ArtifactError(f"{shown} is not UTF-8 text (byte {exc.start})", path=path) from None
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{shown} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=path) from None
+        raise ArtifactError(
+            f"{shown} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=path
+        ) from None
     except RecursionError:
         raise ArtifactError(f"{shown} nests too deeply to be a tunesmith file", path=path) from None
 
@@ -246,9 +249,9 @@ def field(
     if choices is not None and node not in choices:
         allowed = ", ".join(repr(c) for c in choices)
         raise ArtifactError(f"field {name!r} must be one of {allowed}, got {node!r}", path=file)
-    if isinstance(node, (int, float)) and not isinstance(node, bool):
-        if (low is not None and node < low) or (high is not None and node > high):
-            raise ArtifactError(f"field {name!r} must be within [{low}, {high}], got {node!r}", path=file)
+    numeric = isinstance(node, (int, float)) and not isinstance(node, bool)
+    if numeric and ((low is not None and node < low) or (high is not None and node > high)):
+        raise ArtifactError(f"field {name!r} must be within [{low}, {high}], got {node!r}", path=file)
     return node
 
 
@@ -581,9 +584,13 @@ class SafeFolder:
         except FileNotFoundError:
             raise ArtifactError(f"no {what} here", path=_short(given), hint=hint) from None
         except OSError as exc:
-            raise ArtifactError(f"cannot open the {what}: {exc.strerror or exc}", path=_short(given), hint=hint) from None
+            raise ArtifactError(
+                f"cannot open the {what}: {exc.strerror or exc}", path=_short(given), hint=hint
+            ) from None
         if not stat.S_ISDIR(st.st_mode):
-            raise ArtifactError(f"{_short(given)!r} is not a folder ({_kind_of(st.st_mode)})", path=_short(given), hint=hint)
+            raise ArtifactError(
+                f"{_short(given)!r} is not a folder ({_kind_of(st.st_mode)})", path=_short(given), hint=hint
+            )
         root = given.resolve()
         if marker is not None:
             try:
@@ -742,3 +749,20 @@ def _scan(root: Path, shown: Path, *, max_files: int) -> dict[str, int]:
                 )
             files[rel] = st.st_size
     return files
+
+
+MODEL_KINDS = ("text", "image", "tabular", "recommender")
+"""The ``kind`` values a model folder's ``tunesmith.json`` may hold (absent means text)."""
+
+
+def open_model(path: str | os.PathLike[str]) -> tuple[SafeFolder, dict[str, Any]]:
+    """The one entry every model loader goes through: the folder scanned and its metadata read.
+
+    Returns the opened folder and ``tunesmith.json`` (a JSON object whose ``kind``, when
+    present, is one of :data:`MODEL_KINDS`). Kind loaders read every further file through the
+    returned :class:`SafeFolder`.
+    """
+    folder = SafeFolder.open(path)
+    meta = folder.read_json("tunesmith.json")
+    field(meta, "kind", str, default="text", choices=MODEL_KINDS, file=folder.root / "tunesmith.json")
+    return folder, meta
