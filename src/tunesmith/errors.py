@@ -7,6 +7,7 @@ The CLI prints that line and exits non-zero, with no stack trace.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -79,8 +80,8 @@ class ConfigError(TunesmithError, ValueError):
 class ArtifactError(TunesmithError):
     """A model folder or run record that is missing, incomplete or unsafe to load."""
 
-    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None) -> None:
-        self.path = str(path) if path is not None else None
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, hint: str | None = None) -> None:
+        self.path = os.fspath(path) if path is not None else None
         super().__init__(message, hint=hint)
 
     def _location(self) -> str:

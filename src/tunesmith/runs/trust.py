@@ -32,7 +32,7 @@ import stat
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunesmith.errors import ArtifactError
 
@@ -323,21 +323,11 @@ _DTYPE_BYTES = {
 }
 
 
-class TensorInfo(tuple):  # type: ignore[type-arg]
-    """``(dtype, shape)`` of one tensor in a safetensors header."""
+class TensorInfo(NamedTuple):
+    """Dtype and shape of one tensor in a safetensors header."""
 
-    __slots__ = ()
-
-    def __new__(cls, dtype: str, shape: tuple[int, ...]) -> TensorInfo:
-        return super().__new__(cls, (dtype, shape))
-
-    @property
-    def dtype(self) -> str:
-        return str(self[0])
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self[1])
+    dtype: str
+    shape: tuple[int, ...]
 
 
 def read_safetensors_header(path: str | os.PathLike[str], *, shown: str | None = None) -> dict[str, TensorInfo]:
