@@ -348,5 +348,5 @@ def test_lora_adapters_fix_contrarian_users_and_match_across_paths(shared_model,
     if levels[u0[0]] == "user":
         np.testing.assert_allclose(softmax(again.numpy()[u0]), proba[u0], atol=1e-5)
     # Reopened from the store alone, the kind and LoRA settings come back with it.
-    again_p = Personalizer.from_store(tmp_path / "store", progress=False)
+    again_p = Personalizer.from_store(tmp_path / "store", shared_model, progress=False)
     assert again_p.adapter_kind == "lora" and again_p.lora_settings == p.lora_settings

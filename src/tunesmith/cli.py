@@ -825,7 +825,7 @@ def personalize(
 
     # An update keeps the store's kind: retraining some users of a LoRA store as head adapters
     # would leave a store of two kinds nobody asked for.
-    stored = load_settings(output).get("adapter_kind", "head") if (output / SETTINGS_FILE).is_file() else None
+    stored = load_settings(output).get("adapter_kind", "head") if os.path.lexists(output / SETTINGS_FILE) else None
     if adapter_kind is not None and stored is not None and adapter_kind != stored:
         raise ConfigError(
             f"the store at {output} holds {stored} adapters, not {adapter_kind}",

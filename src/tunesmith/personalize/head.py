@@ -22,6 +22,9 @@ from torch import nn
 
 from tunesmith.errors import ConfigError
 
+MAX_ADAPTER_RANK = 1024
+"""Largest rank of an adapter's low-rank update: training refuses more, and so does loading a store."""
+
 
 @dataclass(frozen=True)
 class HeadAdapterSettings:
@@ -38,8 +41,8 @@ class HeadAdapterSettings:
     lr: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.rank < 0:
-            raise ConfigError(f"must be at least 0, got {self.rank}", key="rank")
+        if not 0 <= self.rank <= MAX_ADAPTER_RANK:
+            raise ConfigError(f"must be 0 to {MAX_ADAPTER_RANK}, got {self.rank}", key="rank")
         check_training(self.l2, self.steps, self.lr)
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ConfigError
-from tunesmith.personalize.head import check_training
+from tunesmith.personalize.head import MAX_ADAPTER_RANK, check_training
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class LoraAdapterSettings:
     lr: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ConfigError(f"must be at least 1, got {self.rank}", key="lora_rank")
+        if not 1 <= self.rank <= MAX_ADAPTER_RANK:
+            raise ConfigError(f"must be 1 to {MAX_ADAPTER_RANK}, got {self.rank}", key="lora_rank")
         check_training(self.l2, self.steps, self.lr)
         if not self.alpha > 0:
             raise ConfigError(f"must be above 0, got {self.alpha}", key="lora_alpha")

@@ -10,7 +10,8 @@ else the shared model, and says which.
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 
 from tunesmith.data.schema import label_string, require_column
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ArtifactError, ConfigError, DataError
 from tunesmith.personalize.head import (
     HeadAdapter,
     HeadAdapterSettings,
@@ -43,11 +44,25 @@ from tunesmith.personalize.lora import (
     subset,
     tap_last_ffn,
 )
-from tunesmith.personalize.store import AdapterStore, Route, adapter_key
+from tunesmith.personalize.store import (
+    ADAPTER_KINDS,
+    MAX_ADAPTER_RANK,
+    AdapterDims,
+    AdapterStore,
+    Route,
+    adapter_key,
+    open_store,
+)
+from tunesmith.runs.trust import field
 from tunesmith.train.batching import Collator
 
 SETTINGS_FILE = "personalize.json"
-ADAPTER_KINDS = ("head", "lora")
+MAX_STEPS = 1_000_000
+"""Most training steps per adapter a store's settings may ask for."""
+
+logger = logging.getLogger("tunesmith.personalize")
+
+__all__ = ["ADAPTER_KINDS", "SETTINGS_FILE", "Personalizer", "load_settings", "time_ordered_holdout", "write_report"]
 
 
 def time_ordered_holdout(
@@ -150,12 +165,29 @@ class Personalizer:
         self.seed = seed
         self.progress = progress
         self.base_fingerprint = "sha256:" + model_version(self.base_path)
-        self.store = AdapterStore(store, self.base_fingerprint)
+        # The widths every adapter of this shared model has: each adapter file's header is
+        # checked against them before any of its tensors is read.
+        self.store = AdapterStore(store, self.base_fingerprint, dims=self._dims())
         self.labels = list(self.base.schema_.labels or [])
         # The shared model's outputs per input text; pass one dict to several Personalizers of the
         # same shared model to embed each text once.
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = feature_cache if feature_cache is not None else {}
         self._adapters: dict[str, HeadAdapter | LoraAdapter] = {}
+        self._refresh_error: str | None = None
+
+    def _dims(self) -> AdapterDims:
+        """The widths of this shared model's adapters (the LoRA ones ``None`` if it has no block for them)."""
+        ft = self.base
+        assert ft.model_ is not None
+        linear = getattr(ft.model_.head, "linear", None)
+        outputs = int(linear.out_features) if isinstance(linear, torch.nn.Linear) else len(self.labels)
+        try:
+            dense = last_ffn_output(ft.backbone_).get_submodule("dense")
+        except (ConfigError, AttributeError):
+            dense = None
+        if not isinstance(dense, torch.nn.Linear):
+            return AdapterDims(int(ft.backbone_.hidden_size), outputs)
+        return AdapterDims(int(ft.backbone_.hidden_size), outputs, int(dense.in_features), int(dense.out_features))
 
     # --- shared model ------------------------------------------------------------------------
 
@@ -425,9 +457,7 @@ class Personalizer:
         n = int(input_ids.shape[0])
         if len(users) != n or (segments is not None and len(segments) != n):
             raise ConfigError(f"{n} rows but {len(users)} users and {len(segments or [])} segments")
-        if self.store.refresh():
-            # Another process rewrote the store (tunesmith personalize --users): read adapters anew.
-            self._adapters.clear()
+        self.refresh_store()
         routes, groups = self._routes(users, segments)
         adapters = {key: self._adapter(key) for key in groups}
         need_tap = any(isinstance(a, LoraAdapter) for a in adapters.values())
@@ -447,6 +477,29 @@ class Personalizer:
                 else:
                     out[rows] = apply_head_adapter(adapter, f_np[rows], out[rows])
         return out, routes
+
+    def refresh_store(self) -> bool:
+        """Re-read the store if another process changed it; ``True`` if the new one is in force.
+
+        A store changed into one that is refused (a bad ``index.json``, a link, a FIFO, an
+        adapter of the wrong shapes) is logged once and the adapters read before keep
+        serving: a server never stops, nor serves what it refused.
+        """
+        try:
+            changed = self.store.refresh()
+        except ArtifactError as exc:
+            if str(exc) != self._refresh_error:
+                logger.warning(
+                    "tunesmith: the adapter store changed but is refused; the adapters read before keep serving: %s",
+                    exc,
+                )
+                self._refresh_error = str(exc)
+            return False
+        if changed:
+            # Another process rewrote the store (tunesmith personalize --users): read adapters anew.
+            self._refresh_error = None
+            self._adapters.clear()
+        return changed
 
     def _routes(self, users: Sequence[Any], segments: Sequence[Any] | None) -> tuple[list[Route], dict[str, list[int]]]:
         """The route of each row, and the rows of each adapter that answers some."""
@@ -476,23 +529,34 @@ class Personalizer:
     ) -> Personalizer:
         """Reopen a store written by :meth:`fit`, with the settings it was built with.
 
-        ``base`` overrides the shared model folder recorded in the store (it must be the
-        same model: the store checks its fingerprint).
+        ``base`` is the shared model folder; the store checks it is the model its adapters
+        were trained on (by fingerprint). The folder recorded in the store's
+        ``personalize.json`` is only named in the error when ``base`` is missing: a path
+        written in a store is never opened, as the store may come from anyone.
+
+        Raises:
+            ArtifactError: no ``base`` given, or the store or its settings are refused.
         """
         s = load_settings(store)
-        head = s.get("head") or {}
-        lora = s.get("lora") or {}
+        if base is None:
+            raise ArtifactError(
+                f"field 'base' names the shared model {str(s['base'])[:200]!r}, but a path written in an adapter "
+                "store is never opened",
+                path=Path(store) / SETTINGS_FILE,
+                hint="Pass the shared model folder yourself: Personalizer.from_store(store, base=MODEL)",
+            )
+        head, lora = s["head"], s["lora"]
         return cls(
-            base if base is not None else s["base"],
+            base,
             store,
             user_column=s["user_column"],
-            segment_column=s.get("segment_column"),
-            time_column=s.get("time_column"),
-            min_rows=int(s.get("min_rows", 10)),
-            valid_fraction=float(s.get("valid_fraction", 0.2)),
-            seed=int(s.get("seed", 0)),
+            segment_column=s["segment_column"],
+            time_column=s["time_column"],
+            min_rows=s["min_rows"],
+            valid_fraction=s["valid_fraction"],
+            seed=s["seed"],
             progress=progress,
-            adapter_kind=str(s.get("adapter_kind", "head")),
+            adapter_kind=s["adapter_kind"],
             **{k: head[k] for k in ("rank", "l2", "steps", "lr") if k in head},
             **{f"lora_{k}": lora[k] for k in ("rank", "alpha", "steps", "lr") if k in lora},
         )
@@ -526,7 +590,7 @@ class Personalizer:
             yt = y[idx]
             rec: dict[str, Any] = {"user": user, "rows": len(idx), "level": levels[idx[0]]}
             key = adapter_key("user", user)
-            rec["train_rows"] = int(self.store.info(key)["rows_train"]) if key in self.store else 0
+            rec["train_rows"] = int(self.store.info(key).get("rows_train", 0)) if key in self.store else 0
             for name, proba in (("shared", shared), ("personal", personal)):
                 rec[f"accuracy_{name}"] = float(np.mean(proba[idx].argmax(axis=1) == yt))
                 if binary and len(np.unique(yt)) == 2:
@@ -598,12 +662,54 @@ def write_report(result: dict[str, Any], folder: str | os.PathLike[str]) -> dict
 
 
 def load_settings(store: str | os.PathLike[str]) -> dict[str, Any]:
-    """The settings a store was built with (``personalize.json``)."""
-    path = Path(store) / SETTINGS_FILE
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        from tunesmith.errors import ArtifactError
+    """The settings a store was built with (``personalize.json``), every field checked.
 
-        raise ArtifactError(f"{SETTINGS_FILE} cannot be read: {exc}", path=Path(store)) from None
-    return data
+    The store is opened through :func:`~tunesmith.personalize.store.open_store` (scanned:
+    no links, FIFOs, devices, code or pickles) and the file read with a size cap. Absent or
+    ``null`` fields come back with their defaults (``head`` and ``lora`` hold only the
+    fields present).
+
+    Raises:
+        ArtifactError: no store, no ``personalize.json``, or a field of the wrong type or out
+            of range, naming the file and the field.
+    """
+    folder = open_store(store, marker=SETTINGS_FILE)
+    file = folder.root / SETTINGS_FILE
+    data: dict[str, Any] = folder.read_json(SETTINGS_FILE)
+    out = dict(data)
+    out["base"] = field(data, "base", str, file=file)
+    out["base_fingerprint"] = field(data, "base_fingerprint", str, default=None, file=file)
+    out["user_column"] = field(data, "user_column", str, file=file)
+    if not out["user_column"]:
+        raise ArtifactError(
+            "field 'user_column' is empty", path=file, hint="Rebuild the store with tunesmith personalize"
+        )
+    for name in ("segment_column", "time_column"):
+        out[name] = field(data, name, str, default=None, file=file) or None
+    out["min_rows"] = field(data, "min_rows", int, default=10, low=2, file=file)
+    out["valid_fraction"] = field(data, "valid_fraction", float, default=0.2, file=file)
+    if not 0 < out["valid_fraction"] < 1:
+        raise ArtifactError(f"field 'valid_fraction' must be between 0 and 1, got {out['valid_fraction']!r}", path=file)
+    out["adapter_kind"] = field(data, "adapter_kind", str, default="head", choices=ADAPTER_KINDS, file=file)
+    for kind, low_rank in (("head", 0), ("lora", 1)):
+        given = field(data, kind, dict, default={}, file=file)
+        view = {kind: given}  # null stands for {}: every field its default
+        checked: dict[str, Any] = {
+            "rank": field(view, f"{kind}.rank", int, default=None, low=low_rank, high=MAX_ADAPTER_RANK, file=file),
+            "steps": field(view, f"{kind}.steps", int, default=None, low=1, high=MAX_STEPS, file=file),
+        }
+        for name, zero in (("lr", False), ("l2", True), ("alpha", False)):
+            checked[name] = _finite(view, f"{kind}.{name}", file, zero=zero)
+        # A checked field that is absent or null is left out: the Personalizer's default applies.
+        out[kind] = {k: v for k, v in {**given, **checked}.items() if v is not None or k not in checked}
+    out["seed"] = field(data, "seed", int, default=0, low=0, high=2**63 - 1, file=file)
+    return out
+
+
+def _finite(data: dict[str, Any], name: str, file: Path, *, zero: bool) -> float | None:
+    """The number at ``name`` if present: finite and above zero (or at least zero)."""
+    value = field(data, name, float, default=None, file=file)
+    if value is not None and not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+        bound = "at least 0" if zero else "above 0"
+        raise ArtifactError(f"field {name!r} must be a finite number {bound}, got {value!r}", path=file)
+    return value

@@ -6,13 +6,32 @@ validation scores. Adapters are added, replaced and deleted one at a time; every
 atomic (temporary file, then rename), so a reader sees the old adapter or the new one.
 The index records the fingerprint of the shared model the adapters were trained on, and
 the store refuses to open against any other.
+
+A store may come from anyone (copied from another server, say), so every read of it goes
+through the trust boundary of :mod:`tunesmith.runs.trust`, when it is opened and on each
+:meth:`AdapterStore.refresh` while serving:
+
+- the whole folder is scanned by :class:`~tunesmith.runs.trust.SafeFolder`: no links, FIFOs,
+  devices, code or pickles anywhere in it;
+- ``index.json`` is read with a size cap and every field is type-checked; each entry must name
+  the file the store itself gives that key (``adapters/<hash>.safetensors``), found by the scan;
+- each adapter's safetensors header is checked against the shapes an adapter of the shared
+  model has (:func:`adapter_shapes`) before any tensor is read, so a declared rank cannot make
+  tunesmith allocate more than the adapter's own file.
+
+Files are only ever written inside the store and deleted by the name the store computes from
+the key, never by a name read from ``index.json``. Every refusal is an
+:class:`~tunesmith.errors.ArtifactError` naming the file and the field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import math
 import os
+import re
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,11 +42,46 @@ from typing import Any
 import torch
 
 from tunesmith.errors import ArtifactError, ConfigError
-from tunesmith.runs.artifacts import atomic_write_json, json_safe, load_tensors, save_tensors
+from tunesmith.personalize.head import MAX_ADAPTER_RANK
+from tunesmith.runs.artifacts import atomic_write_json, json_safe, save_tensors
+from tunesmith.runs.trust import SafeFolder, TensorInfo, field, read_limited, safe_relative
+
+__all__ = [
+    "ADAPTER_KINDS",
+    "INDEX",
+    "LEVELS",
+    "MAX_ADAPTER_RANK",
+    "MAX_STORE_FILES",
+    "AdapterDims",
+    "AdapterStore",
+    "Route",
+    "adapter_key",
+    "adapter_shapes",
+    "open_store",
+]
 
 INDEX = "index.json"
 STORE_FORMAT = 1
 LEVELS = ("user", "segment")
+ADAPTER_KINDS = ("head", "lora")
+ADAPTER_DIR = "adapters"
+
+MAX_STORE_FILES = 250_000
+"""Most entries a store folder may hold: one file per user, so far more than a model folder."""
+
+RETRY_SECONDS = 1.0
+"""How long :meth:`AdapterStore.refresh` waits before reading again an index it refused."""
+
+STORE_HINT = "Retrain the adapter (tunesmith personalize --users) or rebuild the store with tunesmith personalize"
+_OPEN_HINT = "Give a folder written by tunesmith personalize"
+_SCAN_HINT = (
+    "An adapter store holds only index.json, personalize.json and adapters/*.safetensors written by "
+    "tunesmith personalize; remove the entry or rebuild the store"
+)
+_FILE_NAME = re.compile(r"adapters/[0-9a-f]{24}\.safetensors")
+_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+_READ_TRIES = 4
+_MAX_ADAPTER_HEADER = 1 << 20  # names, dtypes, shapes and the key: a few hundred bytes in practice
 
 
 def adapter_key(level: str, value: Any, column: str | None = None) -> str:
@@ -52,6 +106,130 @@ class Route:
         return {"level": self.level, "key": self.key}
 
 
+@dataclass(frozen=True)
+class AdapterDims:
+    """The widths an adapter of one shared model must have.
+
+    ``features`` and ``outputs``: a head adapter's ``A`` is ``features x r``, its ``B``
+    ``r x outputs``. ``inner`` and ``hidden``: a LoRA adapter's ``A`` is ``inner x r``, its
+    ``B`` ``r x hidden`` (``None`` when the shared model has no block a LoRA adapter fits).
+    """
+
+    features: int
+    outputs: int
+    inner: int | None = None
+    hidden: int | None = None
+
+
+def adapter_shapes(
+    header: Mapping[str, TensorInfo], dims: AdapterDims | None, *, file: str | os.PathLike[str]
+) -> tuple[str, dict[str, tuple[int, ...]]]:
+    """The kind of the adapter a safetensors header describes and the shapes its tensors must have.
+
+    Checks the header alone (names, floating-point dtypes, rank within ``[0 or 1,
+    MAX_ADAPTER_RANK]``) and, with ``dims``, every width against the shared model's; without
+    ``dims`` the tensors need only agree with each other.
+
+    Raises:
+        ArtifactError: naming ``file`` and the tensor that does not fit.
+    """
+    names = set(header)
+    if names == {"A", "B", "c"}:
+        kind = "head"
+    elif names == {"A", "B", "scale"}:
+        kind = "lora"
+    else:
+        raise ArtifactError(
+            f"holds the tensors {sorted(names)[:8]}; an adapter holds A, B and c (head) or A, B and scale (LoRA)",
+            path=file,
+            hint=STORE_HINT,
+        )
+    for name in sorted(names):
+        if header[name].dtype not in _FLOAT_DTYPES:
+            raise ArtifactError(
+                f"tensor {name!r} is {header[name].dtype}; adapter tensors are floating point",
+                path=file,
+                hint=STORE_HINT,
+            )
+    for name in ("A", "B"):
+        if len(header[name].shape) != 2:
+            raise ArtifactError(
+                f"tensor {name!r} has shape {list(header[name].shape)}; an adapter's {name} is a matrix",
+                path=file,
+                hint=STORE_HINT,
+            )
+    a, b = header["A"].shape, header["B"].shape
+    rank = a[1]
+    low = 0 if kind == "head" else 1
+    if not low <= rank <= MAX_ADAPTER_RANK:
+        raise ArtifactError(
+            f"tensor 'A' declares rank {rank:,}; a {kind} adapter's rank is {low} to {MAX_ADAPTER_RANK}",
+            path=file,
+            hint=STORE_HINT,
+        )
+    expected: dict[str, tuple[int, ...]]
+    if kind == "head":
+        d, k = (dims.features, dims.outputs) if dims is not None else (a[0], b[1])
+        expected = {"A": (d, rank), "B": (rank, k), "c": (k,)}
+    else:
+        if dims is not None and (dims.inner is None or dims.hidden is None):
+            raise ArtifactError(
+                "holds a LoRA adapter, but the shared model has no BERT-like feed-forward block for it",
+                path=file,
+                hint=STORE_HINT,
+            )
+        inner, hidden = (dims.inner, dims.hidden) if dims is not None else (a[0], b[1])
+        assert inner is not None and hidden is not None
+        expected = {"A": (inner, rank), "B": (rank, hidden), "scale": ()}
+    for name, shape in expected.items():
+        got = tuple(header[name].shape)
+        if got != shape:
+            whose = "for this shared model " if dims is not None else ""
+            raise ArtifactError(
+                f"tensor {name!r} has shape {list(got)}, but a {kind} adapter of rank {rank} {whose}has {list(shape)}",
+                path=file,
+                hint=STORE_HINT,
+            )
+    return kind, expected
+
+
+def open_store(path: str | os.PathLike[str], *, marker: str | None = None) -> SafeFolder:
+    """The store folder ``path`` scanned by :class:`~tunesmith.runs.trust.SafeFolder` (with ``marker`` required).
+
+    Raises:
+        ArtifactError: no such folder, ``marker`` missing, or an entry that is a link, a FIFO,
+            a device, code or a pickle anywhere in it.
+    """
+    try:
+        return SafeFolder.open(path, marker=marker, what="adapter store", hint=_OPEN_HINT, max_files=MAX_STORE_FILES)
+    except ArtifactError as exc:
+        # The scan's hints speak of model folders; say what an adapter store holds instead.
+        hint = exc.hint if exc.hint == _OPEN_HINT else _SCAN_HINT
+        raise ArtifactError(exc.message, path=exc.path, hint=hint) from None
+
+
+def _entry_field(entry: Any, name: str, types: type | tuple[type, ...], *, where: str, file: Path, **kw: Any) -> Any:
+    """:func:`~tunesmith.runs.trust.field` of one index entry, the refusal naming the entry as well."""
+    try:
+        return field(entry, name, types, file=file, **kw)
+    except ArtifactError as exc:
+        # field() names the field from the entry down; keys may hold dots, so they are not part of `name`.
+        message = re.sub(r"^field '([^']*)'", lambda m: f"field {where + '.' + m.group(1)!r}", exc.message, count=1)
+        raise ArtifactError(message, path=file, hint=exc.hint) from None
+
+
+def _positive_number(entry: Any, name: str, *, where: str, file: Path, zero: bool = False) -> None:
+    """A finite number above zero (or at least zero), when the field is present."""
+    value = _entry_field(entry, name, float, where=where, file=file, default=None)
+    if value is not None and not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+        bound = "at least 0" if zero else "above 0"
+        raise ArtifactError(f"field {where + '.' + name!r} must be a finite number {bound}, got {value!r}", path=file)
+
+
+def _shown_key(key: str) -> str:
+    return key if len(key) <= 60 else key[:57] + "..."
+
+
 class AdapterStore:
     """Adapters of one shared model, kept in ``folder``.
 
@@ -61,54 +239,163 @@ class AdapterStore:
         Where the index and the adapter files live (created on first write).
     base_fingerprint:
         Identifies the shared model. A store written for another model is refused.
+    dims:
+        The widths of the shared model's adapters: each adapter file's header is checked
+        against them when the store is read and before an adapter is loaded. Without them
+        only the tensors' agreement with each other is checked.
+
+    Raises:
+        ArtifactError: the folder or its index is refused (see the module's description).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], base_fingerprint: str) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], base_fingerprint: str, *, dims: AdapterDims | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.base_fingerprint = base_fingerprint
-        self._index: dict[str, Any] = {"format": STORE_FORMAT, "base_fingerprint": base_fingerprint, "adapters": {}}
-        self._stamp: tuple[int, int] | None = None
+        self.dims = dims
+        self._index: dict[str, Any] = self._empty()
+        self._safe: SafeFolder | None = None
+        self._stamp: tuple[int, ...] | None = None
+        self._failed: tuple[tuple[int, ...] | None, float] | None = None
         self._deferred = False
         self._unlink: list[str] = []
         self._read_index()
 
-    def _index_stamp(self) -> tuple[int, int] | None:
+    def _empty(self) -> dict[str, Any]:
+        return {"format": STORE_FORMAT, "base_fingerprint": self.base_fingerprint, "adapters": {}}
+
+    def _index_stamp(self) -> tuple[int, ...] | None:
+        # lstat: a link in place of the index is seen as a change (and refused by the scan), never followed.
         try:
-            st = (self.folder / INDEX).stat()
+            st = os.lstat(self.folder / INDEX)
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+    def _tree_stamp(self) -> tuple[Any, ...]:
+        """The index's stamp and the times the store and its adapters folder last had entries added or removed."""
+        times: list[int | None] = []
+        for path in (self.folder, self.folder / ADAPTER_DIR):
+            try:
+                times.append(os.stat(path).st_mtime_ns)
+            except OSError:
+                times.append(None)
+        return (self._index_stamp(), *times)
 
     def refresh(self) -> bool:
         """Re-read the index if another writer changed it since; ``True`` if it did.
 
-        Cheap (one ``stat``): a server calls it before each batch, so adapters added,
-        replaced or deleted by ``tunesmith personalize --users`` serve without a restart.
+        Cheap when nothing changed (one ``lstat``): a server calls it before each batch, so
+        adapters added, replaced or deleted by ``tunesmith personalize --users`` serve without
+        a restart. A changed store is read through all the checks of a first open; if it is
+        refused, the index read before stays in force and the refusal is raised (and tried
+        again at most every :data:`RETRY_SECONDS` while the index stays the same).
+
+        Raises:
+            ArtifactError: the changed store is refused.
         """
-        if self._index_stamp() == self._stamp:
+        stamp = self._index_stamp()
+        if stamp == self._stamp:
             return False
-        self._read_index()
+        failed = self._failed
+        if failed is not None and failed[0] == stamp and time.monotonic() - failed[1] < RETRY_SECONDS:
+            return False
+        try:
+            self._read_index()
+        except ArtifactError:
+            self._failed = (stamp, time.monotonic())
+            raise
+        self._failed = None
         return True
 
     def _read_index(self) -> None:
-        path = self.folder / INDEX
-        stamp = self._index_stamp()
-        base_fingerprint = self.base_fingerprint
-        if path.is_file():
+        """Scan the folder and read the index; on success only, they replace what was read before."""
+        for attempt in range(_READ_TRIES):
+            before = self._tree_stamp()
             try:
-                index = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ArtifactError(f"{INDEX} cannot be read: {exc}", path=self.folder) from None
-            if index.get("format") != STORE_FORMAT or not isinstance(index.get("adapters"), dict):
-                raise ArtifactError(f"{INDEX} is not an adapter store of format {STORE_FORMAT}", path=self.folder)
-            if index.get("base_fingerprint") != base_fingerprint:
-                raise ArtifactError(
-                    "these adapters were trained on a different shared model",
-                    path=self.folder,
-                    hint="Use the shared model they were built for, or retrain them with tunesmith personalize",
-                )
-            self._index = index
-        self._stamp = stamp
+                safe, index = self._load()
+            except ArtifactError:
+                # A writer renaming or deleting files while the folder was scanned (a temporary
+                # file gone before it was opened) does not make a bad store: read it again.
+                if attempt + 1 < _READ_TRIES and self._tree_stamp() != before:
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
+                raise
+            self._safe, self._index, self._stamp = safe, index, before[0]
+            return
+
+    def _load(self) -> tuple[SafeFolder | None, dict[str, Any]]:
+        try:
+            os.stat(self.folder)
+        except FileNotFoundError:
+            return None, self._empty()  # a new store: the folder is created on the first write
+        except OSError as exc:
+            raise ArtifactError(f"cannot open the adapter store: {exc.strerror or exc}", path=self.folder) from None
+        safe = open_store(self.folder)
+        if not safe.has(INDEX):
+            if os.path.lexists(self.folder / INDEX):  # the scan took it for a folder
+                raise ArtifactError(f"{INDEX} is a folder, not a file", path=self.folder, hint=_SCAN_HINT)
+            return safe, self._empty()
+        file = safe.root / INDEX
+        data = safe.read_json(INDEX)
+        fmt = field(data, "format", int, file=file)
+        if fmt != STORE_FORMAT:
+            raise ArtifactError(
+                f"field 'format' is {fmt}: not an adapter store of format {STORE_FORMAT}",
+                path=file,
+                hint="Rebuild the store with this tunesmith version (tunesmith personalize)",
+            )
+        fingerprint = field(data, "base_fingerprint", str, file=file)
+        if fingerprint != self.base_fingerprint:
+            raise ArtifactError(
+                "field 'base_fingerprint' is not the shared model's: these adapters were trained on a different "
+                "shared model",
+                path=file,
+                hint="Use the shared model they were built for, or retrain them with tunesmith personalize",
+            )
+        adapters = field(data, "adapters", dict, file=file)
+        entries = {key: self._check_entry(key, entry, safe, file) for key, entry in adapters.items()}
+        return safe, {**data, "format": STORE_FORMAT, "base_fingerprint": fingerprint, "adapters": entries}
+
+    def _check_entry(self, key: str, entry: Any, safe: SafeFolder, file: Path) -> dict[str, Any]:
+        """One index entry, every field typed and its file the store's own, present and of the right shapes."""
+        where = f"adapters[{_shown_key(key)!r}]"
+        if not isinstance(entry, dict):
+            raise ArtifactError(
+                f"field {where!r} must be a JSON object, got {type(entry).__name__}", path=file, hint=STORE_HINT
+            )
+        raw = _entry_field(entry, "file", str, where=where, file=file)
+        rel = safe_relative(raw, file=file, field=f"{where}.file").as_posix()
+        own = self._file_name(key)
+        if rel != own:
+            # Only the store's own name for the key: an index cannot point one user at another's
+            # file, nor a delete at anything the store did not write.
+            raise ArtifactError(
+                f"field {where + '.file'!r} is {raw[:80]!r}, but the store names this adapter's file {own!r}",
+                path=file,
+                hint=STORE_HINT,
+            )
+        if not safe.has(own):
+            raise ArtifactError(
+                f"field {where + '.file'!r} names {own}, which is not in the store", path=file, hint=STORE_HINT
+            )
+        adapter_shapes(safe.header(own), self.dims, file=safe.root / own)
+        kw: dict[str, Any] = {"where": where, "file": file}
+        _entry_field(entry, "kind", str, default=None, choices=ADAPTER_KINDS, **kw)
+        _entry_field(entry, "level", str, default=None, choices=LEVELS, **kw)
+        _entry_field(entry, "used", bool, default=True, **kw)
+        for name in ("bytes", "rows_train", "rows_valid"):
+            _entry_field(entry, name, int, default=0, low=0, **kw)
+        _entry_field(entry, "updated", str, default=None, **kw)
+        _entry_field(entry, "validation", dict, default=None, **kw)
+        if _entry_field(entry, "settings", dict, default=None, **kw) is not None:
+            _entry_field(entry, "settings.rank", int, default=None, low=0, high=MAX_ADAPTER_RANK, **kw)
+            _entry_field(entry, "settings.steps", int, default=None, low=1, **kw)
+            for name in ("alpha", "lr"):
+                _positive_number(entry, f"settings.{name}", **kw)
+            _positive_number(entry, "settings.l2", zero=True, **kw)
+        return {**entry, "file": own}
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -129,9 +416,45 @@ class AdapterStore:
             raise KeyError(f"no adapter {key!r} in the store") from None
 
     def load(self, key: str) -> dict[str, torch.Tensor]:
-        """The adapter's tensors."""
-        entry = self.info(key)
-        return load_tensors(self.folder / entry["file"])
+        """The adapter's tensors (on the CPU).
+
+        The file's header is checked against :func:`adapter_shapes` before a tensor is read:
+        the file decides the kind (it is what will run, even if the index read is older than it).
+
+        Raises:
+            KeyError: no such adapter in the index.
+            ArtifactError: the file is missing, refused or of the wrong shapes.
+        """
+        rel = self.info(key)["file"]
+        safe = self._safe
+        if safe is None:
+            raise ArtifactError(f"{rel} is missing", path=self.folder, hint=STORE_HINT)
+        path = safe.root / rel
+        _, expected = adapter_shapes(safe.header(rel), self.dims, file=path)
+        # The bytes are read through one no-follow, non-blocking open, at most what the checked
+        # shapes justify, and parsed from memory: a file swapped since its header was read (for a
+        # link, a FIFO or a larger file) is refused, never followed, waited on or allocated.
+        limit = _MAX_ADAPTER_HEADER + 8 + 8 * sum(math.prod(shape) for shape in expected.values())
+        data = read_limited(path, limit=limit, shown=rel)
+        try:
+            from safetensors.torch import load as load_safetensors
+
+            tensors = load_safetensors(data)
+        except Exception as exc:  # safetensors raises its own error type for corrupt files
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise ArtifactError(f"cannot be read as safetensors: {first}", path=path, hint=STORE_HINT) from None
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if got != expected or not all(t.is_floating_point() for t in tensors.values()):
+            raise ArtifactError("changed while it was read", path=path, hint="Try again")
+        if "scale" in tensors:
+            scale = float(tensors["scale"])
+            if not (math.isfinite(scale) and scale > 0):
+                raise ArtifactError(
+                    f"tensor 'scale' is {scale}; a LoRA adapter's scale is a positive number",
+                    path=path,
+                    hint=STORE_HINT,
+                )
+        return tensors
 
     def route(self, user: Any = None, segment: Any = None, *, segment_column: str | None = None) -> Route:
         """The user's adapter if it exists and is used, else the segment's, else the shared model."""
@@ -150,28 +473,89 @@ class AdapterStore:
 
     @staticmethod
     def _file_name(key: str) -> str:
-        return "adapters/" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".safetensors"
+        return f"{ADAPTER_DIR}/" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".safetensors"
+
+    def _writable(self) -> SafeFolder:
+        """The store's folder and its ``adapters/`` folder, created; refused if either is not a plain folder."""
+        sub = self.folder / ADAPTER_DIR
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            sub.mkdir(exist_ok=True)
+            st = os.lstat(sub)
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot create {ADAPTER_DIR}/ in the adapter store: {exc.strerror or exc}", path=self.folder
+            ) from None
+        if not stat.S_ISDIR(st.st_mode):
+            # mkdir(exist_ok=True) accepts a link to a folder: writing through it would write elsewhere.
+            raise ArtifactError(
+                f"{ADAPTER_DIR} is not a plain folder; adapters are written only inside the store",
+                path=self.folder,
+                hint=_SCAN_HINT,
+            )
+        if self._safe is None:
+            self._safe = SafeFolder(self.folder.resolve(), {})
+        return self._safe
 
     def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        """Add or replace one adapter (its file first, then the index that points to it)."""
+        """Add or replace one adapter (its file first, then the index that points to it).
+
+        The entry is checked as a reader would check it, so the store never writes an index
+        it would refuse to read.
+        """
         rel = self._file_name(key)
+        safe = self._writable()
         path = self.folder / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(path, tensors, {"format": "tunesmith-adapter", "key": key})
-        entry = {**json_safe(dict(meta)), "file": rel, "bytes": path.stat().st_size, "updated": _now()}
-        self._index["adapters"][key] = entry
+        safe.files[rel] = os.lstat(path).st_size
+        entry = {**json_safe(dict(meta)), "file": rel, "bytes": safe.files[rel], "updated": _now()}
+        self._index["adapters"][key] = self._check_entry(key, entry, safe, self.folder / INDEX)
         self._write_index()
 
     def delete(self, key: str) -> None:
-        """Remove one adapter; the others are untouched."""
+        """Remove one adapter; the others are untouched.
+
+        The file removed is the one the store names for ``key``, never a name read from the index.
+        """
         entry = self._index["adapters"].pop(key, None)
         if entry is None:
             raise KeyError(f"no adapter {key!r} in the store")
+        rel = self._file_name(key)
         if self._deferred:
-            self._unlink.append(entry["file"])  # after the index stops naming it
+            self._unlink.append(rel)  # after the index stops naming it
         else:
             self._write_index()
-            (self.folder / entry["file"]).unlink(missing_ok=True)
+            self._remove(rel)
+
+    def _remove(self, rel: str) -> None:
+        """Delete one adapter file of this store: inside ``adapters/`` only, never through a link."""
+        if not _FILE_NAME.fullmatch(rel):
+            raise ArtifactError(f"refusing to delete {rel!r}: not an adapter file of this store", path=self.folder)
+        sub, name = rel.split("/")
+        if self._safe is not None:
+            self._safe.files.pop(rel, None)
+        try:
+            if os.unlink in os.supports_dir_fd and hasattr(os, "O_DIRECTORY"):
+                # The adapters folder opened without following a link: what is unlinked is in the store.
+                # (unlink never follows a link in its last component.)
+                flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                try:
+                    fd = os.open(self.folder / sub, flags)
+                except FileNotFoundError:
+                    return
+                try:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+                finally:
+                    os.close(fd)
+            else:  # no dir_fd (Windows): check the folder is not a link, then unlink by path
+                if os.path.islink(self.folder / sub):
+                    raise OSError(f"{sub} is a link")
+                (self.folder / rel).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot delete {rel}: {exc.strerror or exc}", path=self.folder, hint=_SCAN_HINT
+            ) from None
 
     @contextmanager
     def deferred(self) -> Iterator[AdapterStore]:
@@ -193,17 +577,24 @@ class AdapterStore:
         finally:
             self._deferred = False
             self._write_index()
+            named = {e["file"] for e in self._index["adapters"].values()}
             for rel in self._unlink:
-                if rel not in {e["file"] for e in self._index["adapters"].values()}:
-                    (self.folder / rel).unlink(missing_ok=True)
+                if rel not in named:
+                    self._remove(rel)
             self._unlink.clear()
 
     def _write_index(self) -> None:
         if self._deferred:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArtifactError(f"cannot create the adapter store: {exc.strerror or exc}", path=self.folder) from None
+        # Replacing index.json (a rename) replaces a link in its place, never what it points to.
         atomic_write_json(self.folder / INDEX, self._index)
         self._stamp = self._index_stamp()
+        if self._safe is not None and self._stamp is not None:
+            self._safe.files[INDEX] = self._stamp[-1]  # its size
 
     def summary(self) -> dict[str, Any]:
         """Counts by level and whether used, and the mean adapter size in bytes."""
@@ -212,7 +603,7 @@ class AdapterStore:
         for level in LEVELS:
             mine = [e for e in entries if e.get("level") == level]
             out[level] = {"total": len(mine), "used": sum(1 for e in mine if e.get("used", True))}
-        out["mean_bytes"] = sum(e["bytes"] for e in entries) / len(entries) if entries else 0.0
+        out["mean_bytes"] = sum(e.get("bytes", 0) for e in entries) / len(entries) if entries else 0.0
         return out
 
 

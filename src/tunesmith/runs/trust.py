@@ -182,6 +182,8 @@ def parse_json(data: bytes, *, path: str | os.PathLike[str], shown: str) -> Any:
         ) from None
     except RecursionError:
         raise ArtifactError(f"{shown} nests too deeply to be a tunesmith file", path=path) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ArtifactError(f"{shown} is not valid JSON: {str(exc)[:120]}", path=path) from None
 
 
 def read_json_file(path: str | os.PathLike[str], *, limit: int = MAX_JSON_BYTES, expect: type | None = dict) -> Any:
@@ -705,7 +707,10 @@ def _scan(root: Path, shown: Path, *, max_files: int) -> dict[str, int]:
                     hint=_UNTRUSTED_HINT,
                 )
             rel = prefix + entry.name
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:  # removed or renamed since it was listed (a folder being written)
+                raise ArtifactError(f"{rel} cannot be examined: {exc.strerror or exc}", path=shown) from None
             if stat.S_ISDIR(st.st_mode):
                 stack.append((Path(entry.path), rel + "/"))
                 continue

@@ -14,6 +14,14 @@ Every prediction says who answered it: ``served_by`` (``level`` ``user``, ``segm
 ``shared`` and the ``adapter`` key) and, for a row that named a user, ``user_known``
 (``false``: that user has no adapter in use, so the row fell back). Only the torch backend
 runs adapters; a store built for another shared model is refused when the server starts.
+
+The store may come from anyone: it is opened through the trust boundary of
+:mod:`tunesmith.personalize.store` (scanned, every field of ``personalize.json`` and
+``index.json`` checked, every adapter's header checked against the shared model's widths), so
+a bad store refuses the start with one :class:`~tunesmith.errors.ArtifactError` line. While
+serving, a store rewritten into one that is refused is logged and the adapters read before
+keep serving (:meth:`~tunesmith.personalize.personalizer.Personalizer.refresh_store`); a
+reload with a refused store fails and the old predictor keeps serving.
 """
 
 from __future__ import annotations
@@ -205,20 +213,19 @@ def _route_id(row: Mapping[str, Any], column: str, i: int, where: str) -> Any:
 def check_adapter_store(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> None:
     """Cheap checks that ``store`` is an adapter store built for the model folder ``model``.
 
-    Reads the store's settings and index and hashes the model's weights; loads no model.
+    Reads the store's settings and index through the store's trust checks (the adapters'
+    headers are checked against each other only: their widths against the model's when the
+    model is loaded) and hashes the model's weights; loads no model.
 
     Raises:
-        ArtifactError: no store folder, no readable store settings, or a store built for
+        ArtifactError: no store folder, a store folder or file refused, or a store built for
             another shared model.
     """
     from tunesmith.personalize.personalizer import load_settings
     from tunesmith.personalize.store import AdapterStore
 
-    folder = Path(store)
-    if not folder.is_dir():
-        raise ArtifactError("no adapter store here", path=folder, hint="Give a folder written by tunesmith personalize")
-    load_settings(folder)
-    AdapterStore(folder, "sha256:" + model_version(Path(model)))
+    load_settings(store)
+    AdapterStore(store, "sha256:" + model_version(Path(model)))
 
 
 def load_personalized_predictor(
@@ -235,7 +242,8 @@ def load_personalized_predictor(
     hash, as without adapters).
 
     Raises:
-        ArtifactError: no model or store folder, or a store built for another shared model.
+        ArtifactError: no model or store folder, a store refused by its trust checks (naming
+            the file and the field), or a store built for another shared model.
         ConfigError: the model is not a text classifier.
     """
     import torch
