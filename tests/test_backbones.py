@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith import ConfigError, FineTuner
+from tunesmith import ArtifactError, ConfigError, FineTuner
 from tunesmith.backbones import create_backbone, list_backbones
 
 from .conftest import make_reviews
@@ -48,7 +48,11 @@ def test_local_folder_fits_and_reloads_head_only(tmp_path, monkeypatch):
     import tunesmith
 
     monkeypatch.chdir(tmp_path / "model")  # the backbone path was stored resolved
-    assert tunesmith.load(tmp_path / "model").predict(["great fun"]).shape == (1,)
+    # A path in a model folder's metadata is never opened on the folder's word: the caller names it.
+    with pytest.raises(ArtifactError, match=r"field 'backbone.name'.*is a path.*backbone="):
+        tunesmith.load(tmp_path / "model")
+    loaded = tunesmith.load(tmp_path / "model", backbone=str(tmp_path / "enc"))
+    assert loaded.predict(["great fun"]).shape == (1,)
 
 
 def test_folder_with_pickle_weights_only_is_refused(tmp_path):

@@ -8,7 +8,6 @@ cross-validation and per-user copies need nothing special.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import warnings
@@ -29,9 +28,9 @@ from tunesmith.adapt import (
     lora_state_dict,
     param_groups,
 )
-from tunesmith.backbones import create_backbone, is_registered
+from tunesmith.backbones import create_backbone, is_text_backbone
 from tunesmith.backbones.cache import FEATURE_CACHE, feature_key
-from tunesmith.backbones.text import TextBackbone, build_from_files
+from tunesmith.backbones.text import TextBackbone, build_from_files, encoder_shapes, saved_encoder_config
 from tunesmith.config import FitConfig, SettingsEstimator, config_to_yaml, make_config
 from tunesmith.data.clean import CleanReport
 from tunesmith.data.io import file_sha256, read_table
@@ -42,16 +41,17 @@ from tunesmith.data.validate import DropReport, encode_target, prepare_frame, ro
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, tfidf_baseline
 from tunesmith.evaluate.metrics import compute_metrics, metric_direction
-from tunesmith.model import FeatureModel, TextModel
-from tunesmith.runs.artifacts import (
-    AtomicDirectory,
-    atomic_write_json,
-    check_safe_model_dir,
-    json_safe,
-    load_tensors,
-    save_tensors,
+from tunesmith.export.runtime import (
+    TEXT_FORMAT_VERSION,
+    check_text_meta,
+    field_errors,
+    saved_preprocessing,
+    saved_schema,
 )
+from tunesmith.model import FeatureModel, TextModel
+from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json, json_safe, save_tensors
 from tunesmith.runs.record import RunRecord, environment_info
+from tunesmith.runs.trust import SafeFolder, check_state_shapes, field, malformed, open_model
 from tunesmith.train.batching import Collator, LengthGroupedBatchSampler, TokenDataset
 from tunesmith.train.callbacks import (
     Callback,
@@ -66,7 +66,7 @@ from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import class_weights, make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = TEXT_FORMAT_VERSION
 DataLike = Any  # a path, a DataFrame, or a sequence of texts
 
 
@@ -967,88 +967,184 @@ class FineTuner(SettingsEstimator):
         return final
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> FineTuner:
-        """Load a model folder written by :meth:`save`; refuses folders holding pickle files."""
-        folder = Path(path)
-        check_safe_model_dir(folder)
-        try:
-            meta = json.loads((folder / "tunesmith.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"tunesmith.json cannot be read: {exc}", path=folder) from None
-        if meta.get("format_version") != FORMAT_VERSION:
+    def load(cls, path: str | os.PathLike[str], *, backbone: str | None = None) -> FineTuner:
+        """Load a model folder written by :meth:`save`, treating it as untrusted input.
+
+        The folder is opened through :func:`~tunesmith.runs.trust.open_model`: no code from
+        it ever runs, nothing outside it is read, and the sizes its files declare are checked
+        against the weights before anything is allocated. A head-only or LoRA model names the
+        pre-trained backbone it needs in ``tunesmith.json``; a registered name is used, but a
+        local path written there is never opened on the folder's word: give that backbone as
+        ``backbone`` (a registered name or a local Hugging Face folder). Its fingerprint must
+        match the one the model was trained on. ``backbone`` is ignored for models that store
+        every weight.
+
+        Raises:
+            ArtifactError: the folder is unsafe, malformed, or needs a backbone it may not
+                open itself; the message names the file and the field.
+        """
+        folder, meta = open_model(path)
+        return cls._from_opened(folder, meta, backbone=backbone)
+
+    @classmethod
+    def _from_opened(cls, folder: SafeFolder, meta: dict[str, Any], *, backbone: str | None = None) -> FineTuner:
+        """:meth:`load` of a folder :func:`~tunesmith.runs.trust.open_model` already opened."""
+        meta_file = folder.root / "tunesmith.json"
+        kind = field(meta, "kind", str, file=meta_file, default="text")
+        if kind != "text":
             raise ArtifactError(
-                f"model format version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})",
-                path=folder,
-                hint="Re-save the model with this tunesmith version",
+                f"field 'kind' is {kind!r}: this folder holds a {kind} model, not a text model",
+                path=meta_file,
+                hint="Load it with tunesmith.load(), which picks the loader of each kind",
             )
-        cfg = make_config(meta["config"])
+        check_text_meta(meta, file=meta_file)
+        with field_errors(meta_file, "config"):
+            cfg = make_config(meta["config"])
         info = meta["backbone"]
-        tensors = load_tensors(folder / "model.safetensors")
+        n_outputs = int(meta["n_outputs"])
+        weights_file = folder.root / "model.safetensors"
+        header = folder.header("model.safetensors")
+        origin = str(info["name"])
         if info["weights"] == "full":
-            backbone = build_from_files(
-                folder, name=info["name"], pooling=info["pooling"], fingerprint=info["fingerprint"]
+            config = saved_encoder_config(folder)
+            hidden = int(config.hidden_size)
+            shapes = encoder_shapes(config, file=folder.root / "backbone_config.json")
+            expected = {f"backbone.model.{k}": v for k, v in shapes.items()}
+            expected.update(_head_shapes(n_outputs, hidden))
+            # Shapes first, on the meta device: the real model is built only once the weights
+            # file is known to hold exactly that architecture.
+            check_state_shapes(expected, header, file=weights_file)
+            text_backbone = build_from_files(
+                folder, name=origin, pooling=info["pooling"], fingerprint=info["fingerprint"], config=config
             )
         else:
-            name = info["name"]
-            if not is_registered(name) and not Path(name).exists():
-                raise ArtifactError(
-                    f"this model stores only its head/adapters and needs the backbone {name!r}, which is not here",
-                    path=folder,
-                    hint="Install or give the same pre-trained backbone, or save a full fine-tune",
-                )
-            backbone = create_backbone(name, pooling=info["pooling"])
-            if backbone.fingerprint != info["fingerprint"]:
-                raise ArtifactError(
-                    f"backbone {name!r} has different weights from the ones this model was trained on",
-                    path=folder,
-                    hint="Use the same version of the pre-trained model",
-                )
+            text_backbone, origin = _base_backbone(info, backbone, meta_file=meta_file)
+            expected = _head_shapes(n_outputs, text_backbone.hidden_size)
             if cfg.strategy == "lora":
-                add_lora(
-                    backbone,
-                    r=cfg.lora_r,
-                    alpha=cfg.lora_alpha,
-                    dropout=cfg.lora_dropout,
-                    targets=cfg.lora_targets,
-                )
-                load_lora_state_dict(backbone, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
-        model = TextModel(backbone, int(meta["n_outputs"]), cfg.dropout)
+                _check_lora_rank(header, cfg.lora_r, file=weights_file, meta_file=meta_file)
+                with field_errors(meta_file, "config.lora_targets"):
+                    add_lora(
+                        text_backbone,
+                        r=cfg.lora_r,
+                        alpha=cfg.lora_alpha,
+                        dropout=cfg.lora_dropout,
+                        targets=cfg.lora_targets,
+                    )
+                expected.update({f"lora.{k}": tuple(v.shape) for k, v in lora_state_dict(text_backbone).items()})
+            check_state_shapes(expected, header, file=weights_file)
+        tensors = folder.tensors("model.safetensors", expected=expected)
+        model = TextModel(text_backbone, n_outputs, cfg.dropout)
         try:
             if info["weights"] == "full":
                 model.load_state_dict(tensors, strict=True)
             else:
+                if cfg.strategy == "lora":
+                    load_lora_state_dict(text_backbone, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
                 model.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
-        except RuntimeError as exc:
+        except (RuntimeError, ConfigError) as exc:  # load_lora_state_dict reports misfits as ConfigError
             raise ArtifactError(
-                f"weights do not match the architecture: {str(exc).splitlines()[0]}", path=folder
+                f"weights do not match the architecture: {(str(exc).splitlines() or [''])[0]}", path=weights_file
             ) from None
         model.eval()
         set_trainable_all(model, False)
-        est = cls(**{k: v for k, v in meta["config"].items() if v != FitConfig.model_fields[k].default})
+        with malformed(meta_file):
+            est = cls(**{k: v for k, v in meta["config"].items() if v != FitConfig.model_fields[k].default})
         est.model_ = model
-        est.backbone_ = backbone
+        est.backbone_ = text_backbone
         est.config_ = cfg
-        est._backbone_origin = info["name"]
-        est.schema_ = Schema.from_dict(meta["schema"])
-        est.label_values_ = list(meta.get("label_values") or [])
+        est._backbone_origin = origin
+        est.schema_ = saved_schema(meta, file=meta_file)
         labels = list(meta.get("labels") or [])
-        est.classes_ = _restore_label_values(labels, est.label_values_) if meta["task"] != "regression" else None
+        est.label_values_ = list(meta.get("label_values") or [])
+        with malformed(meta_file, "field 'label_values'"):
+            est.classes_ = _restore_label_values(labels, est.label_values_) if meta["task"] != "regression" else None
         est.target_scaling_ = meta.get("target_scaling")
-        est.preprocessing_ = Preprocessing.from_dict(meta.get("preprocessing"))
-        est.n_outputs_ = int(meta["n_outputs"])
-        est.test_metrics_ = meta.get("metrics")
-        est.baseline_metrics_ = meta.get("baselines") or {}
-        est.training_info_ = meta.get("training") or {}
-        est.data_info_ = meta.get("data") or {}
-        est.history_ = meta.get("history") or []
+        est.preprocessing_ = saved_preprocessing(meta, file=meta_file)
+        est.n_outputs_ = n_outputs
+        est.test_metrics_ = field(meta, "metrics", dict, file=meta_file, default=None)
+        est.baseline_metrics_ = field(meta, "baselines", dict, file=meta_file, default=None) or {}
+        est.training_info_ = field(meta, "training", dict, file=meta_file, default=None) or {}
+        est.data_info_ = field(meta, "data", dict, file=meta_file, default=None) or {}
+        history = field(meta, "history", list, file=meta_file, default=None) or []
+        if not all(isinstance(h, dict) for h in history):
+            raise ArtifactError("field 'history' must be a list of JSON objects", path=meta_file)
+        est.history_ = history
         best = est.training_info_.get("best_epoch")
-        est.best_epoch_ = int(best) if isinstance(best, int) else None
+        est.best_epoch_ = int(best) if isinstance(best, int) and not isinstance(best, bool) else None
         monitor = est.training_info_.get("monitor")
-        est.monitor_ = str(monitor) if monitor else None
-        est.monitor_mode_ = metric_direction(est.monitor_, meta["task"]) if est.monitor_ else None
-        est.best_score_ = _best_score(est.history_, est.monitor_, est.best_epoch_) if est.monitor_ else None
-        est.model_path_ = folder
+        est.monitor_ = str(monitor) if isinstance(monitor, str) and monitor else None
+        with malformed(meta_file, "field 'training.monitor'"):
+            est.monitor_mode_ = metric_direction(est.monitor_, meta["task"]) if est.monitor_ else None
+        with malformed(meta_file, "field 'history'"):
+            est.best_score_ = _best_score(est.history_, est.monitor_, est.best_epoch_) if est.monitor_ else None
+        est.model_path_ = folder.root
         return est
+
+
+def _head_shapes(n_outputs: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """State dict shapes of the head of a :class:`~tunesmith.model.TextModel` (as saved, ``head.`` prefix)."""
+    return {"head.linear.weight": (n_outputs, hidden), "head.linear.bias": (n_outputs,)}
+
+
+def _base_backbone(info: dict[str, Any], given: str | None, *, meta_file: Path) -> tuple[TextBackbone, str]:
+    """The pre-trained backbone a head-only or LoRA model needs, and the name it is recorded under.
+
+    ``given`` (the caller's own choice) may be a registered name or a local folder. Without
+    it, only a registered name from the metadata is used: a path there is refused, because
+    a model folder may not make tunesmith open other folders.
+    """
+    name = str(info["name"])
+    pooling = str(info["pooling"])
+    shown = name if len(name) <= 120 else name[:117] + "..."
+    if given is not None:
+        backbone = create_backbone(given, pooling=pooling)
+        origin = str(Path(given).resolve()) if not is_text_backbone(given) and Path(given).exists() else given
+    elif is_text_backbone(name):
+        backbone = create_backbone(name, pooling=pooling)
+        origin = name
+    else:
+        looks_like_path = "/" in name or "\\" in name or name.startswith(".") or Path(name).is_absolute()
+        why = (
+            "is a path; a model folder's metadata may not make tunesmith open another folder"
+            if looks_like_path
+            else "is not a registered backbone here"
+        )
+        raise ArtifactError(
+            f"field 'backbone.name' ({shown!r}) {why}. This model stores only its head/adapters and needs that "
+            "pre-trained backbone",
+            path=meta_file,
+            hint="Pass the backbone explicitly: tunesmith.load(folder, backbone='/path/to/backbone') or "
+            "FineTuner.load(folder, backbone=...); its fingerprint is checked",
+        )
+    if backbone.fingerprint != info["fingerprint"]:
+        raise ArtifactError(
+            f"backbone {given or name!r} has different weights from the ones this model was trained on "
+            "(field 'backbone.fingerprint')",
+            path=meta_file,
+            hint="Use the same version of the pre-trained model",
+        )
+    return backbone, origin
+
+
+def _check_lora_rank(header: dict[str, Any], rank: int, *, file: Path, meta_file: Path) -> None:
+    """The saved adapters' rank must be the configured one before adapters of that rank are allocated."""
+    ranks = {
+        int(t.shape[0])
+        for k, t in header.items()
+        if k.startswith("lora.") and ("lora_A" in k or "lora_embedding_A" in k) and t.shape
+    }
+    if not ranks:
+        raise ArtifactError(
+            "weights hold no LoRA adapter tensors, but tunesmith.json field 'config.strategy' is 'lora'",
+            path=file,
+            hint="The folder is damaged or was not written by tunesmith; re-save the model",
+        )
+    if ranks != {rank}:
+        raise ArtifactError(
+            f"field 'config.lora_r' is {rank} but the saved adapters have rank {sorted(ranks)[0]}",
+            path=meta_file,
+            hint="The folder is damaged or was not written by tunesmith; re-save the model",
+        )
 
 
 _TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".gz", ".bz2", ".xz", ".txt")
@@ -1141,26 +1237,49 @@ def _progress(description: str, total: int, *, enabled: bool) -> Any:
     return _RichBar(description, total) if enabled else _NullBar()
 
 
-def load(path: str | os.PathLike[str]) -> Any:
+def load(path: str | os.PathLike[str], *, backbone: str | None = None) -> Any:
     """Load a saved model folder of any kind: text (:class:`FineTuner`), image
-    (:class:`~tunesmith.vision.ImageFineTuner`) or tabular (:class:`~tunesmith.tabular.TabularFineTuner`)."""
-    folder = Path(path)
-    kind = "text"
-    meta_file = folder / "tunesmith.json"
-    if meta_file.is_file():
-        try:
-            kind = str(json.loads(meta_file.read_text(encoding="utf-8")).get("kind", "text"))
-        except (OSError, json.JSONDecodeError, AttributeError):
-            kind = "text"  # FineTuner.load reports the unreadable file
+    (:class:`~tunesmith.vision.ImageFineTuner`), tabular (:class:`~tunesmith.tabular.TabularFineTuner`)
+    or recommender (:class:`~tunesmith.recsys.Recommender`).
+
+    The folder is untrusted input: it is opened once through
+    :func:`~tunesmith.runs.trust.open_model` (no code runs, nothing outside it is read) and
+    its ``kind`` picks the loader. ``backbone`` names the pre-trained backbone of a head-only
+    or LoRA text model whose metadata names a local folder (see :meth:`FineTuner.load`).
+
+    Raises:
+        ArtifactError: the folder is unsafe or malformed; the message names the file and field.
+    """
+    folder, meta = open_model(path)
+    kind = meta.get("kind", "text")
+    if kind == "text" and meta.get("task") == "recommendation":  # recommenders were saved without a kind
+        kind = "recommender"
+    loader: Any = None
     if kind == "image":
         from tunesmith.vision import ImageFineTuner
 
-        return ImageFineTuner.load(folder)
-    if kind == "tabular":
+        loader = ImageFineTuner.load
+    elif kind == "tabular":
         from tunesmith.tabular import TabularFineTuner
 
-        return TabularFineTuner.load(folder)
-    return FineTuner.load(folder)
+        loader = TabularFineTuner.load
+    elif kind == "recommender":
+        from tunesmith.recsys.recommender import Recommender
+
+        loader = Recommender.load
+    if loader is None:
+        return FineTuner._from_opened(folder, meta, backbone=backbone)
+    import inspect
+
+    if backbone is not None:
+        if "backbone" not in inspect.signature(loader).parameters:
+            raise ConfigError(
+                f"backbone= applies to text models; this folder holds a {kind} model",
+                key="backbone",
+                hint="Leave backbone out for this model",
+            )
+        return loader(Path(path), backbone=backbone)
+    return loader(Path(path))
 
 
 def embed_texts(

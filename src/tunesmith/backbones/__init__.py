@@ -51,7 +51,17 @@ def list_backbones() -> dict[str, str]:
 
 
 def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered backbone (text or image)."""
     return name in _REGISTRY or name in _IMAGE_REGISTRY
+
+
+def is_text_backbone(name: str) -> bool:
+    """Whether ``name`` is a registered text backbone (built in code or from an installed package).
+
+    A saved head-only model's metadata may name one of these; any other name (a local
+    folder) is opened only when the caller gives it (see :meth:`tunesmith.FineTuner.load`).
+    """
+    return name in _REGISTRY
 
 
 def backbone_modality(name_or_path: str) -> str:
@@ -123,6 +133,7 @@ __all__ = [
     "create_backbone",
     "create_image_backbone",
     "is_registered",
+    "is_text_backbone",
     "list_backbones",
     "register_backbone",
     "register_image_backbone",

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,15 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ArtifactError, ConfigError, TunesmithError
+from tunesmith.runs.trust import (
+    MAX_JSON_BYTES,
+    SafeFolder,
+    field,
+    meta_shapes,
+    parse_json,
+    refuse_custom_code,
+)
 
 
 class TextBackbone(nn.Module):
@@ -130,11 +138,25 @@ class TextBackbone(nn.Module):
         return len(self.layer_groups()) - 1
 
     def save_files(self, folder: Path) -> None:
-        """Write the tokenizer and the encoder's architecture (not its weights) into ``folder``."""
+        """Write the tokenizer and the encoder's architecture (not its weights) into ``folder``.
+
+        Entries that name files or folders (where transformers noted the model came from, a
+        hub tokenizer's cached file paths) are left out: the folder is read back by standard
+        file names only, and :func:`build_from_files` refuses any such entry.
+        """
         folder.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        tok_dir = folder / "tokenizer"
+        self.tokenizer.save_pretrained(str(tok_dir))
+        tok_config = tok_dir / TOKENIZER_CONFIG
+        if tok_config.is_file():
+            data = json.loads(tok_config.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                kept = {k: v for k, v in data.items() if not _names_a_path(k, v)}
+                if kept != data:
+                    tok_config.write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         config: dict[str, Any] = self.hf_config_of(self.base_model()).to_dict()
-        (folder / "backbone_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        config = {k: v for k, v in config.items() if not _names_a_path(k, v)}
+        (folder / BACKBONE_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
 
 
 @contextlib.contextmanager
@@ -162,11 +184,28 @@ def _file_fingerprint(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def _read_user_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a user's own backbone folder (links allowed: it is their folder), or {}."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ConfigError(f"{path} is over {MAX_JSON_BYTES:,} bytes", key="backbone")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"{path} cannot be read as JSON: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            key="backbone",
+            hint="Give a folder written by save_pretrained()",
+        ) from None
+    return data if isinstance(data, dict) else {}
+
+
 def load_hf_folder(path: str | Path, *, name: str | None = None, pooling: str = "mean") -> TextBackbone:
     """Load a local Hugging Face encoder folder (config.json, model.safetensors, tokenizer files).
 
-    Only safetensors weights are accepted and no code from the folder is run
-    (``trust_remote_code`` stays off), so loading never unpickles anything.
+    Only safetensors weights are accepted and no code from the folder is run: a config or
+    tokenizer config that names custom code (``auto_map``) is refused, and transformers is
+    called with ``trust_remote_code=False`` and ``local_files_only=True``, so loading never
+    unpickles anything, never reaches the network and never asks on the terminal.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -189,29 +228,308 @@ def load_hf_folder(path: str | Path, *, name: str | None = None, pooling: str = 
             hint="tunesmith loads only safetensors weights; convert the pickle weights with transformers "
             "(model.save_pretrained(folder, safe_serialization=True))",
         )
-    with quiet_transformers():
-        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
-        # The pooler is never used (we pool ourselves); leaving it out saves parameters.
-        kwargs: dict[str, Any] = {"add_pooling_layer": False} if config.model_type == "bert" else {}
-        model = AutoModel.from_pretrained(str(folder), config=config, use_safetensors=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    for rel in ("config.json", TOKENIZER_CONFIG):
+        data = _read_user_json(folder / rel) if (folder / rel).is_file() else {}
+        for key in ("auto_map", "custom_pipelines"):
+            if data.get(key):
+                raise ConfigError(
+                    f"{folder / rel} names custom code (field {key!r}); tunesmith never runs code from a model folder",
+                    key="backbone",
+                    hint="Use an encoder that transformers implements itself (BERT, MiniLM, RoBERTa, ...)",
+                )
+    no_code: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(str(folder), **no_code)
+            # The pooler is never used (we pool ourselves); leaving it out saves parameters.
+            kwargs: dict[str, Any] = {"add_pooling_layer": False} if config.model_type == "bert" else {}
+            model = AutoModel.from_pretrained(str(folder), config=config, use_safetensors=True, **no_code, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True, **no_code)
+    except TunesmithError:
+        raise
+    except Exception as exc:  # transformers, safetensors and tokenizers raise many types for a bad folder
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise ConfigError(
+            f"model folder {str(folder)!r} cannot be loaded by transformers: {first}",
+            key="backbone",
+            hint="Give a folder written by save_pretrained() of an encoder transformers implements",
+        ) from None
     return TextBackbone(
         model, tokenizer, name=name or str(folder), pooling=pooling, fingerprint=_file_fingerprint(weights)
     )
 
 
-def build_from_files(folder: Path, *, name: str, pooling: str, fingerprint: str) -> TextBackbone:
+# --- loading saved files: the trust boundary ----------------------------------------------------
+
+BACKBONE_CONFIG = "backbone_config.json"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_JSON = "tokenizer.json"
+
+MAX_CONFIG_INTS: dict[str, int] = {
+    "vocab_size": 4_194_304,
+    "hidden_size": 65_536,
+    "num_hidden_layers": 256,
+    "num_attention_heads": 1_024,
+    "num_key_value_heads": 1_024,
+    "intermediate_size": 262_144,
+    "max_position_embeddings": 1_048_576,
+    "type_vocab_size": 1_024,
+    "embedding_size": 65_536,
+    "head_dim": 65_536,
+}
+"""Upper bounds on the sizes a saved ``backbone_config.json`` may declare.
+
+Far above any encoder tunesmith fine-tunes (MiniLM: 6 layers, 384 wide, 30,522 tokens; the
+largest public encoders stay under 64 layers, 8,192 wide and a 1M-token vocabulary), and low
+enough that building the declared architecture on PyTorch's meta device to compare it with
+the weights file stays a fraction of a second. The comparison with the weights is the real
+bound: nothing is allocated that the weights file does not hold.
+"""
+
+# Where transformers noted a model came from; informational, never opened when loading.
+_PROVENANCE_KEYS = frozenset({"_name_or_path", "name_or_path"})
+# Sub-dicts keyed by labels, not settings: a label may end in "_file" without naming one.
+_LABEL_MAPS = frozenset({"id2label", "label2id"})
+
+
+def _names_a_path(key: Any, value: Any) -> bool:
+    """Whether a config entry names a file or folder (dropped when saving, refused when loading)."""
+    if not isinstance(key, str) or value in (None, "", [], {}):
+        return False
+    return key in _PROVENANCE_KEYS or key.endswith(("_file", "_files", "_path", "_dir"))
+
+
+def _refuse_code_and_paths(config: Mapping[str, Any], *, file: Path) -> None:
+    """:func:`refuse_custom_code` on a config and on every nested config it holds."""
+    refuse_custom_code({k: v for k, v in config.items() if k not in _PROVENANCE_KEYS}, file=file)
+    for key, value in config.items():
+        if isinstance(value, dict) and key not in _LABEL_MAPS:
+            _refuse_code_and_paths(value, file=file)
+
+
+def _check_sizes(
+    root: Mapping[str, Any], *, file: Path, node: Mapping[str, Any] | None = None, prefix: str = ""
+) -> None:
+    """Every size named in :data:`MAX_CONFIG_INTS`, at any depth, is an integer within its bound."""
+    for key, value in (root if node is None else node).items():
+        if not isinstance(key, str):
+            continue
+        if key in MAX_CONFIG_INTS:
+            field(root, prefix + key, int, file=file, low=1, high=MAX_CONFIG_INTS[key], default=None)
+        elif isinstance(value, dict) and key not in _LABEL_MAPS and "." not in key:
+            _check_sizes(root, file=file, node=value, prefix=f"{prefix}{key}.")
+
+
+def _checked_model_type(config: Mapping[str, Any], *, file: Path, required: bool) -> str | None:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = field(config, "model_type", str, file=file, default=None if not required else "bert")
+    if model_type is None:
+        return None
+    if model_type not in CONFIG_MAPPING:
+        import transformers
+
+        shown = model_type if len(model_type) <= 60 else model_type[:57] + "..."
+        raise ArtifactError(
+            f"field 'model_type' is {shown!r}, which is not a model type of transformers {transformers.__version__}",
+            path=file,
+            hint="Re-save the model with the tunesmith and transformers versions it was trained with",
+        )
+    return str(model_type)
+
+
+def check_hf_config(config: Mapping[str, Any], *, file: Path, required: bool = True) -> str | None:
+    """Refuse a saved transformers config that could run code, read elsewhere or allocate without bound.
+
+    Refused, each as an :class:`ArtifactError` naming ``file`` and the field: ``auto_map`` or
+    ``custom_pipelines`` (custom code), any entry naming a file or folder, a ``model_type``
+    that is not one of transformers' own, and sizes beyond :data:`MAX_CONFIG_INTS`. Returns
+    the model type (``"bert"`` when absent and ``required``).
+    """
+    _refuse_code_and_paths(config, file=file)
+    model_type = _checked_model_type(config, file=file, required=required)
+    _check_sizes(config, file=file)
+    return model_type
+
+
+def saved_encoder_config(folder: SafeFolder) -> Any:
+    """The encoder's transformers config from ``backbone_config.json``, checked by :func:`check_hf_config`."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = folder.root / BACKBONE_CONFIG
+    data = folder.read_json(BACKBONE_CONFIG)
+    model_type = check_hf_config(data, file=path)
+    assert model_type is not None
+    settings = {k: v for k, v in data.items() if k != "model_type" and k not in _PROVENANCE_KEYS}
+    config = _transformers_call(
+        lambda: CONFIG_MAPPING[model_type](**settings), file=path, what=f"a valid {model_type} configuration"
+    )
+    return config
+
+
+def _encoder_kwargs(config: Any) -> dict[str, Any]:
+    # The pooler is never used (we pool ourselves); leaving it out saves parameters.
+    return {"add_pooling_layer": False} if config.model_type == "bert" else {}
+
+
+def _new_encoder(config: Any) -> nn.Module:
+    with quiet_transformers():
+        model: nn.Module = AutoModel.from_config(config, trust_remote_code=False, **_encoder_kwargs(config))
+    return model
+
+
+def encoder_shapes(config: Any, *, file: Path) -> dict[str, tuple[int, ...]]:
+    """State dict shapes of the encoder ``config`` describes, built on the meta device (no memory)."""
+    return _transformers_call(
+        lambda: meta_shapes(lambda: _new_encoder(config)), file=file, what="an encoder transformers can build"
+    )
+
+
+def _transformers_call(fn: Any, *, file: Path, what: str) -> Any:
+    """``fn()``; whatever transformers or tokenizers raise about the file's content names the file."""
+    try:
+        return fn()
+    except TunesmithError:
+        raise
+    except Exception as exc:  # transformers, huggingface_hub and tokenizers raise many types for bad values
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__
+        raise ArtifactError(
+            f"does not describe {what}: {first}",
+            path=file,
+            hint="The folder is damaged or was not written by tunesmith; re-save the model",
+        ) from None
+
+
+def tokenizer_class(name: Any, *, file: Path) -> type[PreTrainedTokenizerBase]:
+    """The transformers tokenizer class called ``name`` (a ``tokenizer_class`` field), or a refusal.
+
+    Only classes that transformers itself exports and that subclass
+    :class:`~transformers.PreTrainedTokenizerBase` are accepted; ``None`` gives the generic
+    fast tokenizer that reads ``tokenizer.json``.
+    """
+    import transformers
+
+    if name is None:
+        return transformers.PreTrainedTokenizerFast
+    shown = repr(name)[:80]
+    if isinstance(name, str) and name.isidentifier() and not name.startswith("_"):
+        for candidate in dict.fromkeys((name, name.removesuffix("Fast"))):
+            try:
+                cls = getattr(transformers, candidate, None)
+            except Exception:  # a lazily imported class whose optional dependency is missing
+                cls = None
+            if isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase):
+                return cls
+    raise ArtifactError(
+        f"field 'tokenizer_class' is {shown}, which is not a tokenizer class of transformers",
+        path=file,
+        hint="Only tokenizers that transformers implements itself are loaded; re-save the model",
+    )
+
+
+def check_tokenizer_files(folder: SafeFolder, rel: str = TOKENIZER_DIR) -> tuple[type[PreTrainedTokenizerBase], Any]:
+    """Check a saved tokenizer's files before transformers reads them.
+
+    ``tokenizer_config.json``, ``special_tokens_map.json`` and ``config.json`` (when present)
+    may not name custom code or files; ``tokenizer_class`` must be one of transformers' own;
+    ``tokenizer.json`` must parse as a tokenizer. Returns the class to load the folder with
+    and the parsed :class:`tokenizers.Tokenizer`.
+    """
+    for name in ("special_tokens_map.json", "config.json"):
+        sub = f"{rel}/{name}"
+        if folder.has(sub):
+            data = folder.read_json(sub)
+            if name == "config.json":
+                check_hf_config(data, file=folder.root / sub, required=False)
+            else:
+                refuse_custom_code(data, file=folder.root / sub)
+    config_rel = f"{rel}/{TOKENIZER_CONFIG}"
+    config: dict[str, Any] = folder.read_json(config_rel) if folder.has(config_rel) else {}
+    _refuse_code_and_paths(config, file=folder.root / config_rel)
+    cls = tokenizer_class(config.get("tokenizer_class"), file=folder.root / config_rel)
+    return cls, read_tokenizer_json(folder, f"{rel}/{TOKENIZER_JSON}")
+
+
+def read_tokenizer_json(folder: SafeFolder, rel: str = f"{TOKENIZER_DIR}/{TOKENIZER_JSON}") -> Any:
+    """``tokenizer.json`` parsed by the tokenizers library (size-capped, inside the folder) or a refusal."""
+    from tokenizers import Tokenizer
+
+    path = folder.root / rel
+    data = folder.read_bytes(rel)
+    # A file that is not JSON at all is reported with its line and column, as every JSON file is.
+    if not isinstance(parse_json(data, path=path, shown=rel), dict):
+        raise ArtifactError(f"{rel} must hold a JSON object", path=path)
+    try:
+        return Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # the Rust library raises a plain Exception for any malformed field
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ArtifactError(
+            f"{rel} is not a tokenizer the tokenizers library can read: {first}",
+            path=path,
+            hint="The folder is damaged or was not written by tunesmith; re-save the model",
+        ) from None
+
+
+def load_saved_tokenizer(folder: SafeFolder, rel: str = TOKENIZER_DIR, *, vocab_size: int | None = None) -> Any:
+    """The tokenizer saved under ``rel``, after :func:`check_tokenizer_files`; no code, no network.
+
+    With ``vocab_size`` (the encoder's embedding rows), a tokenizer that can produce a token
+    id past it is refused: prediction would fail on such a token.
+    """
+    cls, parsed = check_tokenizer_files(folder, rel)
+    if vocab_size is not None:
+        check_vocab(parsed, vocab_size, folder=folder, rel=rel)
+    tok_dir = folder.root / rel
+    with quiet_transformers():
+        tokenizer = _transformers_call(
+            lambda: cls.from_pretrained(str(tok_dir), local_files_only=True, trust_remote_code=False),
+            file=tok_dir,
+            what="a tokenizer transformers can load",
+        )
+    if vocab_size is not None:
+        # Tokens the other files add (added_tokens.json, the config's added_tokens_decoder) count too.
+        top = max(tokenizer.get_vocab().values(), default=-1)
+        if top >= vocab_size:
+            raise ArtifactError(
+                f"{rel}/ gives token id {top} but {BACKBONE_CONFIG} field 'vocab_size' is {vocab_size}; the "
+                "encoder has no embedding for it",
+                path=tok_dir,
+                hint="The tokenizer and the encoder come from different models; re-save the model",
+            )
+    return tokenizer
+
+
+def check_vocab(tokenizer: Any, vocab_size: int, *, folder: SafeFolder, rel: str = TOKENIZER_DIR) -> None:
+    """Refuse a tokenizer whose token ids reach past the encoder's ``vocab_size`` embedding rows."""
+    top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ArtifactError(
+            f"{rel}/{TOKENIZER_JSON} holds token id {top} but {BACKBONE_CONFIG} field 'vocab_size' is "
+            f"{vocab_size}; the encoder has no embedding for it",
+            path=folder.root / rel / TOKENIZER_JSON,
+            hint="The tokenizer and the encoder come from different models; re-save the model",
+        )
+
+
+def build_from_files(
+    folder: SafeFolder | Path, *, name: str, pooling: str, fingerprint: str, config: Any = None
+) -> TextBackbone:
     """Rebuild an encoder's architecture and tokenizer from files written by :meth:`TextBackbone.save_files`.
 
-    Weights are random until the caller loads a state dict.
+    ``folder`` is read through :class:`SafeFolder` (a plain path is opened here); ``config``
+    is the one :func:`saved_encoder_config` read, when the caller already has it (it compares
+    the architecture with the weights first: see :func:`encoder_shapes`). No code from the
+    folder runs and no file outside it is read. Weights are random until the caller loads a
+    state dict.
     """
-    config_dict = json.loads((folder / "backbone_config.json").read_text())
-    model_type = config_dict.get("model_type", "bert")
-    config = AutoConfig.for_model(model_type, **{k: v for k, v in config_dict.items() if k != "model_type"})
-    kwargs: dict[str, Any] = {"add_pooling_layer": False} if model_type == "bert" else {}
-    with quiet_transformers():
-        model = AutoModel.from_config(config, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), use_fast=True)
+    safe = folder if isinstance(folder, SafeFolder) else SafeFolder.open(folder, marker=BACKBONE_CONFIG)
+    if config is None:
+        config = saved_encoder_config(safe)
+    tokenizer = load_saved_tokenizer(safe, vocab_size=int(config.vocab_size))
+    model = _transformers_call(
+        lambda: _new_encoder(config), file=safe.root / BACKBONE_CONFIG, what="an encoder transformers can build"
+    )
     return TextBackbone(model, tokenizer, name=name, pooling=pooling, fingerprint=fingerprint)
 
 

@@ -34,9 +34,10 @@ from tunesmith.export.runtime import (
     OnnxPredictor,
     Predictor,
     model_version,
-    read_meta,
+    read_model,
 )
 from tunesmith.runs.artifacts import atomic_write_json, atomic_write_text
+from tunesmith.runs.trust import SafeFolder
 
 OPSET = 17
 CARD_MARK = "<!-- tunesmith:export -->"
@@ -81,8 +82,15 @@ def _need_onnx() -> None:
         ) from None
 
 
-def _resolve_model(model: Any) -> tuple[Any, Path]:
-    """``(FineTuner, folder)`` from a folder path or a saved estimator."""
+def _resolve_model(
+    model: Any, opened: tuple[SafeFolder, dict[str, Any]] | None = None
+) -> tuple[Any, Path, SafeFolder, dict[str, Any]]:
+    """``(FineTuner, folder, opened folder, metadata)`` from a folder path or a saved estimator.
+
+    The folder is opened once through :func:`~tunesmith.export.runtime.read_model` (or
+    ``opened``, when the caller did that already); the estimator (when a path is given) and
+    every predictor of the export read through it.
+    """
     from tunesmith.estimator import FineTuner
 
     if isinstance(model, FineTuner):
@@ -92,11 +100,13 @@ def _resolve_model(model: Any) -> tuple[Any, Path]:
                 "this estimator was never saved, so there is no model folder to export into",
                 hint="Call save(path) first, then export that folder",
             )
-        return model, Path(folder)
+        safe, meta = opened or read_model(folder)
+        return model, Path(folder), safe, meta
     folder = Path(model)
     if not folder.is_dir():
         raise ArtifactError("no model folder here", path=folder, hint="Give a folder written by tunesmith fit")
-    return FineTuner.load(folder), folder
+    safe, meta = opened or read_model(folder)
+    return FineTuner._from_opened(safe, meta), folder, safe, meta
 
 
 def _export_module(ft: Any) -> Any:
@@ -265,9 +275,18 @@ def _torch_logits(ft: Any, texts: Sequence[str]) -> np.ndarray:
     return np.asarray(ft._outputs_from_ids(ids, progress=False), dtype=np.float32)
 
 
-def _predictor(folder: Path, meta: dict[str, Any], graph: Path, precision: str, threads: int | None) -> OnnxPredictor:
+def _predictor(
+    folder: Path, meta: dict[str, Any], graph: Path, precision: str, threads: int | None, safe: SafeFolder
+) -> OnnxPredictor:
     return OnnxPredictor(
-        folder, meta, precision=precision, batch_size=64, threads=threads, version="export-check", graph=graph
+        folder,
+        meta,
+        precision=precision,
+        batch_size=64,
+        threads=threads,
+        version="export-check",
+        graph=graph,
+        safe=safe,
     )
 
 
@@ -286,11 +305,10 @@ def check_parity(
     too. Returns ``{"max_abs_diff", "mean_abs_diff", "label_agreement", "rows", "tolerance"}``.
     """
     _need_onnx()
-    ft, folder = _resolve_model(model)
-    meta = read_meta(folder)
+    ft, folder, safe, meta = _resolve_model(model)
     if texts is None:
         texts = _generated_texts(ft, 64, 0)
-    predictor = _predictor(folder, meta, Path(graph), "fp32", threads)
+    predictor = _predictor(folder, meta, Path(graph), "fp32", threads, safe)
     report = _compare(ft, predictor, list(texts))
     report["tolerance"] = tolerance
     if not report["max_abs_diff"] <= tolerance:  # written so that NaN fails too
@@ -356,18 +374,19 @@ def export_onnx(
             "this estimator was never saved, so there is no model folder to export into",
             hint="Call save(path) first, then export that folder",
         )
+    opened: tuple[SafeFolder, dict[str, Any]] | None = None
     if kind_folder is not None and Path(kind_folder).is_dir():
-        kind = read_meta(Path(kind_folder)).get("kind", "text")
+        opened = read_model(Path(kind_folder))
+        kind = opened[1].get("kind", "text")
         if kind in ("image", "tabular"):
             return _export_other(
-                Path(kind_folder), kind, quantize, data, target, tolerance, sample_size, opset, threads, seed
+                Path(kind_folder), kind, opened[1], quantize, data, target, tolerance, sample_size, opset, threads, seed
             )
-    ft, folder = _resolve_model(model)
-    meta = read_meta(folder)
+    ft, folder, safe, meta = _resolve_model(model, opened)
     schema = ft.schema_
     sample = _sample(ft, meta, data, target, sample_size, seed)
     # The base predictor builds the model's input text from rows exactly as serving will.
-    shaper = Predictor(folder, meta, batch_size=64, version="export-check")
+    shaper = Predictor(folder, meta, batch_size=64, version="export-check", safe=safe)
     all_texts = shaper.texts(sample.frame.reindex(columns=list(schema.feature_columns)))
     rng = np.random.default_rng(seed)
     parity_idx = np.sort(rng.permutation(len(all_texts))[:sample_size])
@@ -379,7 +398,7 @@ def export_onnx(
     try:
         fp32 = scratch / ONNX_FILES["fp32"]
         write_graph(ft, fp32, opset=opset)
-        fp32_check = _predictor(folder, meta, fp32, "fp32", threads)
+        fp32_check = _predictor(folder, meta, fp32, "fp32", threads, safe)
         parity = _compare(ft, fp32_check, parity_texts)
         parity.update({"tolerance": tolerance, "source": sample.source})
         if not parity["max_abs_diff"] <= tolerance:
@@ -394,7 +413,7 @@ def export_onnx(
         if quantize == "int8":
             q = scratch / ONNX_FILES["int8"]
             quantize_int8(fp32, q)
-            int8_check = _predictor(folder, meta, q, "int8", threads)
+            int8_check = _predictor(folder, meta, q, "int8", threads, safe)
             int8_report = _compare(ft, int8_check, parity_texts)
             int8_report["source"] = sample.source
             if sample.labeled:
@@ -426,7 +445,7 @@ def export_onnx(
         payload = result.to_dict()
         payload["folder"] = ONNX_DIR
         atomic_write_json(out_dir / EXPORT_INFO, _json_ready(payload))
-        _update_card(folder, result)
+        _update_card(folder, result, safe)
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -435,6 +454,7 @@ def export_onnx(
 def _export_other(
     folder: Path,
     kind: str,
+    meta: dict[str, Any],
     quantize: str | None,
     data: Any,
     target: str | None,
@@ -451,7 +471,6 @@ def _export_other(
             key="quantize",
             hint="Export without --quantize: dynamic int8 covers matrix products, not a CNN's convolutions or trees",
         )
-    meta = read_meta(folder)
     if kind == "image":
         from tunesmith.export.modal import export_image_onnx
 
@@ -538,10 +557,10 @@ def _json_ready(obj: Any) -> Any:
     return json_safe(obj)
 
 
-def _update_card(folder: Path, result: ExportResult) -> None:
-    """Replace (or add) the export section at the end of ``card.md``."""
+def _update_card(folder: Path, result: ExportResult, safe: SafeFolder) -> None:
+    """Replace (or add) the export section at the end of ``card.md`` (read inside the scanned folder)."""
     card = folder / "card.md"
-    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    text = safe.read_text("card.md") if safe.has("card.md") else ""
     text = text.split(CARD_MARK)[0].rstrip() + "\n\n" + CARD_MARK + "\n" + render_export_section(result)
     atomic_write_text(card, text)
 

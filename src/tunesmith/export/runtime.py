@@ -10,9 +10,11 @@ predict`` and the benchmarks all predict through this one class, so they cannot 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import math
 import os
+import stat
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,13 +24,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.errors import ArtifactError, ConfigError, DataError
+from tunesmith.errors import ArtifactError, ConfigError, DataError, TunesmithError
+from tunesmith.runs.trust import SafeFolder, field, open_model, read_limited, refuse_custom_code
 
 ONNX_DIR = "onnx"
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 EXPORT_INFO = "export.json"
 BACKENDS = ("onnx", "torch")
 PRECISIONS = ("auto", "fp32", "int8")
+
+TEXT_FORMAT_VERSION = 1
+"""The ``format_version`` of a text model's ``tunesmith.json``."""
+
+MAX_OUTPUTS = 1_000_000
+"""Most outputs (classes) a saved model may declare; its head's shape must match too."""
+
+MAX_POSITIONS = 1_048_576
+"""Largest ``max_position_embeddings`` read from ``backbone_config.json``."""
+
+MAX_EXPORT_INFO_BYTES = 1 << 20
+"""``onnx/export.json`` is a few kilobytes; anything above a megabyte is not one tunesmith wrote."""
+
+MAX_GRAPH_BYTES = 2 * 1024**3
+"""An ONNX file cannot exceed protobuf's 2 GiB; tunesmith never writes external data beside it."""
+
+_TASKS = ("binary", "multiclass", "regression")
+_RETRAIN_HINT = "The folder is damaged or was not written by tunesmith; re-save or retrain the model"
 
 
 @dataclass(frozen=True)
@@ -64,23 +85,33 @@ class Prediction:
 
 
 def _sha256(path: Path) -> str:
+    # Never through a link, never blocking on a FIFO: the file hashed is the regular file scanned.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ArtifactError(f"{path.name} cannot be opened: {exc.strerror or exc}", path=path) from None
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ArtifactError(f"{path.name} is not a regular file", path=path)
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def read_meta(folder: Path) -> dict[str, Any]:
-    """``tunesmith.json`` of a model folder, or an :class:`ArtifactError` saying what is wrong."""
-    from tunesmith.runs.artifacts import check_safe_model_dir
+def read_model(folder: str | os.PathLike[str]) -> tuple[SafeFolder, dict[str, Any]]:
+    """The model folder opened through :func:`~tunesmith.runs.trust.open_model` and its ``tunesmith.json``.
 
-    check_safe_model_dir(folder)
-    try:
-        meta: dict[str, Any] = json.loads((folder / "tunesmith.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"tunesmith.json cannot be read: {exc}", path=folder) from None
-    return meta
+    The whole tree is scanned first (no links, FIFOs, devices, code, pickles or archives);
+    read every further file through the returned :class:`~tunesmith.runs.trust.SafeFolder`.
+    """
+    return open_model(folder)
+
+
+def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``tunesmith.json`` of a model folder (after the scan of :func:`read_model`), or an :class:`ArtifactError`."""
+    return read_model(folder)[1]
 
 
 def model_version(folder: Path) -> str:
@@ -89,6 +120,129 @@ def model_version(folder: Path) -> str:
     if not weights.is_file():
         raise ArtifactError("model.safetensors is missing", path=folder, hint="Give a folder written by save()")
     return _sha256(weights)[:12]
+
+
+@contextlib.contextmanager
+def field_errors(file: str | os.PathLike[str], name: str) -> Iterator[None]:
+    """Report what a loader refused in the value of field ``name`` of ``file`` as that field's fault.
+
+    A :class:`ConfigError` (a saved setting that no longer validates), an
+    :class:`ArtifactError` raised without a file, or a ``KeyError``/``TypeError``/
+    ``ValueError`` met while using the value becomes one :class:`ArtifactError` naming
+    ``file`` and the field.
+    """
+    try:
+        yield
+    except ArtifactError as exc:
+        if exc.path is not None:
+            raise
+        raise ArtifactError(f"field {name!r}: {exc.message}", path=file, hint=exc.hint or _RETRAIN_HINT) from None
+    except TunesmithError as exc:
+        raise ArtifactError(f"field {name!r} is invalid: {exc}", path=file, hint=_RETRAIN_HINT) from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ArtifactError(f"field {name!r} is malformed: {first}", path=file, hint=_RETRAIN_HINT) from None
+
+
+def _string_list(meta: Mapping[str, Any], name: str, *, file: Path, default: Any = None) -> list[str]:
+    values = field(meta, name, list, file=file, default=default)
+    if values is None:
+        return []
+    if len(values) > MAX_OUTPUTS:
+        raise ArtifactError(f"field {name!r} holds {len(values):,} entries, over {MAX_OUTPUTS:,}", path=file)
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise ArtifactError(f"field {name!r}[{i}] must be a string, got {type(v).__name__}", path=file)
+    return list(values)
+
+
+def check_text_meta(meta: Mapping[str, Any], *, file: Path) -> None:
+    """Refuse a text model's ``tunesmith.json`` whose fields a loader reads have a wrong type or value.
+
+    Checked: ``format_version``, ``task``, ``schema`` (columns, target, task), ``labels``
+    and ``label_values``, ``n_outputs`` (1 to :data:`MAX_OUTPUTS`, equal to the number of
+    labels or 1 for regression), ``target_scaling``, ``preprocessing``, ``config.max_length``,
+    the ``backbone`` entry and the types of the report fields (``metrics``, ``history``,
+    ...). Each refusal is an :class:`ArtifactError` naming ``file`` and the field.
+    """
+    version = field(meta, "format_version", int, file=file)
+    if version != TEXT_FORMAT_VERSION:
+        raise ArtifactError(
+            f"model format version {version!r} is not supported (expected {TEXT_FORMAT_VERSION})",
+            path=file,
+            hint="Re-save the model with this tunesmith version",
+        )
+    task = field(meta, "task", str, file=file, choices=_TASKS)
+    field(meta, "schema", dict, file=file)
+    field(meta, "schema.task", str, file=file, choices=(task,))
+    field(meta, "schema.target", str, file=file)
+    if not _string_list(meta, "schema.text_columns", file=file):
+        raise ArtifactError("field 'schema.text_columns' names no column", path=file, hint=_RETRAIN_HINT)
+    for name in ("numeric_columns", "categorical_columns", "ignored_columns", "labels"):
+        _string_list(meta, f"schema.{name}", file=file, default=None)
+    labels = _string_list(meta, "labels", file=file, default=None)
+    values = field(meta, "label_values", list, file=file, default=None) or []
+    for i, v in enumerate(values):
+        if not isinstance(v, (str, int, float, bool)):
+            raise ArtifactError(f"field 'label_values'[{i}] must be a label, got {type(v).__name__}", path=file)
+    n_outputs = field(meta, "n_outputs", int, file=file, low=1, high=MAX_OUTPUTS)
+    wanted = 1 if task == "regression" else len(labels)
+    if task != "regression" and len(labels) < 2:
+        raise ArtifactError(f"field 'labels' must name at least 2 classes for a {task} model", path=file)
+    if n_outputs != wanted:
+        raise ArtifactError(
+            f"field 'n_outputs' is {n_outputs} but a {task} model with {len(labels)} labels has {wanted}",
+            path=file,
+            hint=_RETRAIN_HINT,
+        )
+    if field(meta, "target_scaling", dict, file=file, default=None) is not None:
+        for name in ("mean", "std"):
+            number = field(meta, f"target_scaling.{name}", float, file=file)
+            if not math.isfinite(number):
+                raise ArtifactError(f"field 'target_scaling.{name}' must be finite, got {number!r}", path=file)
+    if field(meta, "preprocessing", dict, file=file, default=None) is not None:
+        impute = field(meta, "preprocessing.impute", dict, file=file, default=None) or {}
+        for col, v in impute.items():
+            if v is not None and not isinstance(v, (str, int, float, bool)):
+                raise ArtifactError(
+                    f"field 'preprocessing.impute.{col}' must be a value, got {type(v).__name__}", path=file
+                )
+        scaler = field(meta, "preprocessing.scaler", dict, file=file, default=None)
+        if scaler is not None:
+            from tunesmith.data.normalize import NumericScaler
+
+            with field_errors(file, "preprocessing.scaler"):
+                NumericScaler.from_dict(scaler)
+    field(meta, "config", dict, file=file)
+    field(meta, "config.max_length", int, file=file, low=1, high=MAX_POSITIONS, default=None)
+    field(meta, "backbone", dict, file=file)
+    field(meta, "backbone.name", str, file=file)
+    field(meta, "backbone.fingerprint", str, file=file)
+    field(meta, "backbone.weights", str, file=file, choices=("full", "base"))
+    field(meta, "backbone.pooling", str, file=file, choices=("mean", "cls"))
+    field(meta, "backbone.hidden_size", int, file=file, low=1, high=65_536, default=None)
+    # Report fields: shown by /v1/metadata and the estimator's attributes, each of its own type.
+    for name in ("metrics", "baselines", "training", "data"):
+        field(meta, name, dict, file=file, default=None)
+    field(meta, "history", list, file=file, default=None)
+    for name in ("created", "tunesmith_version"):
+        field(meta, name, str, file=file, default=None)
+
+
+def saved_schema(meta: Mapping[str, Any], *, file: Path) -> Any:
+    """The :class:`~tunesmith.data.schema.Schema` of a checked ``tunesmith.json``; a bad one names field 'schema'."""
+    from tunesmith.data.schema import Schema
+
+    with field_errors(file, "schema"):
+        return Schema.from_dict(meta["schema"])
+
+
+def saved_preprocessing(meta: Mapping[str, Any], *, file: Path) -> Any:
+    """The :class:`~tunesmith.data.quality.Preprocessing` of a checked ``tunesmith.json``."""
+    from tunesmith.data.quality import Preprocessing
+
+    with field_errors(file, "preprocessing"):
+        return Preprocessing.from_dict(meta.get("preprocessing"))
 
 
 class Predictor:
@@ -101,24 +255,36 @@ class Predictor:
     backend: str = ""
     precision: str = "fp32"
 
-    def __init__(self, folder: Path, meta: dict[str, Any], *, batch_size: int, version: str | None) -> None:
-        from tunesmith.data.quality import Preprocessing
-        from tunesmith.data.schema import Schema
-
+    def __init__(
+        self,
+        folder: Path,
+        meta: dict[str, Any],
+        *,
+        batch_size: int,
+        version: str | None,
+        safe: SafeFolder | None = None,
+    ) -> None:
+        """``safe``: ``folder`` as :func:`read_model` opened it (opened here when not given)."""
+        if batch_size < 1:
+            raise ConfigError(f"must be at least 1, got {batch_size}", key="batch_size")
         self.folder = folder
+        self.safe = safe if safe is not None else SafeFolder.open(folder)
+        meta_file = self.safe.root / "tunesmith.json"
+        check_text_meta(meta, file=meta_file)
         self.meta = meta
-        self.schema = Schema.from_dict(meta["schema"])
+        self.schema = saved_schema(meta, file=meta_file)
         self.task: str = meta["task"]
-        self.labels: list[str] = [str(x) for x in meta.get("labels") or []]
+        self.labels: list[str] = list(meta.get("labels") or [])
         values = list(meta.get("label_values") or [])
         self.label_values: list[Any] = values if len(values) == len(self.labels) else list(self.labels)
         self.target_scaling: dict[str, float] = meta.get("target_scaling") or {"mean": 0.0, "std": 1.0}
-        self.preprocessing = Preprocessing.from_dict(meta.get("preprocessing"))
-        self.max_length = min(int(meta["config"].get("max_length", 128)), _max_positions(folder))
-        if batch_size < 1:
-            raise ConfigError(f"must be at least 1, got {batch_size}", key="batch_size")
+        self.preprocessing = saved_preprocessing(meta, file=meta_file)
+        self.n_outputs = int(meta["n_outputs"])
+        positions, self.vocab_size = _encoder_limits(self.safe)
+        self.max_length = min(int(meta["config"].get("max_length") or 128), positions)
         self.batch_size = batch_size
         self.version = version or model_version(folder)
+        self._export_info = _read_export_info(self.safe)
         # One tokenizer call at a time: the Rust tokenizer is not documented as thread-safe for
         # changes of its truncation settings, and serialising it costs nothing next to the model.
         self._lock = threading.Lock()
@@ -335,14 +501,11 @@ class Predictor:
         }
 
     def export_info(self) -> dict[str, Any] | None:
-        path = self.folder / ONNX_DIR / EXPORT_INFO
-        if not path.is_file():
-            return None
-        try:
-            info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
-        return info
+        """``onnx/export.json`` as read (through the folder's trust checks) when the model was opened."""
+        if not hasattr(self, "_export_info"):  # subclasses that set themselves up (image, tabular models)
+            self._export_info = _read_export_info(SafeFolder.open(self.folder))
+        info = self._export_info
+        return dict(info) if info is not None else None
 
     def close(self) -> None:
         """Release the session or model (the object must not be used afterwards)."""
@@ -357,31 +520,162 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def _read_export_info(safe: SafeFolder) -> dict[str, Any] | None:
+    """``onnx/export.json`` read inside the scanned folder (a link there was refused by the scan), or None."""
+    rel = f"{ONNX_DIR}/{EXPORT_INFO}"
+    if not safe.has(rel):
+        return None
+    info: dict[str, Any] = safe.read_json(rel, limit=MAX_EXPORT_INFO_BYTES)
+    return info
+
+
+def _external_data(model: Any) -> str | None:
+    """The name of the first tensor of an ONNX model whose data lives in another file, or None."""
+    from onnx import AttributeProto, TensorProto
+
+    def tensors_of(graph: Any) -> Iterator[Any]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in graph.node:
+            yield from nodes_tensors(node)
+
+    def nodes_tensors(node: Any) -> Iterator[Any]:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == AttributeProto.SPARSE_TENSOR:
+                yield attr.sparse_tensor.values
+                yield attr.sparse_tensor.indices
+            elif attr.type == AttributeProto.SPARSE_TENSORS:
+                for sparse in attr.sparse_tensors:
+                    yield sparse.values
+                    yield sparse.indices
+            elif attr.type == AttributeProto.GRAPH:
+                yield from tensors_of(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from tensors_of(sub)
+
+    def everything() -> Iterator[Any]:
+        yield from tensors_of(model.graph)
+        for function in model.functions:
+            for node in function.node:
+                yield from nodes_tensors(node)
+
+    for tensor in everything():
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+            return str(tensor.name) or "(unnamed)"
+    return None
+
+
 def onnx_session(graph: Path, threads: int | None) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` compute threads; a bad graph is an :class:`ArtifactError`."""
+    """An ONNX Runtime CPU session with ``threads`` compute threads; a bad graph is an :class:`ArtifactError`.
+
+    The graph is read once (a regular file, never through a link) and must hold all its
+    weights: a tensor stored as external data would make ONNX Runtime open another file,
+    so such graphs are refused (tunesmith never writes them). The session is built from the
+    bytes that were checked, so no path inside the graph is ever resolved.
+    """
+    import onnx
     import onnxruntime as ort
 
+    data = read_limited(graph, limit=MAX_GRAPH_BYTES, shown=f"{graph.parent.name}/{graph.name}")
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends for a file that is not a graph
+        raise ArtifactError(
+            f"the ONNX graph cannot be loaded: {(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
+            path=graph,
+            hint="Re-export the model with tunesmith export",
+        ) from None
+    external = _external_data(model)
+    del model
+    if external is not None:
+        raise ArtifactError(
+            f"the ONNX graph stores tensor {external!r} as external data in another file; tunesmith graphs hold "
+            "all their weights and a loaded folder may not make it read other files",
+            path=graph,
+            hint="Re-export the model with tunesmith export",
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
         raise ArtifactError(
-            f"the ONNX graph cannot be loaded: {str(exc).splitlines()[0]}",
+            f"the ONNX graph cannot be loaded: {(str(exc).splitlines() or [type(exc).__name__])[0][:300]}",
             path=graph,
             hint="Re-export the model with tunesmith export",
         ) from None
 
 
-def _max_positions(folder: Path) -> int:
-    """The encoder's position limit, which caps truncation exactly as training's tokenizer did."""
+def _encoder_limits(safe: SafeFolder) -> tuple[int, int | None]:
+    """``(max_position_embeddings, vocab_size)`` of ``backbone_config.json`` (512 and None when absent).
+
+    The position limit caps truncation exactly as training's tokenizer did; the vocabulary
+    size bounds the token ids the tokenizer may produce.
+    """
+    rel = "backbone_config.json"
+    if not safe.has(rel):
+        return 512, None
+    config = safe.read_json(rel)
+    file = safe.root / rel
+    positions = field(config, "max_position_embeddings", int, file=file, low=1, high=MAX_POSITIONS, default=512)
+    vocab = field(config, "vocab_size", int, file=file, low=1, high=4_194_304, default=None)
+    return int(positions), vocab
+
+
+# Where transformers noted a model came from: informational, never opened (see backbones.text).
+_PROVENANCE_KEYS = frozenset({"_name_or_path", "name_or_path"})
+
+
+def _onnx_tokenizer(safe: SafeFolder, *, vocab_size: int | None) -> Any:
+    """The saved ``tokenizer/tokenizer.json`` as a :class:`tokenizers.Tokenizer`, after the checks a load makes.
+
+    The tokenizer's configuration files may not name custom code or other files (as for
+    :meth:`FineTuner.load <tunesmith.FineTuner.load>`); ``tokenizer.json`` is read inside the
+    folder with a size cap and parsed from text, so no path in it is opened; its token ids
+    must stay below the encoder's ``vocab_size``.
+    """
+    from tokenizers import Tokenizer
+
+    from tunesmith.runs.trust import parse_json
+
+    for rel in ("tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"):
+        if safe.has(rel):
+            data = safe.read_json(rel)
+            refuse_custom_code({k: v for k, v in data.items() if k not in _PROVENANCE_KEYS}, file=safe.root / rel)
+    rel = "tokenizer/tokenizer.json"
+    path = safe.file(rel)
+    assert path is not None
+    raw = safe.read_bytes(rel)
+    if not isinstance(parse_json(raw, path=path, shown=rel), dict):
+        raise ArtifactError(f"{rel} must hold a JSON object", path=path)
     try:
-        config = json.loads((folder / "backbone_config.json").read_text(encoding="utf-8"))
-        return int(config.get("max_position_embeddings", 512))
-    except (OSError, json.JSONDecodeError, TypeError, ValueError):
-        return 512
+        tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+    except Exception as exc:  # the Rust library raises a plain Exception for any malformed field
+        raise ArtifactError(
+            f"{rel} is not a tokenizer the tokenizers library can read: "
+            f"{(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
+            path=path,
+            hint=_RETRAIN_HINT,
+        ) from None
+    if vocab_size is not None:
+        top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+        if top >= vocab_size:
+            raise ArtifactError(
+                f"{rel} holds token id {top} but backbone_config.json field 'vocab_size' is {vocab_size}; the "
+                "encoder has no embedding for it",
+                path=path,
+                hint=_RETRAIN_HINT,
+            )
+    return tokenizer
 
 
 def _plain(value: Any) -> Any:
@@ -404,15 +698,16 @@ class OnnxPredictor(Predictor):
         threads: int | None,
         version: str | None,
         graph: Path | None = None,
+        safe: SafeFolder | None = None,
     ) -> None:
-        super().__init__(folder, meta, batch_size=batch_size, version=version)
-        from tokenizers import Tokenizer
-
-        onnx_dir = folder / ONNX_DIR
+        """``graph``: a graph to run instead of the exported one (the export's own checks)."""
+        super().__init__(folder, meta, batch_size=batch_size, version=version, safe=safe)
+        safe = self.safe
         if precision == "auto":
-            precision = "int8" if (onnx_dir / ONNX_FILES["int8"]).is_file() else "fp32"
-        graph = graph or onnx_dir / ONNX_FILES[precision]
-        if not graph.is_file():
+            precision = "int8" if safe.has(f"{ONNX_DIR}/{ONNX_FILES['int8']}") else "fp32"
+        if graph is None:
+            graph = safe.file(f"{ONNX_DIR}/{ONNX_FILES[precision]}", required=False)
+        if graph is None:
             flag = " --quantize int8" if precision == "int8" else ""
             raise ArtifactError(
                 f"no {precision} ONNX graph ({ONNX_DIR}/{ONNX_FILES[precision]})",
@@ -421,25 +716,34 @@ class OnnxPredictor(Predictor):
             )
         self.precision = precision
         self.graph_path = graph
-        tok_file = folder / "tokenizer" / "tokenizer.json"
-        if not tok_file.is_file():
-            raise ArtifactError("tokenizer/tokenizer.json is missing", path=folder)
-        tokenizer = Tokenizer.from_file(str(tok_file))
+        tokenizer = _onnx_tokenizer(safe, vocab_size=self.vocab_size)
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.no_padding()
         self._tokenizer = tokenizer
         pad = tokenizer.token_to_id("[PAD]")
-        tok_cfg = folder / "tokenizer" / "tokenizer_config.json"
-        if tok_cfg.is_file():
-            try:
-                name = json.loads(tok_cfg.read_text(encoding="utf-8")).get("pad_token")
-                if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
-                    pad = tokenizer.token_to_id(name)
-            except (OSError, json.JSONDecodeError):
-                pass
+        cfg_rel = "tokenizer/tokenizer_config.json"
+        if safe.has(cfg_rel):
+            name = safe.read_json(cfg_rel).get("pad_token")
+            if isinstance(name, dict):  # an AddedToken as older transformers versions saved it
+                name = name.get("content")
+            if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
+                pad = tokenizer.token_to_id(name)
         self._pad = int(pad) if pad is not None else 0
         self._session = onnx_session(graph, threads)
         self._input_names = {i.name for i in self._session.get_inputs()}
+        outputs = self._session.get_outputs()
+        if not outputs or outputs[0].name != "logits":
+            raise ArtifactError(
+                "the ONNX graph has no 'logits' output", path=graph, hint="Re-export the model with tunesmith export"
+            )
+        shape = outputs[0].shape
+        width = shape[1] if isinstance(shape, (list, tuple)) and len(shape) == 2 else None
+        if isinstance(width, int) and width != self.n_outputs:
+            raise ArtifactError(
+                f"the ONNX graph gives {width} outputs but tunesmith.json field 'n_outputs' is {self.n_outputs}",
+                path=graph,
+                hint="Re-export the model with tunesmith export",
+            )
 
     @property
     def pad_id(self) -> int:
@@ -450,8 +754,22 @@ class OnnxPredictor(Predictor):
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": ids, "attention_mask": mask}
-        out = self._session.run(["logits"], {k: v for k, v in feed.items() if k in self._input_names})[0]
-        return np.asarray(out, dtype=np.float32)
+        try:
+            out = self._session.run(["logits"], {k: v for k, v in feed.items() if k in self._input_names})[0]
+        except Exception as exc:  # onnxruntime's own types: the graph does not fit the model's inputs
+            raise ArtifactError(
+                f"the ONNX graph failed on a batch: {(str(exc).splitlines() or [type(exc).__name__])[0][:300]}",
+                path=self.graph_path,
+                hint="Re-export the model with tunesmith export",
+            ) from None
+        result = np.asarray(out, dtype=np.float32)
+        if result.ndim != 2 or result.shape[1] != self.n_outputs:
+            raise ArtifactError(
+                f"the ONNX graph gives outputs of shape {list(result.shape)}, not (rows, {self.n_outputs})",
+                path=self.graph_path,
+                hint="Re-export the model with tunesmith export",
+            )
+        return result
 
     def close(self) -> None:
         self._session = None
@@ -471,9 +789,15 @@ class TorchPredictor(Predictor):
         threads: int | None,
         version: str | None,
         estimator: Any = None,
+        safe: SafeFolder | None = None,
+        backbone: str | None = None,
     ) -> None:
-        """``estimator``: the :class:`~tunesmith.FineTuner` of ``folder`` if already loaded (else loaded here)."""
-        super().__init__(folder, meta, batch_size=batch_size, version=version)
+        """``estimator``: the :class:`~tunesmith.FineTuner` of ``folder`` if already loaded (else loaded here).
+
+        ``backbone`` names the pre-trained backbone of a head-only or LoRA model whose
+        metadata names a local folder (see :meth:`FineTuner.load <tunesmith.FineTuner.load>`).
+        """
+        super().__init__(folder, meta, batch_size=batch_size, version=version, safe=safe)
         import torch
 
         from tunesmith.estimator import FineTuner
@@ -482,7 +806,7 @@ class TorchPredictor(Predictor):
             torch.set_num_threads(threads)
         self._torch = torch
         if estimator is None:
-            estimator = FineTuner.load(folder)
+            estimator = FineTuner._from_opened(self.safe, meta, backbone=backbone)
         self.estimator: FineTuner | None = estimator
         self._backbone: Any = estimator.backbone_
         self._model: Any = estimator.model_
@@ -526,6 +850,7 @@ def load_predictor(
     batch_size: int = 64,
     threads: int | None = None,
     version: str | None = None,
+    backbone: str | None = None,
 ) -> Predictor:
     """Open the model folder at ``path`` for prediction.
 
@@ -533,16 +858,20 @@ def load_predictor(
     ``precision`` picks ``"int8"`` or ``"fp32"``; ``"auto"`` takes int8 when it was exported.
     ``threads`` caps the compute threads (default: all cores this process may use);
     ``version`` overrides the model version reported with every prediction (default: a
-    content hash of the weights).
+    content hash of the weights). ``backbone`` (torch backend) names the pre-trained backbone
+    of a head-only or LoRA model whose metadata names a local folder, which is never opened
+    on the metadata's word (see :meth:`FineTuner.load <tunesmith.FineTuner.load>`).
+
+    The folder goes through :func:`read_model` once; every file is then read through that
+    scan. A folder that is unsafe or malformed is an :class:`ArtifactError` naming the file
+    and field.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"must be one of {', '.join(BACKENDS)}, got {backend!r}", key="backend")
     if precision not in PRECISIONS:
         raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {precision!r}", key="precision")
     folder = Path(path)
-    if not folder.is_dir():
-        raise ArtifactError("no model folder here", path=folder, hint="Give a folder written by tunesmith fit")
-    meta = read_meta(folder)
+    safe, meta = read_model(folder)
     kind = meta.get("kind", "text")
     if kind in ("image", "tabular"):
         from tunesmith.export.modal import ImagePredictor, TabularPredictor
@@ -554,8 +883,18 @@ def load_predictor(
             graph = _graph_path(folder, precision)
         cls = ImagePredictor if kind == "image" else TabularPredictor
         return cls(folder, meta, backend=backend, batch_size=batch_size, threads=threads, version=version, graph=graph)
+    if kind != "text":
+        raise ArtifactError(
+            f"field 'kind' is {kind!r}: this folder holds a {kind} model, which predicts with its own server",
+            path=safe.root / "tunesmith.json",
+            hint="Serve it with tunesmith serve, or load it with tunesmith.load()",
+        )
     if backend == "torch":
         if precision == "int8":
             raise ConfigError("int8 runs on the onnx backend only", key="precision", hint="Use --backend onnx")
-        return TorchPredictor(folder, meta, batch_size=batch_size, threads=threads, version=version)
-    return OnnxPredictor(folder, meta, precision=precision, batch_size=batch_size, threads=threads, version=version)
+        return TorchPredictor(
+            folder, meta, batch_size=batch_size, threads=threads, version=version, safe=safe, backbone=backbone
+        )
+    return OnnxPredictor(
+        folder, meta, precision=precision, batch_size=batch_size, threads=threads, version=version, safe=safe
+    )

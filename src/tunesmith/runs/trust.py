@@ -278,6 +278,9 @@ def malformed(file: str | os.PathLike[str], what: str = "this file") -> Iterator
 # --- custom code in Hugging Face configurations -------------------------------------------------------
 
 _FILE_KEYS = ("_file", "_files", "_path", "_dir")
+# Written by transformers into every configuration as a record of where it came from; a load
+# from a folder never opens them.
+_INFO_KEYS = frozenset({"_name_or_path", "name_or_path"})
 
 
 def refuse_custom_code(config: Mapping[str, Any], *, file: str | os.PathLike[str]) -> None:
@@ -295,6 +298,8 @@ def refuse_custom_code(config: Mapping[str, Any], *, file: str | os.PathLike[str
                 hint=_UNTRUSTED_HINT,
             )
     for key, value in config.items():
+        if key in _INFO_KEYS:
+            continue
         if isinstance(key, str) and key.endswith(_FILE_KEYS) and value not in (None, "", [], {}):
             raise ArtifactError(
                 f"field {key!r} names a file ({str(value)[:80]!r}); a loaded folder's files are found by their "
