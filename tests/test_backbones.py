@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -53,6 +54,44 @@ def test_local_folder_fits_and_reloads_head_only(tmp_path, monkeypatch):
         tunesmith.load(tmp_path / "model")
     loaded = tunesmith.load(tmp_path / "model", backbone=str(tmp_path / "enc"))
     assert loaded.predict(["great fun"]).shape == (1,)
+
+
+def test_cli_names_the_backbone_of_a_head_only_model(tmp_path, monkeypatch, capsys):
+    from tunesmith.cli import main
+
+    _save_tiny_folder(tmp_path / "enc")
+    ft = FineTuner(
+        backbone=str(tmp_path / "enc"),
+        strategy="head_only",
+        epochs=1,
+        batch_size=8,
+        progress=False,
+        runs_dir="",
+        baselines=False,
+        num_threads=1,
+    ).fit(make_reviews(32), target="label")
+    ft.save(tmp_path / "model")
+    make_reviews(12).to_csv(tmp_path / "rows.csv", index=False)
+
+    def run(*args: str) -> tuple[int, str]:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
+    common = ["predict", str(tmp_path / "model"), str(tmp_path / "rows.csv"), "-o", str(tmp_path / "out.csv"), "-q"]
+    code, err = run(*common)
+    assert code == 2 and "Traceback" not in err
+    assert "field 'backbone.name'" in err and "backbone=" in err
+    assert not (tmp_path / "out.csv").exists()
+    code, err = run(*common, "--backbone", str(tmp_path / "enc"))
+    assert code == 0, err
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 12
+    model, rows, enc = str(tmp_path / "model"), str(tmp_path / "rows.csv"), str(tmp_path / "enc")
+    code, err = run("evaluate", model, rows, "--backbone", enc)
+    assert code == 0, err
 
 
 def test_folder_with_pickle_weights_only_is_refused(tmp_path):

@@ -302,12 +302,16 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="Labeled data to score.")],
     target: Annotated[str | None, typer.Option("--target", "-t", help="Label column (default: as trained).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Local backbone folder of a head-only model (never taken from the model folder)."),
+    ] = None,
 ) -> None:
     """Score a saved model on labeled DATA."""
     import tunesmith
     from tunesmith.runs.artifacts import atomic_write_json, json_safe
 
-    ft = tunesmith.load(model)
+    ft = tunesmith.load(model, backbone=backbone)
     metrics = ft.evaluate(data, target=target)
     schema = getattr(ft, "schema_", None)
     task = schema.task if schema is not None else getattr(ft, "task_", "binary")
@@ -332,6 +336,10 @@ def predict(
     threads: Annotated[int | None, typer.Option(help="Compute threads (default: all cores).")] = None,
     root: Annotated[Path | None, typer.Option(help="Image models: folder the paths are relative to.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Local backbone folder of a head-only model (never taken from the model folder)."),
+    ] = None,
 ) -> None:
     """Predict labels (or values) for DATA and write them beside the input columns.
 
@@ -345,7 +353,9 @@ def predict(
 
     if chunk_rows < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--chunk-rows")
-    predictor = load_predictor(model, backend=backend, precision=precision, batch_size=batch_size, threads=threads)
+    predictor = load_predictor(
+        model, backend=backend, precision=precision, batch_size=batch_size, threads=threads, backbone=backbone
+    )
     if hasattr(predictor, "root"):
         predictor.root = root or (data if data.is_dir() else data.parent)
         if data.is_dir():
@@ -415,6 +425,10 @@ def export(
         float | None, typer.Option(help="Regression: fail when int8 raises the MAE by more than this.")
     ] = None,
     sample_size: Annotated[int, typer.Option(help="Rows in the parity check.")] = 256,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Local backbone folder of a head-only model (never taken from the model folder)."),
+    ] = None,
 ) -> None:
     """Export MODEL to ONNX (into MODEL/onnx/), checked against PyTorch; optionally int8 too."""
     from tunesmith.errors import ConfigError
@@ -424,9 +438,14 @@ def export(
         raise ConfigError(f"must be onnx, got {format!r}", key="format")
     if quantize not in (None, "int8"):
         raise ConfigError(f"must be int8, got {quantize!r}", key="quantize")
+    source: Any = model
+    if backbone is not None:
+        from tunesmith.estimator import FineTuner
+
+        source = FineTuner.load(model, backbone=backbone)
     with console.status("exporting and checking the graph"):
         result = export_onnx(
-            model,
+            source,
             quantize=quantize,
             data=data,
             target=target,
