@@ -23,7 +23,7 @@ from torch import nn
 
 from tunesmith.adapt import GradualUnfreezer, apply_freezing, count_parameters, param_groups, set_trainable
 from tunesmith.backbones import create_image_backbone
-from tunesmith.backbones.image import ImageBackbone, ImagePreprocessing, rebuild
+from tunesmith.backbones.image import ImageBackbone, ImagePreprocessing, build_architecture, rebuild
 from tunesmith.config import SettingsEstimator, validate_settings
 from tunesmith.data.image_augment import ImageAugment, augment_batch, mix_batch
 from tunesmith.data.images import (
@@ -39,13 +39,7 @@ from tunesmith.data.schema import label_string, sorted_labels
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from tunesmith.evaluate.metrics import compute_metrics, metric_direction
 from tunesmith.model import Head
-from tunesmith.runs.artifacts import (
-    AtomicDirectory,
-    atomic_write_json,
-    json_safe,
-    load_tensors,
-    save_tensors,
-)
+from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json, json_safe, save_tensors
 from tunesmith.train.callbacks import Callback, EarlyStopping, EpochHook, ProgressBar, TrainState, snapshot
 from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import make_loss
@@ -866,53 +860,141 @@ class ImageFineTuner(SettingsEstimator):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ImageFineTuner:
-        """Load a folder written by :meth:`save`; refuses folders holding pickle files."""
-        from tunesmith.export.runtime import read_meta
+        """Load a folder written by :meth:`save`.
 
-        folder = Path(path)
-        meta = read_meta(folder)  # refuses folders holding pickle files
-        if meta.get("kind") != "image" or meta.get("format_version") != IMAGE_FORMAT_VERSION:
-            raise ArtifactError(
-                f"not an image model of format {IMAGE_FORMAT_VERSION} "
-                f"(kind {meta.get('kind')!r}, format {meta.get('format_version')!r})",
-                path=folder,
+        The folder is opened through :func:`tunesmith.runs.trust.open_model` (no pickles, code,
+        links or files outside it) and every field of ``tunesmith.json`` is checked
+        (:func:`image_model_info`). The network is first built on PyTorch's ``meta`` device and
+        its tensor shapes compared with the safetensors header, so a folder cannot make
+        tunesmith allocate more than its weights hold; any refusal is an :class:`ArtifactError`
+        naming the file and field.
+        """
+        from tunesmith.runs.trust import check_state_shapes, malformed, meta_shapes, open_model
+
+        folder, meta = open_model(path)
+        info = image_model_info(meta, file=folder.root / "tunesmith.json")
+        weights = folder.root / "model.safetensors"
+        cfg: ImageConfig = info["config"]
+        arch, pre = info["architecture"], info["preprocessing"]
+
+        def build() -> ImageModel:
+            backbone = rebuild(
+                arch, pre.to_dict(), name=info["name"], fingerprint=info["fingerprint"], hidden_size=info["hidden_size"]
             )
-        info = meta["backbone"]
-        backbone = rebuild(
-            info["architecture"],
-            meta["preprocessing"],
-            name=info["name"],
-            fingerprint=info["fingerprint"],
-            hidden_size=int(info["hidden_size"]),
-        )
-        cfg = make_image_config(meta["config"])
-        model = ImageModel(backbone, int(meta["n_outputs"]), cfg.dropout)
+            return ImageModel(backbone, info["n_outputs"], cfg.dropout)
+
+        with malformed(folder.root / "tunesmith.json", "the backbone architecture"):
+            # On the meta device: shapes only, no memory, whatever sizes the metadata declares.
+            with torch.device("meta"):
+                width = build_architecture(arch).hidden_size
+            expected = meta_shapes(build)
+        if width != info["hidden_size"]:
+            raise ArtifactError(
+                f"field 'backbone.hidden_size' is {info['hidden_size']}, but the architecture in "
+                f"'backbone.architecture' gives {width}-wide features",
+                path=folder.root / "tunesmith.json",
+                hint="Only load folders written by tunesmith; ask whoever sent it to re-save it",
+            )
+        check_state_shapes(expected, folder.header("model.safetensors"), file=weights)
+        model = build()
+        state = folder.tensors("model.safetensors", expected=expected)
         try:
-            model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=True)
+            model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ArtifactError(
-                f"weights do not match the architecture: {str(exc).splitlines()[0]}", path=folder
+                f"weights do not match the architecture: {str(exc).splitlines()[0]}", path=weights
             ) from None
         set_trainable(model, False)
         model.eval()
         defaults = ImageConfig.model_validate({})
         est = cls(**{k: getattr(cfg, k) for k in ImageConfig.model_fields if getattr(cfg, k) != getattr(defaults, k)})
         est.model_ = model
-        est.backbone_ = backbone
+        est.backbone_ = model.backbone
         est.config_ = cfg
-        est.labels_ = list(meta["labels"])
-        est.label_values_ = list(meta.get("label_values") or meta["labels"])
+        est.labels_ = list(info["labels"])
+        est.label_values_ = list(info["label_values"])
         est.classes_ = np.asarray(est.label_values_, dtype=object)
-        est.task_ = meta["task"]
-        est.test_metrics_ = meta.get("metrics")
-        est.baseline_metrics_ = meta.get("baselines") or {}
-        est.training_info_ = meta.get("training") or {}
-        est.data_info_ = meta.get("data") or {}
-        est.history_ = meta.get("history") or []
+        est.task_ = info["task"]
+        # Reports only: shown, never computed on; a value of the wrong shape is dropped.
+        est.test_metrics_ = _dict_or(meta.get("metrics"), None)
+        est.baseline_metrics_ = _dict_or(meta.get("baselines"), {})
+        est.training_info_ = _dict_or(meta.get("training"), {})
+        est.data_info_ = _dict_or(meta.get("data"), {})
+        history = meta.get("history")
+        est.history_ = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
         best = est.training_info_.get("best_epoch")
-        est.best_epoch_ = int(best) if isinstance(best, int) else None
-        est.model_path_ = folder
+        est.best_epoch_ = int(best) if isinstance(best, int) and not isinstance(best, bool) else None
+        est.model_path_ = Path(path)
         return est
+
+
+MAX_CLASSES = 100_000
+"""Most classes a loaded image model may declare (its head is checked against the weights too)."""
+
+
+def image_model_info(meta: Any, *, file: str | os.PathLike[str]) -> dict[str, Any]:
+    """The fields of an image model's ``tunesmith.json`` that loading and serving use, each checked.
+
+    Returns ``task``, ``labels``, ``label_values``, ``n_outputs``, ``preprocessing``
+    (:class:`ImagePreprocessing`), ``architecture`` (a checked description), ``name``,
+    ``fingerprint``, ``hidden_size`` and ``config`` (:class:`ImageConfig`). A missing, mistyped
+    or out-of-range field is an :class:`ArtifactError` naming ``file`` and the field.
+    """
+    from tunesmith.backbones.image import architecture_from_meta
+    from tunesmith.runs.trust import field
+
+    kind = field(meta, "kind", (str, type(None)), file=file, default=None)
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if kind != "image" or version != IMAGE_FORMAT_VERSION or isinstance(version, bool):
+        raise ArtifactError(
+            f"not an image model of format {IMAGE_FORMAT_VERSION} (kind {kind!r}, format {version!r:.40})",
+            path=file,
+            hint="Load it with tunesmith.load(), or pass a folder written by ImageFineTuner.save",
+        )
+    labels = field(meta, "labels", list, file=file)
+    n_outputs = field(meta, "n_outputs", int, file=file, low=1, high=MAX_CLASSES)
+    if not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
+        raise ArtifactError("field 'labels' must be a list of distinct strings", path=file)
+    if len(labels) != n_outputs:
+        raise ArtifactError(f"field 'n_outputs' is {n_outputs} but field 'labels' holds {len(labels)}", path=file)
+    task = field(meta, "task", str, file=file, choices=("binary", "multiclass"))
+    if task != ("binary" if n_outputs == 2 else "multiclass"):
+        raise ArtifactError(f"field 'task' is {task!r}, which does not fit {n_outputs} labels", path=file)
+    values = field(meta, "label_values", list, file=file, default=None) or list(labels)
+    if len(values) != len(labels) or not all(
+        isinstance(v, (str, int, float, bool)) and v == v
+        for v in values  # v == v: not NaN
+    ):
+        raise ArtifactError(
+            f"field 'label_values' must hold one string, number or boolean per label ({len(labels)})", path=file
+        )
+    backbone_fields = {
+        "name": field(meta, "backbone.name", str, file=file),
+        "fingerprint": field(meta, "backbone.fingerprint", str, file=file),
+        "hidden_size": field(meta, "backbone.hidden_size", int, file=file, low=1, high=1 << 20),
+    }
+    architecture = architecture_from_meta(meta, file=file, name="backbone.architecture")
+    preprocessing = ImagePreprocessing.from_meta(meta, file=file)
+    settings = field(meta, "config", dict, file=file)
+    try:
+        config = make_image_config(settings)
+    except ConfigError as exc:
+        where = f"config.{exc.key}" if exc.key else "config"
+        raise ArtifactError(f"field {where!r}: {exc.message}", path=file) from None
+    return {
+        "task": task,
+        "labels": labels,
+        "label_values": values,
+        "n_outputs": n_outputs,
+        "preprocessing": preprocessing,
+        "architecture": architecture,
+        "config": config,
+        **backbone_fields,
+    }
+
+
+def _dict_or(value: Any, default: Any) -> Any:
+    return value if isinstance(value, dict) else default
 
 
 _BASELINE_NAMES = {"majority": "majority class", "frozen": "frozen pre-trained features + logistic regression"}

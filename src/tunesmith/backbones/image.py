@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +26,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ArtifactError, ConfigError
 
 # EfficientNet-Lite weights were trained on inputs scaled to [-1, 1] ((x - 127) / 128 in the
 # TF-Lite reference), not on ImageNet mean/std: with these values the ImageNet head names
@@ -33,6 +36,19 @@ LITE_STD = (0.5, 0.5, 0.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("crop", "squash")
+MAX_IMAGE_SIZE = 1024
+"""Largest input side a model may have (``ImageConfig.image_size``'s limit too): every image is
+decoded to this size squared, so a loaded folder may not declare more."""
+EFFICIENTNET_VARIANTS = (
+    *(f"efficientnet-b{i}" for i in range(9)),
+    "efficientnet-l2",
+    *(f"efficientnet-lite{i}" for i in range(5)),
+)
+"""The variants ``efficientnet_lite_pytorch`` builds."""
+ARCHITECTURE_FAMILIES = ("efficientnet", "tiny", "timm")
+# A timm architecture name, never a hub reference ("hf-hub:org/name") or a path: timm would
+# fetch or read a configuration from elsewhere for those even with pretrained=False.
+_TIMM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
 
 @dataclass
@@ -61,12 +77,37 @@ class ImagePreprocessing:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImagePreprocessing:
+        """Rebuild from :meth:`to_dict` (trusted input; a loaded folder goes through :meth:`from_meta`)."""
         return cls(
             size=int(d["size"]),
             mean=cast(tuple[float, float, float], tuple(d.get("mean", IMAGENET_MEAN))),
             std=cast(tuple[float, float, float], tuple(d.get("std", IMAGENET_STD))),
             resize=str(d.get("resize", "crop")),
         )
+
+    @classmethod
+    def from_meta(cls, meta: Any, *, file: str | os.PathLike[str], name: str = "preprocessing") -> ImagePreprocessing:
+        """The preprocessing stored under ``meta[name]`` of a loaded folder's ``file``, every field checked.
+
+        ``size`` is an integer in ``[8, MAX_IMAGE_SIZE]``; ``mean`` and ``std`` are three
+        finite numbers each (``std`` above 0); ``resize`` is one of :data:`RESIZE_MODES`.
+        Anything else is an :class:`~tunesmith.errors.ArtifactError` naming the file and field.
+        """
+        from tunesmith.runs.trust import field as get
+
+        size = get(meta, f"{name}.size", int, file=file, low=8, high=MAX_IMAGE_SIZE)
+        stats = {}
+        for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+            values = get(meta, f"{name}.{key}", list, file=file, default=list(default))
+            ok = len(values) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+            )
+            if not ok or (key == "std" and min(values) <= 0):
+                rule = "three finite numbers above 0" if key == "std" else "three finite numbers"
+                raise ArtifactError(f"field '{name}.{key}' must hold {rule}, got {values!r:.80}", path=file)
+            stats[key] = cast(tuple[float, float, float], tuple(float(v) for v in values))
+        resize = get(meta, f"{name}.resize", str, file=file, default="crop", choices=RESIZE_MODES)
+        return cls(size=size, mean=stats["mean"], std=stats["std"], resize=resize)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """``pixels`` in [0, 1], shape ``(B, 3, H, W)`` -> the network's input."""
@@ -272,6 +313,46 @@ def build_architecture(arch: dict[str, Any]) -> _Body:
     )
 
 
+def architecture_from_meta(meta: Any, *, file: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """The architecture description stored under ``meta[name]`` of a loaded folder, checked.
+
+    Only the families :func:`build_architecture` knows are accepted, each with fields of the
+    right type and range (an EfficientNet variant the package builds, an input size up to
+    :data:`MAX_IMAGE_SIZE`, a timm architecture name when timm is installed); anything else is
+    an :class:`~tunesmith.errors.ArtifactError` naming the file and field, so a folder never
+    makes tunesmith build an unknown network or look anything up elsewhere.
+    """
+    from tunesmith.runs.trust import field as get
+
+    family = get(meta, f"{name}.family", str, file=file, choices=ARCHITECTURE_FAMILIES)
+    if family == "efficientnet":
+        variant = get(meta, f"{name}.variant", str, file=file, choices=EFFICIENTNET_VARIANTS)
+        size = get(meta, f"{name}.image_size", int, file=file, low=8, high=MAX_IMAGE_SIZE)
+        return {"family": family, "variant": variant, "image_size": size}
+    if family == "tiny":
+        # torch.manual_seed takes 64 bits: a larger seed would fail deep inside the build.
+        seed = get(meta, f"{name}.seed", int, file=file, default=0, low=-(2**63), high=2**64 - 1)
+        return {"family": family, "seed": seed}
+    model = get(meta, f"{name}.model", str, file=file)
+    if not _TIMM_NAME.fullmatch(model):
+        raise ArtifactError(
+            f"field '{name}.model' must be a timm architecture name (letters, digits, '_', '-', '.'), "
+            f"got {model!r:.80}",
+            path=file,
+        )
+    if importlib.util.find_spec("timm") is None:
+        raise ArtifactError(
+            f"field '{name}' names the timm architecture {model!r}, and the package timm is not installed",
+            path=file,
+            hint="Install it with: pip install timm",
+        )
+    import timm
+
+    if not timm.is_model(model):
+        raise ArtifactError(f"field '{name}.model' names {model!r}, which timm does not know", path=file)
+    return {"family": family, "model": model}
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -381,8 +462,13 @@ def load_image_folder(path: str | Path, *, image_size: int | None = None) -> Ima
             key="backbone",
             hint='Write {"architecture": "efficientnet-lite0", "image_size": 224} to config.json',
         ) from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config.json of image backbone folder {str(folder)!r} is not a JSON object", key="backbone")
     name = str(cfg.get("architecture", ""))
-    size = int(image_size or cfg.get("image_size") or 224)
+    size = _config_int(image_size or cfg.get("image_size") or 224, "image_size", folder)
+    if not 8 <= size <= MAX_IMAGE_SIZE:
+        # A model trained at a larger size could never be loaded again (see ImagePreprocessing.from_meta).
+        raise ConfigError(f"must be within [8, {MAX_IMAGE_SIZE}], got {size}", key="image_size")
     if name.startswith("efficientnet-"):
         arch: dict[str, Any] = {"family": "efficientnet", "variant": name, "image_size": size}
         prefix = "net."
@@ -392,7 +478,7 @@ def load_image_folder(path: str | Path, *, image_size: int | None = None) -> Ima
         prefix = ""
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif name == "tiny-image":
-        arch = {"family": "tiny", "seed": int(cfg.get("seed", 0))}
+        arch = {"family": "tiny", "seed": _config_int(cfg.get("seed", 0), "seed", folder)}
         prefix = ""
         mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     else:
@@ -411,12 +497,21 @@ def load_image_folder(path: str | Path, *, image_size: int | None = None) -> Ima
     state = _read_state_dict(weights)
     drop = ("_fc.", "fc.", "classifier.", "head.fc.")
     _load_weights(body.module, {k: v for k, v in state.items() if not k.startswith(drop)}, prefix, weights.name)
-    pre = ImagePreprocessing(
-        size=size,
-        mean=cast(tuple[float, float, float], tuple(cfg.get("mean", mean))),
-        std=cast(tuple[float, float, float], tuple(cfg.get("std", std))),
-        resize=str(cfg.get("resize", "crop")),
-    )
+    try:
+        pre = ImagePreprocessing(
+            size=size,
+            mean=cast(tuple[float, float, float], tuple(cfg.get("mean", mean))),
+            std=cast(tuple[float, float, float], tuple(cfg.get("std", std))),
+            resize=str(cfg.get("resize", "crop")),
+        )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(
+            f"config.json of image backbone folder {str(folder)!r} has a malformed mean or std ({exc})",
+            key="backbone",
+            hint="Give mean and std as three numbers each",
+        ) from None
     return ImageBackbone(
         body.module,
         architecture=arch,
@@ -426,6 +521,16 @@ def load_image_folder(path: str | Path, *, image_size: int | None = None) -> Ima
         fingerprint=_sha256(weights),
         groups=body.groups,
     )
+
+
+def _config_int(value: Any, key: str, folder: Path) -> int:
+    """A whole number from a backbone folder's config.json, or a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**64:
+        raise ConfigError(
+            f"config.json of image backbone folder {str(folder)!r}: {key} must be a whole number, got {value!r:.40}",
+            key="backbone",
+        )
+    return value
 
 
 def rebuild(

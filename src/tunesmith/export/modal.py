@@ -18,11 +18,12 @@ import base64
 import binascii
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,9 @@ from tunesmith.export.runtime import (
     softmax,
 )
 
+if TYPE_CHECKING:
+    from tunesmith.backbones.image import ImagePreprocessing
+
 IMAGE_FIELD = "image"
 
 
@@ -50,7 +54,12 @@ def _graph_path(folder: Path, precision: str) -> Path:
             hint="Use --precision fp32 (or auto)",
         )
     graph = folder / ONNX_DIR / ONNX_FILES["fp32"]
-    if not graph.is_file():
+    # lstat: a link in the graph's place is refused, never followed out of the folder.
+    try:
+        regular = stat.S_ISREG(os.lstat(graph).st_mode) and not os.path.islink(folder / ONNX_DIR)
+    except OSError:
+        regular = False
+    if not regular:
         raise ArtifactError(
             f"no fp32 ONNX graph ({ONNX_DIR}/{ONNX_FILES['fp32']})",
             path=folder,
@@ -60,22 +69,58 @@ def _graph_path(folder: Path, precision: str) -> Path:
 
 
 class _ModalPredictor(Predictor):
-    """Shared set-up of the image and tabular predictors (labels, version, decoding of outputs)."""
+    """Shared set-up of the image and tabular predictors (labels, version, decoding of outputs).
 
-    def __init__(self, folder: Path, meta: dict[str, Any], *, batch_size: int, version: str | None) -> None:
+    Every value here comes from a checked source (the loaded estimator or
+    :func:`~tunesmith.vision.image_model_info`), never straight from ``tunesmith.json``.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        meta: Mapping[str, Any],
+        *,
+        task: str,
+        labels: Sequence[str],
+        label_values: Sequence[Any],
+        target_scaling: Mapping[str, float] | None,
+        batch_size: int,
+        version: str | None,
+    ) -> None:
         # The text predictor's constructor reads a text schema and tokenizer settings; these
         # models have neither, so the common fields are set here.
         self.folder = folder
-        self.meta = meta
-        self.task = str(meta["task"])
-        self.labels = [str(x) for x in meta.get("labels") or []]
-        values = list(meta.get("label_values") or [])
+        self.meta = _shown_meta(meta)
+        self.task = task
+        self.labels = [str(x) for x in labels]
+        values = list(label_values)
         self.label_values = values if len(values) == len(self.labels) else list(self.labels)
-        self.target_scaling = meta.get("target_scaling") or {"mean": 0.0, "std": 1.0}
+        self.target_scaling = dict(target_scaling or {"mean": 0.0, "std": 1.0})
         if batch_size < 1:
             raise ConfigError(f"must be at least 1, got {batch_size}", key="batch_size")
         self.batch_size = batch_size
         self.version = version or model_version(folder)
+
+
+def _shown_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``tunesmith.json`` that ``metadata()`` reports, each of the type it expects.
+
+    ``/v1/metadata`` shows them as they are; a folder whose report fields have another shape
+    (a list of metrics, a backbone that is a string) shows nothing for them instead of failing.
+    """
+    out: dict[str, Any] = {}
+    if not isinstance(meta, Mapping):
+        return out
+    metrics = meta.get("metrics")
+    if isinstance(metrics, dict):
+        out["metrics"] = metrics
+    backbone = meta.get("backbone")
+    if isinstance(backbone, dict) and isinstance(backbone.get("name"), str):
+        out["backbone"] = {"name": backbone["name"]}
+    for key in ("created", "tunesmith_version"):
+        if isinstance(meta.get(key), str):
+            out[key] = meta[key]
+    return out
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -95,27 +140,50 @@ class ImagePredictor(_ModalPredictor):
         version: str | None,
         graph: Path | None = None,
     ) -> None:
-        super().__init__(folder, meta, batch_size=batch_size, version=version)
-        from tunesmith.backbones.image import ImagePreprocessing
+        from tunesmith.runs.trust import open_model
+        from tunesmith.vision import ImageFineTuner, image_model_info
 
-        self.pre = ImagePreprocessing.from_dict(meta["preprocessing"])
-        self.path_column = str(meta["config"].get("path_column", "path"))
+        # Everything the predictor uses comes from the trust-checked folder: the loaded model
+        # (torch), or the checked metadata (onnx); ``meta`` is read only for metadata()'s report.
+        model: Any = None
+        if backend == "torch":
+            est = ImageFineTuner.load(folder)
+            model = est.model_
+            info = {
+                "task": est.task_,
+                "labels": est.labels_,
+                "label_values": est.label_values_,
+                "preprocessing": model.backbone.preprocessing,
+                "config": est.config_,
+            }
+        else:
+            opened, checked = open_model(folder)
+            info = image_model_info(checked, file=opened.root / "tunesmith.json")
+        super().__init__(
+            folder,
+            meta,
+            task=info["task"],
+            labels=info["labels"],
+            label_values=info["label_values"],
+            target_scaling=None,
+            batch_size=batch_size,
+            version=version,
+        )
+        self.pre: ImagePreprocessing = info["preprocessing"]
+        self.path_column: str = info["config"].path_column
         self.root: Path | None = None
         self.backend = backend
         self.precision = "fp32"
         self._mean = np.asarray(self.pre.mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(self.pre.std, dtype=np.float32).reshape(1, 3, 1, 1)
-        self._model: Any = None
+        self._model: Any = model
         self._session: Any = None
         if backend == "torch":
             import torch
 
-            from tunesmith.vision import ImageFineTuner
-
             if threads:
                 torch.set_num_threads(threads)
             self._torch = torch
-            self._model = ImageFineTuner.load(folder).model_
         else:
             self._session = onnx_session(graph or _graph_path(folder, "fp32"), threads)
 
@@ -244,10 +312,12 @@ def export_image_onnx(
     import torch
 
     from tunesmith.export.onnx import trace_to_onnx
+    from tunesmith.runs.trust import open_model
     from tunesmith.vision import ImageFineTuner
 
     started = time.perf_counter()
     ft = ImageFineTuner.load(folder)
+    safe, _ = open_model(folder)  # written into below: opened (links refused) before anything is
     images, source = _sample_images(ft, data, sample_size, seed)
     size = ft.model_.backbone.preprocessing.size
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
@@ -262,7 +332,7 @@ def export_image_onnx(
         parity = _parity(torch_side.logits_from_images(images), onnx_side.logits_from_images(images))
         parity.update({"tolerance": tolerance, "source": source})
         _check_tolerance(parity, tolerance, folder)
-        return _finish(folder, scratch, parity, opset, started)
+        return _finish(folder, scratch, parity, opset, started, safe)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -288,8 +358,12 @@ def _check_tolerance(parity: dict[str, Any], tolerance: float, folder: Path) -> 
         )
 
 
-def _finish(folder: Path, scratch: Path, parity: dict[str, Any], opset: int, started: float) -> Any:
-    """Move the checked graph into place, write ``export.json`` and the model card's export section."""
+def _finish(folder: Path, scratch: Path, parity: dict[str, Any], opset: int, started: float, safe: Any) -> Any:
+    """Move the checked graph into place, write ``export.json`` and the model card's export section.
+
+    ``safe`` is the folder as opened (:class:`~tunesmith.runs.trust.SafeFolder`) before the
+    export began: the card is read through it, never through a link.
+    """
     from tunesmith.export.onnx import ExportResult, _json_ready, _update_card, _versions
     from tunesmith.runs.artifacts import atomic_write_json
 
@@ -313,7 +387,7 @@ def _finish(folder: Path, scratch: Path, parity: dict[str, Any], opset: int, sta
     payload = result.to_dict()
     payload["folder"] = ONNX_DIR
     atomic_write_json(out_dir / EXPORT_INFO, _json_ready(payload))
-    _update_card(folder, result)
+    _update_card(folder, result, safe)
     return result
 
 
@@ -341,20 +415,31 @@ class TabularPredictor(_ModalPredictor):
         threads: int | None,
         version: str | None,
         graph: Path | None = None,
+        backbone: str | None = None,
     ) -> None:
-        super().__init__(folder, meta, batch_size=batch_size, version=version)
-        from tunesmith.data.schema import Schema
         from tunesmith.tabular import TabularFineTuner
 
+        # Everything below comes from the loaded estimator, which checked every field; the
+        # ``meta`` passed in is read only for the report fields of metadata().
+        est = TabularFineTuner.load(folder, backbone=backbone)
+        assert est.preprocessor_ is not None and est.schema_ is not None
+        super().__init__(
+            folder,
+            meta,
+            task=est.schema_.task,
+            labels=list(est.schema_.labels or []),
+            label_values=list(est.label_values_),
+            target_scaling=est.target_scaling_,
+            batch_size=batch_size,
+            version=version,
+        )
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.backend = backend
         self.precision = "fp32"
-        self.schema = Schema.from_dict(meta["schema"])
-        est = TabularFineTuner.load(folder)
-        assert est.preprocessor_ is not None
+        self.schema = est.schema_
         self.columns = list(est.preprocessor_.columns)
         self.estimator: Any = est
         self._sessions: dict[str, Any] = {}
@@ -504,10 +589,12 @@ def export_tabular_onnx(
     seed: int,
 ) -> Any:
     """Convert a tabular model to ONNX (trees with onnxmltools, the network with torch) and check parity."""
+    from tunesmith.runs.trust import open_model
     from tunesmith.tabular import TabularFineTuner
 
     started = time.perf_counter()
     est: Any = TabularFineTuner.load(folder)
+    safe, _ = open_model(folder)  # written into below: opened (links refused) before anything is
     frame, source = _sample_rows(est, data, sample_size, seed)
     features = est.preprocessor_.encode(est._with_rows(frame))
     chosen = est.chosen_
@@ -536,7 +623,7 @@ def export_tabular_onnx(
             os.replace(scratch / NEURAL_GRAPH, folder / ONNX_DIR / NEURAL_GRAPH)
         else:
             (folder / ONNX_DIR / NEURAL_GRAPH).unlink(missing_ok=True)
-        result = _finish(folder, scratch, parity, opset, started)
+        result = _finish(folder, scratch, parity, opset, started, safe)
         if chosen == "ensemble":
             result.files["neural"] = f"{ONNX_DIR}/{NEURAL_GRAPH}"
         return result

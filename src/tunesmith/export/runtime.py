@@ -881,8 +881,26 @@ def load_predictor(
             from tunesmith.export.modal import _graph_path
 
             graph = _graph_path(folder, precision)
-        cls = ImagePredictor if kind == "image" else TabularPredictor
-        return cls(folder, meta, backend=backend, batch_size=batch_size, threads=threads, version=version, graph=graph)
+        if kind == "tabular":
+            return TabularPredictor(
+                folder,
+                meta,
+                backend=backend,
+                batch_size=batch_size,
+                threads=threads,
+                version=version,
+                graph=graph,
+                backbone=backbone,
+            )
+        if backbone is not None:
+            raise ConfigError(
+                "backbone= applies to text and tabular models; this folder holds an image model",
+                key="backbone",
+                hint="Leave backbone out for this model",
+            )
+        return ImagePredictor(
+            folder, meta, backend=backend, batch_size=batch_size, threads=threads, version=version, graph=graph
+        )
     if kind != "text":
         raise ArtifactError(
             f"field 'kind' is {kind!r}: this folder holds a {kind} model, which predicts with its own server",

@@ -105,6 +105,8 @@ class _Model:
 
     # Names of the fitted arrays that state() saves; from_state() requires exactly these.
     _arrays: ClassVar[tuple[str, ...]] = ()
+    # Those of them that hold integer indices (every other one holds floats).
+    _index_arrays: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.n_items = 0
@@ -166,8 +168,14 @@ class _Model:
             model = cls(**params)
         except TypeError as exc:
             raise ArtifactError(f"{cls.__name__} state settings hold unknown params: {exc}") from None
+        except ConfigError as exc:
+            # Settings read from a saved state: a bad one means the state is damaged, not the call.
+            raise ArtifactError(f"{cls.__name__} state setting {exc.key!r}: {exc.message}") from None
         model.n_items = n_items
         loaded = {a: np.asarray(arrays[a]) for a in cls._arrays}
+        for a, v in loaded.items():
+            if v.dtype.kind not in "fiu" or not (v.dtype.kind == "f" or a in cls._index_arrays):
+                raise ArtifactError(f"{cls.__name__} state array {a!r} has dtype {v.dtype}, which does not fit it")
         # Scores are float32 whatever precision the arrays were stored in.
         loaded = {a: v.astype(np.float32) if v.dtype.kind == "f" else v for a, v in loaded.items()}
         model._check_arrays(loaded)
@@ -244,6 +252,7 @@ class ItemKNN(_Model):
     """
 
     _arrays = ("indptr", "indices", "data")
+    _index_arrays = ("indptr", "indices")
 
     def __init__(self, k: int = 100, shrink: float = 10.0, similarity: str = "cosine") -> None:
         super().__init__()
@@ -324,7 +333,13 @@ class ItemKNN(_Model):
         _expect_shape(self, arrays, "indptr", (self.n_items + 1,))
         indptr, indices = arrays["indptr"], arrays["indices"]
         nnz = int(indptr[-1])
-        if indices.shape != (nnz,) or arrays["data"].shape != (nnz,) or (nnz and indices.max() >= self.n_items):
+        if (
+            indptr[0] != 0
+            or (np.diff(indptr) < 0).any()
+            or indices.shape != (nnz,)
+            or arrays["data"].shape != (nnz,)
+            or (nnz and (indices.min() < 0 or indices.max() >= self.n_items))
+        ):
             raise ArtifactError("ItemKNN state arrays do not form a valid sparse similarity matrix")
 
     def _set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:

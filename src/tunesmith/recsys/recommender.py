@@ -19,7 +19,7 @@ full history, held-out interactions included.
 
 from __future__ import annotations
 
-import json
+import inspect
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -130,8 +130,13 @@ class Recommender:
         Random seed; compute threads (default: torch's).
 
     Fitted attributes end in ``_``: ``model_``, ``users_``, ``items_``, ``test_metrics_``,
-    ``baseline_metrics_``, ``split_``, ``data_report_``.
+    ``baseline_metrics_``, ``split_``, ``data_report_``; a loaded model also has
+    ``saved_info_`` (the saving tunesmith version and time).
     """
+
+    saved_info_: dict[str, str]
+    # A content backbone path read from a loaded folder: never opened unless passed again.
+    _untrusted_backbone: str | None = None
 
     def __init__(
         self,
@@ -318,6 +323,13 @@ class Recommender:
         from tunesmith.estimator import embed_texts
 
         assert self.content_backbone is not None
+        untrusted = getattr(self, "_untrusted_backbone", None)
+        if untrusted is not None and untrusted == self.content_backbone:
+            raise ArtifactError(
+                f"this model's content backbone {untrusted!r:.80} is a path named by the folder it was loaded "
+                "from; tunesmith never opens such a path on its own",
+                hint="Pass it yourself: Recommender.load(folder, content_backbone=...)",
+            )
         return np.asarray(embed_texts(texts, self.content_backbone, max_length=64, progress=False), dtype=np.float32)
 
     def _fit_sasrec(
@@ -602,8 +614,9 @@ class Recommender:
         """
         self._require_fitted()
         keys = ["hr@10", "ndcg@10", "recall@10", "mrr", "coverage@10"]
-        rows = {self.model: self.test_metrics_["overall"]}
-        rows.update({name: m["overall"] for name, m in self.baseline_metrics_.items()})
+        # .get: a loaded model's metrics are whatever its folder recorded (possibly nothing).
+        rows = {self.model: _dict_or(self.test_metrics_.get("overall"), {})}
+        rows.update({name: _dict_or(m.get("overall"), {}) for name, m in self.baseline_metrics_.items()})
         lines = [
             f"# Recommender: {self.model}",
             "",
@@ -635,63 +648,216 @@ class Recommender:
         return "\n".join(lines)
 
     @classmethod
-    def load(cls, path: str | Path) -> Recommender:
-        """Load a folder written by :meth:`save`; refuses folders holding pickle files.
+    def load(cls, path: str | Path, *, content_backbone: str | None = None) -> Recommender:
+        """Load a folder written by :meth:`save`.
+
+        The folder is opened through :func:`tunesmith.runs.trust.open_model` (no pickles, code,
+        links or files outside it); every field of ``tunesmith.json`` is checked, the id lists
+        must agree with the weights, and the model's tensor shapes are compared with the
+        safetensors header before anything is built. A content backbone stored as a path is
+        never opened: pass ``content_backbone`` (a name or a folder you trust) to use
+        :meth:`add_items` on such a model.
 
         Raises
         ------
         tunesmith.errors.ArtifactError
-            The folder is missing, unsafe, damaged, or holds another kind of tunesmith model.
+            The folder is missing, unsafe, damaged, or holds another kind of tunesmith model;
+            the message names the file and field.
         """
-        from tunesmith.runs.artifacts import check_safe_model_dir, load_tensors
+        from tunesmith.runs.trust import malformed, open_model
 
-        folder = check_safe_model_dir(path)
-        try:
-            meta = json.loads((folder / "tunesmith.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"tunesmith.json cannot be read: {exc}", path=folder) from None
-        if not isinstance(meta, dict) or meta.get("task") != TASK:
-            task = meta.get("task") if isinstance(meta, dict) else None
+        folder, meta = open_model(path)
+        file = folder.root / "tunesmith.json"
+        task = meta.get("task")
+        if task != TASK or meta.get("kind", "recommender") != "recommender":
             raise ArtifactError(
-                f"this folder holds a {task!r} model, not a recommendation model",
-                path=folder,
+                f"this folder holds a {task!r:.40} model, not a recommendation model",
+                path=folder.root,
                 hint="Load it with tunesmith.load(), or pass a folder written by Recommender.save",
             )
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION or isinstance(version, bool):
             raise ArtifactError(
-                f"recommender format version {meta.get('format_version')!r} is not supported "
-                f"(expected {FORMAT_VERSION})",
-                path=folder,
+                f"recommender format version {version!r:.40} is not supported (expected {FORMAT_VERSION})",
+                path=file,
                 hint="Re-save the model with this tunesmith version",
             )
-        arrays = {k: v.numpy() for k, v in load_tensors(folder / "model.safetensors").items()}
+        with malformed(file):
+            return cls._from_folder(folder, meta, content_backbone)
+
+    @classmethod
+    def _from_folder(cls, folder: Any, meta: dict[str, Any], content_backbone: str | None) -> Recommender:
+        """The recommender of an opened folder; every field is checked before it is used."""
+        from tunesmith.backbones import is_registered
+        from tunesmith.runs.trust import check_state_shapes, field
+
+        file = folder.root / "tunesmith.json"
+        weights = folder.root / "model.safetensors"
+        kind = field(meta, "model", str, file=file, choices=MODEL_KINDS)
+        settings = dict(field(meta, "settings", dict, file=file))
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ArtifactError(f"field 'settings' holds the unknown setting {unknown[0]!r:.60}", path=file)
+        if settings.setdefault("model", kind) != kind:
+            raise ArtifactError("fields 'model' and 'settings.model' disagree", path=file)
+        stored_backbone = field(meta, "settings.content_backbone", (str, type(None)), file=file, default=None)
+        untrusted = None
+        if content_backbone is not None:
+            settings["content_backbone"] = content_backbone
+        elif stored_backbone is not None and not is_registered(stored_backbone):
+            # Kept for the record, but never opened: add_items asks for it explicitly.
+            untrusted = stored_backbone
         try:
-            settings = dict(meta["settings"])
             rec = cls(**settings)
-            model_arrays = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
-            model: Any
-            if meta["model"] == "sasrec":
-                model = SequentialRecommender.from_state(model_arrays, meta["model_state"])
+        except ConfigError as exc:
+            where = f"settings.{exc.key}" if exc.key else "settings"
+            raise ArtifactError(f"field {where!r}: {exc.message}", path=file) from None
+        users = _id_list(meta, "users", file)
+        items = _id_list(meta, "items", file)
+        if not items:
+            raise ArtifactError("field 'items' is empty: a recommender needs a catalogue", path=file)
+        state = field(meta, "model_state", dict, file=file)
+        n_items = field(meta, "model_state.n_items", int, file=file)
+        if n_items != len(items):
+            raise ArtifactError(
+                f"field 'model_state.n_items' is {n_items} but field 'items' lists {len(items)} ids", path=file
+            )
+
+        header = folder.header("model.safetensors")
+        expected = _state_shapes(kind, state, header, n_items, file)
+        n_indices = header["history.indices"].shape if "history.indices" in header else (0,)
+        expected["history.indptr"] = (len(users) + 1,)
+        expected["history.indices"] = tuple(n_indices) if len(n_indices) == 1 else (-1,)
+        check_state_shapes(expected, header, file=weights)
+        for key, info in header.items():
+            integer = key.startswith("history.") or key.split(".")[-1] in ("indptr", "indices", "known_items")
+            if integer != info.dtype.startswith(("I", "U")) or info.dtype == "BOOL":
+                raise ArtifactError(f"tensor {key!r} has dtype {info.dtype}, which does not fit it", path=weights)
+        arrays = {k: v.numpy() for k, v in folder.tensors("model.safetensors", expected=expected).items()}
+        indptr, indices = arrays["history.indptr"], arrays.get("history.indices", np.zeros(0, dtype=np.int32))
+        if (
+            indptr[0] != 0
+            or (np.diff(indptr) < 0).any()
+            or indptr[-1] != len(indices)
+            or (len(indices) and (indices.min() < 0 or indices.max() >= n_items))
+        ):
+            raise ArtifactError(
+                "tensors 'history.indptr' and 'history.indices' do not describe histories of the catalogue's items",
+                path=weights,
+            )
+        model_arrays = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
+        model: Any
+        try:
+            if kind == "sasrec":
+                model = SequentialRecommender.from_state(model_arrays, state)
             else:
-                model = model_from_state(model_arrays, meta["model_state"])
-            rec.model_ = model
-            rec.history_indptr_ = arrays["history.indptr"]
-            rec.history_indices_ = arrays["history.indices"]
-            rec.users_ = np.asarray(meta["users"], dtype=object)
-            rec.items_ = np.asarray(meta["items"], dtype=object)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"the model folder is damaged or incomplete: {exc}", path=folder) from None
-        if len(rec.history_indptr_) != len(rec.users_) + 1:
-            raise ArtifactError("the stored histories do not match the user list", path=folder)
+                model = model_from_state(model_arrays, state)
+        except ArtifactError as exc:
+            raise ArtifactError(exc.message, path=exc.path or weights, hint=exc.hint) from None
+        rec.model_ = model
+        rec.history_indptr_ = indptr.astype(np.int64)
+        rec.history_indices_ = indices.astype(np.int32)
+        rec.users_ = np.asarray(users, dtype=object)
+        rec.items_ = np.asarray(items, dtype=object)
         rec.content_ = model_arrays.get("content")
-        rec.test_metrics_ = meta.get("metrics") or {}
-        rec.baseline_metrics_ = meta.get("baselines") or {}
-        rec.split_ = meta.get("split") or {}
-        rec.training_ = meta.get("training") or {}
-        rec.data_report_ = meta.get("data") or {}
-        rec._columns = meta.get("columns") or {}
+        rec._untrusted_backbone = untrusted
+        # Reports only: shown, never computed on; a value of the wrong shape is dropped.
+        rec.test_metrics_ = _dict_or(meta.get("metrics"), {})
+        rec.baseline_metrics_ = {k: v for k, v in _dict_or(meta.get("baselines"), {}).items() if isinstance(v, dict)}
+        rec.split_ = _dict_or(meta.get("split"), {})
+        rec.training_ = _dict_or(meta.get("training"), {})
+        rec.data_report_ = _dict_or(meta.get("data"), {})
+        rec._columns = _dict_or(meta.get("columns"), {})
+        rec.saved_info_ = {k: meta[k] for k in ("tunesmith_version", "created") if isinstance(meta.get(k), str)}
         rec._index()
         return rec
+
+
+MAX_ITEMS = 50_000_000
+"""Most users or items a loaded recommender may list (its id lists and weights must agree too)."""
+
+
+def _id_list(meta: dict[str, Any], name: str, file: Path) -> list[str]:
+    """``meta[name]`` as a list of distinct string ids, or an ArtifactError naming the field."""
+    from tunesmith.runs.trust import field
+
+    ids = field(meta, name, list, file=file)
+    if len(ids) > MAX_ITEMS:
+        raise ArtifactError(f"field {name!r} lists {len(ids):,} ids, over the {MAX_ITEMS:,} limit", path=file)
+    if not all(isinstance(x, str) for x in ids):
+        bad = next(x for x in ids if not isinstance(x, str))
+        raise ArtifactError(f"field {name!r} must list string ids, got {bad!r:.40}", path=file)
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        for x in ids:
+            if x in seen:
+                raise ArtifactError(f"field {name!r} lists the id {x!r:.40} twice", path=file)
+            seen.add(x)
+    return ids
+
+
+def _state_shapes(
+    kind: str, state: dict[str, Any], header: Mapping[str, Any], n_items: int, file: Path
+) -> dict[str, tuple[int, ...]]:
+    """The safetensors shapes (keys ``model.*``) that the model state in the metadata implies.
+
+    A SASRec network is built on PyTorch's meta device to read its shapes (no memory); the
+    classic models' shapes follow from ``n_items`` and their parameters. Lengths the metadata
+    cannot know (a sparse matrix's stored values, the training users of BPR) are taken from
+    the header and checked for consistency instead.
+    """
+    from tunesmith.recsys.sequential import SASRecNet
+    from tunesmith.runs.trust import field, meta_shapes
+
+    root = {"model_state": state}  # so that refusals name the field as it sits in the file
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        info = header.get(f"model.{key}")
+        return tuple(info.shape) if info is not None else None
+
+    if kind == "sasrec":
+        settings = field(root, "model_state.config", dict, file=file)
+        unknown = sorted(set(settings) - {f.name for f in fields(SeqConfig)})
+        if unknown:
+            raise ArtifactError(f"field 'model_state.config' holds the unknown setting {unknown[0]!r:.60}", path=file)
+        # torch.manual_seed takes 64 bits: a larger seed would fail deep inside the build.
+        field(root, "model_state.config.seed", int, file=file, default=0, low=-(2**63), high=2**64 - 1)
+        try:
+            cfg = SeqConfig(**settings)
+            cfg.check()
+        except ConfigError as exc:
+            raise ArtifactError(f"field 'model_state.config.{exc.key}': {exc.message}", path=file) from None
+        content = shape("content")
+        content_dim = content[1] if content is not None and len(content) == 2 else 0
+        net = meta_shapes(lambda: SASRecNet(n_items, cfg, content_dim))
+        out = {f"model.net.{k}": v for k, v in net.items()}
+        out["model.known_items"] = (n_items,)
+        if content_dim:
+            out["model.content"] = (n_items, content_dim)
+        return out
+    expected_name = {"ease": "EASE", "bpr": "BPRMF", "itemknn": "ItemKNN", "popularity": "Popularity"}[kind]
+    field(root, "model_state.model", str, file=file, choices=(expected_name,))
+    if kind == "popularity":
+        return {"model.counts": (n_items,)}
+    if kind == "ease":
+        return {"model.weights": (n_items, n_items)}
+    if kind == "itemknn":
+        out = {"model.indptr": (n_items + 1,)}
+        nnz = shape("indices")
+        if nnz is not None or shape("data") is not None:
+            out["model.indices"] = nnz if nnz is not None and len(nnz) == 1 else (-1,)
+            out["model.data"] = out["model.indices"]
+        return out
+    factors = field(root, "model_state.params.factors", int, file=file, low=1, high=1 << 16)
+    out = {"model.item_factors": (n_items, factors), "model.item_bias": (n_items,)}
+    users = shape("user_factors")
+    out["model.user_factors"] = (users[0], factors) if users is not None and len(users) == 2 else (-1, factors)
+    return out
+
+
+def _dict_or(value: Any, default: Any) -> Any:
+    return value if isinstance(value, dict) else default
 
 
 def _now() -> float:

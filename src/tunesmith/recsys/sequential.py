@@ -381,16 +381,44 @@ class SequentialRecommender:
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], settings: dict[str, Any]) -> SequentialRecommender:
+        """Rebuild a model saved by :meth:`state`.
+
+        Raises :class:`~tunesmith.errors.ArtifactError` when the settings or arrays do not
+        describe one model (the caller checks shapes against the file before this builds it).
+        """
+        from tunesmith.errors import ArtifactError
+
+        try:
+            n_items = settings["n_items"]
+            cfg = SeqConfig(**settings["config"])
+            cfg.check()
+            if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+                raise ConfigError(f"must be a positive integer, got {n_items!r}", key="n_items")
+        except ConfigError as exc:
+            raise ArtifactError(f"sequential model state setting {exc.key!r}: {exc.message}") from None
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(
+                f"sequential model state settings are malformed ({type(exc).__name__}: {exc})"
+            ) from None
         content = arrays.get("content")
+        known = arrays.get("known_items")
+        if content is not None and (content.ndim != 2 or content.shape[0] != n_items):
+            raise ArtifactError(f"sequential model content has shape {content.shape}, expected ({n_items}, d)")
+        if known is not None and known.shape != (n_items,):
+            raise ArtifactError(f"sequential model known_items has shape {known.shape}, expected ({n_items},)")
         model = cls(
-            int(settings["n_items"]),
-            SeqConfig(**settings["config"]),
+            n_items,
+            cfg,
             content=content if content is not None and content.shape[1] else None,
-            known_items=arrays.get("known_items"),
+            known_items=known,
         )
         state = {k[4:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("net.")}
-        model.net.load_state_dict(state)
+        try:
+            model.net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ArtifactError(f"sequential model weights do not fit: {str(exc).splitlines()[0]}") from None
         model.net.eval()
-        model.reports = [FitReport(**r) for r in settings.get("reports", [])]
+        reports = settings.get("reports", [])
+        model.reports = [FitReport(**r) for r in reports] if isinstance(reports, list) else []
         model.fitted = True
         return model

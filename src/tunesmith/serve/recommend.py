@@ -13,7 +13,6 @@ item ids in time order; when both are given the history wins, as in
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ConfigError, DataError, TunesmithError
 
 if TYPE_CHECKING:
     from tunesmith.recsys.recommender import Recommender
@@ -95,9 +94,14 @@ def folder_task(path: str | os.PathLike[str]) -> str | None:
 
     Cheap (no weights read), so the server can pick its endpoints before loading the model.
     """
+    from tunesmith.runs.trust import MAX_JSON_BYTES, read_json_file
+
+    # Through the trust module's reader: a link, FIFO or device in the file's place is refused
+    # (never followed or blocked on) and the size is capped; the load that follows opens the
+    # whole folder through open_model.
     try:
-        meta = json.loads((Path(path) / "tunesmith.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_json_file(Path(path) / "tunesmith.json", limit=MAX_JSON_BYTES)
+    except (TunesmithError, OSError, ValueError):
         return None
     task = meta.get("task") if isinstance(meta, dict) else None
     return task if isinstance(task, str) else None
@@ -207,6 +211,8 @@ class RecommenderPredictor:
         rec = self._rec()
         overall = (rec.test_metrics_ or {}).get("overall") or {}
         baselines = {name: (m or {}).get("overall") or {} for name, m in (rec.baseline_metrics_ or {}).items()}
+        # Read and checked when the model was loaded: the folder is not read again here.
+        saved = getattr(rec, "saved_info_", None) or {}
         return {
             "task": TASK,
             "model": self.kind,
@@ -219,21 +225,13 @@ class RecommenderPredictor:
             "metrics": overall,
             "baselines": baselines,
             "split": rec.split_,
-            "tunesmith_version": _meta_field(self.folder, "tunesmith_version"),
-            "created": _meta_field(self.folder, "created"),
+            "tunesmith_version": saved.get("tunesmith_version"),
+            "created": saved.get("created"),
         }
 
     def close(self) -> None:
         """Drop the model (the object must not be used afterwards)."""
         self.recommender = None
-
-
-def _meta_field(folder: Path, key: str) -> Any:
-    try:
-        meta = json.loads((folder / "tunesmith.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta.get(key) if isinstance(meta, dict) else None
 
 
 def _ids(values: Sequence[str | int] | None) -> list[str] | None:

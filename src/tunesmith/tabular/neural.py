@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +20,46 @@ from torch import nn
 
 from tunesmith.errors import ConfigError
 
-__all__ = ["TabularNet", "TrainResult", "embedding_dim", "predict_outputs", "train_tabular_net"]
+__all__ = ["TabularNet", "TrainResult", "embedding_dim", "net_spec", "predict_outputs", "train_tabular_net"]
 
 NORMS = (None, "batch", "layer")
+MAX_WIDTH = 1 << 20
+"""Widest input, hidden layer or category count a saved network may declare."""
+MAX_LAYERS = 64
+MAX_OUTPUTS = 100_000
+
+
+def net_spec(info: Any, *, file: str | os.PathLike[str], name: str = "net") -> dict[str, Any]:
+    """The :class:`TabularNet` arguments saved under ``info`` (field ``name`` of ``file``), checked.
+
+    Returns ``n_numeric``, ``cardinalities``, ``n_outputs``, ``hidden``, ``dropout`` and
+    ``norm``, each of the right type and within bounds; the caller still compares the network
+    they describe with the weights (build it on the ``meta`` device) before building it for
+    real. A wrong field is an :class:`~tunesmith.errors.ArtifactError` naming the file and field.
+    """
+    from tunesmith.errors import ArtifactError
+    from tunesmith.runs.trust import field
+
+    root = {name: info}
+
+    def ints(key: str, low: int, high: int, most: int) -> list[int]:
+        values = field(root, f"{name}.{key}", list, file=file)
+        if len(values) > most or not all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
+        ):
+            raise ArtifactError(
+                f"field '{name}.{key}' must be a list of at most {most} whole numbers in [{low}, {high}]", path=file
+            )
+        return values
+
+    return {
+        "n_numeric": field(root, f"{name}.n_numeric", int, file=file, low=0, high=MAX_WIDTH),
+        "cardinalities": ints("cardinalities", 1, MAX_WIDTH, 100_000),
+        "n_outputs": field(root, f"{name}.n_outputs", int, file=file, low=1, high=MAX_OUTPUTS),
+        "hidden": tuple(ints("hidden", 1, MAX_WIDTH, MAX_LAYERS)),
+        "dropout": float(field(root, f"{name}.dropout", float, file=file, low=0.0, high=0.999999)),
+        "norm": field(root, f"{name}.norm", (str, type(None)), file=file, default=None, choices=NORMS),
+    }
 
 
 def embedding_dim(cardinality: int) -> int:

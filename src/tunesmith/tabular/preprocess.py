@@ -8,6 +8,8 @@ columns, a few tensors (PCA mean and components) stored in the model's safetenso
 
 from __future__ import annotations
 
+import math
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import pandas as pd
 from tunesmith.data.schema import label_string, missing_mask, require_column
 from tunesmith.data.validate import row_numbers
 from tunesmith.errors import ArtifactError, ConfigError, DataError
+from tunesmith.runs.trust import field
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +32,24 @@ if TYPE_CHECKING:
 __all__ = ["TabularFeatures", "TabularPreprocessor"]
 
 PREPROCESSOR_VERSION = 1
+MAX_TEXT_DIMS = 4096
+"""Most PCA components per text column a saved preprocessor may keep."""
+_ROLES = ("numeric_columns", "categorical_columns", "text_columns")
+
+
+def _names(value: Any, where: str, file: str | os.PathLike[str]) -> list[str]:
+    """``value`` as a list of distinct strings (column names, categories), or an ArtifactError naming it."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ArtifactError(f"field {where!r} must be a list of strings", path=file)
+    if len(set(value)) != len(value):
+        raise ArtifactError(f"field {where!r} repeats a name", path=file)
+    return value
+
+
+def _finite(value: Any, where: str, file: str | os.PathLike[str]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ArtifactError(f"field {where!r} must hold finite numbers, got {value!r:.40}", path=file)
+    return float(value)
 
 
 @dataclass
@@ -257,40 +278,158 @@ class TabularPreprocessor:
 
     @classmethod
     def from_dict(
-        cls, data: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | None = None, prefix: str = "preprocess."
+        cls,
+        data: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor] | None = None,
+        prefix: str = "preprocess.",
+        *,
+        file: str | os.PathLike[str] | None = None,
+        name: str = "preprocessor",
     ) -> TabularPreprocessor:
-        """Rebuild a preprocessor from :meth:`to_dict` (and :meth:`tensors` when it has text columns)."""
-        try:
-            if data.get("version") != PREPROCESSOR_VERSION:
-                raise ArtifactError(f"preprocessor version {data.get('version')!r} is not supported")
-            pre = cls(
-                data["numeric_columns"],
-                data["categorical_columns"],
-                data["text_columns"],
-                min_count=int(data["min_count"]),
-                text_backbone=str(data["text_backbone"]),
-                text_dims=int(data["text_dims"]),
-            )
-            pre.medians = {str(k): float(v) for k, v in data["medians"].items()}
-            pre.indicator_columns = tuple(str(c) for c in data["indicator_columns"])
-            pre.means = [float(x) for x in data["means"]]
-            pre.stds = [float(x) for x in data["stds"]]
-            pre.vocabularies = {str(k): [str(x) for x in v] for k, v in data["vocabularies"].items()}
-            pre.backbone_fingerprint = data.get("backbone_fingerprint")
-            pre.fitted = bool(data["fitted"])
-            for i, col in enumerate(pre.text_columns):
-                if tensors is None:
-                    raise ArtifactError("the text PCA tensors are missing")
-                mean = tensors[f"{prefix}pca.{i}.mean"].numpy().astype(np.float32)
-                components = tensors[f"{prefix}pca.{i}.components"].numpy().astype(np.float32)
-                pre.pca[col] = (mean, components)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        """Rebuild a preprocessor from :meth:`to_dict` (and :meth:`tensors` when it has text columns).
+
+        Every field is checked (types, lengths, distinct names, finite statistics), so a saved
+        state read from a loaded folder either rebuilds a working preprocessor or raises an
+        :class:`~tunesmith.errors.ArtifactError` naming ``file`` and the field (``name`` is the
+        field the state sits under in that file).
+        """
+        pre = cls._from_json(data, file=file, name=name)
+        if pre.text_columns:
+            if tensors is None:
+                raise ArtifactError(f"field {name!r} has text columns but the text PCA tensors are missing", path=file)
+            pre.attach_pca(tensors, prefix, file=file)
+        pre.check_widths(file=file, name=name)
+        return pre
+
+    @classmethod
+    def _from_json(cls, data: Any, *, file: str | os.PathLike[str] | None, name: str) -> TabularPreprocessor:
+        """The preprocessor of the JSON state alone (text PCA not attached, widths not checked)."""
+        where: str | os.PathLike[str] = file if file is not None else "saved preprocessor"
+        root = {name: data}
+
+        def get(key: str, types: type | tuple[type, ...], **kw: Any) -> Any:
+            return field(root, f"{name}.{key}", types, file=where, **kw)
+
+        if not isinstance(data, Mapping):
+            get("version", int)  # names the field as not an object
+        version = get("version", int, default=None)
+        if version != PREPROCESSOR_VERSION:
             raise ArtifactError(
-                f"saved preprocessor is malformed ({type(exc).__name__}: {exc})",
-                hint="The model folder may be from another version or damaged; retrain it",
-            ) from None
+                f"field '{name}.version': preprocessor version {version!r} is not supported "
+                f"(expected {PREPROCESSOR_VERSION})",
+                path=where,
+                hint="Re-save the model with this tunesmith version",
+            )
+        roles = {key: _names(get(key, list), f"{name}.{key}", where) for key in _ROLES}
+        seen: set[str] = set()
+        for key, names in roles.items():
+            twice = seen.intersection(names)
+            if twice:
+                raise ArtifactError(f"field '{name}.{key}' repeats column {sorted(twice)[0]!r}", path=where)
+            seen.update(names)
+        pre = cls(
+            roles["numeric_columns"],
+            roles["categorical_columns"],
+            roles["text_columns"],
+            min_count=get("min_count", int, low=1),
+            text_backbone=get("text_backbone", str),
+            text_dims=get("text_dims", int, low=1, high=MAX_TEXT_DIMS),
+        )
+        medians = get("medians", dict)
+        if set(medians) != set(pre.numeric_columns):
+            raise ArtifactError(f"field '{name}.medians' must hold one median per numeric column", path=where)
+        pre.medians = {c: _finite(medians[c], f"{name}.medians", where) for c in pre.numeric_columns}
+        indicators = _names(get("indicator_columns", list), f"{name}.indicator_columns", where)
+        if not set(indicators) <= set(pre.numeric_columns):
+            raise ArtifactError(f"field '{name}.indicator_columns' names a column that is not numeric", path=where)
+        pre.indicator_columns = tuple(indicators)
+        pre.means = [_finite(x, f"{name}.means", where) for x in get("means", list)]
+        pre.stds = [_finite(x, f"{name}.stds", where) for x in get("stds", list)]
+        if any(x <= 0 for x in pre.stds):
+            raise ArtifactError(f"field '{name}.stds' must hold numbers above 0", path=where)
+        vocabularies = get("vocabularies", dict)
+        if set(vocabularies) != set(pre.categorical_columns):
+            raise ArtifactError(
+                f"field '{name}.vocabularies' must hold one vocabulary per categorical column", path=where
+            )
+        pre.vocabularies = {
+            c: _names(vocabularies[c], f"{name}.vocabularies.{c}", where) for c in pre.categorical_columns
+        }
+        pre.backbone_fingerprint = get("backbone_fingerprint", (str, type(None)), default=None)
+        pre.fitted = get("fitted", bool)
         pre._build_index()
         return pre
+
+    def pca_shapes(
+        self, header: Mapping[str, Any], prefix: str = "preprocess.", *, file: str | os.PathLike[str] | None = None
+    ) -> dict[str, tuple[int, ...]]:
+        """The shapes the text PCA tensors must have, checked against a safetensors ``header``.
+
+        Per text column ``i``: ``{prefix}pca.{i}.mean`` is ``(hidden,)`` and
+        ``{prefix}pca.{i}.components`` is ``(k, hidden)`` with ``1 <= k <= text_dims``, one
+        ``hidden`` for all columns; the components together must fill the standardised width
+        that ``means`` describes. Read before any tensor, so nothing is allocated for a folder
+        whose shapes do not fit.
+        """
+        out: dict[str, tuple[int, ...]] = {}
+        hidden: int | None = None
+        total = 0
+        for i, col in enumerate(self.text_columns):
+            mean_key, comp_key = f"{prefix}pca.{i}.mean", f"{prefix}pca.{i}.components"
+            mean, comp = header.get(mean_key), header.get(comp_key)
+            if mean is None or comp is None:
+                raise ArtifactError(f"weights lack the text PCA of column {col!r} ({mean_key})", path=file)
+            m, c = tuple(mean.shape), tuple(comp.shape)
+            if len(m) != 1 or len(c) != 2 or c[1] != m[0] or not 1 <= c[0] <= self.text_dims or m[0] < 1:
+                raise ArtifactError(
+                    f"the text PCA of column {col!r} has shapes {list(m)} and {list(c)}; expected [hidden] and "
+                    f"[k, hidden] with k at most {self.text_dims}",
+                    path=file,
+                )
+            if hidden is not None and m[0] != hidden:
+                raise ArtifactError("the text PCA tensors disagree on the text vector width", path=file)
+            hidden = m[0]
+            total += c[0]
+            out[mean_key], out[comp_key] = m, c
+        expected = len(self.means) - len(self.numeric_columns) - len(self.indicator_columns)
+        if self.text_columns and total != expected:
+            raise ArtifactError(
+                f"the text PCA keeps {total} components but the saved statistics describe {expected}", path=file
+            )
+        return out
+
+    def attach_pca(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        prefix: str = "preprocess.",
+        *,
+        file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Take the text PCA of each text column from ``tensors`` (as :meth:`tensors` wrote them)."""
+        for i, col in enumerate(self.text_columns):
+            try:
+                mean = tensors[f"{prefix}pca.{i}.mean"].float().numpy().astype(np.float32)
+                components = tensors[f"{prefix}pca.{i}.components"].float().numpy().astype(np.float32)
+            except KeyError:
+                raise ArtifactError(f"weights lack the text PCA of column {col!r}", path=file) from None
+            if mean.ndim != 1 or components.ndim != 2 or components.shape[1] != mean.shape[0]:
+                raise ArtifactError(f"the text PCA of column {col!r} has mismatched shapes", path=file)
+            if not (np.isfinite(mean).all() and np.isfinite(components).all()):
+                raise ArtifactError(f"the text PCA of column {col!r} holds non-finite values", path=file)
+            self.pca[col] = (mean, components)
+
+    def check_widths(self, *, file: str | os.PathLike[str] | None = None, name: str = "preprocessor") -> None:
+        """Refuse saved statistics whose lengths do not match the features they standardise."""
+        width = len(self.numeric_columns) + len(self.indicator_columns)
+        width += sum(self.pca[c][1].shape[0] for c in self.text_columns if c in self.pca)
+        if not self.fitted:
+            raise ArtifactError(f"field '{name}.fitted' is false: the preprocessor was never fitted", path=file)
+        if len(self.means) != width or len(self.stds) != width:
+            raise ArtifactError(
+                f"fields '{name}.means' and '{name}.stds' must hold {width} values each "
+                f"(got {len(self.means)} and {len(self.stds)})",
+                path=file,
+            )
 
     def check_backbone(self, path: str | Path | None = None) -> None:
         """Refuse a text backbone whose weights differ from the ones the PCA was fitted on."""
@@ -302,6 +441,14 @@ class TabularPreprocessor:
                 f"text backbone {self.text_backbone!r} has different weights from the ones this model was trained on",
                 path=path,
                 hint="Use the same version of the pre-trained model",
+            )
+        widths = {self.pca[c][0].shape[0] for c in self.text_columns if c in self.pca}
+        if widths and widths != {backbone.hidden_size}:
+            raise ArtifactError(
+                f"text backbone {self.text_backbone!r} gives {backbone.hidden_size}-wide vectors but the text PCA "
+                f"was fitted on {widths.pop()}-wide ones",
+                path=path,
+                hint="Use the text backbone the model was trained with",
             )
 
     # --- internals -------------------------------------------------------------------------
