@@ -676,6 +676,200 @@ def test_openapi_documents_the_models(client: TestClient) -> None:
     assert "/admin/reload" not in spec["paths"]  # no admin token, no admin endpoints
 
 
+@pytest.fixture(scope="module")
+def mixed_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text model that also reads a numeric (stars) and a categorical (genre) column."""
+    root = tmp_path_factory.mktemp("mixed")
+    df = make_reviews(16).assign(stars=[float(i % 5) for i in range(16)], genre=["drama", "comedy"] * 8)
+    params = {"backbone": "tiny-text", "epochs": 1, "batch_size": 8, "max_length": 32, "progress": False}
+    fitted = FineTuner(**params, runs_dir=str(root / "runs"), num_threads=1)
+    return fitted.fit(df, target="label").save(root / "model")
+
+
+@pytest.mark.parametrize(
+    ("raw", "loc"),
+    [
+        (b'{"inputs": "fine", "probabilities": NaN}', ["body", "probabilities"]),
+        (b'{"inputs": NaN}', ["body", "inputs"]),
+        (b'{"inputs": [Infinity]}', ["body", "inputs", 0]),
+        (b'{"inputs": {"text": -Infinity}}', ["body", "inputs", "text"]),
+        (b'{"inputs": {"text": "fine", "extra": 1e999999}}', ["body", "inputs", "extra"]),
+        (b'{"inputs": [{"text": "fine", "x": [NaN, {"y": Infinity}]}]}', ["body", "inputs", 0, "x"]),
+    ],
+)
+def test_non_finite_numbers_are_a_strict_json_422(client: TestClient, raw: bytes, loc: list[Any]) -> None:
+    # Python's JSON reader takes NaN, Infinity and overflowing numbers; echoing them back used
+    # to fail the 422 itself with a plain-text 500.
+    r = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = json.loads(r.text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    (err,) = body["detail"]
+    assert err["loc"] == loc
+    assert {"type", "loc", "msg"} <= set(err)
+
+
+def test_numeric_and_categorical_columns_take_what_the_document_says(mixed_model_dir: Path) -> None:
+    with serving(mixed_model_dir) as c:
+        row = {"text": "great fun movie", "stars": 4, "genre": "drama"}
+        assert c.post("/v1/predict", json={"inputs": row}).status_code == 200
+        missing = {"text": "great fun movie", "stars": None, "genre": None}
+        assert c.post("/v1/predict", json={"inputs": [missing, {"text": "x", "genre": True}]}).status_code == 200
+        refused = [
+            (b'{"inputs": {"text": "x", "stars": Infinity}}', ["body", "inputs", "stars"], "finite"),
+            (b'{"inputs": [{"text": "x", "stars": 1e999999}]}', ["body", "inputs", 0, "stars"], "finite"),
+            (b'{"inputs": {"text": "x", "stars": "3"}}', ["body", "inputs", "stars"], "number or null"),
+            (b'{"inputs": {"text": "x", "stars": true}}', ["body", "inputs", "stars"], "number or null"),
+            (b'{"inputs": {"text": "x", "genre": NaN}}', ["body", "inputs", "genre"], "finite"),
+            (b'{"inputs": {"text": "x", "genre": {"a": 1}}}', ["body", "inputs", "genre"], "string, a number"),
+        ]
+        for raw, loc, words in refused:
+            r = c.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 422, (raw, r.text)
+            (err,) = r.json()["detail"]
+            assert err["loc"] == loc and words in err["msg"], (raw, err)
+        row_schema = c.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]
+        one_row = row_schema["properties"]["inputs"]["anyOf"][0]["anyOf"][0]
+        assert one_row["properties"]["stars"]["type"] == ["number", "null"]
+        assert one_row["properties"]["genre"]["type"] == ["string", "number", "boolean", "null"]
+        assert one_row["required"] == ["text"] and one_row["additionalProperties"] is False
+
+
+def test_a_reload_to_a_model_with_other_columns_changes_the_document(model_dir: Path, mixed_model_dir: Path) -> None:
+    def columns(c: TestClient) -> set[str]:
+        predict = c.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]
+        return set(predict["properties"]["inputs"]["anyOf"][0]["anyOf"][0]["properties"])
+
+    with serving(model_dir, admin_token="admin-token") as c:
+        assert columns(c) == {"text"}
+        r = c.post(
+            "/admin/reload", json={"path": str(mixed_model_dir)}, headers={"Authorization": "Bearer admin-token"}
+        )
+        assert r.status_code == 200, r.text
+        assert columns(c) == {"text", "stars", "genre"}
+        assert c.post("/v1/predict", json={"inputs": {"text": "fine", "stars": 2}}).status_code == 200
+
+
+def test_request_bodies_are_strict_and_the_document_says_so(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    predict = schemas["PredictRequest"]
+    assert predict["additionalProperties"] is False and predict["required"] == ["inputs"]
+    assert schemas["ReloadRequest"]["additionalProperties"] is False
+    row, batch = predict["properties"]["inputs"]["anyOf"]
+    obj, bare = row["anyOf"]
+    # The served model's own column, required and not blank: {"inputs": {}} is invalid by the
+    # document, as the server answers.
+    assert obj["required"] == ["text"] and obj["additionalProperties"] is False
+    assert set(obj["properties"]) == {"text"}
+    assert bare["type"] == "string" and "pattern" in bare
+    assert batch["minItems"] == 1 and batch["maxItems"] == 256
+    assert predict["properties"]["probabilities"]["type"] == "boolean"
+    for body in ({"inputs": {}}, {"inputs": []}, {"inputs": "fine", "probabilities": 0}, {"inputs": "x", "top": 1}):
+        assert client.post("/v1/predict", json=body).status_code == 422, body
+    # The examples of the document are valid requests.
+    for example in predict["examples"]:
+        assert client.post("/v1/predict", json=example).status_code == 200, example
+
+
+def test_the_non_blank_pattern_matches_what_the_server_calls_blank() -> None:
+    import re
+    import sys
+
+    from tunesmith.serve.schemas import NON_BLANK, WHITESPACE
+
+    assert set(WHITESPACE) == {c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()}
+    pattern = re.compile(NON_BLANK)
+    for text in ["", " ", "\t\n", "\x1c\x1f", "\u3000\xa0", "\u2028"]:
+        assert not text.strip() and pattern.search(text) is None, repr(text)
+    for text in ["a", " b ", "\ufeff", "\x00", "\u200b"]:
+        assert text.strip() and pattern.search(text) is not None, repr(text)
+
+
+def test_metrics_and_probes_are_documented_as_served(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    metrics_doc = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics_doc) == ["text/plain; version=0.0.4"]
+    r = client.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    ready = spec["paths"]["/ready"]["get"]["responses"]
+    assert {"200", "503"} <= set(ready)
+    assert spec["paths"]["/live"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+
+
+def test_a_model_output_that_is_not_a_number_is_null(model_dir: Path) -> None:
+    import dataclasses
+
+    with serving(model_dir) as c:
+        predictor = _state(c).batcher.predictor
+        real = predictor.predict_rows
+
+        def nan_rows(rows: Any, *, probabilities: bool = True) -> Any:
+            # What a tabular network answers for values far outside its training range.
+            out = real(rows, probabilities=probabilities)
+            return [dataclasses.replace(p, probabilities=dict.fromkeys(p.probabilities, math.nan)) for p in out]
+
+        predictor.predict_rows = nan_rows
+        r = c.post("/v1/predict", json={"inputs": "fine"})
+    assert r.status_code == 200
+    (pred,) = json.loads(r.text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))["predictions"]
+    assert set(pred["probabilities"].values()) == {None}
+
+
+def test_metadata_never_serves_a_linked_export_json(model_dir: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"token": "s3cr3t"}))
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "export.json").write_text(json.dumps({"note": "genuine"}))
+    linked = tmp_path / "linked"
+    shutil.copytree(folder, linked)
+    (linked / "onnx" / "export.json").unlink()
+    (linked / "onnx" / "export.json").symlink_to(secret)
+    # A folder holding the link is refused outright, at start-up and on reload.
+    error = _run_server_in_thread(linked, _settings())
+    assert isinstance(error, ArtifactError) and "link" in str(error), repr(error)
+    auth = {"Authorization": "Bearer admin-token"}
+    with serving(folder, admin_token="admin-token") as c:
+        r = c.post("/admin/reload", json={"path": str(linked)}, headers=auth)
+        assert r.status_code == 422 and "link" in r.json()["detail"], r.text
+        # The link appears after the model was loaded: never followed either.
+        (folder / "onnx" / "export.json").unlink()
+        (folder / "onnx" / "export.json").symlink_to(secret)
+        r = c.get("/v1/metadata")
+        assert r.status_code == 200, r.text
+        assert "s3cr3t" not in r.text
+
+
+def test_a_refused_row_with_a_nan_is_logged_as_strict_json(model_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "preds.db"
+    with serving(model_dir, prediction_log=path) as c:
+        raw = b'{"inputs": [{"text": "fine", "extra": NaN}]}'
+        r = c.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert _state(c).predlog.flush()
+    (logged,) = read_prediction_log(path, parse_json=False)["inputs"]
+    assert json.loads(logged, parse_constant=lambda name: pytest.fail(f"{name} is not JSON")) == [
+        {"text": "fine", "extra": "NaN"}
+    ]
+
+
+def test_metadata_is_strict_json_even_with_a_nan_metric(client: TestClient) -> None:
+    state = _state(client)
+    state._meta = None
+    predictor = state.batcher.predictor
+    saved = predictor.meta.get("metrics")
+    predictor.meta["metrics"] = {"accuracy": 0.5, "mcc": float("nan")}
+    try:
+        r = client.get("/v1/metadata")
+    finally:
+        predictor.meta["metrics"] = saved
+        state._meta = None
+    assert r.status_code == 200
+    assert json.loads(r.text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))["metrics"]["mcc"] == "NaN"
+
+
 # --- hot reload ----------------------------------------------------------------------------
 
 
@@ -780,6 +974,147 @@ def test_a_good_reload_makes_a_server_whose_warm_up_failed_ready(model_dir: Path
         state.begin_drain()
         assert c.post("/admin/reload", headers=auth).status_code == 200
         assert c.get("/ready").json()["status"] == "draining"
+
+
+def _fifo_folders(model: Path, root: Path) -> list[Path]:
+    """Copies of ``model``: one with a FIFO beside its files, one whose tunesmith.json is a FIFO."""
+    import os
+
+    beside = root / "fifo-beside"
+    shutil.copytree(model, beside)
+    os.mkfifo(beside / "vocab.extra")
+    marker = root / "fifo-marker"
+    shutil.copytree(model, marker)
+    (marker / "tunesmith.json").unlink()
+    os.mkfifo(marker / "tunesmith.json")
+    return [beside, marker]
+
+
+def test_reload_errors_match_the_document(model_dir: Path) -> None:
+    auth = {"Authorization": "Bearer admin-token"}
+    with serving(model_dir, admin_token="admin-token") as c:
+        old = c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"]
+        documented = c.get("/openapi.json").json()["paths"]["/admin/reload"]["post"]["responses"]
+        assert {"200", "401", "409", "415", "422"} <= set(documented) and "500" not in documented
+        bodies = [
+            {"path": "x" * 100_000},  # used to be a 500
+            {"path": "a\x00b"},
+            {"backend": "tpu"},
+            {"path": None, "extra": 1},
+        ]
+        for body in bodies:
+            r = c.post("/admin/reload", json=body, headers=auth)
+            assert r.status_code == 422, r.text
+            out = r.json()
+            assert out["reloaded"] is False and out["model_version"] == old
+            assert isinstance(out["detail"], list) and out["detail"][0]["loc"][0] == "body"
+        r = c.post("/admin/reload", content=b"{", headers={**auth, "content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+        r = c.post("/admin/reload", content=b"{}", headers={**auth, "content-type": "text/plain"})
+        assert r.status_code == 415 and isinstance(r.json()["detail"], str)
+        long_path = "/" + "/".join(["d" * 200] * 19)  # valid for the document, too long for the system
+        r = c.post("/admin/reload", json={"path": long_path}, headers=auth)
+        assert r.status_code == 422 and isinstance(r.json()["detail"], str), r.text
+        assert c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"] == old
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the loader broke"), KeyError("labels"), ArtifactError("bad folder")])
+def test_any_error_while_reloading_keeps_the_old_model(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
+    import tunesmith.serve.app as app_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    auth = {"Authorization": "Bearer admin-token"}
+    with serving(model_dir, admin_token="admin-token") as c:
+        old = c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"]
+        monkeypatch.setattr(app_module, "load_served_model", broken)
+        with caplog.at_level("WARNING", logger="tunesmith.serve"):
+            r = c.post("/admin/reload", headers=auth)
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["reloaded"] is False and body["model_version"] == old
+        assert type(error).__name__ in body["detail"] or "bad folder" in body["detail"]
+        assert "reload failed" in caplog.text
+        assert c.get("/ready").status_code == 200
+        assert c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"] == old
+        assert metric(metrics(c), "tunesmith_reloads_total", result="failed") == 1
+
+
+def test_reload_to_a_folder_with_a_fifo_returns_at_once_and_shutdown_is_clean(model_dir: Path, tmp_path: Path) -> None:
+    auth = {"Authorization": "Bearer admin-token"}
+    folders = _fifo_folders(model_dir, tmp_path)
+    with serving(model_dir, admin_token="admin-token") as c:
+        old = c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"]
+        for folder in folders:
+            began = time.monotonic()
+            r = c.post("/admin/reload", json={"path": str(folder)}, headers=auth)
+            assert time.monotonic() - began < 5
+            assert r.status_code == 422, r.text
+            assert r.json()["reloaded"] is False and "FIFO" in r.json()["detail"]
+        # The lock is free again: a good reload goes through.
+        assert c.post("/admin/reload", headers=auth).json()["reloaded"] is True
+        assert c.post("/v1/predict", json={"inputs": "fine"}).json()["model_version"] == old
+        began = time.monotonic()
+    assert time.monotonic() - began < 10  # the lifespan shut down
+
+
+def test_a_reload_while_one_runs_is_409_and_predictions_go_on(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunesmith.serve.app as app_module
+
+    entered, release = threading.Event(), threading.Event()
+    real = app_module.load_served_model
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    auth = {"Authorization": "Bearer admin-token"}
+    with serving(model_dir, admin_token="admin-token") as c:
+        monkeypatch.setattr(app_module, "load_served_model", slow)
+        first: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: first.setdefault("r", c.post("/admin/reload", headers=auth)))
+        t.start()
+        try:
+            assert entered.wait(30)
+            r = c.post("/admin/reload", headers=auth)
+            assert r.status_code == 409 and r.json()["reloaded"] is False
+            assert "another reload" in r.json()["detail"]
+            assert c.post("/v1/predict", json={"inputs": "fine"}).status_code == 200
+        finally:
+            release.set()
+            t.join(30)
+        assert first["r"].status_code == 200 and first["r"].json()["reloaded"] is True
+
+
+def test_off_loop_does_not_hold_up_a_cancelled_await_and_closes_what_comes_late() -> None:
+    from tunesmith.serve.app import off_loop
+
+    release = threading.Event()
+    closed: list[str] = []
+
+    def stuck() -> str:
+        release.wait(30)
+        return "model"
+
+    async def main() -> float:
+        began = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(off_loop(stuck, closed.append), timeout=0.2)
+        return time.monotonic() - began
+
+    assert asyncio.run(main()) < 5  # asyncio.run returned: it did not join the stuck thread
+    release.set()
+    _wait_for(lambda: closed == ["model"])
+
+    async def fails() -> None:
+        await off_loop(lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+    with pytest.raises(ValueError, match="boom"):
+        asyncio.run(fails())
 
 
 # --- prediction log ------------------------------------------------------------------------
@@ -924,6 +1259,44 @@ def test_run_server_fails_fast_on_user_errors(model_dir: Path, tmp_path: Path) -
         run_server(model_dir, _settings(backend="onnx", workers=2))
     with pytest.raises(ConfigError, match="prediction_log.*folder"):
         run_server(model_dir, _settings(prediction_log=tmp_path))
+
+
+def _run_server_in_thread(model: Path, settings: ServeSettings, timeout: float = 60.0) -> BaseException | None:
+    """run_server's exception, from a thread, so a start-up that blocks fails the test instead of hanging it."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            run_server(model, settings)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert outcome, "run_server did not return"
+    return outcome[0]
+
+
+def test_run_server_refuses_a_folder_with_a_fifo_without_blocking(model_dir: Path, tmp_path: Path) -> None:
+    for folder in _fifo_folders(model_dir, tmp_path):
+        for workers in (1, 2):
+            error = _run_server_in_thread(folder, _settings(workers=workers))
+            assert isinstance(error, ArtifactError), repr(error)
+            assert "FIFO" in str(error) and "\n" not in str(error)
+
+
+def test_run_server_turns_any_load_error_into_one_line(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunesmith.serve.app as app_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("labels")
+
+    monkeypatch.setattr(app_module, "load_served_model", broken)
+    error = _run_server_in_thread(model_dir, _settings(port=0))
+    assert isinstance(error, ArtifactError), repr(error)
+    assert "cannot be loaded (KeyError: 'labels')" in str(error) and "\n" not in str(error)
 
 
 # --- ONNX ----------------------------------------------------------------------------------

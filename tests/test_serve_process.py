@@ -8,6 +8,7 @@ backend (slower to start) and skip the multi-worker test.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -257,6 +258,59 @@ def test_startup_error_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "no model folder" in lines[0]
+
+
+def _fifo_folder(model: Path, root: Path, name: str) -> Path:
+    folder = root / f"fifo-{name}"
+    shutil.copytree(model, folder)
+    target = folder / name
+    if target.exists():
+        target.unlink()
+    os.mkfifo(target)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["tunesmith.json", "vocab.extra"])
+def test_a_folder_holding_a_fifo_is_refused_in_one_line(
+    served_model: tuple[Path, str], tmp_path: Path, name: str
+) -> None:
+    folder = _fifo_folder(served_model[0], tmp_path, name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.serve", str(folder), "--backend", served_model[1]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "FIFO" in lines[0]
+
+
+def test_a_reload_to_a_folder_holding_a_fifo_returns_and_the_server_still_stops(
+    served_model: tuple[Path, str], tmp_path: Path
+) -> None:
+    model, backend = served_model
+    folders = [_fifo_folder(model, tmp_path, name) for name in ("tunesmith.json", "vocab.extra")]
+    srv = Server(model, backend, "--threads", "1", env={"TUNESMITH_ADMIN_TOKEN": "adm"})
+    try:
+        srv.wait_ready()
+        auth = {"Authorization": "Bearer adm"}
+        for folder in folders:
+            r = httpx.post(srv.base + "/admin/reload", json={"path": str(folder)}, headers=auth, timeout=10)
+            assert r.status_code == 422, r.text
+            assert r.json()["reloaded"] is False and "FIFO" in r.json()["detail"]
+        # The reload lock is free and the model still serves.
+        r = httpx.post(srv.base + "/admin/reload", headers=auth, timeout=60)
+        assert r.status_code == 200 and r.json()["reloaded"] is True, r.text
+        assert httpx.post(srv.base + "/v1/predict", json={"inputs": "great fun movie"}).status_code == 200
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(30) == 0, srv.output()
+        out = srv.output()
+    finally:
+        srv.stop()
+    assert "Traceback" not in out and "Application shutdown complete" in out
 
 
 def test_several_workers_each_load_the_model(served_model: tuple[Path, str], tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import gc
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -28,14 +29,15 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -55,18 +57,48 @@ from tunesmith.serve.recommend import (
     RecommenderPredictor,
     RecommendRequest,
     RecommendResponse,
-    folder_task,
     load_served_model,
     request_row,
 )
-from tunesmith.serve.settings import SETTINGS_ENV, Backend, Precision, ServeSettings
+from tunesmith.serve.schemas import (
+    ErrorOut,
+    LiveOut,
+    PredictionOut,
+    PredictRequest,
+    PredictResponse,
+    ReadyOut,
+    ReloadOut,
+    ReloadRequest,
+    RowSpec,
+    ServedByOut,
+    ValidationIssue,
+    json_safe,
+)
+from tunesmith.serve.settings import SETTINGS_ENV, ServeSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from tunesmith.serve.batcher import ServedModel
 
+__all__ = [
+    "ErrorOut",
+    "LiveOut",
+    "PredictRequest",
+    "PredictResponse",
+    "PredictionOut",
+    "ReadyOut",
+    "ReloadOut",
+    "ReloadRequest",
+    "ServedByOut",
+    "ServerState",
+    "ValidationIssue",
+    "create_app",
+    "create_app_from_env",
+]
+
 logger = logging.getLogger("tunesmith.serve")
+T = TypeVar("T")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -103,112 +135,20 @@ ENDPOINTS = frozenset(
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-def _dumps(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
+# The Prometheus text format every scraper reads; the 1.0.0 content type of newer clients only
+# differs for metric names outside the legacy charset, which tunesmith does not use.
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+MAX_DETAIL_CHARS = 2000
 
 
-# --- request and response models (validation and the OpenAPI document) ---------------------
-
-_ROW_SCHEMA: dict[str, Any] = {
-    "oneOf": [
-        {
-            "type": "object",
-            "additionalProperties": True,
-            "description": "Column values: the text column(s), plus any numeric or categorical columns the model "
-            "was trained with (see /v1/metadata input_schema).",
-        },
-        {"type": "string", "minLength": 1, "description": "The text, for a model with one text column."},
-    ]
-}
-
-
-class PredictRequest(BaseModel):
-    """One row or a batch of rows to predict."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"inputs": {"text": "great fun movie"}},
-                {"inputs": ["great fun movie", "boring and bad"], "probabilities": False},
-            ]
-        },
-    )
-
-    inputs: Annotated[
-        Any,
-        WithJsonSchema(
-            {"oneOf": [_ROW_SCHEMA, {"type": "array", "items": _ROW_SCHEMA, "minItems": 1}]},
-        ),
-    ] = Field(..., description="A row (object of column values, or a bare string) or a list of rows.")
-    probabilities: bool = Field(default=True, description="Include class probabilities in each prediction.")
-
-
-class ServedByOut(BaseModel):
-    """Which model answered a row of a personalised server (``--adapters``)."""
-
-    level: Literal["user", "segment", "shared"] = Field(
-        ..., description="user: the row's user's adapter; segment: its segment's; shared: the shared model."
-    )
-    adapter: str | None = Field(
-        default=None, description="Key of the adapter that answered (user:ID or segment:COLUMN=VALUE); null: shared."
-    )
-
-
-class PredictionOut(BaseModel):
-    """One row's prediction: ``label`` (+ ``probabilities``) for classes, ``value`` for regression."""
-
-    label: Any = Field(default=None, description="Predicted class (classification).")
-    probabilities: dict[str, float] | None = Field(default=None, description="Probability of each class; sums to 1.")
-    value: float | None = Field(default=None, description="Predicted value (regression).")
-    served_by: ServedByOut | None = Field(
-        default=None, description="Personalised servers only: the adapter (or shared model) that answered the row."
-    )
-    user_known: bool | None = Field(
-        default=None,
-        description="Personalised servers only, for a row that named a user: true if the user's own adapter "
-        "answered; false if the user has no adapter in use, so the row fell back to its segment or the shared model.",
-    )
-
-
-class PredictResponse(BaseModel):
-    """Predictions in the order of the request's rows (always a list, also for one row)."""
-
-    model_version: str = Field(..., description="Version of the model that made these predictions.")
-    backend: str = Field(..., description="onnx or torch.")
-    precision: str = Field(..., description="fp32 or int8.")
-    predictions: list[PredictionOut]
-
-
-class ErrorOut(BaseModel):
-    """An error: ``detail`` is a message, or a list of ``{loc, msg, type}`` for validation errors."""
-
-    detail: Any
-
-
-class ReloadRequest(BaseModel):
-    """What to load; every field defaults to what is serving now (the same folder, re-read)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str | None = Field(default=None, description="Model folder on the server's disk.")
-    backend: Backend | None = Field(default=None, description="onnx or torch.")
-    precision: Precision | None = Field(default=None, description="auto, fp32 or int8 (onnx).")
-    model_version: str | None = Field(
-        default=None, min_length=1, max_length=128, description="Version to report; default: a hash of the weights."
-    )
-
-
-class ReloadOut(BaseModel):
-    """Outcome of a reload: what serves now."""
-
-    reloaded: bool
-    model_version: str = Field(..., description="The version serving after this call.")
-    backend: str
-    precision: str
-    previous_version: str | None = None
-    seconds: float | None = None
-    detail: str | None = Field(default=None, description="Why the reload failed (the old model keeps serving).")
+def _dumps(payload: Any, *, non_finite: Literal["text", "null"] = "text") -> bytes:
+    """Strict JSON: a NaN or an infinity is spelled as a string (an echoed input) or, with
+    ``non_finite="null"``, as null (a model output that is not a number)."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        safe = json_safe(payload, non_finite=non_finite)
+        return json.dumps(safe, separators=(",", ":"), allow_nan=False).encode()
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -312,9 +252,7 @@ class ServerState:
         # Fixed for the life of the server: the routes are built for one kind of model, so a
         # reload must bring the same kind.
         self.recommender = (
-            isinstance(predictor, RecommenderPredictor)
-            if predictor is not None
-            else folder_task(model) == RECOMMENDATION
+            isinstance(predictor, RecommenderPredictor) if predictor is not None else peek_task(model) == RECOMMENDATION
         )
         self.model_endpoint = "/v1/recommend" if self.recommender else "/v1/predict"
         self.backend: str = settings.backend
@@ -331,6 +269,9 @@ class ServerState:
         self._warm_task: asyncio.Task[None] | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._meta: tuple[ServedModel, dict[str, Any]] | None = None
+        # What the rows of the model serving now look like (the OpenAPI document and the checks
+        # of RowSpec.check); set with the model.
+        self.row_spec = RowSpec.of(predictor) if predictor is not None else RowSpec("free")
         self.api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self.admin_token = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
         m = self.metrics
@@ -341,20 +282,25 @@ class ServerState:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def load(self, path: Path, backend: str, precision: str, version: str | None) -> ServedModel:
-        """Load a predictor or a recommender (blocking; run it off the event loop)."""
-        return call_with_lower_priority(
-            lambda: load_served_model(
-                path,
-                backend=backend,
-                precision=precision,
-                threads=self.threads,
-                version=version,
-                # A reload keeps the store of the start and re-reads it: adapters written since
-                # then serve from the reload on.
-                adapters=self.settings.adapters,
-            ),
-            self.nice,
+    def load(
+        self, path: Path, backend: str, precision: str, version: str | None, *, recommender: bool | None = None
+    ) -> ServedModel:
+        """Load a predictor or a recommender (blocking; run it off the event loop).
+
+        With ``recommender`` given, a folder holding the other kind of model is refused before
+        anything is loaded.
+        """
+        return load_checked(
+            path,
+            backend=backend,
+            precision=precision,
+            threads=self.threads,
+            version=version,
+            # A reload keeps the store of the start and re-reads it: adapters written since then
+            # serve from the reload on.
+            adapters=self.settings.adapters,
+            nice=self.nice,
+            recommender=recommender,
         )
 
     async def start(self) -> None:
@@ -362,8 +308,10 @@ class ServerState:
         s = self.settings
         predictor = self._initial
         if predictor is None:
-            predictor = await asyncio.to_thread(self.load, self.model_path, s.backend, s.precision, s.model_version)
+            path = self.model_path
+            predictor = await off_loop(lambda: self.load(path, s.backend, s.precision, s.model_version), _close)
         self._initial = None
+        self.row_spec = RowSpec.of(predictor)
         self._reload_lock = asyncio.Lock()
         self.batcher = Batcher(
             predictor,
@@ -449,7 +397,21 @@ class ServerState:
         assert self.batcher is not None
         predictor = self.batcher.predictor
         if self._meta is None or self._meta[0] is not predictor:
-            self._meta = (predictor, predictor.metadata())
+            try:
+                # Strict JSON: a metric may be NaN (say, a score undefined on a one-class test split).
+                meta = json_safe(predictor.metadata())
+            except Exception as exc:
+                # The folder changed under the server (a file replaced by a link, say): what
+                # serves is still known, and the endpoint stays up.
+                logger.warning("tunesmith: the model's metadata cannot be read: %s", exc)
+                meta = {
+                    "task": getattr(predictor, "task", None),
+                    "model_version": predictor.version,
+                    "backend": predictor.backend,
+                    "precision": predictor.precision,
+                    "metadata_error": f"{type(exc).__name__}: {exc}"[:MAX_DETAIL_CHARS],
+                }
+            self._meta = (predictor, meta)
         out = dict(self._meta[1])
         out["limits"] = self.settings.limits()
         out["server"] = {"workers": self.settings.workers, "threads": self.threads, "ready": self.ready}
@@ -459,8 +421,30 @@ class ServerState:
         if self.predlog is not None:
             self.predlog.write(record)
 
-    async def reload(self, req: ReloadRequest) -> JSONResponse:
+    def _reload_answer(self, status: int, detail: str | list[dict[str, Any]]) -> Response:
+        """A failed reload's answer: what keeps serving, and why."""
+        assert self.batcher is not None
+        old = self.batcher.predictor
+        if isinstance(detail, str) and len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
+        body = {
+            "reloaded": False,
+            "model_version": old.version,
+            "backend": old.backend,
+            "precision": old.precision,
+            "detail": json_safe(detail),
+        }
+        return Response(_dumps(body), status_code=status, media_type="application/json")
+
+    async def reload(self, req: ReloadRequest) -> Response:
+        """Load the model ``req`` names beside the serving one and switch over; the old one
+        keeps serving when anything goes wrong (422), and a reload already running is a 409.
+        """
         assert self.batcher is not None and self._reload_lock is not None
+        if self._reload_lock.locked():
+            # Refused rather than queued: a load that takes long (or never ends) must not pile
+            # up admin requests behind it.
+            return self._reload_answer(409, "another reload is running; try again when it is done")
         async with self._reload_lock:
             old = self.batcher.predictor
             path = Path(req.path) if req.path else self.model_path
@@ -468,22 +452,24 @@ class ServerState:
             precision = req.precision or (self.precision if backend == self.backend else "auto")
             started = time.monotonic()
             try:
-                new = await asyncio.to_thread(self._load_and_warm, path, backend, precision, req.model_version)
+                # A thread of its own: the model thread keeps serving the old model, and a load
+                # stuck in a system call holds up neither the event loop nor the process's exit.
+                new = await off_loop(lambda: self._load_and_warm(path, backend, precision, req.model_version), _close)
             except Exception as exc:
-                user_error = isinstance(exc, TunesmithError)
                 self.metrics.reloads.labels("failed").inc()
-                logger.warning("tunesmith: reload of %s failed, %s keeps serving: %s", path, old.version, exc)
-                body = ReloadOut(
-                    reloaded=False,
-                    model_version=old.version,
-                    backend=old.backend,
-                    precision=old.precision,
-                    detail=str(exc) if user_error else f"{type(exc).__name__}: {exc}",
-                )
-                return JSONResponse(body.model_dump(exclude_none=True), status_code=422 if user_error else 500)
+                if isinstance(exc, TunesmithError):
+                    detail = str(exc)
+                    logger.warning("tunesmith: reload failed, %s keeps serving: %s", old.version, detail)
+                else:
+                    # Not an error tunesmith knows: a bug or a folder no check foresaw. The server
+                    # stays up with the old model; the log has the traceback.
+                    detail = f"the model cannot be loaded: {type(exc).__name__}: {exc}"
+                    logger.error("tunesmith: reload failed, %s keeps serving", old.version, exc_info=exc)
+                return self._reload_answer(422, detail)
             self.batcher.swap(new)
             # The cached metadata holds the old predictor: drop it so the old model can go.
             self._meta = None
+            self.row_spec = RowSpec.of(new)
             # A good model serves now, whatever became of the first warm-up.
             self.failure = None
             self.ready = not self.draining
@@ -502,25 +488,134 @@ class ServerState:
                 previous_version=old.version,
                 seconds=seconds,
             )
-            return JSONResponse(out.model_dump(exclude_none=True))
+            return Response(_dumps(out.model_dump(exclude_none=True)), media_type="application/json")
 
     def _load_and_warm(self, path: Path, backend: str, precision: str, version: str | None) -> ServedModel:
-        # Runs on a worker thread of its own: the model thread keeps serving the old model.
-        task = folder_task(path)
-        if (task == RECOMMENDATION) != self.recommender:
-            serving = "a recommendation model" if self.recommender else "a text model"
-            raise ArtifactError(
-                f"this server serves {serving}; the folder holds a {task!r} model",
-                path=path,
-                hint="Reload to a model of the same task, or start another server for this one",
-            )
-        predictor = self.load(path, backend, precision, version)
+        predictor = self.load(path, backend, precision, version, recommender=self.recommender)
         try:
             predictor.warmup()
         except Exception as exc:
             predictor.close()
             raise ArtifactError(f"the model failed its warm-up prediction: {exc}", path=path) from None
         return predictor
+
+
+def _close(predictor: ServedModel) -> None:
+    """Close a model that was loaded after nobody waited for it any more."""
+    try:
+        predictor.close()
+    except Exception:  # pragma: no cover - closing is best effort
+        logger.debug("tunesmith: closing an orphaned model failed", exc_info=True)
+
+
+async def off_loop(fn: Callable[[], T], orphan: Callable[[T], None] | None = None) -> T:
+    """``fn()`` on a daemon thread of its own, awaited without blocking the event loop.
+
+    Unlike :func:`asyncio.to_thread` (the loop's default executor, which ``asyncio.run`` joins
+    at exit), a thread stuck in a system call can hold up neither the process's exit nor a
+    cancelled await: cancellation returns at once, and a result that arrives when nobody waits
+    for it any more goes to ``orphan`` (to close a loaded model).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.cancelled():
+            if error is None and orphan is not None:
+                orphan(result)
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:  # SystemExit and friends cannot travel through a future
+            error = RuntimeError(f"{type(exc).__name__}: {exc}")
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits
+            if error is None and orphan is not None:
+                orphan(result)
+
+    threading.Thread(target=run, name="tunesmith-load", daemon=True).start()
+    return await future
+
+
+def peek_task(path: str | os.PathLike[str]) -> str | None:
+    """The ``task`` in a folder's ``tunesmith.json``, or ``None`` when it cannot be read. Never blocks.
+
+    The file is opened like every file of a loaded folder (no link followed, nothing but a
+    regular file read): a FIFO named ``tunesmith.json`` would block a plain read forever.
+    """
+    from tunesmith.runs.trust import read_json_file
+
+    try:
+        meta = read_json_file(Path(path) / "tunesmith.json")
+    except (TunesmithError, OSError, ValueError):
+        return None
+    task = meta.get("task")
+    return task if isinstance(task, str) else None
+
+
+def checked_task(path: str | os.PathLike[str]) -> str | None:
+    """The ``task`` of the model folder ``path``, after the whole folder passed the trust checks.
+
+    :meth:`~tunesmith.runs.trust.SafeFolder.open` refuses links, FIFOs, devices, code and
+    pickles anywhere in the folder without opening anything but regular files. It runs before
+    the loaders, which look at ``tunesmith.json`` (to tell a recommender from a text model)
+    before their own scan.
+
+    Raises:
+        ArtifactError: the folder is missing, unsafe, or its ``tunesmith.json`` is unreadable.
+    """
+    from tunesmith.runs.trust import SafeFolder
+
+    folder = SafeFolder.open(path)
+    meta = folder.read_json("tunesmith.json")
+    task = meta.get("task")
+    return task if isinstance(task, str) else None
+
+
+def load_checked(
+    path: Path,
+    *,
+    backend: str,
+    precision: str,
+    threads: int | None,
+    version: str | None,
+    adapters: str | os.PathLike[str] | None = None,
+    nice: int = 0,
+    recommender: bool | None = None,
+) -> ServedModel:
+    """The served model of folder ``path``, loaded after :func:`checked_task` passed it (blocking).
+
+    ``nice`` lowers the priority of the loading thread (and so of the compute threads the
+    runtime starts); with ``recommender`` given, a folder holding the other kind of model is
+    refused before anything is loaded.
+
+    Raises:
+        TunesmithError: the folder is unsafe, of the wrong kind, or its model cannot be loaded.
+    """
+    task = checked_task(path)
+    if recommender is not None and (task == RECOMMENDATION) != recommender:
+        serving = "a recommendation model" if recommender else "a text model"
+        raise ArtifactError(
+            f"this server serves {serving}; the folder holds a {task!r} model",
+            path=path,
+            hint="Reload to a model of the same task, or start another server for this one",
+        )
+    return call_with_lower_priority(
+        lambda: load_served_model(
+            path, backend=backend, precision=precision, threads=threads, version=version, adapters=adapters
+        ),
+        nice,
+    )
 
 
 # --- the ASGI gate -------------------------------------------------------------------------
@@ -722,16 +817,29 @@ def _recommend_error_detail(exc: DataError) -> list[dict[str, Any]]:
 
 
 def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
+    """``{"detail": detail}``; a detail that echoes inputs is made strict JSON first."""
+    if not isinstance(detail, str):
+        detail = json_safe(detail)
     return Response(_dumps({"detail": detail}), status_code=status, media_type="application/json", headers=headers)
 
 
+_REQUEST_ID_HEADER = {
+    "X-Request-ID": {
+        "description": "The request's X-Request-ID (up to 64 characters of A-Za-z0-9._:-), or one made up.",
+        "schema": {"type": "string"},
+    }
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "API key missing or wrong."},
     408: {"model": ErrorOut, "description": "The body did not arrive within request_timeout_s."},
     413: {"model": ErrorOut, "description": "Body larger than max_body_bytes, or more rows than max_rows_per_request."},
     415: {"model": ErrorOut, "description": "Content-Type is not application/json."},
     422: {"model": ErrorOut, "description": "Invalid request: detail lists {loc, msg} naming the row and field."},
-    503: {"model": ErrorOut, "description": "Queue full or shutting down; retry after the Retry-After seconds."},
+    503: {
+        "model": ErrorOut,
+        "description": "Queue full or shutting down; retry after the Retry-After seconds.",
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}},
+    },
     504: {"model": ErrorOut, "description": "The prediction did not finish within request_timeout_s."},
 }
 
@@ -865,13 +973,18 @@ def create_app(
             return 504, error, _json_error(504, error)
         except DataError as exc:
             state.metrics.rejections.labels("invalid").inc()
-            return 422, str(exc), JSONResponse({"detail": data_error(exc)}, status_code=422)
+            return 422, str(exc), _json_error(422, data_error(exc))
         except Exception as exc:
             logger.exception("tunesmith: prediction failed")
             error = f"{type(exc).__name__}: {exc}"
             return 500, error, _json_error(500, f"the prediction failed: {error}")
         finally:
             gone.cancel()
+
+    def invalid(errors: list[dict[str, Any]]) -> Response:
+        """422 for a request that is not valid; every refused input echoed in strict JSON."""
+        state.metrics.rejections.labels("invalid").inc()
+        return _json_error(422, errors)
 
     async def predict(request: Request) -> Response:
         started: float = request.scope.get("tunesmith.started") or time.monotonic()
@@ -883,16 +996,17 @@ def create_app(
             req = PredictRequest.model_validate_json(body)
             rows, single = _rows(req.inputs)
         except ValidationError as exc:
-            state.metrics.rejections.labels("invalid").inc()
-            raise RequestValidationError(_body_errors(exc)) from None
-        except RequestValidationError:
-            state.metrics.rejections.labels("invalid").inc()
-            raise
+            return invalid(_body_errors(exc))
+        except RequestValidationError as exc:
+            return invalid(list(exc.errors()))
         if len(rows) > max_rows:
             state.metrics.rejections.labels("too_many_rows").inc()
             return _json_error(
                 413, f"inputs has {len(rows)} rows; this server takes at most {max_rows} per request", None
             )
+        issues = state.row_spec.check(rows, single)
+        if issues is not None:
+            return invalid(issues)
         assert state.batcher is not None
         # Reported when the request fails; a success reports the model that answered it.
         version, backend = state.batcher.predictor.version, state.batcher.predictor.backend
@@ -910,7 +1024,8 @@ def create_app(
                 "precision": answer.precision,
                 "predictions": outputs,
             }
-            response = Response(_dumps(body_out), media_type="application/json")
+            # A model fed values far outside its training range can answer NaN: null, as documented.
+            response = Response(_dumps(body_out, non_finite="null"), media_type="application/json")
         else:
             status, error, response = answer
             if status == 503:
@@ -928,12 +1043,13 @@ def create_app(
         try:
             req = RecommendRequest.model_validate_json(body)
         except ValidationError as exc:
-            state.metrics.rejections.labels("invalid").inc()
-            raise RequestValidationError(_body_errors(exc)) from None
+            again = _recommend_with_integral_floats(body)
+            if again is None:
+                return invalid(_body_errors(exc))
+            req = again
         if req.user is None and req.history is None:
-            state.metrics.rejections.labels("invalid").inc()
             msg = "give a user id (user) or a list of item ids (history)"
-            raise RequestValidationError([{"type": "missing", "loc": ("body", "user"), "msg": msg, "input": None}])
+            return invalid([{"type": "missing", "loc": ["body", "user"], "msg": msg, "input": None}])
         rows = [request_row(req)]
         assert state.batcher is not None
         version, backend = state.batcher.predictor.version, state.batcher.predictor.backend
@@ -961,7 +1077,7 @@ def create_app(
             path,
             summary=summary,
             response_model=response,
-            responses=_ERRORS,
+            responses={200: {"headers": _REQUEST_ID_HEADER}, **_ERRORS},
             openapi_extra={
                 "requestBody": {
                     "required": True,
@@ -975,15 +1091,25 @@ def create_app(
     else:
         route("/v1/predict", "Predict one row or a batch", PredictRequest, PredictResponse, predict)
 
-    @app.get("/v1/metadata", summary="Model and server metadata", responses={401: _ERRORS[401]})
-    async def metadata() -> dict[str, Any]:
-        return state.metadata()
+    @app.get(
+        "/v1/metadata",
+        summary="Model and server metadata",
+        response_model=dict[str, Any],
+        responses={401: _ERRORS[401]},
+    )
+    async def metadata() -> Response:
+        return Response(_dumps(state.metadata()), media_type="application/json")
 
-    @app.get("/live", summary="200 while the process runs")
-    async def live() -> dict[str, str]:
-        return {"status": "alive"}
+    @app.get("/live", summary="200 while the process runs", response_model=LiveOut)
+    async def live() -> Response:
+        return Response(b'{"status":"alive"}', media_type="application/json")
 
-    @app.get("/ready", summary="200 once the model is warmed up; 503 before that and while draining")
+    @app.get(
+        "/ready",
+        summary="200 once the model is warmed up; 503 before that and while draining",
+        response_model=ReadyOut,
+        responses={503: {"model": ReadyOut, "description": "Starting, draining, or the warm-up failed."}},
+    )
     async def ready() -> Response:
         if state.ready:
             batcher = state.batcher
@@ -995,9 +1121,19 @@ def create_app(
             payload["detail"] = state.failure
         return Response(_dumps(payload), status_code=503, media_type="application/json")
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The Prometheus text exposition format.",
+                "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics() -> Response:
-        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     if settings.admin_token is not None:
 
@@ -1007,8 +1143,15 @@ def create_app(
             response_model=ReloadOut,
             responses={
                 401: {"model": ErrorOut, "description": "Admin token missing or wrong."},
-                422: {"model": ReloadOut, "description": "The model cannot be loaded; the old one keeps serving."},
-                500: {"model": ReloadOut, "description": "Unexpected failure; the old one keeps serving."},
+                408: _ERRORS[408],
+                409: {"model": ReloadOut, "description": "Another reload is running; the old model keeps serving."},
+                413: {"model": ErrorOut, "description": "Body larger than max_body_bytes."},
+                415: _ERRORS[415],
+                422: {
+                    "model": ReloadOut,
+                    "description": "Invalid body (detail lists the fields), or the model cannot be loaded (detail "
+                    "says why); the old model keeps serving.",
+                },
             },
             openapi_extra={
                 "requestBody": {
@@ -1018,8 +1161,12 @@ def create_app(
             },
         )
         async def reload(request: Request) -> Response:
+            started: float = request.scope.get("tunesmith.started") or time.monotonic()
             try:
-                body = await request.body()
+                body = await asyncio.wait_for(request.body(), timeout=max(0.0, started + timeout - time.monotonic()))
+            except asyncio.TimeoutError:
+                state.metrics.rejections.labels("timeout").inc()
+                return _json_error(408, f"the request body did not arrive within {timeout:g}s")
             except ClientDisconnect:
                 state.metrics.rejections.labels("disconnected").inc()
                 return _json_error(499, "the client closed the connection before the request body arrived")
@@ -1029,27 +1176,44 @@ def create_app(
                 try:
                     req = ReloadRequest.model_validate_json(body)
                 except ValidationError as exc:
-                    raise RequestValidationError(_body_errors(exc)) from None
+                    state.metrics.rejections.labels("invalid").inc()
+                    return state._reload_answer(422, _body_errors(exc))
             else:
                 req = ReloadRequest()
             return await state.reload(req)
 
-    app.openapi = _openapi(app, settings, recommender=state.recommender)  # type: ignore[method-assign]
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler answers 500 when the refused input holds a NaN (its JSON is strict).
+        state.metrics.rejections.labels("invalid").inc()
+        return _json_error(422, list(exc.errors()))
+
+    app.openapi = _openapi(app, state)  # type: ignore[method-assign]
     app.add_middleware(_Gate, state=state)
     return app
 
 
-def _openapi(app: FastAPI, settings: ServeSettings, *, recommender: bool = False) -> Callable[[], dict[str, Any]]:
+def _openapi(app: FastAPI, state: ServerState) -> Callable[[], dict[str, Any]]:
+    """The document builder: the rows of ``/v1/predict`` are those of the model serving now."""
+    settings = state.settings
+    built: dict[RowSpec, dict[str, Any]] = {}
+
     def build() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
+        spec = state.row_spec
+        cached = built.get(spec)
+        if cached is not None:
+            return cached
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        for model in (RecommendRequest if recommender else PredictRequest, ReloadRequest):
+        for model in (RecommendRequest if state.recommender else PredictRequest, ReloadRequest):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(model_schema.pop("$defs", {}))
             schemas[model.__name__] = model_schema
+        if state.recommender:
+            schemas["RecommendRequest"] = _recommend_request_schema(schemas["RecommendRequest"])
+        else:
+            schemas["PredictRequest"] = spec.request_schema(settings.max_rows_per_request)
         schemes = components.setdefault("securitySchemes", {})
         paths = schema.get("paths", {})
         if settings.api_key is not None:
@@ -1064,10 +1228,58 @@ def _openapi(app: FastAPI, settings: ServeSettings, *, recommender: bool = False
                 op["security"] = [{"Bearer": []}]
         if not schemes:
             components.pop("securitySchemes")
+        # One document per kind of rows: a reload to a model with other columns changes it.
+        built.clear()
+        built[spec] = schema
         app.openapi_schema = schema
         return schema
 
     return build
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _recommend_with_integral_floats(body: bytes) -> RecommendRequest | None:
+    """The request read with ``5.0`` taken as the integer ``5`` (for ``user``, ``k`` and the ids), or None.
+
+    JSON has one kind of number and JSON Schema's ``integer`` includes 5.0, as the document
+    promises; the request model's strict integers refuse it. Only tried for a body the model
+    refused, so a valid request pays nothing.
+    """
+    try:
+        data = pydantic_core.from_json(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    fixed = dict(data)
+    for key in ("user", "k"):
+        if key in fixed:
+            fixed[key] = _integral(fixed[key])
+    for key in ("history", "exclude"):
+        if isinstance(fixed.get(key), list):
+            fixed[key] = [_integral(v) for v in fixed[key]]
+    try:
+        return RecommendRequest.model_validate(fixed)
+    except ValidationError:
+        return None
+
+
+def _recommend_request_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The recommend body as the server takes it: a user id or a history is required (null is
+    neither), and only examples that hold for any model (a history; ids outside the catalogue
+    are ignored, while a user must be known)."""
+    out = dict(schema)
+    out["anyOf"] = [
+        {"required": ["user"], "properties": {"user": {"type": ["string", "integer"]}}},
+        {"required": ["history"], "properties": {"history": {"type": "array"}}},
+    ]
+    out["examples"] = [{"history": ["50", "181", "258"], "k": 5, "exclude": ["100"]}]
+    return out
 
 
 def create_app_from_env() -> FastAPI:

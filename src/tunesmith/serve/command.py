@@ -93,22 +93,33 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_single(model: Path, settings: ServeSettings) -> None:
-    from tunesmith.serve.app import create_app
-    from tunesmith.serve.batcher import call_with_lower_priority
-    from tunesmith.serve.recommend import load_served_model
+def _load_error(model: Path, exc: Exception) -> ArtifactError:
+    """A one-line :class:`ArtifactError` for an error no loader check foresaw (the traceback goes to
+    the debug log): whatever a model folder holds, a bad one never starts a server, and the
+    command line shows one line, not a stack trace."""
+    logger.debug("tunesmith: loading %s failed", model, exc_info=exc)
+    first = (str(exc).splitlines() or [""])[0][:300]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return ArtifactError(f"the model cannot be loaded ({what})", path=model, hint="Give a folder written by save()")
 
-    predictor = call_with_lower_priority(
-        lambda: load_served_model(
+
+def _run_single(model: Path, settings: ServeSettings) -> None:
+    from tunesmith.serve.app import create_app, load_checked
+
+    try:
+        predictor = load_checked(
             model,
             backend=settings.backend,
             precision=settings.precision,
             threads=settings.threads_per_worker(),
             version=settings.model_version,
             adapters=settings.adapters,
-        ),
-        settings.model_nice,
-    )
+            nice=settings.model_nice,
+        )
+    except TunesmithError:
+        raise
+    except Exception as exc:
+        raise _load_error(model, exc) from None
     try:
         sock = _bind(settings.host, settings.port)
     except TunesmithError:
@@ -197,23 +208,31 @@ def check_model(model: Path, settings: ServeSettings) -> None:
         TunesmithError: no model folder, no readable ``tunesmith.json``, no weights, no ONNX
             graph of the requested precision, or an adapter store built for another model.
     """
-    from tunesmith.export.runtime import ONNX_DIR, ONNX_FILES, read_meta
+    try:
+        _check_model(Path(model), settings)
+    except TunesmithError:
+        raise
+    except Exception as exc:
+        raise _load_error(Path(model), exc) from None
 
-    folder = Path(model)
-    if not folder.is_dir():
-        raise ArtifactError("no model folder here", path=folder, hint="Give a folder written by tunesmith fit")
-    read_meta(folder)
+
+def _check_model(folder: Path, settings: ServeSettings) -> None:
+    from tunesmith.export.runtime import ONNX_DIR, ONNX_FILES
+    from tunesmith.serve.app import checked_task
+    from tunesmith.serve.recommend import TASK as RECOMMENDATION
+
+    # The trust checks of every loaded folder (no links, FIFOs, code or pickles), run before
+    # anything reads a file of it.
+    task = checked_task(folder)
     if not (folder / "model.safetensors").is_file():
         raise ArtifactError("model.safetensors is missing", path=folder, hint="Give a folder written by save()")
-    from tunesmith.serve.recommend import is_recommender_folder
-
     if settings.adapters is not None:
         # Each worker would refuse a store built for another model; say so once, up front.
         from tunesmith.serve.personalized import check_adapter_store
 
         check_adapter_store(folder, settings.adapters)
     # A recommender runs its own model (torch or numpy): the backend setting does not apply.
-    if settings.backend == "onnx" and not is_recommender_folder(folder):
+    if settings.backend == "onnx" and task != RECOMMENDATION:
         onnx_dir = folder / ONNX_DIR
         wanted = ["int8", "fp32"] if settings.precision == "auto" else [settings.precision]
         if not any((onnx_dir / ONNX_FILES[p]).is_file() for p in wanted):

@@ -112,7 +112,14 @@ def _iso(ts: float) -> str:
 def _dumps(value: Any) -> str | None:
     if value is None:
         return None
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        # A refused request's NaN or infinity (Python's JSON reader takes them): stored as strings,
+        # so every JSON reader can read the log, not only Python's.
+        from tunesmith.serve.schemas import json_safe
+
+        return json.dumps(json_safe(value), ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
 
 
 def _rotated_pattern(active: Path) -> re.Pattern[str]:
