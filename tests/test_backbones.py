@@ -92,6 +92,12 @@ def test_cli_names_the_backbone_of_a_head_only_model(tmp_path, monkeypatch, caps
     model, rows, enc = str(tmp_path / "model"), str(tmp_path / "rows.csv"), str(tmp_path / "enc")
     code, err = run("evaluate", model, rows, "--backbone", enc)
     assert code == 0, err
+    from tunesmith.serve.app import load_checked
+
+    with pytest.raises(ArtifactError, match=r"field 'backbone.name'"):
+        load_checked(tmp_path / "model", backend="torch", precision="auto", threads=1, version=None)
+    served = load_checked(tmp_path / "model", backend="torch", precision="auto", threads=1, version=None, backbone=enc)
+    assert served.metadata()["backbone"] == enc
 
 
 def test_folder_with_pickle_weights_only_is_refused(tmp_path):

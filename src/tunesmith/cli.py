@@ -511,6 +511,10 @@ def serve(
     model_nice: Annotated[
         int | None, typer.Option(help="Nice steps of the model threads below the event loop (0 = same priority).")
     ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Local backbone folder of a head-only model (never taken from the model folder)."),
+    ] = None,
     access_log: Annotated[bool, typer.Option(help="Print one line per request.")] = False,
     log_level: Annotated[str | None, typer.Option(help="critical, error, warning, info or debug.")] = None,
 ) -> None:
@@ -532,6 +536,7 @@ def serve(
         backend=backend,
         precision=precision,
         adapters=adapters,
+        backbone=backbone,
         workers=workers,
         threads=threads,
         max_batch_size=max_batch_size,

@@ -299,6 +299,7 @@ class ServerState:
             # A reload keeps the store of the start and re-reads it: adapters written since then
             # serve from the reload on.
             adapters=self.settings.adapters,
+            backbone=self.settings.backbone,
             nice=self.nice,
             recommender=recommender,
         )
@@ -592,6 +593,7 @@ def load_checked(
     adapters: str | os.PathLike[str] | None = None,
     nice: int = 0,
     recommender: bool | None = None,
+    backbone: str | None = None,
 ) -> ServedModel:
     """The served model of folder ``path``, loaded after :func:`checked_task` passed it (blocking).
 
@@ -612,7 +614,13 @@ def load_checked(
         )
     return call_with_lower_priority(
         lambda: load_served_model(
-            path, backend=backend, precision=precision, threads=threads, version=version, adapters=adapters
+            path,
+            backend=backend,
+            precision=precision,
+            threads=threads,
+            version=version,
+            adapters=adapters,
+            backbone=backbone,
         ),
         nice,
     )

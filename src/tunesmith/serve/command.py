@@ -115,6 +115,7 @@ def _run_single(model: Path, settings: ServeSettings) -> None:
             version=settings.model_version,
             adapters=settings.adapters,
             nice=settings.model_nice,
+            backbone=settings.backbone,
         )
     except TunesmithError:
         raise

@@ -258,6 +258,7 @@ def load_served_model(
     threads: int | None,
     version: str | None,
     adapters: str | os.PathLike[str] | None = None,
+    backbone: str | None = None,
 ) -> ServedModel:
     """A recommender or a text predictor, whichever the folder holds (blocking).
 
@@ -287,4 +288,6 @@ def load_served_model(
         return RecommenderPredictor.load(path, threads=threads, version=version)
     from tunesmith.export.runtime import load_predictor
 
-    return load_predictor(path, backend=backend, precision=precision, threads=threads, version=version)
+    return load_predictor(
+        path, backend=backend, precision=precision, threads=threads, version=version, backbone=backbone
+    )

@@ -77,6 +77,12 @@ class ServeSettings(BaseModel):
         max_length=128,
         description="Version reported with every prediction; default: a content hash of the weights.",
     )
+    backbone: str | None = Field(
+        None,
+        max_length=4096,
+        description="Local backbone folder of a head-only model (a path in the model folder is never opened); "
+        "applies to reloads too.",
+    )
     adapters: Path | None = Field(
         None,
         description="Adapter store (`tunesmith personalize`): route each row to its user's or segment's adapter "
