@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,9 @@ bench-vision-tabular: setup
 
 bench-personalization: setup
 	$(BIN)/python bench/personalization.py
+
+bench-trust: setup
+	$(BIN)/python bench/trust.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

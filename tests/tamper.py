@@ -1205,6 +1205,12 @@ sys.path.insert(0, {root!r})
 from tests.tamper import python_entry
 from tunesmith.errors import ArtifactError
 args = json.loads(sys.argv[1])
+import importlib
+for name in {preimport!r}:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
 started = time.perf_counter()
 try:
     python_entry(**args)
@@ -1279,7 +1285,7 @@ def command(case: Case, entry: str, corpus: Corpus, out_dir: Path, port: int | N
             "data": {k: str(v) for k, v in corpus.data.items()},
             "write": case.category == "outside_write",
         }
-        return [sys.executable, "-c", _CHILD.format(root=str(ROOT)), json.dumps(args)]
+        return [sys.executable, "-c", _CHILD.format(root=str(ROOT), preimport=_PREIMPORT), json.dumps(args)]
     if entry == "predict":
         if case.kind == "recommender":
             return [ts, "recommend", "predict", folder, "-o", str(out_dir / "recs.csv"), "--users", "u0,u1"]
