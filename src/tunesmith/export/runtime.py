@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import math
 import os
-import stat
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.errors import ArtifactError, ConfigError, DataError, TunesmithError
-from tunesmith.runs.trust import SafeFolder, field, open_model, read_limited, refuse_custom_code
+from tunesmith.runs.trust import SafeFolder, field, open_model, open_regular, read_limited, refuse_custom_code
 
 ONNX_DIR = "onnx"
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -86,15 +85,9 @@ class Prediction:
 
 def _sha256(path: Path) -> str:
     # Never through a link, never blocking on a FIFO: the file hashed is the regular file scanned.
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise ArtifactError(f"{path.name} cannot be opened: {exc.strerror or exc}", path=path) from None
+    fd = open_regular(path, limit=None, shown=path.name)
     digest = hashlib.sha256()
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise ArtifactError(f"{path.name} is not a regular file", path=path)
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

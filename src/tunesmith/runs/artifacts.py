@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.errors import ArtifactError
-from tunesmith.runs.trust import UNSAFE_SUFFIXES, SafeFolder, read_safetensors_header
+from tunesmith.runs.trust import UNSAFE_SUFFIXES, SafeFolder, load_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -316,13 +316,11 @@ def save_tensors(
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a safetensors file onto the CPU.
+    """Read a safetensors file onto the CPU once its header passed :func:`~tunesmith.runs.trust.load_safetensors`.
 
     Raises:
-        ArtifactError: the file is missing or is not a valid safetensors file.
+        ArtifactError: the file is missing, a link, not a regular file or not valid safetensors.
     """
-    from safetensors.torch import load_file
-
     source = Path(path)
     if not (source.is_file() or source.is_symlink()):
         raise ArtifactError(
@@ -330,13 +328,4 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             path=source,
             hint="Pass the folder written by `tunesmith fit` or FineTuner.save",
         )
-    # the header is checked first: exact tiling, no trailing bytes, never a link or a FIFO
-    read_safetensors_header(source)
-    try:
-        return load_file(str(source), device="cpu")
-    except Exception as exc:  # safetensors raises its own error type for corrupt files
-        raise ArtifactError(
-            f"cannot be read as safetensors: {exc}",
-            path=source,
-            hint="The file is damaged or not a tunesmith weights file; re-save the model",
-        ) from None
+    return load_safetensors(source)

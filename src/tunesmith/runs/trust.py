@@ -47,8 +47,10 @@ __all__ = [
     "TensorInfo",
     "check_state_shapes",
     "field",
+    "load_safetensors",
     "malformed",
     "open_model",
+    "open_regular",
     "read_safetensors_header",
     "refuse_custom_code",
     "safe_relative",
@@ -92,7 +94,7 @@ def safe_relative(value: Any, *, file: str | os.PathLike[str], field: str) -> Pu
     """
     where = f"field {field!r}"
     if not isinstance(value, str):
-        raise ArtifactError(f"{where} must be a relative path string, got {type(value).__name__}", path=file)
+        raise ArtifactError(f"{where} must be a relative path string, got {_json_name(value)}", path=file)
     if not value or len(value) > MAX_PATH_CHARS:
         raise ArtifactError(
             f"{where} must be a relative path of 1 to {MAX_PATH_CHARS} characters, got {len(value)}", path=file
@@ -116,7 +118,7 @@ def safe_relative(value: Any, *, file: str | os.PathLike[str], field: str) -> Pu
     return rel
 
 
-def _open_regular(path: Path, *, limit: int | None, shown: str) -> int:
+def open_regular(path: Path, *, limit: int | None, shown: str) -> int:
     """A file descriptor of a regular file, never following a link and never blocking on a FIFO."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -162,7 +164,7 @@ def _kind_of(mode: int) -> str:
 def read_limited(path: str | os.PathLike[str], *, limit: int, shown: str | None = None) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (no link, FIFO or device is opened)."""
     p = Path(path)
-    fd = _open_regular(p, limit=limit, shown=shown or p.name)
+    fd = open_regular(p, limit=limit, shown=shown or p.name)
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:  # the file grew while being read
@@ -346,7 +348,7 @@ def read_safetensors_header(path: str | os.PathLike[str], *, shown: str | None =
     """
     p = Path(path)
     name = shown or p.name
-    fd = _open_regular(p, limit=None, shown=name)
+    fd = open_regular(p, limit=None, shown=name)
     with os.fdopen(fd, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         raw = fh.read(8)
@@ -670,21 +672,33 @@ class SafeFolder:
 
     def tensors(self, rel: str, *, expected: Mapping[str, Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
         """The tensors of ``rel`` on the CPU; with ``expected``, shapes are checked before reading them."""
-        from safetensors.torch import load_file
-
         path = self.file(rel)
         assert path is not None
-        header = read_safetensors_header(path, shown=rel)
-        if expected is not None:
-            check_state_shapes(expected, header, file=path)
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises its own error type for corrupt files
-            raise ArtifactError(
-                f"cannot be read as safetensors: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                path=path,
-                hint="The file is damaged or not a tunesmith weights file; re-save the model",
-            ) from None
+        return load_safetensors(path, shown=rel, expected=expected)
+
+
+def load_safetensors(
+    path: str | os.PathLike[str], *, shown: str | None = None, expected: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file on the CPU, read only after its header passed the checks.
+
+    The header is checked first (exact tiling, nothing after the last tensor, never a link or
+    a FIFO: :func:`read_safetensors_header`); with ``expected``, names and shapes must match it
+    (:func:`check_state_shapes`) before any tensor is read.
+    """
+    from safetensors.torch import load_file
+
+    header = read_safetensors_header(path, shown=shown)
+    if expected is not None:
+        check_state_shapes(expected, header, file=path)
+    try:
+        return load_file(os.fspath(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error type for corrupt files
+        raise ArtifactError(
+            f"cannot be read as safetensors: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            path=path,
+            hint="The file is damaged or not a tunesmith weights file; re-save the model",
+        ) from None
 
 
 def _short(path: Path) -> str:
@@ -733,7 +747,7 @@ def _scan(root: Path, shown: Path, *, max_files: int) -> dict[str, int]:
                     path=shown,
                     hint=_UNTRUSTED_HINT,
                 )
-            fd = _open_regular(Path(entry.path), limit=None, shown=rel)
+            fd = open_regular(Path(entry.path), limit=None, shown=rel)
             try:
                 reason = pickle_reason(Path(entry.path), fd)
                 if reason is None and suffix == ".safetensors":
