@@ -245,3 +245,11 @@ def test_numpy_and_torch_files_still_refused(tmp_path):
         np.save(fh, np.arange(3))
     with pytest.raises(ArtifactError, match="NumPy"):
         SafeFolder.open(folder)
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999999"])
+def test_non_finite_json_numbers_are_refused(tmp_path, number):
+    folder = _folder(tmp_path)
+    (folder / "tunesmith.json").write_text('{"kind": "text", "n_outputs": ' + number + "}")
+    with pytest.raises(ArtifactError, match=r"tunesmith.json holds the non-finite number"):
+        open_model(folder)

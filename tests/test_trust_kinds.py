@@ -518,3 +518,16 @@ def test_cli_prints_one_line_for_tampered_folders(tabular, image, tmp_path, caps
         code, _, err = cli(capsys, "predict", str(folder), str(rows), "-o", str(tmp_path / "out.csv"))
         assert code != 0 and says in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_recommender_layer_count_must_match_the_weights_before_anything_is_built(sasrec, tmp_path):
+    from tunesmith.recsys.sequential import SEQ_LIMITS
+
+    folder = _tamper(sasrec, tmp_path, _set("model_state.config.layers", 3_000_000))
+    started = time.perf_counter()
+    with pytest.raises(ArtifactError, match=rf"model_state.config.layers.*at most {SEQ_LIMITS['layers']}"):
+        Recommender.load(folder)
+    assert time.perf_counter() - started < 5
+    folder = _tamper(sasrec, tmp_path / "b", _set("model_state.config.layers", SEQ_LIMITS["layers"]))
+    with pytest.raises(ArtifactError, match=r"field 'model_state.config.layers' is 48 but the weights hold"):
+        Recommender.load(folder)

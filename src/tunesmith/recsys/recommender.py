@@ -830,6 +830,13 @@ def _state_shapes(
             raise ArtifactError(f"field 'model_state.config.{exc.key}': {exc.message}", path=file) from None
         content = shape("content")
         content_dim = content[1] if content is not None and len(content) == 2 else 0
+        # The layer count must agree with the weights before the network is built, even on meta.
+        stored = {k.split(".")[4] for k in header if k.startswith("model.net.encoder.layers.")}
+        if cfg.layers != len(stored):
+            raise ArtifactError(
+                f"field 'model_state.config.layers' is {cfg.layers} but the weights hold {len(stored)} layers",
+                path=file,
+            )
         net = meta_shapes(lambda: SASRecNet(n_items, cfg, content_dim))
         out = {f"model.net.{k}": v for k, v in net.items()}
         out["model.known_items"] = (n_items,)

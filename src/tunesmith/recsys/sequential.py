@@ -34,6 +34,10 @@ from tunesmith.errors import ConfigError, NotFittedError
 LOSSES = ("ce", "sampled_softmax", "bpr", "bce")
 
 
+SEQ_LIMITS = {"dim": 8192, "layers": 48, "heads": 256, "max_len": 100_000}
+"""Largest accepted value of each size setting of :class:`SeqConfig`."""
+
+
 @dataclass
 class SeqConfig:
     """Settings of the sequential recommender; every field is checked by :meth:`check`."""
@@ -48,8 +52,12 @@ class SeqConfig:
     def check(self) -> None:
         for name in ("dim", "layers", "heads", "max_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"must be a positive integer, got {value!r}", key=name)
+            # Upper bounds far above any useful model: a saved folder's settings are built
+            # before its weights are compared with them, so they must not build forever.
+            if value > SEQ_LIMITS[name]:
+                raise ConfigError(f"must be at most {SEQ_LIMITS[name]:,}, got {value:,}", key=name)
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} must be a multiple of heads {self.heads}", key="heads")
         if not 0.0 <= self.dropout < 1.0:

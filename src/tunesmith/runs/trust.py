@@ -26,6 +26,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import pickletools
 import stat
@@ -172,10 +173,33 @@ def read_limited(path: str | os.PathLike[str], *, limit: int, shown: str | None 
     return data
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text[:40])
+    return value
+
+
 def parse_json(data: bytes, *, path: str | os.PathLike[str], shown: str) -> Any:
-    """JSON from bytes; a malformed file is an :class:`ArtifactError` with the line and column."""
+    """JSON from bytes; a malformed file is an :class:`ArtifactError` with the line and column.
+
+    Strict JSON only: ``NaN``, ``Infinity`` and numbers too large for a float (``1e999``) are
+    refused, since range checks on such values pass silently (every comparison with NaN is false).
+    """
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise ArtifactError(
+            f"{shown} holds the non-finite number {exc.args[0]}; JSON numbers must be finite", path=path
+        ) from None
     except UnicodeDecodeError as exc:
         raise ArtifactError(f"{shown} is not UTF-8 text (byte {exc.start})", path=path) from None
     except json.JSONDecodeError as exc:
