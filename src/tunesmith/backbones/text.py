@@ -22,6 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
 from tunesmith.errors import ArtifactError, ConfigError, TunesmithError
+from tunesmith.runs.tokenizer_trust import check_post_processor, probe_tokenizer, refuse_path_strings, tokenizer_call
 from tunesmith.runs.trust import (
     MAX_JSON_BYTES,
     SafeFolder,
@@ -68,6 +69,8 @@ class TextBackbone(nn.Module):
         self.name = name
         self.pooling = pooling
         self.fingerprint = fingerprint
+        # Named when the tokenizer fails on an input; build_from_files sets the saved file.
+        self.tokenizer_path = name
 
     @property
     def hidden_size(self) -> int:
@@ -86,13 +89,16 @@ class TextBackbone(nn.Module):
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
         """Token ids per text, truncated to ``max_length`` (capped at the model's positions), unpadded."""
         limit = min(max_length, self.max_positions)
-        out = self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=limit,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
+        out = tokenizer_call(
+            lambda: self.tokenizer(
+                list(texts),
+                truncation=True,
+                max_length=limit,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            ),
+            path=self.tokenizer_path,
         )
         return [list(ids) for ids in out["input_ids"]]
 
@@ -392,7 +398,10 @@ def _transformers_call(fn: Any, *, file: Path, what: str) -> Any:
         return fn()
     except TunesmithError:
         raise
-    except Exception as exc:  # transformers, huggingface_hub and tokenizers raise many types for bad values
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # transformers, huggingface_hub and tokenizers raise many types for bad values
+        # (a panic of the Rust tokenizers library is a BaseException: it must not escape either)
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__
         raise ArtifactError(
             f"does not describe {what}: {first}",
@@ -432,9 +441,12 @@ def check_tokenizer_files(folder: SafeFolder, rel: str = TOKENIZER_DIR) -> tuple
     """Check a saved tokenizer's files before transformers reads them.
 
     ``tokenizer_config.json``, ``special_tokens_map.json`` and ``config.json`` (when present)
-    may not name custom code or files; ``tokenizer_class`` must be one of transformers' own;
-    ``tokenizer.json`` must parse as a tokenizer. Returns the class to load the folder with
-    and the parsed :class:`tokenizers.Tokenizer`.
+    may not name custom code or files; in the first two, strings may only be tokens or plain
+    options (:func:`~tunesmith.runs.tokenizer_trust.refuse_path_strings`: transformers hands
+    every entry to the tokenizer class, and some classes open a string as a file);
+    ``tokenizer_class`` must be one of transformers' own; ``tokenizer.json`` must parse as a
+    tokenizer. Returns the class to load the folder with and the parsed
+    :class:`tokenizers.Tokenizer`.
     """
     for name in ("special_tokens_map.json", "config.json"):
         sub = f"{rel}/{name}"
@@ -444,9 +456,11 @@ def check_tokenizer_files(folder: SafeFolder, rel: str = TOKENIZER_DIR) -> tuple
                 check_hf_config(data, file=folder.root / sub, required=False)
             else:
                 refuse_custom_code(data, file=folder.root / sub)
+                refuse_path_strings(data, file=folder.root / sub)
     config_rel = f"{rel}/{TOKENIZER_CONFIG}"
     config: dict[str, Any] = folder.read_json(config_rel) if folder.has(config_rel) else {}
     _refuse_code_and_paths(config, file=folder.root / config_rel)
+    refuse_path_strings(config, file=folder.root / config_rel)
     cls = tokenizer_class(config.get("tokenizer_class"), file=folder.root / config_rel)
     return cls, read_tokenizer_json(folder, f"{rel}/{TOKENIZER_JSON}")
 
@@ -458,8 +472,10 @@ def read_tokenizer_json(folder: SafeFolder, rel: str = f"{TOKENIZER_DIR}/{TOKENI
     path = folder.root / rel
     data = folder.read_bytes(rel)
     # A file that is not JSON at all is reported with its line and column, as every JSON file is.
-    if not isinstance(parse_json(data, path=path, shown=rel), dict):
+    parsed = parse_json(data, path=path, shown=rel)
+    if not isinstance(parsed, dict):
         raise ArtifactError(f"{rel} must hold a JSON object", path=path)
+    check_post_processor(parsed, path=path)
     try:
         return Tokenizer.from_str(data.decode("utf-8"))
     except Exception as exc:  # the Rust library raises a plain Exception for any malformed field
@@ -475,7 +491,9 @@ def load_saved_tokenizer(folder: SafeFolder, rel: str = TOKENIZER_DIR, *, vocab_
     """The tokenizer saved under ``rel``, after :func:`check_tokenizer_files`; no code, no network.
 
     With ``vocab_size`` (the encoder's embedding rows), a tokenizer that can produce a token
-    id past it is refused: prediction would fail on such a token.
+    id past it is refused: prediction would fail on such a token. The tokenizer must encode a
+    short probe text: one the tokenizers library parses but panics on is refused here, not at
+    the first prediction.
     """
     cls, parsed = check_tokenizer_files(folder, rel)
     if vocab_size is not None:
@@ -497,6 +515,9 @@ def load_saved_tokenizer(folder: SafeFolder, rel: str = TOKENIZER_DIR, *, vocab_
                 path=tok_dir,
                 hint="The tokenizer and the encoder come from different models; re-save the model",
             )
+    probe_tokenizer(
+        lambda texts: tokenizer(texts, truncation=True, max_length=32, padding=False), path=tok_dir / TOKENIZER_JSON
+    )
     return tokenizer
 
 
@@ -530,7 +551,9 @@ def build_from_files(
     model = _transformers_call(
         lambda: _new_encoder(config), file=safe.root / BACKBONE_CONFIG, what="an encoder transformers can build"
     )
-    return TextBackbone(model, tokenizer, name=name, pooling=pooling, fingerprint=fingerprint)
+    backbone = TextBackbone(model, tokenizer, name=name, pooling=pooling, fingerprint=fingerprint)
+    backbone.tokenizer_path = str(safe.root / TOKENIZER_DIR / TOKENIZER_JSON)
+    return backbone
 
 
 # --- tiny random BERT for tests ------------------------------------------------------------

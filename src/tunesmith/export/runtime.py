@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.errors import ArtifactError, ConfigError, DataError, TunesmithError
+from tunesmith.runs.tokenizer_trust import check_post_processor, probe_tokenizer, refuse_path_strings, tokenizer_call
 from tunesmith.runs.trust import SafeFolder, field, open_model, open_regular, read_limited, refuse_custom_code
 
 ONNX_DIR = "onnx"
@@ -565,13 +566,143 @@ def _external_data(model: Any) -> str | None:
     return None
 
 
+# The child process that builds a graph's session, and runs it once on a tiny input, before
+# this process does (see onnx_session). Its address space is capped at what it held after
+# importing ONNX Runtime plus the budget in argv[1]: an allocation beyond it fails there (or
+# kills it), never here. It reports "[Fatal] <why>" on stderr and exits 3 when ONNX Runtime
+# refuses the graph, 4 when the graph needs more memory than the cap.
+_ORT_CHILD = """
+import os, sys
+budget = int(sys.argv[1])
+data = sys.stdin.buffer.read()
+import numpy as np
+import onnxruntime as ort
+try:
+    import resource
+    with open("/proc/self/statm") as fh:
+        size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (size + budget, size + budget))
+except (ImportError, OSError, ValueError):
+    pass  # no cap where the platform has none; the parent's timeout still holds
+def fail(code, what):
+    print("[Fatal] " + what, file=sys.stderr)
+    sys.exit(code)
+def why(exc):
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    memory = isinstance(exc, MemoryError) or any(
+        s in text for s in ("Failed to allocate", "bad_alloc", "bad allocation", "std::bad_array_new_length")
+    )
+    return (4 if memory else 3), text[:300]
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.inter_op_num_threads = 1
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+try:
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+except BaseException as exc:
+    fail(*why(exc))
+del data
+kinds = {"float": np.float32, "double": np.float64, "float16": np.float16, "int64": np.int64, "int32": np.int32,
+         "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
+feeds = {}
+for node in session.get_inputs():
+    kind = kinds.get(str(node.type).removeprefix("tensor(").removesuffix(")"))
+    if kind is None:
+        sys.exit(0)  # an input this check cannot make up: the build alone was checked
+    shape = [d if isinstance(d, int) and d > 0 else 2 for d in (node.shape or [])]
+    try:
+        feeds[node.name] = np.zeros(shape, kind)
+    except BaseException as exc:
+        fail(*why(exc))
+try:
+    session.run(None, feeds)
+except BaseException as exc:
+    code, text = why(exc)
+    if code == 4:
+        fail(code, text)
+print("ok")
+"""
+
+_ORT_VERDICTS: dict[str, str | None] = {}
+_ORT_VERDICT_LOCK = threading.Lock()
+
+
+def _graph_budget(size: int) -> int:
+    """Bytes of memory a session for a ``size``-byte graph may take beyond ONNX Runtime itself.
+
+    A tunesmith graph's session (initializers copied, weights pre-packed) takes about twice
+    the graph's size: MiniLM's 90 MB graph 175 MiB, its int8 graph 118 MiB.
+    """
+    return 64 * 1024**2 + 3 * size
+
+
+def _session_verdict(data: bytes) -> str | None:
+    """Why building a session for ``data`` failed in a child process (crash, memory, refusal), or None.
+
+    The child builds the session as :func:`onnx_session` does and runs it once on a tiny
+    input, with its memory capped at :func:`_graph_budget`; cached by the graph's SHA-256 for
+    the life of the process, so a graph is checked once.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    digest = hashlib.sha256(data).hexdigest()
+    with _ORT_VERDICT_LOCK:
+        if digest in _ORT_VERDICTS:
+            return _ORT_VERDICTS[digest]
+    budget = _graph_budget(len(data))
+    timeout = 8.0 + 30.0 * len(data) / 1024**3
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    verdict: str | None = None
+    try:
+        # -I: the child imports only installed packages, never from the working folder.
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _ORT_CHILD, str(budget)],
+            input=data,
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        verdict = f"building its ONNX Runtime session in a separate process did not finish within {timeout:.0f} s"
+    except OSError as exc:
+        verdict = f"no separate process could be started to check it ({exc.strerror or exc})"
+    else:
+        if proc.returncode != 0:
+            said = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.startswith("[Fatal]")]
+            detail = said[-1].removeprefix("[Fatal]").strip()[:300] if said else ""
+            if proc.returncode == 4 or proc.returncode == -signal.SIGKILL:
+                verdict = (
+                    f"ONNX Runtime needs more than {budget / 1024**2:.0f} MiB to build its session "
+                    f"(the most a {len(data):,}-byte graph may take)"
+                )
+            elif proc.returncode == 3 and detail:
+                verdict = detail
+            elif proc.returncode < 0:
+                try:
+                    name = signal.Signals(-proc.returncode).name
+                except ValueError:
+                    name = f"signal {-proc.returncode}"
+                verdict = f"ONNX Runtime crashed the process that built its session ({name})"
+            else:
+                verdict = f"ONNX Runtime failed in the process that built its session (exit status {proc.returncode})"
+    with _ORT_VERDICT_LOCK:
+        _ORT_VERDICTS[digest] = verdict
+    return verdict
+
+
 def onnx_session(graph: Path, threads: int | None) -> Any:
     """An ONNX Runtime CPU session with ``threads`` compute threads; a bad graph is an :class:`ArtifactError`.
 
     The graph is read once (a regular file, never through a link) and must hold all its
     weights: a tensor stored as external data would make ONNX Runtime open another file,
     so such graphs are refused (tunesmith never writes them). The session is built from the
-    bytes that were checked, so no path inside the graph is ever resolved.
+    bytes that were checked, so no path inside the graph is ever resolved. It is first built
+    (and run once on a tiny input) in a child process with capped memory
+    (:func:`_session_verdict`): a graph whose constant folding would allocate gigabytes, or
+    that crashes ONNX Runtime, is refused there and never built here.
     """
     import onnx
     import onnxruntime as ort
@@ -591,6 +722,13 @@ def onnx_session(graph: Path, threads: int | None) -> Any:
         raise ArtifactError(
             f"the ONNX graph stores tensor {external!r} as external data in another file; tunesmith graphs hold "
             "all their weights and a loaded folder may not make it read other files",
+            path=graph,
+            hint="Re-export the model with tunesmith export",
+        )
+    verdict = _session_verdict(data)
+    if verdict is not None:
+        raise ArtifactError(
+            f"the ONNX graph cannot be loaded: {verdict}",
             path=graph,
             hint="Re-export the model with tunesmith export",
         )
@@ -634,7 +772,8 @@ def _onnx_tokenizer(safe: SafeFolder, *, vocab_size: int | None) -> Any:
     The tokenizer's configuration files may not name custom code or other files (as for
     :meth:`FineTuner.load <tunesmith.FineTuner.load>`); ``tokenizer.json`` is read inside the
     folder with a size cap and parsed from text, so no path in it is opened; its token ids
-    must stay below the encoder's ``vocab_size``.
+    must stay below the encoder's ``vocab_size``, and it must encode a short probe text (a
+    tokenizer the library parses but panics on is refused here, not at the first prediction).
     """
     from tokenizers import Tokenizer
 
@@ -644,12 +783,15 @@ def _onnx_tokenizer(safe: SafeFolder, *, vocab_size: int | None) -> Any:
         if safe.has(rel):
             data = safe.read_json(rel)
             refuse_custom_code({k: v for k, v in data.items() if k not in _PROVENANCE_KEYS}, file=safe.root / rel)
+            refuse_path_strings(data, file=safe.root / rel)
     rel = "tokenizer/tokenizer.json"
     path = safe.file(rel)
     assert path is not None
     raw = safe.read_bytes(rel)
-    if not isinstance(parse_json(raw, path=path, shown=rel), dict):
+    parsed = parse_json(raw, path=path, shown=rel)
+    if not isinstance(parsed, dict):
         raise ArtifactError(f"{rel} must hold a JSON object", path=path)
+    check_post_processor(parsed, path=path)
     try:
         tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
     except Exception as exc:  # the Rust library raises a plain Exception for any malformed field
@@ -668,6 +810,7 @@ def _onnx_tokenizer(safe: SafeFolder, *, vocab_size: int | None) -> Any:
                 path=path,
                 hint=_RETRAIN_HINT,
             )
+    probe_tokenizer(tokenizer.encode_batch, path=path)
     return tokenizer
 
 
@@ -713,6 +856,7 @@ class OnnxPredictor(Predictor):
         tokenizer.enable_truncation(max_length=self.max_length)
         tokenizer.no_padding()
         self._tokenizer = tokenizer
+        self._tokenizer_path = safe.root / "tokenizer" / "tokenizer.json"
         pad = tokenizer.token_to_id("[PAD]")
         cfg_rel = "tokenizer/tokenizer_config.json"
         if safe.has(cfg_rel):
@@ -743,7 +887,8 @@ class OnnxPredictor(Predictor):
         return self._pad
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return [enc.ids for enc in self._tokenizer.encode_batch(list(texts))]
+        encoded = tokenizer_call(lambda: self._tokenizer.encode_batch(list(texts)), path=self._tokenizer_path)
+        return [enc.ids for enc in encoded]
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": ids, "attention_mask": mask}
@@ -811,7 +956,11 @@ class TorchPredictor(Predictor):
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         assert self._backbone is not None, "this predictor was closed"
-        return list(self._backbone.tokenize(texts, self.max_length))
+        backbone = self._backbone
+        return tokenizer_call(
+            lambda: list(backbone.tokenize(texts, self.max_length)),
+            path=self.safe.root / "tokenizer" / "tokenizer.json",
+        )
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self._torch
