@@ -25,7 +25,16 @@ import pandas as pd
 
 from tunesmith.errors import ArtifactError, ConfigError, DataError, TunesmithError
 from tunesmith.runs.tokenizer_trust import check_post_processor, probe_tokenizer, refuse_path_strings, tokenizer_call
-from tunesmith.runs.trust import SafeFolder, field, open_model, open_regular, read_limited, refuse_custom_code
+from tunesmith.runs.trust import (
+    SafeFolder,
+    field,
+    open_model,
+    open_regular,
+    read_limited,
+    refuse_custom_code,
+    run_isolated,
+    signal_name,
+)
 
 ONNX_DIR = "onnx"
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -644,8 +653,6 @@ def _session_verdict(data: bytes) -> str | None:
     the life of the process, so a graph is checked once.
     """
     import signal
-    import subprocess
-    import sys
 
     digest = hashlib.sha256(data).hexdigest()
     with _ORT_VERDICT_LOCK:
@@ -653,41 +660,22 @@ def _session_verdict(data: bytes) -> str | None:
             return _ORT_VERDICTS[digest]
     budget = _graph_budget(len(data))
     timeout = 8.0 + 30.0 * len(data) / 1024**3
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    verdict: str | None = None
-    try:
-        # -I: the child imports only installed packages, never from the working folder.
-        proc = subprocess.run(
-            [sys.executable, "-I", "-c", _ORT_CHILD, str(budget)],
-            input=data,
-            capture_output=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        verdict = f"building its ONNX Runtime session in a separate process did not finish within {timeout:.0f} s"
-    except OSError as exc:
-        verdict = f"no separate process could be started to check it ({exc.strerror or exc})"
-    else:
-        if proc.returncode != 0:
-            said = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.startswith("[Fatal]")]
-            detail = said[-1].removeprefix("[Fatal]").strip()[:300] if said else ""
-            if proc.returncode == 4 or proc.returncode == -signal.SIGKILL:
-                verdict = (
-                    f"ONNX Runtime needs more than {budget / 1024**2:.0f} MiB to build its session "
-                    f"(the most a {len(data):,}-byte graph may take)"
-                )
-            elif proc.returncode == 3 and detail:
-                verdict = detail
-            elif proc.returncode < 0:
-                try:
-                    name = signal.Signals(-proc.returncode).name
-                except ValueError:
-                    name = f"signal {-proc.returncode}"
-                verdict = f"ONNX Runtime crashed the process that built its session ({name})"
-            else:
-                verdict = f"ONNX Runtime failed in the process that built its session (exit status {proc.returncode})"
+    run = run_isolated(_ORT_CHILD, [str(budget)], data, timeout=timeout, what="building its ONNX Runtime session")
+    verdict = run.failure
+    if run.returncode:
+        said = [ln for ln in run.stderr.splitlines() if ln.startswith("[Fatal]")]
+        detail = said[-1].removeprefix("[Fatal]").strip()[:300] if said else ""
+        if run.returncode == 4 or run.returncode == -signal.SIGKILL:
+            verdict = (
+                f"ONNX Runtime needs more than {budget / 1024**2:.0f} MiB to build its session "
+                f"(the most a {len(data):,}-byte graph may take)"
+            )
+        elif run.returncode == 3 and detail:
+            verdict = detail
+        elif run.returncode < 0:
+            verdict = f"ONNX Runtime crashed the process that built its session ({signal_name(run.returncode)})"
+        else:
+            verdict = f"ONNX Runtime failed in the process that built its session (exit status {run.returncode})"
     with _ORT_VERDICT_LOCK:
         _ORT_VERDICTS[digest] = verdict
     return verdict

@@ -44,6 +44,7 @@ __all__ = [
     "CODE_SUFFIXES",
     "MAX_FILES",
     "MAX_JSON_BYTES",
+    "ChildRun",
     "SafeFolder",
     "TensorInfo",
     "check_state_shapes",
@@ -54,7 +55,9 @@ __all__ = [
     "open_regular",
     "read_safetensors_header",
     "refuse_custom_code",
+    "run_isolated",
     "safe_relative",
+    "signal_name",
 ]
 
 MAX_FILES = 10_000
@@ -804,3 +807,53 @@ def open_model(path: str | os.PathLike[str]) -> tuple[SafeFolder, dict[str, Any]
     meta = folder.read_json("tunesmith.json")
     field(meta, "kind", str, default="text", choices=MODEL_KINDS, file=folder.root / "tunesmith.json")
     return folder, meta
+
+
+# --- native libraries in a child process ----------------------------------------------------------
+
+
+class ChildRun(NamedTuple):
+    """What a child process made of a file: its exit status and error output, or why it never exited."""
+
+    returncode: int | None
+    stderr: str
+    failure: str | None
+
+
+def run_isolated(
+    code: str, args: Sequence[str], data: bytes, *, timeout: float, what: str, threads: int = 1
+) -> ChildRun:
+    """Run ``code`` in a fresh Python (``-I``: nothing imported from the working folder) fed ``data``.
+
+    For native libraries that may abort, hang or allocate without bound on a bad file: the
+    child takes the blow and the caller reads its exit. ``what`` completes "…in a separate
+    process did not finish" for the timeout message.
+    """
+    import subprocess
+    import sys
+
+    env = {**os.environ, **dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), str(threads))}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", code, *args],
+            input=data,
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return ChildRun(None, "", f"{what} in a separate process did not finish within {timeout:.0f} s")
+    except OSError as exc:
+        return ChildRun(None, "", f"no separate process could be started to check it ({exc.strerror or exc})")
+    return ChildRun(proc.returncode, proc.stderr.decode("utf-8", "replace"), None)
+
+
+def signal_name(returncode: int) -> str:
+    """The name of the signal that ended a child (``returncode`` < 0), e.g. ``SIGABRT``."""
+    import signal
+
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"

@@ -16,9 +16,6 @@ import itertools
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -47,7 +44,7 @@ from tunesmith.data.validate import ROW_INDEX, encode_target, row_numbers
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from tunesmith.evaluate.metrics import compute_metrics
 from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json, atomic_write_text, json_safe, save_tensors
-from tunesmith.runs.trust import SafeFolder
+from tunesmith.runs.trust import SafeFolder, run_isolated, signal_name
 from tunesmith.tabular.neural import TabularNet, net_spec, predict_outputs, train_tabular_net
 from tunesmith.tabular.preprocess import TabularFeatures, TabularPreprocessor
 
@@ -1360,38 +1357,19 @@ def _child_verdict(text: str, digest: str) -> str | None:
     with _verdict_lock:
         if digest in _verdicts:
             return _verdicts[digest]
-    # -I: the child imports only the standard library, never from the working folder, and
-    # loads the very library file this process uses.
+    # The child imports only the standard library and loads the very library file this process uses.
     library = _lightgbm_library()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     timeout = 60.0 + 10.0 * len(text) / (1 << 20)
-    verdict: str | None = None
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-c", _LGB_CHILD, library],
-            input=text.encode("utf-8"),
-            capture_output=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        verdict = f"loading it in a separate process did not finish within {timeout:.0f} s"
-    except OSError as exc:
-        verdict = f"no separate process could be started to check it ({exc.strerror or exc})"
-    else:
-        if proc.returncode != 0:
-            said = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if "[Fatal]" in ln]
-            detail = said[-1].split("[Fatal]", 1)[1].strip()[:160] if said else ""
-            if proc.returncode < 0:
-                try:
-                    name = signal.Signals(-proc.returncode).name
-                except ValueError:
-                    name = f"signal {-proc.returncode}"
-                how = f"LightGBM crashed the process that loaded it ({name})"
-            else:
-                how = f"LightGBM refused it (exit status {proc.returncode})"
-            verdict = f"{how}{': ' + detail if detail else ''}"
+    run = run_isolated(_LGB_CHILD, [library], text.encode("utf-8"), timeout=timeout, what="loading it")
+    verdict = run.failure
+    if run.returncode:
+        said = [ln for ln in run.stderr.splitlines() if "[Fatal]" in ln]
+        detail = said[-1].split("[Fatal]", 1)[1].strip()[:160] if said else ""
+        if run.returncode < 0:
+            how = f"LightGBM crashed the process that loaded it ({signal_name(run.returncode)})"
+        else:
+            how = f"LightGBM refused it (exit status {run.returncode})"
+        verdict = f"{how}{': ' + detail if detail else ''}"
     with _verdict_lock:
         _verdicts[digest] = verdict
     return verdict
