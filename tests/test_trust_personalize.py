@@ -298,7 +298,7 @@ def test_code_and_pickles_in_the_store_are_refused(tmp_path: Path) -> None:
         ),
         (lambda i: i["adapters"]["user:1"]["settings"].update(rank=-1), "adapters['user:1'].settings.rank", "within"),
         (lambda i: i["adapters"]["user:1"]["settings"].update(alpha=0), "settings.alpha", "above 0"),
-        (lambda i: i["adapters"]["user:1"]["settings"].update(alpha=float("nan")), "settings.alpha", "finite"),
+        (lambda i: i["adapters"]["user:1"]["settings"].update(alpha=float("nan")), "non-finite number NaN", "finite"),
         (lambda i: i["adapters"]["user:1"]["settings"].update(lr="fast"), "settings.lr", "must be number"),
         (lambda i: i["adapters"]["user:1"]["settings"].update(l2=-1.0), "settings.l2", "at least 0"),
     ],
@@ -566,7 +566,7 @@ def _settings_store(tmp_path: Path, **changes: Any) -> Path:
         ({"head__steps": 10**12}, "'head.steps'", "within"),
         ({"lora__rank": 0}, "'lora.rank'", "within"),
         ({"lora__alpha": -1}, "'lora.alpha'", "above 0"),
-        ({"lora__lr": float("inf")}, "'lora.lr'", "finite"),
+        ({"lora__lr": float("inf")}, "non-finite number Infinity", "finite"),
         ({"seed": -1}, "'seed'", "within"),
     ],
 )
