@@ -22,13 +22,18 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
 from tunesmith.errors import ArtifactError, ConfigError, TunesmithError
-from tunesmith.runs.tokenizer_trust import check_post_processor, probe_tokenizer, refuse_path_strings, tokenizer_call
+from tunesmith.runs.tokenizer_trust import (
+    check_token_configs,
+    check_vocab,
+    probe_tokenizer,
+    read_tokenizer_json,
+    tokenizer_call,
+)
 from tunesmith.runs.trust import (
     MAX_JSON_BYTES,
     SafeFolder,
     field,
     meta_shapes,
-    parse_json,
     refuse_custom_code,
 )
 
@@ -306,14 +311,6 @@ def _names_a_path(key: Any, value: Any) -> bool:
     return key in _PROVENANCE_KEYS or key.endswith(("_file", "_files", "_path", "_dir"))
 
 
-def _refuse_code_and_paths(config: Mapping[str, Any], *, file: Path) -> None:
-    """:func:`refuse_custom_code` on a config and on every nested config it holds."""
-    refuse_custom_code({k: v for k, v in config.items() if k not in _PROVENANCE_KEYS}, file=file)
-    for key, value in config.items():
-        if isinstance(value, dict) and key not in _LABEL_MAPS:
-            _refuse_code_and_paths(value, file=file)
-
-
 def _check_sizes(
     root: Mapping[str, Any], *, file: Path, node: Mapping[str, Any] | None = None, prefix: str = ""
 ) -> None:
@@ -353,7 +350,7 @@ def check_hf_config(config: Mapping[str, Any], *, file: Path, required: bool = T
     that is not one of transformers' own, and sizes beyond :data:`MAX_CONFIG_INTS`. Returns
     the model type (``"bert"`` when absent and ``required``).
     """
-    _refuse_code_and_paths(config, file=file)
+    refuse_custom_code(config, file=file)
     model_type = _checked_model_type(config, file=file, required=required)
     _check_sizes(config, file=file)
     return model_type
@@ -448,43 +445,12 @@ def check_tokenizer_files(folder: SafeFolder, rel: str = TOKENIZER_DIR) -> tuple
     tokenizer. Returns the class to load the folder with and the parsed
     :class:`tokenizers.Tokenizer`.
     """
-    for name in ("special_tokens_map.json", "config.json"):
-        sub = f"{rel}/{name}"
-        if folder.has(sub):
-            data = folder.read_json(sub)
-            if name == "config.json":
-                check_hf_config(data, file=folder.root / sub, required=False)
-            else:
-                refuse_custom_code(data, file=folder.root / sub)
-                refuse_path_strings(data, file=folder.root / sub)
-    config_rel = f"{rel}/{TOKENIZER_CONFIG}"
-    config: dict[str, Any] = folder.read_json(config_rel) if folder.has(config_rel) else {}
-    _refuse_code_and_paths(config, file=folder.root / config_rel)
-    refuse_path_strings(config, file=folder.root / config_rel)
-    cls = tokenizer_class(config.get("tokenizer_class"), file=folder.root / config_rel)
+    sub = f"{rel}/config.json"
+    if folder.has(sub):
+        check_hf_config(folder.read_json(sub), file=folder.root / sub, required=False)
+    config = check_token_configs(folder, rel)
+    cls = tokenizer_class(config.get("tokenizer_class"), file=folder.root / rel / TOKENIZER_CONFIG)
     return cls, read_tokenizer_json(folder, f"{rel}/{TOKENIZER_JSON}")
-
-
-def read_tokenizer_json(folder: SafeFolder, rel: str = f"{TOKENIZER_DIR}/{TOKENIZER_JSON}") -> Any:
-    """``tokenizer.json`` parsed by the tokenizers library (size-capped, inside the folder) or a refusal."""
-    from tokenizers import Tokenizer
-
-    path = folder.root / rel
-    data = folder.read_bytes(rel)
-    # A file that is not JSON at all is reported with its line and column, as every JSON file is.
-    parsed = parse_json(data, path=path, shown=rel)
-    if not isinstance(parsed, dict):
-        raise ArtifactError(f"{rel} must hold a JSON object", path=path)
-    check_post_processor(parsed, path=path)
-    try:
-        return Tokenizer.from_str(data.decode("utf-8"))
-    except Exception as exc:  # the Rust library raises a plain Exception for any malformed field
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise ArtifactError(
-            f"{rel} is not a tokenizer the tokenizers library can read: {first}",
-            path=path,
-            hint="The folder is damaged or was not written by tunesmith; re-save the model",
-        ) from None
 
 
 def load_saved_tokenizer(folder: SafeFolder, rel: str = TOKENIZER_DIR, *, vocab_size: int | None = None) -> Any:
@@ -497,7 +463,7 @@ def load_saved_tokenizer(folder: SafeFolder, rel: str = TOKENIZER_DIR, *, vocab_
     """
     cls, parsed = check_tokenizer_files(folder, rel)
     if vocab_size is not None:
-        check_vocab(parsed, vocab_size, folder=folder, rel=rel)
+        check_vocab(parsed, vocab_size, folder=folder, rel=f"{rel}/{TOKENIZER_JSON}")
     tok_dir = folder.root / rel
     with quiet_transformers():
         tokenizer = _transformers_call(
@@ -519,18 +485,6 @@ def load_saved_tokenizer(folder: SafeFolder, rel: str = TOKENIZER_DIR, *, vocab_
         lambda texts: tokenizer(texts, truncation=True, max_length=32, padding=False), path=tok_dir / TOKENIZER_JSON
     )
     return tokenizer
-
-
-def check_vocab(tokenizer: Any, vocab_size: int, *, folder: SafeFolder, rel: str = TOKENIZER_DIR) -> None:
-    """Refuse a tokenizer whose token ids reach past the encoder's ``vocab_size`` embedding rows."""
-    top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
-    if top >= vocab_size:
-        raise ArtifactError(
-            f"{rel}/{TOKENIZER_JSON} holds token id {top} but {BACKBONE_CONFIG} field 'vocab_size' is "
-            f"{vocab_size}; the encoder has no embedding for it",
-            path=folder.root / rel / TOKENIZER_JSON,
-            hint="The tokenizer and the encoder come from different models; re-save the model",
-        )
 
 
 def build_from_files(

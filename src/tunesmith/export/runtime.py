@@ -24,14 +24,19 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.errors import ArtifactError, ConfigError, DataError, TunesmithError
-from tunesmith.runs.tokenizer_trust import check_post_processor, probe_tokenizer, refuse_path_strings, tokenizer_call
+from tunesmith.runs.tokenizer_trust import (
+    check_token_configs,
+    check_vocab,
+    probe_tokenizer,
+    read_tokenizer_json,
+    tokenizer_call,
+)
 from tunesmith.runs.trust import (
     SafeFolder,
     field,
     open_model,
     open_regular,
     read_limited,
-    refuse_custom_code,
     run_isolated,
     signal_name,
 )
@@ -750,10 +755,6 @@ def _encoder_limits(safe: SafeFolder) -> tuple[int, int | None]:
     return int(positions), vocab
 
 
-# Where transformers noted a model came from: informational, never opened (see backbones.text).
-_PROVENANCE_KEYS = frozenset({"_name_or_path", "name_or_path"})
-
-
 def _onnx_tokenizer(safe: SafeFolder, *, vocab_size: int | None) -> Any:
     """The saved ``tokenizer/tokenizer.json`` as a :class:`tokenizers.Tokenizer`, after the checks a load makes.
 
@@ -763,42 +764,12 @@ def _onnx_tokenizer(safe: SafeFolder, *, vocab_size: int | None) -> Any:
     must stay below the encoder's ``vocab_size``, and it must encode a short probe text (a
     tokenizer the library parses but panics on is refused here, not at the first prediction).
     """
-    from tokenizers import Tokenizer
-
-    from tunesmith.runs.trust import parse_json
-
-    for rel in ("tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"):
-        if safe.has(rel):
-            data = safe.read_json(rel)
-            refuse_custom_code({k: v for k, v in data.items() if k not in _PROVENANCE_KEYS}, file=safe.root / rel)
-            refuse_path_strings(data, file=safe.root / rel)
+    check_token_configs(safe)
     rel = "tokenizer/tokenizer.json"
-    path = safe.file(rel)
-    assert path is not None
-    raw = safe.read_bytes(rel)
-    parsed = parse_json(raw, path=path, shown=rel)
-    if not isinstance(parsed, dict):
-        raise ArtifactError(f"{rel} must hold a JSON object", path=path)
-    check_post_processor(parsed, path=path)
-    try:
-        tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
-    except Exception as exc:  # the Rust library raises a plain Exception for any malformed field
-        raise ArtifactError(
-            f"{rel} is not a tokenizer the tokenizers library can read: "
-            f"{(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
-            path=path,
-            hint=_RETRAIN_HINT,
-        ) from None
+    tokenizer = read_tokenizer_json(safe, rel)
     if vocab_size is not None:
-        top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
-        if top >= vocab_size:
-            raise ArtifactError(
-                f"{rel} holds token id {top} but backbone_config.json field 'vocab_size' is {vocab_size}; the "
-                "encoder has no embedding for it",
-                path=path,
-                hint=_RETRAIN_HINT,
-            )
-    probe_tokenizer(tokenizer.encode_batch, path=path)
+        check_vocab(tokenizer, vocab_size, folder=safe, rel=rel)
+    probe_tokenizer(tokenizer.encode_batch, path=safe.root / rel)
     return tokenizer
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from tunesmith.errors import ArtifactError
+from tunesmith.runs.trust import SafeFolder, parse_json, refuse_custom_code
 
 T = TypeVar("T")
 
@@ -223,3 +224,66 @@ def tokenizer_call(fn: Callable[[], T], *, path: str | os.PathLike[str]) -> T:
     with _panics_as_errors("the tokenizer failed on this input", path=path, every_error=False):
         return fn()
     raise AssertionError("unreachable")  # pragma: no cover - the context manager re-raises
+
+
+# --- a saved tokenizer's files --------------------------------------------------------------------
+
+TOKENIZER_FILES_HINT = "The folder is damaged or was not written by tunesmith; re-save the model"
+
+
+def check_token_configs(folder: SafeFolder, rel: str = "tokenizer") -> dict[str, Any]:
+    """Refuse ``tokenizer_config.json`` or ``special_tokens_map.json`` under ``rel`` that name code or files.
+
+    Both may not name custom code or other files, at any depth (:func:`refuse_custom_code`),
+    and may hold strings only as tokens or plain options (:func:`refuse_path_strings`).
+    Returns the parsed ``tokenizer_config.json`` (``{}`` when absent). Used by every loader of a
+    saved tokenizer, the PyTorch and the ONNX one alike.
+    """
+    config: dict[str, Any] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        sub = f"{rel}/{name}"
+        if folder.has(sub):
+            data = folder.read_json(sub)
+            refuse_custom_code(data, file=folder.root / sub)
+            refuse_path_strings(data, file=folder.root / sub)
+            if name == "tokenizer_config.json":
+                config = data
+    return config
+
+
+def read_tokenizer_json(folder: SafeFolder, rel: str = "tokenizer/tokenizer.json") -> Any:
+    """``tokenizer.json`` parsed by the tokenizers library (size-capped, inside the folder) or a refusal.
+
+    The text is parsed from memory, so no path in it is opened; a post-processor that would
+    panic is refused by its field (:func:`check_post_processor`).
+    """
+    from tokenizers import Tokenizer
+
+    path = folder.root / rel
+    data = folder.read_bytes(rel)
+    # A file that is not JSON at all is reported with its line and column, as every JSON file is.
+    parsed = parse_json(data, path=path, shown=rel)
+    if not isinstance(parsed, dict):
+        raise ArtifactError(f"{rel} must hold a JSON object", path=path)
+    check_post_processor(parsed, path=path)
+    try:
+        return Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # the Rust library raises a plain Exception for any malformed field
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ArtifactError(
+            f"{rel} is not a tokenizer the tokenizers library can read: {first}",
+            path=path,
+            hint=TOKENIZER_FILES_HINT,
+        ) from None
+
+
+def check_vocab(tokenizer: Any, vocab_size: int, *, folder: SafeFolder, rel: str = "tokenizer/tokenizer.json") -> None:
+    """Refuse a tokenizer whose token ids reach past the encoder's ``vocab_size`` embedding rows."""
+    top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ArtifactError(
+            f"{rel} holds token id {top} but backbone_config.json field 'vocab_size' is {vocab_size}; the encoder "
+            "has no embedding for it",
+            path=folder.root / rel,
+            hint="The tokenizer and the encoder come from different models; re-save the model",
+        )

@@ -310,6 +310,7 @@ _FILE_KEYS = ("_file", "_files", "_path", "_dir")
 # Written by transformers into every configuration as a record of where it came from; a load
 # from a folder never opens them.
 _INFO_KEYS = frozenset({"_name_or_path", "name_or_path"})
+_LABEL_MAPS = frozenset({"id2label", "label2id"})
 
 
 def refuse_custom_code(config: Mapping[str, Any], *, file: str | os.PathLike[str]) -> None:
@@ -317,7 +318,9 @@ def refuse_custom_code(config: Mapping[str, Any], *, file: str | os.PathLike[str
 
     ``auto_map`` (and ``custom_pipelines``) make transformers import Python files from the
     folder; any ``*_file``/``*_files``/``*_path`` entry would make it read another path
-    than the folder's own files, which tunesmith never writes.
+    than the folder's own files, which tunesmith never writes. Nested configurations (a
+    text config inside a composite one, a special token's settings) are checked the same
+    way; label maps (``id2label``, ``label2id``) hold user names, not settings, and are not.
     """
     for key in ("auto_map", "custom_pipelines"):
         if config.get(key):
@@ -336,6 +339,8 @@ def refuse_custom_code(config: Mapping[str, Any], *, file: str | os.PathLike[str
                 path=file,
                 hint=_UNTRUSTED_HINT,
             )
+        if isinstance(value, dict) and key not in _LABEL_MAPS:
+            refuse_custom_code(value, file=file)
 
 
 # --- safetensors headers ----------------------------------------------------------------------------
