@@ -533,3 +533,22 @@ def test_recommender_layer_count_must_match_the_weights_before_anything_is_built
     folder = _tamper(sasrec, tmp_path / "b", _set("model_state.config.layers", SEQ_LIMITS["layers"]))
     with pytest.raises(ArtifactError, match=r"field 'model_state.config.layers' is 48 but the weights hold"):
         Recommender.load(folder)
+
+
+@pytest.mark.parametrize("kind", ["tabular", "image", "popularity"])
+def test_a_load_scans_the_folder_once(kind, request, monkeypatch):
+    import tunesmith
+    import tunesmith.runs.trust as trust
+
+    folder = request.getfixturevalue(kind)
+    scans = []
+    real = trust._scan
+    monkeypatch.setattr(trust, "_scan", lambda *a, **k: scans.append(a[0]) or real(*a, **k))
+    tunesmith.load(folder)
+    assert len(scans) == 1
+    if kind != "popularity":
+        scans.clear()
+        from tunesmith.export.runtime import load_predictor
+
+        load_predictor(folder, backend="torch")
+        assert len(scans) == 1

@@ -1278,8 +1278,8 @@ def load(path: str | os.PathLike[str], *, backbone: str | None = None) -> Any:
                 key="backbone",
                 hint="Leave backbone out for this model",
             )
-        return loader(Path(path), backbone=backbone)
-    return loader(Path(path))
+        return loader(folder, backbone=backbone)
+    return loader(folder)
 
 
 def embed_texts(

@@ -39,6 +39,7 @@ from tunesmith.export.runtime import (
     onnx_session,
     softmax,
 )
+from tunesmith.runs.trust import SafeFolder
 
 if TYPE_CHECKING:
     from tunesmith.backbones.image import ImagePreprocessing
@@ -139,15 +140,19 @@ class ImagePredictor(_ModalPredictor):
         threads: int | None,
         version: str | None,
         graph: Path | None = None,
+        opened: SafeFolder | None = None,
     ) -> None:
         from tunesmith.runs.trust import open_model
         from tunesmith.vision import ImageFineTuner, image_model_info
+
+        # ``opened``: the folder as the caller scanned it, read from without a second scan.
+        source: str | os.PathLike[str] = opened if opened is not None else folder
 
         # Everything the predictor uses comes from the trust-checked folder: the loaded model
         # (torch), or the checked metadata (onnx); ``meta`` is read only for metadata()'s report.
         model: Any = None
         if backend == "torch":
-            est = ImageFineTuner.load(folder)
+            est = ImageFineTuner.load(source)
             model = est.model_
             info = {
                 "task": est.task_,
@@ -157,8 +162,8 @@ class ImagePredictor(_ModalPredictor):
                 "config": est.config_,
             }
         else:
-            opened, checked = open_model(folder)
-            info = image_model_info(checked, file=opened.root / "tunesmith.json")
+            safe, checked = open_model(source)
+            info = image_model_info(checked, file=safe.root / "tunesmith.json")
         super().__init__(
             folder,
             meta,
@@ -316,8 +321,9 @@ def export_image_onnx(
     from tunesmith.vision import ImageFineTuner
 
     started = time.perf_counter()
-    ft = ImageFineTuner.load(folder)
-    safe, _ = open_model(folder)  # written into below: opened (links refused) before anything is
+    # Written into below: opened (links refused) before anything is, and loaded from that scan.
+    safe, _ = open_model(folder)
+    ft = ImageFineTuner.load(safe)
     images, source = _sample_images(ft, data, sample_size, seed)
     size = ft.model_.backbone.preprocessing.size
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
@@ -416,12 +422,14 @@ class TabularPredictor(_ModalPredictor):
         version: str | None,
         graph: Path | None = None,
         backbone: str | None = None,
+        opened: SafeFolder | None = None,
     ) -> None:
         from tunesmith.tabular import TabularFineTuner
 
         # Everything below comes from the loaded estimator, which checked every field; the
         # ``meta`` passed in is read only for the report fields of metadata().
-        est = TabularFineTuner.load(folder, backbone=backbone)
+        # ``opened``: the folder as the caller scanned it, read from without a second scan.
+        est = TabularFineTuner.load(opened if opened is not None else folder, backbone=backbone)
         assert est.preprocessor_ is not None and est.schema_ is not None
         super().__init__(
             folder,
@@ -593,8 +601,9 @@ def export_tabular_onnx(
     from tunesmith.tabular import TabularFineTuner
 
     started = time.perf_counter()
-    est: Any = TabularFineTuner.load(folder)
-    safe, _ = open_model(folder)  # written into below: opened (links refused) before anything is
+    # Written into below: opened (links refused) before anything is, and loaded from that scan.
+    safe, _ = open_model(folder)
+    est: Any = TabularFineTuner.load(safe)
     frame, source = _sample_rows(est, data, sample_size, seed)
     features = est.preprocessor_.encode(est._with_rows(frame))
     chosen = est.chosen_

@@ -992,6 +992,7 @@ def load_predictor(
                 version=version,
                 graph=graph,
                 backbone=backbone,
+                opened=safe,
             )
         if backbone is not None:
             raise ConfigError(
@@ -1000,7 +1001,14 @@ def load_predictor(
                 hint="Leave backbone out for this model",
             )
         return ImagePredictor(
-            folder, meta, backend=backend, batch_size=batch_size, threads=threads, version=version, graph=graph
+            folder,
+            meta,
+            backend=backend,
+            batch_size=batch_size,
+            threads=threads,
+            version=version,
+            graph=graph,
+            opened=safe,
         )
     if kind != "text":
         raise ArtifactError(

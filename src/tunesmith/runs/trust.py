@@ -592,6 +592,11 @@ class SafeFolder:
     def __repr__(self) -> str:
         return f"SafeFolder({str(self.root)!r}, {len(self.files)} files)"
 
+    def __fspath__(self) -> str:
+        # An opened folder stands wherever a folder path is taken, so a loader handed one by a
+        # caller that already scanned it (open_model) does not scan the tree again.
+        return str(self.root)
+
     @classmethod
     def open(
         cls,
@@ -806,9 +811,10 @@ def open_model(path: str | os.PathLike[str]) -> tuple[SafeFolder, dict[str, Any]
 
     Returns the opened folder and ``tunesmith.json`` (a JSON object whose ``kind``, when
     present, is one of :data:`MODEL_KINDS`). Kind loaders read every further file through the
-    returned :class:`SafeFolder`.
+    returned :class:`SafeFolder`; given a :class:`SafeFolder` (a folder this load opened
+    already), it is not scanned again.
     """
-    folder = SafeFolder.open(path)
+    folder = path if isinstance(path, SafeFolder) else SafeFolder.open(path)
     meta = folder.read_json("tunesmith.json")
     field(meta, "kind", str, default="text", choices=MODEL_KINDS, file=folder.root / "tunesmith.json")
     return folder, meta
