@@ -552,3 +552,15 @@ def test_a_load_scans_the_folder_once(kind, request, monkeypatch):
 
         load_predictor(folder, backend="torch")
         assert len(scans) == 1
+
+
+def test_a_server_load_scans_the_folder_once(tabular, monkeypatch):
+    import tunesmith.runs.trust as trust
+    from tunesmith.serve.app import load_checked
+
+    scans = []
+    real = trust._scan
+    monkeypatch.setattr(trust, "_scan", lambda *a, **k: scans.append(a[0]) or real(*a, **k))
+    served = load_checked(tabular, backend="torch", precision="auto", threads=1, version=None)
+    assert len(scans) == 1
+    served.close()

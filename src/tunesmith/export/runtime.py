@@ -972,7 +972,7 @@ def load_predictor(
     if precision not in PRECISIONS:
         raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {precision!r}", key="precision")
     folder = Path(path)
-    safe, meta = read_model(folder)
+    safe, meta = read_model(path)  # a folder the caller opened already is not scanned again
     kind = meta.get("kind", "text")
     if kind in ("image", "tabular"):
         from tunesmith.export.modal import ImagePredictor, TabularPredictor

@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from tunesmith.errors import ArtifactError, DataError, TunesmithError
+from tunesmith.runs.trust import SafeFolder
 from tunesmith.serve.batcher import (
     Answer,
     Batcher,
@@ -575,12 +576,15 @@ def checked_task(path: str | os.PathLike[str]) -> str | None:
     Raises:
         ArtifactError: the folder is missing, unsafe, or its ``tunesmith.json`` is unreadable.
     """
-    from tunesmith.runs.trust import SafeFolder
+    return _opened_task(path)[1]
 
+
+def _opened_task(path: str | os.PathLike[str]) -> tuple[SafeFolder, str | None]:
+    """:func:`checked_task` and the folder it opened, for the loader to read without a second scan."""
     folder = SafeFolder.open(path)
     meta = folder.read_json("tunesmith.json")
     task = meta.get("task")
-    return task if isinstance(task, str) else None
+    return folder, task if isinstance(task, str) else None
 
 
 def load_checked(
@@ -604,7 +608,7 @@ def load_checked(
     Raises:
         TunesmithError: the folder is unsafe, of the wrong kind, or its model cannot be loaded.
     """
-    task = checked_task(path)
+    opened, task = _opened_task(path)
     if recommender is not None and (task == RECOMMENDATION) != recommender:
         serving = "a recommendation model" if recommender else "a text model"
         raise ArtifactError(
@@ -614,7 +618,7 @@ def load_checked(
         )
     return call_with_lower_priority(
         lambda: load_served_model(
-            path,
+            opened,
             backend=backend,
             precision=precision,
             threads=threads,
