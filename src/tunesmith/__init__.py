@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tunesmith._lazy import lazy_module
+from tunesmith._version import __version__
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError, TunesmithError
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from tunesmith.tabular import TabularFineTuner
     from tunesmith.vision import ImageFineTuner
 
-__version__ = "0.1.0"
 
 _LAZY = {
     "FineTuner": "tunesmith.estimator",

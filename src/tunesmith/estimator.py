@@ -30,6 +30,7 @@ from tunesmith.adapt import (
 )
 from tunesmith.backbones import create_backbone, is_text_backbone
 from tunesmith.backbones.cache import FEATURE_CACHE, feature_key
+from tunesmith.backbones.embed import run_batches
 from tunesmith.backbones.text import TextBackbone, build_from_files, encoder_shapes, saved_encoder_config
 from tunesmith.config import FitConfig, SettingsEstimator, config_to_yaml, make_config
 from tunesmith.data.clean import CleanReport
@@ -52,7 +53,7 @@ from tunesmith.model import FeatureModel, TextModel
 from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json, json_safe, save_tensors
 from tunesmith.runs.record import RunRecord, environment_info
 from tunesmith.runs.trust import SafeFolder, check_state_shapes, field, malformed, open_model
-from tunesmith.train.batching import Collator, LengthGroupedBatchSampler, TokenDataset
+from tunesmith.train.batching import Collator, TokenDataset
 from tunesmith.train.callbacks import (
     Callback,
     EarlyStopping,
@@ -65,6 +66,8 @@ from tunesmith.train.callbacks import (
 from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import class_weights, make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
+from tunesmith.train.threads import default_threads, set_trainable_all
+from tunesmith.train.threads import is_secondary_process as _is_secondary_process
 
 FORMAT_VERSION = TEXT_FORMAT_VERSION
 DataLike = Any  # a path, a DataFrame, or a sequence of texts
@@ -658,29 +661,7 @@ class FineTuner(SettingsEstimator):
         description: str,
     ) -> np.ndarray:
         """Run ``module`` over token ids in length-sorted batches; results in input order."""
-        dataset = TokenDataset(ids)
-        sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=False)
-        collate = Collator(pad_id)
-        results: list[np.ndarray] = []
-        order: list[np.ndarray] = []
-        device = next(module.parameters()).device
-        was_training = module.training
-        module.eval()
-        bar = _progress(description, len(sampler), enabled=progress and len(sampler) > 2)
-        with torch.inference_mode(), bar as advance:
-            for idx in sampler:
-                batch = collate([dataset[i] for i in idx])
-                out = module(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                results.append(out.float().cpu().numpy())
-                order.append(np.asarray(idx))
-                advance()
-        module.train(was_training)
-        if not results:
-            return np.zeros((0, 0), dtype=np.float32)
-        stacked = np.concatenate(results)
-        final = np.empty_like(stacked)
-        final[np.concatenate(order)] = stacked
-        return final
+        return run_batches(module, ids, batch_size, pad_id, progress=progress, description=description)
 
     def _outputs_from_ids(self, ids: list[list[int]], *, progress: bool) -> np.ndarray:
         assert self.model_ is not None
@@ -1159,27 +1140,6 @@ def _looks_like_text(value: str) -> bool:
     return not value.lower().endswith(_TABLE_SUFFIXES)
 
 
-def _is_secondary_process() -> bool:
-    import torch.distributed as dist
-
-    return bool(dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
-
-
-def default_threads() -> int:
-    """Cores this process may use, shared among the processes of a distributed run on this machine."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, cores // max(1, local))
-
-
-def set_trainable_all(module: torch.nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
-
-
 def _best_score(history: Sequence[dict[str, Any]], key: str, best_epoch: int | None) -> float | None:
     """The monitored validation value at the best epoch (1-based), or None without one."""
     if best_epoch is None or not 1 <= best_epoch <= len(history):
@@ -1280,29 +1240,3 @@ def load(path: str | os.PathLike[str], *, backbone: str | None = None) -> Any:
             )
         return loader(folder, backbone=backbone)
     return loader(folder)
-
-
-def embed_texts(
-    texts: Sequence[str],
-    backbone: str | TextBackbone = "minilm-l6",
-    *,
-    max_length: int = 128,
-    batch_size: int = 128,
-    pooling: str = "mean",
-    progress: bool = True,
-    description: str = "embedding",
-) -> np.ndarray:
-    """Pooled vectors of the pre-trained (frozen) backbone, one row per text, in input order.
-
-    ``backbone`` is a registered name, a local Hugging Face folder or a built
-    :class:`~tunesmith.backbones.text.TextBackbone`. Used by the data inspection (near
-    duplicates), the fast label-error search and the frozen-embedding baseline's kind of
-    features.
-    """
-    model = create_backbone(backbone, pooling=pooling) if isinstance(backbone, str) else backbone
-    if not len(texts):
-        return np.zeros((0, model.hidden_size), dtype=np.float32)
-    ids = model.tokenize(list(texts), max_length)
-    return FineTuner._run_batches(
-        model, ids, batch_size, model.pad_id, progress=progress, description=description
-    ).astype(np.float32)

@@ -1,0 +1,152 @@
+"""The one estimator contract every kind of model follows (text, image, tabular, recommender,
+personalised).
+
+It is scikit-learn's contract, made strict:
+
+* settings are keyword arguments of the constructor, validated there by one pydantic model
+  (``settings_model``); the constructor stores them and does nothing else;
+* ``fit(data, y=None, *, target=None, eval_set=None, test_set=None, callbacks=None)`` learns and
+  returns ``self``; ``data`` is a path, a DataFrame, or arrays where the kind takes them, and
+  ``target`` names the column to learn (``y`` is for arrays, as scikit-learn passes it);
+* learned state ends in ``_``; ``predict``, ``predict_proba`` (classifiers), ``score``,
+  ``save(folder)``; ``get_params``/``set_params`` and :func:`sklearn.base.clone` work;
+* :func:`tunesmith.load` gives back the right kind from a saved folder.
+
+Where a kind cannot honour a part of the contract it raises :class:`NotSupportedError`,
+saying so and what to use instead. Code that works over models (search, cross-validation,
+monitoring, refitting, explanations, federated clients) is written once against this class.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+
+from tunesmith.config import SettingsEstimator
+from tunesmith.errors import ConfigError, NotFittedError, TunesmithError
+
+
+class NotSupportedError(TunesmithError, NotImplementedError):
+    """A part of the estimator contract this kind of model cannot honour; the message says what to use."""
+
+
+class FitArguments(NamedTuple):
+    """What a call to ``fit`` asked for, once deprecated spellings are mapped to the contract's."""
+
+    data: Any
+    y: Any
+    target: str | None
+    eval_set: Any
+    test_set: Any
+    callbacks: list[Any]
+
+
+def unsupported(estimator: Any, what: str, instead: str) -> NotSupportedError:
+    """The error for a contract method a kind cannot offer: ``what`` it is and what to use ``instead``."""
+    kind = getattr(estimator, "kind", None) or type(estimator).__name__
+    return NotSupportedError(f"{what} is not offered for {kind} models", hint=instead)
+
+
+def fit_arguments(
+    estimator: Any,
+    data: Any,
+    y: Any = None,
+    *,
+    target: str | None = None,
+    eval_set: Any = None,
+    test_set: Any = None,
+    callbacks: Sequence[Any] | None = None,
+    deprecated: dict[str, Any] | None = None,
+) -> FitArguments:
+    """Normalise ``fit``'s arguments: map the old keywords (``valid``, ``test``) with a warning.
+
+    ``deprecated`` holds the extra keywords a kind's ``fit`` still accepts for one release;
+    any other keyword is refused with a sentence naming the contract's spelling.
+    """
+    renames = {"valid": "eval_set", "validation": "eval_set", "test": "test_set"}
+    given = {"eval_set": eval_set, "test_set": test_set}
+    for old, value in (deprecated or {}).items():
+        new = renames.get(old)
+        if new is None:
+            raise ConfigError(
+                f"{type(estimator).__name__}.fit() got an unexpected keyword {old!r}",
+                key=old,
+                hint="fit takes data, y, target=, eval_set=, test_set= and callbacks=",
+            )
+        if value is None:
+            continue
+        if given[new] is not None:
+            raise ConfigError(
+                f"both {old}= and {new}= were given; they mean the same split", key=old, hint=f"Use {new}="
+            )
+        warnings.warn(
+            f"{type(estimator).__name__}.fit({old}=...) is deprecated and will be removed in the next release; "
+            f"use {new}=...",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        given[new] = value
+    if data is None:
+        raise ConfigError("fit needs data: a file path, a DataFrame or arrays", key="data")
+    return FitArguments(data, y, target, given["eval_set"], given["test_set"], list(callbacks or []))
+
+
+class Estimator(SettingsEstimator):
+    """Base class of every tunesmith estimator (see the module docstring for the contract).
+
+    Subclasses set ``kind`` (the name in :mod:`tunesmith.estimators.registry`) and
+    ``settings_model`` (a pydantic model with ``extra="forbid"``), and implement ``fit``,
+    ``predict``, ``save`` and the class method ``load``. ``fitted_attribute`` names the learned
+    attribute whose presence means the estimator is fitted.
+    """
+
+    kind: ClassVar[str] = ""
+    needs_target: ClassVar[bool] = True
+    fitted_attribute: ClassVar[str] = "model_"
+
+    def fit(
+        self,
+        data: Any,
+        y: Any = None,
+        *,
+        target: str | None = None,
+        eval_set: Any = None,
+        test_set: Any = None,
+        callbacks: Sequence[Any] | None = None,
+    ) -> Any:  # pragma: no cover - every kind overrides it
+        raise unsupported(self, "fit", "Use one of the registered kinds")
+
+    def predict(self, data: Any) -> np.ndarray:  # pragma: no cover - every kind overrides it
+        raise unsupported(self, "predict", "Use one of the registered kinds")
+
+    def predict_proba(self, data: Any) -> np.ndarray:
+        """Class probabilities; kinds that do not classify raise :class:`NotSupportedError`."""
+        raise unsupported(self, "predict_proba", "Use predict()")
+
+    def score(self, data: Any, y: Any = None, *, target: str | None = None) -> float:  # pragma: no cover
+        raise unsupported(self, "score", "Use evaluate()")
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:  # pragma: no cover
+        raise unsupported(self, "save", "This kind keeps no model folder")
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether ``fit`` (or a load) has given this estimator its learned state."""
+        return getattr(self, self.fitted_attribute, None) is not None
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet",
+                hint="Call fit() first, or tunesmith.load() a saved model",
+            )
+
+    def __sklearn_tags__(self) -> Any:  # pragma: no cover - only used by scikit-learn utilities
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=self.needs_target))
