@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(reports[name], args.plots / name)
     user_eval = reports["user_head"]["users"].rename(columns={"auc_personal": "auc_user_head"})
     lora_auc = reports["user_lora"]["users"].set_index("user")["auc_personal"]
-    proba_seg, _ = personalizers["segment"].predict_proba(test)
+    proba_seg, _ = personalizers["segment"].predict_routed(test)
     seg_auc = {}
     for user, idx in test.groupby("user").indices.items():
         if len(np.unique(y[idx])) == 2:

@@ -198,7 +198,7 @@ def item_texts(inter: Any, items: Any) -> list[str]:
 
 
 def cold_start(inter: Any, items: Any, threads: int) -> dict[str, Any]:
-    from tunesmith.estimator import embed_texts
+    from tunesmith.backbones.embed import embed_texts
     from tunesmith.recsys.split import leave_last_out
 
     rng = np.random.default_rng(SEED)

@@ -505,14 +505,18 @@ def main(argv: list[str] | None = None) -> int:
         child_args += ["--max-train", str(args.max_train)]
 
     try:
-        estimator_available = importlib.util.find_spec("tunesmith.estimator") is not None
+        estimator_available = importlib.util.find_spec("tunesmith.estimators.text") is not None
     except ImportError:
         estimator_available = False
     failed = False
     for name in chosen:
         if name in ("full", "lora", "full_unbucketed") and not estimator_available:
-            print(f"[{name}] skipped: tunesmith.estimator is not available", flush=True)
-            results[name] = {"status": "skipped", "error": "tunesmith.estimator is not available", "created": now_iso()}
+            print(f"[{name}] skipped: tunesmith.estimators.text is not available", flush=True)
+            results[name] = {
+                "status": "skipped",
+                "error": "tunesmith.estimators.text is not available",
+                "created": now_iso(),
+            }
             continue
         print(f"[{name}] running {TITLES[name]} ...", flush=True)
         result = run_child(Path(__file__), name, child_args, threads=args.threads, verbose=args.verbose)

@@ -89,7 +89,7 @@ def _svc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: n
 
 
 def _cnn(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, **extra: Any) -> dict:
-    from tunesmith.vision import ImageFineTuner
+    from tunesmith.estimators.image import ImageFineTuner
 
     started = time.perf_counter()
     ft = ImageFineTuner(**{**IMAGE, **extra, "seed": SEED}).fit(x_train, y_train)

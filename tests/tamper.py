@@ -1559,8 +1559,9 @@ def _vm_size() -> int:
 
 
 _PREIMPORT = (
-    "tunesmith.estimator",
-    "tunesmith.vision",
+    "tunesmith.kinds",
+    "tunesmith.estimators.text",
+    "tunesmith.estimators.image",
     "tunesmith.tabular",
     "tunesmith.recsys.recommender",
     "tunesmith.personalize.personalizer",

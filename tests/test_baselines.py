@@ -110,3 +110,24 @@ def test_tfidf_regression():
     texts = [f"the movie was {words[s]} overall" for s in scores]
     m = tfidf_baseline(texts[:90], scores[:90].astype(float), texts[90:], scores[90:].astype(float), "regression")
     assert m["r2"] > 0.8 and m["model"].endswith("ridge regression")
+
+
+def test_baselines_carry_their_test_outputs_for_paired_intervals():
+    from tunesmith.evaluate.intervals import TestPredictions, bootstrap_intervals
+    from tunesmith.evaluate.metrics import compute_metrics
+
+    X, y = make_classification(n_samples=200, n_features=8, random_state=0)
+    frozen = embedding_baseline(X[:150], y[:150], X[150:], y[150:], "binary")
+    majority = majority_baseline(y[:150], y[150:], "binary")
+    texts = ["good great" if v else "bad awful" for v in y]
+    tfidf = tfidf_baseline(texts[:150], y[:150], texts[150:], y[150:], "binary")
+    for result in (frozen, majority, tfidf):
+        assert isinstance(result, dict) and result.outputs.shape == (50, 2)
+        assert compute_metrics("binary", y[150:], result.outputs)["accuracy"] == result["accuracy"]
+        assert "outputs" not in result and json.loads(json.dumps(result)) == dict(result)
+    regression = majority_baseline(np.arange(5.0), np.arange(3.0), "regression")
+    assert regression.outputs.tolist() == [2.0, 2.0, 2.0]
+    out = bootstrap_intervals(
+        TestPredictions("binary", y[150:], frozen.outputs, baselines={"majority": majority.outputs})
+    )
+    assert out["gains"]["majority"]["paired"]

@@ -15,7 +15,20 @@ from tunesmith.cli import main
 
 from .conftest import make_reviews
 
-COMMANDS = ["fit", "evaluate", "predict", "demo", "backbones", "export", "serve"]
+COMMANDS = [
+    "fit",
+    "evaluate",
+    "predict",
+    "demo",
+    "backbones",
+    "export",
+    "serve",
+    "tune",
+    "inspect",
+    "clean",
+    "personalize",
+    "recommend",
+]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -136,3 +149,49 @@ def test_evaluate_unseen_label_is_clear(tmp_path):
 def test_load_missing_model_folder(tmp_path):
     proc = run_cli("predict", str(tmp_path / "none"), "x.csv", "-o", "y.csv", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "none" in proc.stderr
+
+
+def test_kind_choices_come_from_the_registry(tmp_path, capsys):
+    path = tmp_path / "reviews.csv"
+    make_reviews(20).to_csv(path, index=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", str(path), "-t", "label", "--kind", "sound"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "recommender" in err and "tabular" in err and "Traceback" not in err
+    # A kind that `fit` does not train names the command that does.
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", str(path), "-t", "label", "--kind", "recommender"])
+    assert exc.value.code == 2 and "tunesmith recommend fit" in capsys.readouterr().err
+
+
+def test_cv_works_for_a_tabular_model(tmp_path, capsys):
+    rng = __import__("numpy").random.default_rng(0)
+    n = 120
+    x = rng.normal(size=n)
+    frame = pd.DataFrame({"x": x, "z": rng.normal(size=n), "label": (x > 0).astype(int)})
+    path = tmp_path / "table.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "model"
+    main(
+        [
+            *("fit", str(path), "-t", "label", "--kind", "tabular", "--cv", "2", "-o", str(out)),
+            *("n_estimators=10", "epochs=1", "progress=false", "hidden=[8]"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "2-fold stratified cross-validation" in printed and "chosen on validation" in printed
+    assert (out / "tunesmith.json").is_file()
+
+
+def test_tune_takes_a_kind_and_detects_tables(tmp_path, capsys):
+    rng = __import__("numpy").random.default_rng(0)
+    x = rng.normal(size=120)
+    path = tmp_path / "table.csv"
+    pd.DataFrame({"x": x, "z": rng.normal(size=120), "label": (x > 0).astype(int)}).to_csv(path, index=False)
+    out = tmp_path / "tuning"
+    settings = ["n_estimators=10", "epochs=1", "hidden=[8]", "progress=false"]
+    main(["tune", str(path), "-t", "label", *settings, "--trials", "2", "-o", str(out), "-q"])
+    assert "2 trials" in capsys.readouterr().out and (out / "best_config.yaml").is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", str(path), "-t", "label", "--kind", "sound", "-o", str(out), "-q"])
+    assert exc.value.code == 2 and "tabular" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from tunesmith import ConfigError, DataError, FineTuner, NotFittedError
-from tunesmith.evaluate import CVResult, cross_validate, cv_folds
+from tunesmith.evaluate.folds import cv_folds
+from tunesmith.search.cv import CVResult, cross_validate
 from tunesmith.train.callbacks import Callback, StopTraining, TrainState
 
 from .conftest import make_reviews
@@ -302,3 +303,95 @@ def test_cross_validate_refuses_bad_settings_before_training(params):
         cross_validate({**params, "epochs": 0}, make_reviews(20), target="label", k=3)
     with pytest.raises(DataError, match="target column 'lbl' not found"):
         cross_validate(params, make_reviews(20), target="lbl", k=3)
+
+
+# --- every kind, through the contract -------------------------------------------------------------
+
+
+def _table(n: int = 180, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    logit = 2.0 * x1 - x2 + np.where(color == "red", 2.0, -1.0)
+    label = np.where(logit + rng.normal(scale=0.5, size=n) > 0, "yes", "no")
+    return pd.DataFrame({"x1": x1, "x2": x2, "color": color, "label": label})
+
+
+def _stripes(n: int = 60, seed: int = 0, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = np.zeros((n, size, size), dtype=np.float32)
+    band = size // 3
+    for i, c in enumerate(y):
+        x[i, c * band : (c + 1) * band, :] = 1.0
+    return np.clip(x + rng.normal(0, 0.15, x.shape), 0, 1).astype(np.float32), y
+
+
+def _log(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(60):
+        group = u % 3
+        picks = rng.choice(np.arange(group * 10, group * 10 + 10), size=6, replace=False)
+        for t, i in enumerate(picks):
+            rows.append({"user_id": f"u{u}", "item_id": f"i{i}", "timestamp": t, "rating": 5 if t % 2 == 0 else 4})
+    return pd.DataFrame(rows)
+
+
+def test_cross_validate_a_tabular_model_with_boosting_steps():
+    from tunesmith.tabular.estimator import TabularFineTuner
+
+    est = TabularFineTuner(
+        model="lightgbm", n_estimators=40, early_stopping_rounds=10, rounds_per_step=10, progress=False, runs_dir=None
+    )
+    recorders: list[Recorder] = []
+
+    def fold_callbacks(i: int) -> list[Callback]:
+        recorders.append(Recorder())
+        return [recorders[-1]]
+
+    df = _table()
+    df["region"] = np.arange(len(df)) % 6
+    result = cross_validate(
+        est, df, target="label", k=3, strategy="group", group_column="region", fold_callbacks=fold_callbacks,
+        progress=False,
+    )  # fmt: skip
+    assert result.kind == "tabular" and result.metric == "valid_accuracy" and result.mode == "max"
+    assert len(result.scores) == 3 and all(0.5 < s <= 1.0 for s in result.scores)
+    assert result.fold_metrics[0]["valid_accuracy"] == result.scores[0]
+    # LightGBM reports every rounds_per_step rounds: the steps a search prunes at
+    assert all(r.seen and "valid_loss" in r.seen[0] for r in recorders)
+    assert sum(s["valid"] for s in result.fold_sizes) == len(df)
+    assert est.get_params()["task"] == "auto", "the estimator passed in is never changed"
+
+
+def test_cross_validate_an_image_model_on_arrays():
+    from tunesmith.estimators.image import ImageFineTuner
+
+    x, y = _stripes()
+    est = ImageFineTuner(
+        backbone="tiny-image", image_size=16, epochs=2, batch_size=32, lr=3e-3, progress=False, runs_dir=None
+    )
+    result = cross_validate(est, x, y, k=3, progress=False)
+    assert result.kind == "image" and result.metric == "valid_accuracy"
+    assert len(result.scores) == 3 and result.epochs_run == [2, 2, 2]
+    assert [s["valid"] for s in result.fold_sizes] == [20, 20, 20]
+
+
+def test_cross_validate_a_recommender_by_ndcg():
+    from tunesmith.recsys.recommender import Recommender
+
+    result = cross_validate(Recommender(model="ease", min_rating=4, progress=False), _log(), target="rating", k=3)
+    assert result.kind == "recommender" and result.metric == "valid_ndcg@10" and result.mode == "max"
+    assert len(result.scores) == 3 and all(0.0 < s <= 1.0 for s in result.scores)
+    assert "valid_hr@10" in result.fold_metrics[0]
+
+
+def test_the_old_evaluate_cv_path_warns_and_still_works():
+    import tunesmith.evaluate.cv as old
+    import tunesmith.search.cv as new
+
+    with pytest.warns(DeprecationWarning, match="tunesmith.search.cv"):
+        assert old.cross_validate is new.cross_validate
+    with pytest.warns(DeprecationWarning, match="tunesmith.evaluate.folds"):
+        assert old.cv_folds is cv_folds

@@ -329,3 +329,26 @@ def test_example_rows_are_capped_and_summary_stays_short() -> None:
     assert out["__row__"].tolist() == [31, 32]
     with pytest.raises(ConfigError):
         prepare_frame(df, infer_schema(df, "y"), on_missing_target="skip")  # type: ignore[arg-type]
+
+
+def test_resolve_data_infers_the_schema_once_and_validates_the_frame():
+    from tunesmith.data.validate import encode_split, resolve_data
+
+    df = pd.DataFrame({"text": ["good film here", "bad film here", None, "fine film", "dull"], "y": [1, 0, 1, None, 0]})
+    data = resolve_data(df, "y", file="d.csv")
+    assert data.schema.task == "binary" and data.schema.labels == ("0", "1")
+    assert data.label_values == [0, 1]
+    assert data.drops.missing_target == 1 and data.drops.missing_text == 1
+    assert list(data.frame["__row__"]) == [1, 2, 5]
+    split = encode_split(data.frame, data.schema, file=data.file)
+    assert list(split.y) == [1, 0, 0] and split.texts == ["good film here", "bad film here", "dull"]
+    assert len(split) == 3 and encode_split(data.frame.iloc[:0], data.schema).y is None
+
+
+def test_restore_label_values_gives_labels_back_in_the_users_type():
+    from tunesmith.data.schema import label_values, restore_label_values
+
+    assert list(restore_label_values(["0", "1"], [0, 1])) == [0, 1]
+    assert list(restore_label_values(["False", "True"], [False, True])) == [False, True]
+    assert list(restore_label_values(["a", "b"], ["a", "b"])) == ["a", "b"]
+    assert label_values(["1", "2"], pd.Series([1.0, 2.0, None])) == [1, 2]

@@ -236,3 +236,71 @@ def test_failed_refit_leaves_estimator_unfitted(fast_params, reviews):
         ft.fit(reviews.assign(label="same"), target="label")
     with pytest.raises(NotFittedError):
         ft.predict(["great fun"])
+
+
+# --- the text kind under the one contract --------------------------------------------------------
+
+
+def test_text_kind_is_registered_and_saves_the_one_metadata_format(tmp_path):
+    from tunesmith.estimators import registry
+    from tunesmith.estimators.base import Estimator
+    from tunesmith.estimators.text import FineTuner as TextFineTuner
+
+    assert FineTuner is TextFineTuner and issubclass(FineTuner, Estimator)
+    kind = registry.get("text")
+    assert kind.estimator is FineTuner and kind.options == ("backbone",) and kind.serving == "predict"
+    ft = FineTuner(backbone="tiny-text", epochs=1, batch_size=8, runs_dir="", seed=0, progress=False)
+    ft.fit(make_reviews(60), target="label")
+    path = ft.save(tmp_path / "m")
+    meta = json.loads((path / "tunesmith.json").read_text())
+    assert meta["format"] == "tunesmith-model" and meta["format_version"] == 2 and meta["kind"] == "text"
+    # Every field of the text layout is still there: the export and serving loaders read them.
+    for name in ("schema", "labels", "label_values", "n_outputs", "backbone", "config", "preprocessing"):
+        assert name in meta
+    assert meta["settings"] == meta["config"]
+    loaded = registry.load(path)
+    assert isinstance(loaded, FineTuner)
+    assert list(loaded.predict(["great fun movie"])) == list(ft.predict(["great fun movie"]))
+
+
+def test_a_version_1_text_folder_still_loads(tmp_path):
+    ft = FineTuner(backbone="tiny-text", epochs=1, batch_size=8, runs_dir="", seed=0, progress=False)
+    ft.fit(make_reviews(60), target="label")
+    path = ft.save(tmp_path / "m")
+    meta = json.loads((path / "tunesmith.json").read_text())
+    for name in ("format", "kind", "settings"):
+        meta.pop(name)
+    meta["format_version"] = 1
+    (path / "tunesmith.json").write_text(json.dumps(meta))
+    loaded = FineTuner.load(path)
+    assert list(loaded.predict(["great fun movie"])) == list(ft.predict(["great fun movie"]))
+    meta["format_version"] = 3
+    (path / "tunesmith.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="format_version"):
+        FineTuner.load(path)
+
+
+def test_old_import_path_is_a_deprecated_alias():
+    import tunesmith.estimator as old
+    from tunesmith.data.schema import restore_label_values
+    from tunesmith.estimators.text import FineTuner as TextFineTuner
+
+    with pytest.warns(DeprecationWarning, match="tunesmith.estimators.text.FineTuner"):
+        assert old.FineTuner is TextFineTuner
+    with pytest.warns(DeprecationWarning):
+        assert old._restore_label_values is restore_label_values
+    with pytest.warns(DeprecationWarning, match="tunesmith.kinds.load"):
+        assert callable(old.load)
+    with pytest.raises(AttributeError):
+        old.no_such_name  # noqa: B018
+
+
+def test_predict_proba_of_a_regression_model_is_not_supported():
+    from tunesmith.estimators.base import NotSupportedError
+
+    df = make_reviews(40)
+    df["score"] = np.linspace(0.0, 1.0, len(df))
+    ft = FineTuner(backbone="tiny-text", epochs=1, batch_size=8, runs_dir="", progress=False, baselines=False)
+    ft.fit(df.drop(columns=["label"]), target="score")
+    with pytest.raises(NotSupportedError, match="regression"):
+        ft.predict_proba(["great fun movie"])

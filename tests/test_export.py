@@ -123,7 +123,7 @@ def test_parity_check_fails_on_a_tampered_graph(trained, model_copy):
 def test_failed_export_leaves_the_previous_one(trained, model_copy, monkeypatch):
     export_onnx(model_copy)
     before = (model_copy / "onnx" / "model.onnx").read_bytes()
-    import tunesmith.export.onnx as mod
+    import tunesmith.export.text_export as mod
 
     real = mod.write_graph
 
@@ -140,7 +140,7 @@ def test_failed_export_leaves_the_previous_one(trained, model_copy, monkeypatch)
 
 
 def test_int8_gate_on_accuracy_drop(trained, model_copy, monkeypatch):
-    import tunesmith.export.onnx as mod
+    import tunesmith.export.text_export as mod
 
     real = mod._int8_accuracy
 

@@ -1,4 +1,8 @@
-"""Label errors: out-of-fold probabilities, cleanlab ranking, both modes."""
+"""Label errors: out-of-fold probabilities, cleanlab ranking, both modes.
+
+The data layer (:mod:`tunesmith.data.label_issues`) takes ``pred_probs``, embeddings or a
+model class to fine-tune; :mod:`tunesmith.quality` passes the text estimator.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_reviews
-from tunesmith.data.label_issues import find_label_issues
+from tunesmith.data.label_issues import find_label_issues, issues_from_pred_probs
 from tunesmith.errors import ConfigError, DataError
 
 
@@ -55,7 +59,24 @@ def test_same_seed_same_result_and_pred_probs_in_input_order():
     assert a.pred_probs[pos, 1].mean() > 0.8 and a.pred_probs[neg, 0].mean() > 0.8
 
 
+def test_pred_probs_given_by_the_caller_are_ranked_as_cleanlab_does():
+    x, labels, _ = blobs(n=80, flips=4)
+    a = find_label_issues([""] * 80, labels, embeddings=x, folds=4, seed=3, progress=False)
+    b = issues_from_pred_probs(labels, a.pred_probs, rows=range(1, 81))
+    assert b.flagged_rows() == a.flagged_rows() and b.labels == ("neg", "pos")
+    assert b.mode == "given" and b.oof_accuracy == a.oof_accuracy
+    with pytest.raises(DataError, match="pred_probs has shape"):
+        issues_from_pred_probs(labels, a.pred_probs[:, :1])
+
+
+def test_thorough_mode_needs_a_model_below_the_estimators():
+    with pytest.raises(ConfigError, match="tunesmith.quality.find_label_issues"):
+        find_label_issues(["a b"] * 8, ["x", "y"] * 4, mode="thorough", folds=2, progress=False)
+
+
 def test_thorough_mode_fine_tunes_per_fold():
+    from tunesmith.quality import find_label_issues
+
     df = make_reviews(48)
     labels = df["label"].tolist()
     labels[0] = "neg"  # row 1 is really "pos"
@@ -92,9 +113,11 @@ def test_groups_fewer_than_folds_and_many_classes():
     with pytest.raises(DataError, match="2 group"):
         find_label_issues([""] * 40, labels, embeddings=x, groups=["a", "b"] * 20, folds=3, progress=False)
     # 21 integer-like classes must stay classes (not regression) in the thorough folds.
+    from tunesmith import find_label_issues as find_with_fine_tuning
+
     labels = [str(i % 21) for i in range(84)]
     texts = [f"word{i % 21} filler" for i in range(84)]
-    issues = find_label_issues(
+    issues = find_with_fine_tuning(
         texts,
         labels,
         mode="thorough",

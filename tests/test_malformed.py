@@ -17,6 +17,7 @@ import pytest
 
 from tunesmith.cli import main
 from tunesmith.data import io as data_io
+from tunesmith.data import io_memory
 from tunesmith.data.io import DataWarning, read_table
 from tunesmith.data.schema import infer_schema
 from tunesmith.data.validate import prepare_frame
@@ -306,13 +307,13 @@ def test_max_rows_must_be_positive_whole_number(bad: object) -> None:
 
 
 def test_available_memory_is_known_here() -> None:
-    available = data_io._available_memory()
+    available = io_memory._available_memory()
     assert available is None or available > 0
 
 
 @pytest.mark.parametrize("name", ["reviews.csv", "reviews.jsonl", "reviews.parquet"])
 def test_file_too_large_for_memory_is_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    monkeypatch.setattr(data_io, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(io_memory, "_available_memory", lambda: 1000)
     err = _error(ASSETS / name)
     assert name in str(err) and "too large to read into memory" in err.message
     assert "1000 bytes" in err.message and "available" in err.message
@@ -323,9 +324,9 @@ def test_file_too_large_for_memory_is_refused(monkeypatch: pytest.MonkeyPatch, n
 
 
 def test_memory_guard_allows_what_fits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data_io, "_available_memory", lambda: 1 << 30)
+    monkeypatch.setattr(io_memory, "_available_memory", lambda: 1 << 30)
     assert len(read_table(ASSETS / "reviews.csv")) == 40
-    monkeypatch.setattr(data_io, "_available_memory", lambda: None)  # unknown: no guard
+    monkeypatch.setattr(io_memory, "_available_memory", lambda: None)  # unknown: no guard
     assert len(read_table(ASSETS / "reviews.csv")) == 40
 
 
@@ -340,7 +341,7 @@ def test_far_larger_than_memory_is_refused_before_reading(tmp_path: Path, monkey
         raise AssertionError("read the whole file")
 
     monkeypatch.setattr(data_io, "_read_bytes", must_not_read)
-    monkeypatch.setattr(data_io, "_available_memory", lambda: 16 << 30)
+    monkeypatch.setattr(io_memory, "_available_memory", lambda: 16 << 30)
     err = _error(path)
     assert "huge.csv" in str(err) and "64.0 GiB" in err.message and "16.0 GiB" in err.message
 
@@ -351,11 +352,11 @@ def test_compressed_size_is_counted_before_refusing(tmp_path: Path, monkeypatch:
     rows = "".join(f"{random.Random(i).getrandbits(64):x},{i % 2}\n" for i in range(6000))
     body = ("text,label\n" + rows).encode()
     path = _write(tmp_path, "r.csv.bz2", bz2.compress(body))
-    _, guessed, need = data_io._memory_estimate(path, "csv", "bz2")
+    _, guessed, need = io_memory._memory_estimate(path, "csv", "bz2")
     assert guessed > 2 * len(body)  # random hex compresses poorly: the guess is far too high
-    monkeypatch.setattr(data_io, "_available_memory", lambda: int(need * 0.8))
+    monkeypatch.setattr(io_memory, "_available_memory", lambda: int(need * 0.8))
     assert len(read_table(path)) == 6000
-    monkeypatch.setattr(data_io, "_available_memory", lambda: len(body))
+    monkeypatch.setattr(io_memory, "_available_memory", lambda: len(body))
     err = _error(path)
     assert "too large to read into memory" in err.message and "r.csv.bz2" in str(err)
 
@@ -363,7 +364,7 @@ def test_compressed_size_is_counted_before_refusing(tmp_path: Path, monkeypatch:
 def test_gzip_estimate_uses_the_stored_size(tmp_path: Path) -> None:
     body = b"text,label\n" + b"the same words again,positive\n" * 5000
     path = _write(tmp_path, "g.csv.gz", gzip.compress(body))
-    size, data, need = data_io._memory_estimate(path, "csv", "gzip")
+    size, data, need = io_memory._memory_estimate(path, "csv", "gzip")
     assert size == path.stat().st_size and data == len(body)
     assert need > 5 * len(body)
 
@@ -418,7 +419,7 @@ def test_cli_mixed_types_regression_target(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_cli_file_too_large(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data_io, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(io_memory, "_available_memory", lambda: 1000)
     code, err = _cli(capsys, "fit", str(ASSETS / "reviews.csv"), "--target", "label", "runs_dir=")
     assert code == 2 and "Traceback" not in err and "too large to read into memory" in err
 

@@ -206,7 +206,7 @@ def test_personalizer_fixes_contrarian_users_and_routes(shared_model, tmp_path):
     contrarians = users.loc[[f"u{u}" for u in range(0, 16, 4)]]
     assert contrarians["accuracy_personal"].mean() >= contrarians["accuracy_shared"].mean() + 0.3
     assert result["summary"]["all"]["accuracy_personal"] >= result["summary"]["all"]["accuracy_shared"]
-    proba, levels = p.predict_proba(
+    proba, levels = p.predict_routed(
         pd.DataFrame({"user": ["nobody", "u0"], "region": ["north", "south"], "text": ["a good film", "a good film"]})
     )
     assert levels[0] in ("segment", "shared") and proba.shape == (2, 2)
@@ -327,7 +327,7 @@ def test_lora_adapters_fix_contrarian_users_and_match_across_paths(shared_model,
     size = p.store.info("user:u0")["bytes"]
     assert size < 64 * 1024
     # Offline prediction and the batched serving path agree, rows of several users in one batch.
-    proba, levels = p.predict_proba(test)
+    proba, levels = p.predict_routed(test)
     ft = p.base
     ids = ft.backbone_.tokenize(list(test["text"]), ft.config_.max_length)
     width = max(len(x) for x in ids)
@@ -350,3 +350,70 @@ def test_lora_adapters_fix_contrarian_users_and_match_across_paths(shared_model,
     # Reopened from the store alone, the kind and LoRA settings come back with it.
     again_p = Personalizer.from_store(tmp_path / "store", shared_model, progress=False)
     assert again_p.adapter_kind == "lora" and again_p.lora_settings == p.lora_settings
+
+
+def test_personalizer_contract(shared_model, tmp_path):
+    from sklearn.base import clone
+
+    from tunesmith.estimators import registry
+    from tunesmith.estimators.base import NotSupportedError
+    from tunesmith.personalize.personalizer import Personalizer
+
+    # The constructor only checks and stores: a missing model is met on first use, not here.
+    lazy = Personalizer(tmp_path / "no-model", tmp_path / "s0", user_column="user")
+    assert not (tmp_path / "s0").exists() and not lazy.is_fitted
+    with pytest.raises(ConfigError) as err:
+        Personalizer(shared_model, tmp_path / "s", user_column="user", min_rows=1)
+    assert err.value.key == "min_rows"
+    with pytest.raises(ConfigError) as err:
+        Personalizer(shared_model, tmp_path / "s", user_column="user", wizard=1)
+    assert err.value.key == "wizard"
+    data = _ratings(8, 20, seed=5)
+    p = Personalizer(shared_model, tmp_path / "store", user_column="user", time_column="t", steps=50, progress=False)
+    twin = clone(p)
+    assert twin.get_params() == p.get_params() and twin.get_params()["user_column"] == "user"
+    with pytest.raises(NotSupportedError):
+        p.fit(data, eval_set=data)
+    p.fit(data.rename(columns={"label": "liked"}), target="liked")
+    assert p.is_fitted and len(p.store) == 8
+    proba = p.predict_proba(data)
+    assert proba.shape == (len(data), 2) and np.allclose(proba.sum(axis=1), 1.0)
+    assert set(p.predict(data)) <= {"yes", "no"}
+    assert 0.0 <= p.score(data) <= 1.0
+    copy = p.save(tmp_path / "copy")
+    assert (copy / "personalize.json").is_file() and (copy / "index.json").is_file()
+    with pytest.raises(ArtifactError, match="base"):
+        registry.load(copy)
+    again = registry.load(copy, base=shared_model)
+    assert isinstance(again, Personalizer)
+    np.testing.assert_allclose(again.predict_proba(data), proba, atol=1e-6)
+
+
+def test_personalizer_fit_writes_a_run_record(shared_model, tmp_path):
+    import json
+
+    from tunesmith.personalize.personalizer import Personalizer
+
+    data = _ratings(6, 20, seed=3)
+    data.loc[[0, 1, 2], "label"] = None
+    path = tmp_path / "ratings.csv"
+    data.to_csv(path, index=False)
+    params = {"user_column": "user", "time_column": "t", "steps": 30, "progress": False}
+    p = Personalizer(shared_model, tmp_path / "store", runs_dir=str(tmp_path / "runs"), run_name="users", **params)
+    p.fit(path)
+    run = p.run_dir_
+    assert run is not None and run.parent == tmp_path / "runs" and run.name.endswith("-users")
+    for name in ("config.yaml", "data.json", "environment.json", "metrics.json", "report.md"):
+        assert (run / name).is_file(), name
+    record = json.loads((run / "data.json").read_text())
+    assert len(record["sha256"]) == 64 and record["rows"]["read"] == len(data) and record["rows"]["labeled"] == 117
+    assert record["dropped"]["train"]["reasons"] == {"unknown_or_missing_label": 3} == p.dropped_
+    training = json.loads((run / "metrics.json").read_text())["training"]
+    assert training["levels"]["user"]["adapters"] == 6 and len(training["adapters"]) == 6
+    assert {"rows_train", "rows_valid", "used", "validation"} <= set(training["adapters"]["user:u0"])
+    assert "runs_dir:" in (run / "config.yaml").read_text()
+    report = (run / "report.md").read_text()
+    assert "## Adapters" in report and "| user | 6 | 6 |" in report
+    # runs_dir "" (or None, the default) writes nothing
+    quiet = Personalizer(shared_model, tmp_path / "store2", runs_dir="", **params).fit(data)
+    assert quiet.run_dir_ is None and quiet.get_params()["runs_dir"] == ""

@@ -11,6 +11,7 @@ import pytest
 
 from tests.test_cli import cli
 from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedError
+from tunesmith.evaluate.intervals import LARGER, WITHIN
 from tunesmith.recsys.recommender import Recommender
 from tunesmith.runs.plots import plot_metric_by_group, plot_ranking_at_k
 
@@ -102,7 +103,8 @@ def test_save_load_round_trip(sasrec, tmp_path):
         "ndcg_by_history.png",
     }
     meta = json.loads((folder / "tunesmith.json").read_text())
-    assert meta["task"] == "recommendation" and meta["model"] == "sasrec" and meta["format_version"] == 1
+    assert meta["task"] == "recommendation" and meta["model"] == "sasrec" and meta["format_version"] == 2
+    assert meta["kind"] == "recommender"
     assert "| sasrec |" in (folder / "card.md").read_text()
     loaded = Recommender.load(folder)
     assert loaded.recommend_batch(users=["u1", "u2"], k=7) == sasrec.recommend_batch(users=["u1", "u2"], k=7)
@@ -234,3 +236,152 @@ def test_cli_bad_column_is_one_line(tmp_path, capsys):
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "usr" in lines[0] and "Traceback" not in err
+
+
+# --- the one estimator contract ------------------------------------------------------------------
+
+
+def test_contract_params_clone_and_bad_settings():
+    from sklearn.base import clone
+
+    rec = Recommender("ease", model_params={"l2": 10.0}, k_core=2)
+    assert rec.get_params()["model_params"] == {"l2": 10.0} and rec.k_core == {"min_user": 2, "min_item": 2}
+    twin = clone(rec)
+    assert twin.get_params() == rec.get_params() and twin is not rec
+    rec.set_params(model_params={"l2": 5.0})
+    assert rec.config.model_params == {"l2": 5.0}
+    with pytest.raises(ConfigError, match="not accepted by ease"):
+        rec.set_params(model_params={"factors": 3})
+    assert rec.get_params()["model_params"] == {"l2": 5.0}  # unchanged by the refused call
+    with pytest.raises(ConfigError) as err:
+        Recommender("ease", wizard=True)
+    assert err.value.key == "wizard"
+    with pytest.raises(ConfigError) as err:
+        Recommender("ease", threads=0)
+    assert err.value.key == "threads"
+
+
+def test_contract_fit_predict_score_and_target(tmp_path):
+    from tunesmith.estimators.base import NotSupportedError
+
+    log = block_log()
+    rec = Recommender("ease", min_rating=5, model_params={"l2": 10.0}, progress=False)
+    with pytest.raises(ConfigError, match="not from y"):
+        rec.fit(log, y=np.zeros(len(log)))
+    with pytest.raises(NotSupportedError, match="eval_set"):
+        rec.fit(log, target="rating", eval_set=log)
+    rec.fit(log, target="rating")
+    same = Recommender("ease", min_rating=5, model_params={"l2": 10.0}, progress=False).fit(log, rating="rating")
+    assert rec.test_metrics_["overall"] == same.test_metrics_["overall"]
+    lists = rec.predict(["u0", "u1"])
+    assert lists.shape == (2,) and lists[0] == [r["item"] for r in rec.recommend("u0", k=10)]
+    assert list(rec.predict(pd.DataFrame({"user_id": ["u1"]}))[0]) == lists[1]
+    with pytest.raises(NotSupportedError, match="recommend"):
+        rec.predict_proba(["u0"])
+    # Later interactions of group 0 users with their own items score well above random.
+    later = pd.DataFrame({"user_id": ["u0", "u3"], "item_id": ["i1", "i2"], "timestamp": [99, 99], "rating": [5, 5]})
+    value = rec.score(later)
+    assert 0.0 <= value <= 1.0
+    assert rec.evaluate(later)["n_users"] == 2
+
+
+def test_callbacks_hear_every_epoch_and_can_stop():
+    from tunesmith.train.callbacks import Callback, StopTraining
+
+    class Stop(Callback):
+        def __init__(self) -> None:
+            self.seen: list[dict] = []
+
+        def on_epoch_end(self, state, metrics):
+            self.seen.append(dict(metrics))
+            if len(self.seen) == 2:
+                raise StopTraining("enough")
+
+    stop = Stop()
+    rec = Recommender("bpr", model_params={"epochs": 30, "factors": 4}, progress=False)
+    rec.fit(block_log(), callbacks=[stop])
+    assert len(stop.seen) == 2 and all("valid_ndcg@10" in m for m in stop.seen)
+    assert rec.training_["stop_reason"] == "enough" and len(rec.history_) == 2
+    once = Stop()
+    Recommender("popularity", progress=False).fit(block_log(), callbacks=[once])
+    assert len(once.seen) == 1 and "valid_ndcg@10" in once.seen[0]
+    seq = Stop()
+    short = {"epochs": 3, "lr": 1e-2, "patience": 0}
+    Recommender("sasrec", seq=SEQ, pretrain_settings=short, finetune_settings=short, threads=1, progress=False).fit(
+        cycle_log(), callbacks=[seq]
+    )
+    assert [m["phase"] for m in seq.seen] == ["pretrain", "pretrain"]
+
+
+def test_fit_writes_a_run_record(tmp_path):
+    rec = Recommender("ease", runs_dir=str(tmp_path / "runs"), progress=False).fit(block_log())
+    run = rec.run_dir_
+    assert run is not None and run.parent == tmp_path / "runs"
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "data.json", "environment.json", "metrics.jsonl", "metrics.json", "report.md"} <= names
+    assert {"ranking_at_k.png", "ndcg_by_history.png"} <= names
+    data = json.loads((run / "data.json").read_text())
+    assert len(data["sha256"]) == 64 and data["rows"]["read"] == len(block_log())
+    assert "duplicate" in data["dropped"]
+    assert "| ease |" in (run / "report.md").read_text()
+    # A loaded model keeps no runs_dir of its own.
+    assert Recommender.load(rec.save(tmp_path / "m")).get_params()["runs_dir"] is None
+
+
+def test_registry_loads_new_and_version_1_folders(tmp_path):
+    from tunesmith.estimators import registry
+
+    rec = Recommender("popularity", progress=False).fit(block_log())
+    folder = rec.save(tmp_path / "new")
+    assert registry.kind_of_folder(folder).name == "recommender"
+    loaded = registry.load(folder)
+    assert isinstance(loaded, Recommender) and list(loaded.predict(["u0"])[0]) == list(rec.predict(["u0"])[0])
+    # A folder saved before the common metadata fields: format_version 1, no kind, no format.
+    meta = json.loads((folder / "tunesmith.json").read_text())
+    for key in ("format", "kind", "labels"):
+        meta.pop(key)
+    meta["format_version"] = 1
+    meta["created"] = "2024-01-01T00:00:00Z"
+    (folder / "tunesmith.json").write_text(json.dumps(meta))
+    old = registry.load(folder)
+    assert old.recommend("u0", k=3) == rec.recommend("u0", k=3)
+    with pytest.raises(ConfigError, match="content_backbone="):
+        registry.load(folder, backbone="x")
+
+
+def _small_log(n_users: int) -> pd.DataFrame:
+    rows = []
+    for u in range(n_users):
+        group = u % 3
+        for t in range(6):
+            rows.append({"user_id": f"u{u}", "item_id": f"i{group * 10 + (u + t) % 10}", "timestamp": t})
+    return pd.DataFrame(rows)
+
+
+def test_test_metrics_carry_intervals_over_users_and_a_paired_gain(tmp_path):
+    rec = Recommender("ease", runs_dir=str(tmp_path / "runs"), progress=False).fit(block_log())
+    overall = rec.test_metrics_["overall"]
+    for key in ("ndcg@10", "hr@10", "mrr"):
+        lo, hi = overall[f"{key}_ci"]
+        assert lo <= overall[key] <= hi
+    assert "ndcg@10_ci" in rec.baseline_metrics_["popularity"]["overall"]
+    gain = rec.test_metrics_["uncertainty"]["gains"]["popularity"]
+    assert gain["metric"] == "ndcg@10" and gain["paired"] and gain["verdict"] in (LARGER, WITHIN)
+    assert gain["gain"] == pytest.approx(overall["ndcg@10"] - rec.baseline_metrics_["popularity"]["overall"]["ndcg@10"])
+    metrics = json.loads((rec.run_dir_ / "metrics.json").read_text())
+    assert metrics["test"]["overall"]["ndcg@10_ci"] == overall["ndcg@10_ci"]
+    assert metrics["gains"]["popularity"]["verdict"] == gain["verdict"]
+    assert metrics["intervals"]["n_resamples"] == 1000 and metrics["intervals"]["n"] == N_USERS
+    report = (rec.run_dir_ / "report.md").read_text()
+    assert "95% bootstrap" in report and gain["verdict"] in report
+    # The same seed gives the same intervals, and a loaded model's card keeps them.
+    again = Recommender("ease", progress=False).fit(block_log())
+    assert again.test_metrics_["overall"]["ndcg@10_ci"] == overall["ndcg@10_ci"]
+    assert gain["verdict"] in Recommender.load(rec.save(tmp_path / "m")).card()
+
+
+def test_fewer_than_30_test_users_are_called_out(tmp_path):
+    rec = Recommender("popularity", runs_dir=str(tmp_path / "runs"), progress=False).fit(_small_log(12))
+    warned = rec.test_metrics_["uncertainty"]["warnings"]
+    assert any("only 12 users" in w for w in warned)
+    assert "only 12 users" in (rec.run_dir_ / "report.md").read_text()

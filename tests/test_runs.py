@@ -303,3 +303,23 @@ def test_report_escapes_table_cells():
     info = _classification_info()
     info["baselines"] = {"odd": {"accuracy": 0.5, "model": "a | b"}}
     assert "| a \\| b | 0.5000 |" in render_report(info)
+
+
+def test_report_shows_intervals_and_compares_them_when_no_gain_is_given():
+    info = {
+        "task": "binary",
+        "metrics": {"accuracy": 0.842, "accuracy_ci": [0.822, 0.861], "n": 1066},
+        "baselines": {
+            "tfidf": {"accuracy": 0.776, "accuracy_ci": [0.75, 0.80]},
+            "frozen": {"accuracy": 0.83, "accuracy_ci": [0.81, 0.85]},
+        },
+    }
+    text = render_report(info)
+    assert "| 0.842 [0.822, 0.861] |" in text and "Brackets: 95% bootstrap" in text
+    assert "vs TF-IDF + linear: **+6.60 points** (0.8420 vs 0.7760); larger than the noise (unpaired" in text
+    assert "vs frozen embeddings + linear: **+1.20 points** (0.8420 vs 0.8300); within the noise" in text
+    assert "**Within the noise:**" in text
+    gains = {"frozen": {"verdict": "larger than the noise", "ci": [0.004, 0.02], "paired": True}}
+    assert "95% interval [+0.40, +2.00]: larger than the noise (paired bootstrap)" in render_report(
+        {**info, "gains": gains}
+    )

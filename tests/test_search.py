@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_reviews
+from tests.test_cv import _log, _stripes, _table
 from tunesmith.cli import main
 from tunesmith.errors import ConfigError
 from tunesmith.search.tuner import PruneOnEpoch, make_storage, parse_duration, recover_stale_trials, tune
@@ -321,3 +322,83 @@ def test_default_space_leaves_fixed_settings_alone():
     drawn = set().union(*(t["params"] for t in result.trials))
     assert drawn and not drawn & {"strategy", "epochs", "batch_size", "lora_r", "freeze_layers"}
     assert result.best_config["strategy"] == "head_only" and result.best_config["epochs"] == 2
+
+
+# --- every kind -------------------------------------------------------------------------------------
+
+
+TABULAR = {
+    "model": "lightgbm",
+    "n_estimators": 60,
+    "early_stopping_rounds": 20,
+    "rounds_per_step": 10,
+    "progress": False,
+    "runs_dir": None,
+}
+
+
+def test_tune_a_tabular_model_reports_boosting_rounds_as_pruning_steps(tmp_path):
+    journal = tmp_path / "study.journal"
+    result = tune(
+        _table(), "label", kind="tabular", base_params=TABULAR, n_trials=3, sampler="random", pruner="median",
+        storage=str(journal), study_name="tab", progress=False,
+    )  # fmt: skip
+    assert result.details["kind"] == "tabular" and result.direction == "maximize"
+    assert result.metric == "valid_accuracy" and 0.5 < (result.best_value or 0) <= 1.0
+    assert set(result.best_params) <= {"num_leaves", "learning_rate", "min_child_samples"}
+    assert result.best_config["n_estimators"] == 60 and result.best_config["model"] == "lightgbm"
+    study = optuna.load_study(study_name="tab", storage=make_storage(str(journal))[0])
+    for trial in study.trials:
+        steps = sorted(trial.intermediate_values)
+        assert steps and steps[0] == 0, "every rounds_per_step rounds is one pruning step"
+        assert all(v < 0 for v in trial.intermediate_values.values()), "valid_loss, negated for a maximising study"
+        assert trial.user_attrs["epochs_budget"] == 6
+    # resume: the same storage and name go on to 5 finished trials, keeping the first 3
+    again = tune(
+        _table(), "label", kind="tabular", base_params=TABULAR, n_trials=5, sampler="random", pruner="median",
+        storage=str(journal), study_name="tab", progress=False,
+    )  # fmt: skip
+    assert len(again.trials) == 5
+    assert [t["params"] for t in again.trials[:3]] == [t["params"] for t in result.trials]
+
+
+def test_tune_a_tabular_model_with_cross_validation_and_an_estimator():
+    from tunesmith.tabular.estimator import TabularFineTuner
+
+    est = TabularFineTuner(**TABULAR)
+    result = tune(_table(), "label", estimator=est, n_trials=2, cv=2, sampler="random", progress=False)
+    assert result.count("COMPLETE") == 2
+    assert all(len(t["fold_scores"]) == 2 for t in result.trials)
+    assert est.get_params()["num_leaves"] == 31, "the estimator passed in is never changed"
+
+
+def test_tune_refuses_settings_another_kind_has():
+    with pytest.raises(ConfigError, match="unknown setting") as err:
+        tune(_table(), "label", kind="tabular", base_params=TABULAR, space={"lora_r": [4, 8]}, n_trials=1)
+    assert err.value.key == "search_space.lora_r"
+
+
+def test_tune_an_image_model(tmp_path):
+    from tunesmith.estimators.image import ImageFineTuner
+
+    x, y = _stripes()
+    est = ImageFineTuner(backbone="tiny-image", image_size=16, batch_size=32, epochs=2, progress=False, runs_dir=None)
+    result = tune(
+        x, y=y, estimator=est, n_trials=2, sampler="random", progress=False, out_dir=tmp_path / "img", refit=True
+    )
+    assert result.details["kind"] == "image" and result.metric == "valid_accuracy"
+    assert result.count("COMPLETE") == 2 and all(t["epochs_run"] == 2 for t in result.trials)
+    assert set(result.best_params) <= {"strategy", "lr", "head_lr", "dropout", "weight_decay"}
+    assert (tmp_path / "img" / "best_config.yaml").is_file() and (tmp_path / "img" / "model").is_dir()
+
+
+def test_tune_a_recommender_by_validation_ndcg():
+    result = tune(
+        _log(), "rating", kind="recommender", base_params={"min_rating": 4, "progress": False}, n_trials=4,
+        sampler="random", pruner="none", progress=False,
+    )  # fmt: skip
+    assert result.metric == "valid_ndcg@10" and result.direction == "maximize"
+    assert result.count("COMPLETE") == 4
+    assert result.best_params["model"] in ("ease", "itemknn", "bpr")
+    drawn = {k.partition(".")[2] for k in result.best_params if k.startswith("model_params.")}
+    assert drawn <= set(result.best_config["model_params"])

@@ -384,3 +384,33 @@ def test_without_removes_fixed_settings_and_resolves_their_conditions():
     reduced = space.without({"strategy": "lora", "lr": 1e-4})
     assert reduced.names == ("lora_r",)
     assert not reduced.conditional
+
+
+def test_each_kind_has_a_default_space_of_its_own_settings():
+    from tunesmith.search.space import settings_model, space_for
+
+    for kind in ("text", "image", "tabular", "recommender"):
+        space = space_for(kind, "binary")
+        assert len(space) > 0 and space.settings is settings_model(kind)
+    assert "num_leaves" in space_for("tabular", "binary").names
+    assert "lr" not in space_for("tabular", "binary", {"model": "lightgbm"}).names
+    assert "model_params.l2" in space_for("recommender").names
+
+
+def test_a_kinds_space_accepts_exactly_its_settings():
+    from tunesmith.search.space import settings_model
+
+    tabular = settings_model("tabular")
+    space = SearchSpace.from_dict({"num_leaves": {"type": "int", "low": 8, "high": 64}}, settings=tabular)
+    assert space.names == ("num_leaves",)
+    with pytest.raises(ConfigError) as err:
+        SearchSpace.from_dict({"lora_r": [4, 8]}, settings=tabular)
+    assert err.value.key == "search_space.lora_r"
+    with pytest.raises(ConfigError, match="refused"):
+        SearchSpace.from_dict({"num_leaves": {"type": "int", "low": 1, "high": 64}}, settings=tabular)
+    rec = SearchSpace.from_dict(
+        {"model": ["ease"], "model_params.l2": [10.0, 100.0]}, settings=settings_model("recommender")
+    )
+    assert rec.names == ("model", "model_params.l2")
+    with pytest.raises(ConfigError):
+        SearchSpace.from_dict({"seed.x": [1]}, settings=settings_model("recommender"))

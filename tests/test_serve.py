@@ -1022,7 +1022,7 @@ def test_reload_errors_match_the_document(model_dir: Path) -> None:
 def test_any_error_while_reloading_keeps_the_old_model(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: Exception
 ) -> None:
-    import tunesmith.serve.app as app_module
+    import tunesmith.serve.state as app_module
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise error
@@ -1062,7 +1062,7 @@ def test_reload_to_a_folder_with_a_fifo_returns_at_once_and_shutdown_is_clean(mo
 
 
 def test_a_reload_while_one_runs_is_409_and_predictions_go_on(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tunesmith.serve.app as app_module
+    import tunesmith.serve.state as app_module
 
     entered, release = threading.Event(), threading.Event()
     real = app_module.load_served_model
@@ -1288,7 +1288,7 @@ def test_run_server_refuses_a_folder_with_a_fifo_without_blocking(model_dir: Pat
 
 
 def test_run_server_turns_any_load_error_into_one_line(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tunesmith.serve.app as app_module
+    import tunesmith.serve.state as app_module
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("labels")

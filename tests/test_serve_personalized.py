@@ -103,7 +103,7 @@ def test_a_batch_of_many_users_is_routed_and_reported_per_row(client: TestClient
 
 def test_adapted_rows_match_the_offline_personalizer(client: TestClient, shared: Path, store: Path) -> None:
     preds = client.post("/v1/predict", json={"inputs": ROWS[:3]}).json()["predictions"]
-    offline, levels = Personalizer.from_store(store, base=shared).predict_proba(pd.DataFrame(ROWS[:3]))
+    offline, levels = Personalizer.from_store(store, base=shared).predict_routed(pd.DataFrame(ROWS[:3]))
     assert levels == ["user", "segment", "shared"]
     served = np.array([[p["probabilities"]["neg"], p["probabilities"]["pos"]] for p in preds])
     np.testing.assert_allclose(served, offline, atol=1e-5)
@@ -240,7 +240,7 @@ def test_lora_adapters_serve_rows_of_several_users_in_one_batch(shared: Path, tm
         preds = c.post("/v1/predict", json={"inputs": rows}).json()["predictions"]
         plain = c.post("/v1/predict", json={"inputs": [{"text": r["text"]} for r in rows]}).json()["predictions"]
     assert [pr["served_by"]["level"] for pr in preds] == ["user", "user", "shared", "user"]
-    offline, levels = Personalizer.from_store(folder, base=shared).predict_proba(pd.DataFrame(rows))
+    offline, levels = Personalizer.from_store(folder, base=shared).predict_routed(pd.DataFrame(rows))
     assert levels == ["user", "user", "shared", "user"]
     served = np.array([[pr["probabilities"]["neg"], pr["probabilities"]["pos"]] for pr in preds])
     np.testing.assert_allclose(served, offline, atol=1e-5)

@@ -16,7 +16,14 @@ from tunesmith.tabular import TabularFineTuner
 
 from .test_cli import cli
 
-FAST = {"n_estimators": 60, "epochs": 8, "progress": False, "hidden": (32,), "early_stopping_rounds": 20}
+FAST = {
+    "n_estimators": 60,
+    "epochs": 8,
+    "progress": False,
+    "hidden": (32,),
+    "early_stopping_rounds": 20,
+    "runs_dir": "",
+}
 
 
 def table(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -33,7 +40,7 @@ def table(n: int = 400, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module", params=["lightgbm", "neural", "ensemble"])
 def saved(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     df = table()
-    ft = TabularFineTuner(target="diagnosis", model=request.param, **FAST).fit(df)
+    ft = TabularFineTuner(model=request.param, **FAST).fit(df, target="diagnosis")
     assert ft.chosen_ == request.param
     return ft.save(tmp_path_factory.mktemp("tab") / "model")
 

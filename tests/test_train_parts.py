@@ -7,7 +7,8 @@ from tunesmith.backbones import create_backbone
 from tunesmith.errors import ConfigError
 from tunesmith.model import TextModel
 from tunesmith.train.batching import Collator, LengthGroupedBatchSampler
-from tunesmith.train.callbacks import EarlyStopping, StopTraining, TrainState
+from tunesmith.train.callbacks import Callback, EarlyStopping, ProgressBar, StopTraining, TrainState
+from tunesmith.train.loop import LocalAccelerator, LoopSettings, train
 from tunesmith.train.losses import FocalLoss, class_weights, make_loss
 from tunesmith.train.optim import lr_lambda, make_optimizer
 
@@ -147,3 +148,80 @@ def test_early_stopping_restores_best():
         es.on_epoch_end(state, {"valid_loss": 0.7})
     es.on_fit_end(state)
     assert weights["w"].item() == 2.0 and state.best_epoch == 2
+
+
+def test_progress_bar_prints_a_plain_line_per_epoch_in_a_log(monkeypatch, capsys):
+    monkeypatch.setenv("TUNESMITH_PROGRESS", "plain")
+    bar = ProgressBar("fitting")
+    state = TrainState(model=torch.nn.Linear(1, 1), epochs=2, steps_per_epoch=3)
+    bar.on_fit_start(state)
+    for epoch in range(2):
+        state.epoch = epoch
+        for _ in range(3):
+            state.step += 1
+            bar.on_step_end(state, 0.5)
+        bar.on_epoch_end(state, {"epoch": epoch + 1, "train_loss": 0.5, "valid_loss": 0.25, "lr": 1e-3})
+    bar.on_fit_end(state)
+    lines = capsys.readouterr().err.splitlines()
+    assert "fitting: started, 0/6 steps (0%)" in lines[0]
+    epochs = [line for line in lines if "epoch " in line]
+    assert len(epochs) == 2 and "epoch 1/2: train_loss 0.5000, valid_loss 0.2500" in epochs[0]
+    assert "6/6 steps" in epochs[1] and "lr" not in epochs[1]
+    assert "fitting: done, 6 steps" in lines[-1]
+
+
+class _Seen(Callback):
+    order = 90
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, state: TrainState, metrics: dict) -> None:
+        self.epochs.append(metrics["epoch"])
+
+
+class _StopAt(Callback):
+    order = 10
+
+    def on_epoch_end(self, state: TrainState, metrics: dict) -> None:
+        if metrics["epoch"] == 2:
+            raise StopTraining("two is enough")
+
+
+def test_loop_runs_on_one_local_device_and_later_callbacks_see_the_stopping_epoch():
+    torch.manual_seed(0)
+    x = torch.randn(20, 3)
+    y = (x[:, 0] > 0).long()
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x)
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 20
+
+        def __getitem__(self, i: int) -> int:
+            return i
+
+    def collate(items: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(items)
+        return {"x": x[idx], "target": y[idx], "index": idx}
+
+    net = Net()
+    seen = _Seen()
+    state = train(
+        net, train_set=Rows(), train_lengths=np.ones(20, dtype=np.int64), valid_set=Rows(),
+        valid_lengths=np.ones(20, dtype=np.int64), valid_targets=y.numpy(), collate=collate,
+        loss_fn=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        make_scheduler=lambda opt, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+        settings=LoopSettings(epochs=5, batch_size=8, eval_batch_size=20, length_bucketing=False),
+        accelerator=LocalAccelerator(), valid_metrics=lambda t, o: {"accuracy": float((o.argmax(1) == t).mean())},
+        callbacks=[seen, _StopAt()],
+    )  # fmt: skip
+    assert state.stop_reason == "two is enough" and seen.epochs == [1, 2] and len(state.history) == 2
+    assert {"train_loss", "valid_loss", "valid_accuracy"} <= set(state.history[-1]) and state.step == 6

@@ -25,13 +25,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import tunesmith.tabular.estimator as tabular_estimator
+import tunesmith.tabular.lightgbm_check as lightgbm_check
 from tunesmith.errors import ArtifactError, ConfigError
+from tunesmith.estimators.image import ImageFineTuner
 from tunesmith.export.modal import ImagePredictor, TabularPredictor
 from tunesmith.recsys.recommender import Recommender
 from tunesmith.serve.recommend import RecommenderPredictor, folder_task
 from tunesmith.tabular import TabularFineTuner
-from tunesmith.vision import ImageFineTuner
 
 from .test_cli import cli
 
@@ -164,7 +164,7 @@ def _crashing_text(text: str) -> str:
 def test_a_lightgbm_file_that_crashes_lightgbm_is_refused_and_the_process_survives(tabular, tmp_path, monkeypatch):
     # The Python-side checks would refuse this text already; turned off here, the child process
     # must be what stands between LightGBM and this process.
-    monkeypatch.setattr(tabular_estimator, "check_lightgbm_text", lambda text, **kw: None)
+    monkeypatch.setattr(lightgbm_check, "check_lightgbm_text", lambda text, **kw: None)
     folder = _write_lgb(tabular, tmp_path, _crashing_text(_lgb_text(tabular)))
     with pytest.raises(ArtifactError, match=r"lightgbm\.txt: not a usable LightGBM model: LightGBM crashed") as exc:
         TabularFineTuner.load(folder)
@@ -203,16 +203,16 @@ def test_malformed_lightgbm_files_are_named(tabular, tmp_path, edit, says):
 
 
 def test_lightgbm_file_size_is_bounded(tabular, tmp_path, monkeypatch):
-    monkeypatch.setattr(tabular_estimator, "MAX_LIGHTGBM_BYTES", 1000)
+    monkeypatch.setattr(lightgbm_check, "MAX_LIGHTGBM_BYTES", 1000)
     with pytest.raises(ArtifactError, match=r"lightgbm\.txt is [\d,]+ bytes, over the 1,000-byte limit"):
         TabularFineTuner.load(_copy(tabular, tmp_path))
 
 
 def test_lightgbm_verdict_is_cached_and_its_cost_is_small(tabular, tmp_path, monkeypatch, capsys):
     text = _lgb_text(tabular)
-    tabular_estimator._verdicts.clear()
+    lightgbm_check._verdicts.clear()
     started = time.perf_counter()
-    assert tabular_estimator._child_verdict(text, "fresh-digest") is None
+    assert lightgbm_check._child_verdict(text, "fresh-digest") is None
     child = time.perf_counter() - started
     TabularFineTuner.load(tabular)  # caches the verdict of this file
 
@@ -309,10 +309,13 @@ def test_tabular_fields_of_the_wrong_type_or_size_are_named(tabular, tmp_path, p
 
 
 def test_tabular_predictor_uses_only_checked_values(tabular, tmp_path):
-    folder = _tamper(tabular, tmp_path, _set("metrics", ["not", "a", "dict"]))
+    # a report-only tabular field of the wrong shape is dropped; the common 'metrics' field is checked
+    folder = _tamper(tabular, tmp_path, _set("candidates", ["not", "a", "dict"]))
     meta = json.loads((folder / "tunesmith.json").read_text())
     predictor = TabularPredictor(folder, meta, backend="torch", batch_size=8, threads=None, version="v")
-    assert predictor.metadata()["metrics"] == {}
+    assert TabularFineTuner.load(folder).candidates_ == {}
+    with pytest.raises(ArtifactError, match="field 'metrics' must be object"):
+        TabularFineTuner.load(_tamper(tabular, tmp_path / "metrics", _set("metrics", ["not", "a", "dict"])))
     assert predictor.predict_rows([{"x1": 0.5, "x2": -1.0, "color": "red"}])[0].label in ("yes", "no")
     bad = _tamper(tabular, tmp_path / "bad", _set("preprocessor.means", "x"))
     with pytest.raises(ArtifactError, match="preprocessor.means"):
@@ -359,7 +362,7 @@ def test_tabular_predictor_uses_only_checked_values(tabular, tmp_path):
         ("backbone.architecture.seed", "0", "field 'backbone.architecture.seed' must be integer"),
         ("config.epochs", -1, "field 'config.epochs'"),
         ("config.nonsense", 1, "field 'config.nonsense'"),
-        ("format_version", 2, "not an image model of format 1"),
+        ("format_version", 3, "format_version"),
     ],
 )
 def test_image_fields_of_the_wrong_type_or_size_are_named(image, tmp_path, path, value, says):

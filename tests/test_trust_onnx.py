@@ -16,8 +16,8 @@ import pytest
 
 from tests.tamper import onnx_constant_bomb
 from tunesmith.errors import ArtifactError
-from tunesmith.export import runtime
-from tunesmith.export.runtime import onnx_session
+from tunesmith.export import session as ort_session
+from tunesmith.export.session import onnx_session
 
 
 def _graph(tmp_path: Path, data: bytes) -> Path:
@@ -61,7 +61,7 @@ def test_constant_folding_bomb_is_refused_fast_with_bounded_memory(tmp_path: Pat
 
 
 def test_garbage_protobuf_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "_ORT_VERDICTS", {})
+    monkeypatch.setattr(ort_session, "_ORT_VERDICTS", {})
     rng = np.random.default_rng(0)
     for i, data in enumerate((b"\x08\x07\x12\xff\xff\xff\xff\x0fnot a graph", rng.bytes(4096), b"")):
         (tmp_path / str(i)).mkdir()
@@ -72,19 +72,19 @@ def test_garbage_protobuf_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_a_graph_that_crashes_onnx_runtime_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Stands in for a graph that makes ONNX Runtime abort: the child dies by a signal.
-    monkeypatch.setattr(runtime, "_ORT_CHILD", "import os; os.abort()")
-    monkeypatch.setattr(runtime, "_ORT_VERDICTS", {})
+    monkeypatch.setattr(ort_session, "_ORT_CHILD", "import os; os.abort()")
+    monkeypatch.setattr(ort_session, "_ORT_VERDICTS", {})
     with pytest.raises(ArtifactError, match=r"crashed the process that built its session \(SIGABRT\)"):
         onnx_session(_graph(tmp_path, _small_graph()), threads=1)
 
 
 def test_a_good_graph_is_checked_once_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "_ORT_VERDICTS", {})
+    monkeypatch.setattr(ort_session, "_ORT_VERDICTS", {})
     graph = _graph(tmp_path, _small_graph())
     session = onnx_session(graph, threads=1)
     out = session.run(None, {"x": np.array([[-1.0, 0.0, 2.0]], dtype=np.float32)})[0]
     np.testing.assert_array_equal(out, [[0.0, 0.0, 2.0]])
-    assert list(runtime._ORT_VERDICTS.values()) == [None]
+    assert list(ort_session._ORT_VERDICTS.values()) == [None]
     # the second load reuses the verdict: no child process
-    monkeypatch.setattr(runtime, "_ORT_CHILD", "import os; os.abort()")
+    monkeypatch.setattr(ort_session, "_ORT_CHILD", "import os; os.abort()")
     onnx_session(graph, threads=1)

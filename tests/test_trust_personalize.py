@@ -669,7 +669,7 @@ def test_the_unlink_attack_through_personalize_users_deletes_nothing_outside(
     assert "index.json" in err and "adapters['user:u1'].file" in err
     assert victim.read_bytes() == b"precious bytes"
     with pytest.raises(ArtifactError, match="leaves the folder"):
-        Personalizer(shared, folder, user_column="user", min_rows=10, progress=False)
+        _ = Personalizer(shared, folder, user_column="user", min_rows=10, progress=False).store  # opened on use
     assert victim.read_bytes() == b"precious bytes"
 
 

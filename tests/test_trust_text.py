@@ -354,7 +354,7 @@ def test_lora_rank_is_checked_before_adapters_are_built(saved, tmp_path):
         ("backbone.weights", 1, r"field 'backbone\.weights' must be string"),
         ("backbone.weights", "partial", r"field 'backbone\.weights' must be one of 'full', 'base'"),
         ("format_version", "1", r"field 'format_version' must be integer"),
-        ("format_version", 2, r"model format version 2 is not supported"),
+        ("format_version", 3, r"field .format_version. is 3; this tunesmith reads versions 1, 2"),
         ("history", {"a": 1}, r"field 'history' must be array"),
         ("metrics", [1], r"field 'metrics' must be object"),
         ("target_scaling", "x", r"field 'target_scaling' must be object"),

@@ -16,11 +16,11 @@ from PIL import Image
 import tunesmith
 from tunesmith.backbones import backbone_modality, create_backbone, create_image_backbone, list_backbones
 from tunesmith.errors import ArtifactError, ConfigError, DataError
-from tunesmith.vision import ImageFineTuner
+from tunesmith.estimators.image import ImageFineTuner
 
 from .test_cli import cli
 
-FAST = {"backbone": "tiny-image", "image_size": 16, "progress": False, "batch_size": 32, "lr": 3e-3}
+FAST = {"backbone": "tiny-image", "image_size": 16, "progress": False, "batch_size": 32, "lr": 3e-3, "runs_dir": ""}
 
 
 def stripes(n: int, seed: int = 0, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -254,10 +254,20 @@ def test_cli_fit_predict_evaluate_on_an_image_folder(tmp_path, capsys):
     root = write_folder(tmp_path / "imgs")
     out = tmp_path / "model"
     code, stdout, err = cli(
-        capsys, "fit", str(root), "-o", str(out), "backbone=tiny-image", "image_size=16", "epochs=1", "progress=false"
+        capsys,
+        "fit",
+        str(root),
+        "-o",
+        str(out),
+        "backbone=tiny-image",
+        "image_size=16",
+        "epochs=1",
+        "progress=false",
+        f"runs_dir={tmp_path / 'runs'}",
     )
     assert code == 0, err
     assert "test split" in stdout and (out / "tunesmith.json").is_file()
+    assert [(r / "report.md").is_file() for r in (tmp_path / "runs").iterdir()] == [True]
     pred = tmp_path / "pred.csv"
     code, stdout, err = cli(capsys, "predict", str(out), str(root), "-o", str(pred), "--proba")
     assert code == 0, err
@@ -283,5 +293,105 @@ def test_image_artifact_refuses_wrong_kind(fitted, tmp_path):
     broken.mkdir()
     (broken / "tunesmith.json").write_text(json.dumps({**meta, "format_version": 99}))
     (broken / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(ArtifactError, match="format_version"):
+        ImageFineTuner.load(broken)
+    (broken / "tunesmith.json").write_text(json.dumps({**meta, "kind": "text"}))
     with pytest.raises(ArtifactError, match="not an image model"):
         ImageFineTuner.load(broken)
+
+
+def test_fit_takes_the_contract_keywords_and_the_old_ones_with_a_warning():
+    x, y = stripes(90)
+    xv, yv = stripes(20, seed=1)
+    xt, yt = stripes(15, seed=2)
+    opts = {**FAST, "epochs": 1, "baselines": False}
+    new = ImageFineTuner(**opts).fit(x, y, eval_set=(xv, yv), test_set=(xt, yt))
+    assert new.split_sizes_ == {"train": 90, "valid": 20, "test": 15}
+    with pytest.warns(DeprecationWarning, match="eval_set"):
+        old = ImageFineTuner(**opts).fit(x, y, valid=(xv, yv), test=(xt, yt))
+    np.testing.assert_array_equal(old.predict_proba(xt), new.predict_proba(xt))
+    with pytest.raises(ConfigError, match="same split"):
+        ImageFineTuner(**opts).fit(x, y, valid=(xv, yv), eval_set=(xv, yv))
+    assert new.score(xt, yt) == new.test_metrics_["accuracy"]
+
+
+def test_table_target_keyword_for_fit_and_score(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    table = pd.DataFrame(
+        [{"path": str(p.relative_to(root)), "kind": p.parent.name} for p in sorted(root.rglob("*.png"))]
+    )
+    ft = ImageFineTuner(**FAST, epochs=1, root=str(root)).fit(table, target="kind")
+    assert list(ft.classes_) == ["bottom", "middle", "top"]
+    assert 0.0 <= ft.score(table, target="kind") <= 1.0
+    with pytest.raises(DataError, match="no label column 'label'"):
+        ft.score(table)
+
+
+def test_every_fit_writes_a_run_record(tmp_path):
+    x, y = stripes(120)
+    ft = ImageFineTuner(**{**FAST, "runs_dir": str(tmp_path / "runs")}, epochs=2, run_name="stripes").fit(x, y)
+    run = Path(ft.run_dir_)
+    assert run.parent == tmp_path / "runs" and run.name.endswith("-stripes")
+    for name in ("config.yaml", "data.json", "environment.json", "metrics.json", "report.md", "learning_curves.png"):
+        assert (run / name).is_file(), name
+    data = json.loads((run / "data.json").read_text())
+    assert len(data["sha256"]) == 64 and data["rows"]["train"] == 96
+    assert data["dropped"]["train"]["dropped_total"] == 0
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == len(ft.history_) == 2
+    assert "fine-tuned" in (run / "report.md").read_text()
+    assert ImageFineTuner(**FAST, epochs=1).fit(x, y).run_dir_ is None  # runs_dir="" writes none
+
+
+def test_run_record_counts_unreadable_images_by_reason(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    (root / "top" / "broken.png").write_bytes(b"not an image")
+    ft = ImageFineTuner(**{**FAST, "runs_dir": str(tmp_path / "runs")}, epochs=1, on_error="skip").fit(root)
+    dropped = json.loads((Path(ft.run_dir_) / "data.json").read_text())["dropped"]["train"]
+    assert dropped["unreadable_image"] == 1 and dropped["total_rows_in"] == 61
+    assert "1 unreadable image" in dropped["summary"]
+
+
+def test_saved_folder_uses_the_common_metadata_and_version_1_still_loads(fitted, tmp_path):
+    from tunesmith.estimators import registry
+
+    ft, folder = fitted
+    meta = json.loads((folder / "tunesmith.json").read_text())
+    assert meta["format"] == "tunesmith-model" and meta["format_version"] == 2 and meta["kind"] == "image"
+    assert meta["settings"] == meta["config"] and meta["label_values"] == [0, 1, 2]
+    assert registry.get("image").estimator is ImageFineTuner and registry.of(ft).name == "image"
+    old = tmp_path / "v1"
+    old.mkdir()
+    v1 = {k: v for k, v in meta.items() if k not in ("format", "settings")}
+    (old / "tunesmith.json").write_text(json.dumps({**v1, "format_version": 1}))
+    (old / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    loaded = registry.load(old)
+    assert isinstance(loaded, ImageFineTuner)
+    x = stripes(10, seed=6)[0]
+    np.testing.assert_allclose(loaded.predict_proba(x), ft.predict_proba(x), atol=1e-6)
+
+
+def test_clone_and_params():
+    from sklearn.base import clone
+
+    ft = ImageFineTuner(**FAST, epochs=2)
+    twin = clone(ft)
+    assert twin.get_params() == ft.get_params() and not twin.is_fitted
+    with pytest.raises(ConfigError):
+        ft.set_params(epochs=0)
+    assert ft.get_params()["epochs"] == 2
+
+
+def test_old_import_path_warns_and_gives_the_new_objects():
+    import tunesmith.estimators.image as image
+
+    with pytest.warns(DeprecationWarning, match="tunesmith.estimators.image"):
+        from tunesmith.vision import ImageFineTuner as Old
+    assert Old is ImageFineTuner
+    with pytest.warns(DeprecationWarning):
+        from tunesmith.vision import ImageConfig, image_model_info, recalibrate_batchnorm
+    assert (ImageConfig, image_model_info, recalibrate_batchnorm) == (
+        image.ImageConfig,
+        image.image_model_info,
+        image.recalibrate_batchnorm,
+    )

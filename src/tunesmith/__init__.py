@@ -21,36 +21,46 @@ from tunesmith.errors import ArtifactError, ConfigError, DataError, NotFittedErr
 if TYPE_CHECKING:
     from tunesmith.backbones import create_backbone, list_backbones, register_backbone
     from tunesmith.config import FitConfig
-    from tunesmith.data.clean import clean_data
-    from tunesmith.data.inspect import inspect_data
-    from tunesmith.data.label_issues import find_label_issues
-    from tunesmith.estimator import FineTuner, load
+    from tunesmith.estimators import Estimator, NotSupportedError
+    from tunesmith.estimators.image import ImageFineTuner
+    from tunesmith.estimators.text import FineTuner
+    from tunesmith.kinds import load
+    from tunesmith.personalize.personalizer import Personalizer
+    from tunesmith.quality import clean_data, find_label_issues, inspect_data
+    from tunesmith.recsys.recommender import Recommender
     from tunesmith.tabular import TabularFineTuner
-    from tunesmith.vision import ImageFineTuner
 
 
 _LAZY = {
-    "FineTuner": "tunesmith.estimator",
-    "ImageFineTuner": "tunesmith.vision",
+    "Estimator": "tunesmith.estimators",
+    "NotSupportedError": "tunesmith.estimators",
+    "FineTuner": "tunesmith.estimators.text",
+    "ImageFineTuner": "tunesmith.estimators.image",
     "TabularFineTuner": "tunesmith.tabular",
-    "load": "tunesmith.estimator",
+    "Recommender": "tunesmith.recsys.recommender",
+    "Personalizer": "tunesmith.personalize.personalizer",
+    "load": "tunesmith.kinds",
     "FitConfig": "tunesmith.config",
     "create_backbone": "tunesmith.backbones",
     "list_backbones": "tunesmith.backbones",
     "register_backbone": "tunesmith.backbones",
-    "inspect_data": "tunesmith.data.inspect",
-    "clean_data": "tunesmith.data.clean",
-    "find_label_issues": "tunesmith.data.label_issues",
+    "inspect_data": "tunesmith.quality",
+    "clean_data": "tunesmith.quality",
+    "find_label_issues": "tunesmith.quality",
 }
 
 __all__ = [
     "ArtifactError",
     "ConfigError",
     "DataError",
+    "Estimator",
     "FineTuner",
     "FitConfig",
     "ImageFineTuner",
     "NotFittedError",
+    "NotSupportedError",
+    "Personalizer",
+    "Recommender",
     "TabularFineTuner",
     "TunesmithError",
     "__version__",

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.clean import CleanAction
+from tunesmith.data.clean_report import CleanAction
 from tunesmith.data.schema import ROW_COLUMN
 from tunesmith.errors import ConfigError, DataError
 

@@ -14,20 +14,45 @@ label that flips with capitalisation is still a contradiction.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.schema import ROW_COLUMN, Schema, missing_mask
-from tunesmith.data.validate import texts_of
+from tunesmith.data.balance import resample
+from tunesmith.data.clean_report import (
+    ADDING_ACTIONS,
+    CHANGING_ACTIONS,
+    MAX_REPORTED_ROWS,
+    CleanAction,
+    CleanReport,
+)
+from tunesmith.data.io import read_table
+from tunesmith.data.label_issues import LabelIssues, find_label_issues
+from tunesmith.data.schema import ROW_COLUMN, Schema, infer_schema, label_string, missing_mask
+from tunesmith.data.validate import prepare_frame, row_numbers, texts_of
 from tunesmith.errors import ConfigError, DataError
 
-if TYPE_CHECKING:
-    from tunesmith.data.label_issues import LabelIssues
+__all__ = [
+    "ADDING_ACTIONS",
+    "CHANGING_ACTIONS",
+    "MAX_REPORTED_ROWS",
+    "CleanAction",
+    "CleanReport",
+    "apply_label_issues",
+    "check_policies",
+    "check_policy",
+    "clean_data",
+    "clean_frame",
+    "conflict_groups",
+    "drop_duplicates",
+    "duplicate_mask",
+    "handle_missing",
+    "normalise_text",
+    "resolve_conflicts",
+]
 
 DuplicatePolicy = Literal["drop", "keep"]
 ConflictPolicy = Literal["majority", "drop", "keep"]
@@ -40,86 +65,7 @@ POLICIES: dict[str, tuple[str, ...]] = {
     "missing": ("keep", "drop", "impute"),
     "label_errors": ("keep", "drop", "relabel"),
 }
-MAX_REPORTED_ROWS = 1000
-ADDING_ACTIONS = ("oversample", "augment")
-CHANGING_ACTIONS = ("impute_missing", "relabel_label_errors")
 _SPACES = re.compile(r"\s+")
-
-
-@dataclass
-class CleanAction:
-    """One cleaning step: what it did, to how many rows, and which (1-based data rows)."""
-
-    action: str
-    count: int
-    rows: list[int]
-    description: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self, max_rows: int = MAX_REPORTED_ROWS) -> dict[str, Any]:
-        """JSON-safe form, listing at most ``max_rows`` row numbers."""
-        return {
-            "action": self.action,
-            "count": self.count,
-            "description": self.description,
-            "rows": self.rows[:max_rows],
-            "rows_truncated": len(self.rows) > max_rows,
-            "details": self.details,
-        }
-
-
-@dataclass
-class CleanReport:
-    """Everything the cleaning did: rows in and out, and one :class:`CleanAction` per step."""
-
-    rows_in: int
-    rows_out: int = 0
-    actions: list[CleanAction] = field(default_factory=list)
-
-    @property
-    def added(self) -> int:
-        """Rows added (oversampled copies, augmented copies)."""
-        return sum(a.count for a in self.actions if a.action in ADDING_ACTIONS)
-
-    @property
-    def dropped(self) -> int:
-        """Rows removed by any step."""
-        return self.rows_in + self.added - self.rows_out
-
-    @property
-    def changed(self) -> int:
-        """Rows kept but altered (relabelled or imputed)."""
-        return sum(a.count for a in self.actions if a.action in CHANGING_ACTIONS)
-
-    def count(self, action: str) -> int:
-        """Rows affected by ``action`` (0 when it did not run)."""
-        return sum(a.count for a in self.actions if a.action == action)
-
-    def __bool__(self) -> bool:
-        return any(a.count for a in self.actions)
-
-    def summary(self) -> str:
-        """One line per step that touched rows, e.g. ``dropped 56 exact duplicate rows (rows 10, 31, ...)``."""
-        lines = []
-        for a in self.actions:
-            if not a.count:
-                continue
-            shown = ", ".join(map(str, a.rows[:5])) + (", ..." if len(a.rows) > 5 else "")
-            lines.append(f"{a.description} (rows {shown})")
-        if not lines:
-            return f"cleaning changed nothing ({self.rows_in} rows)"
-        return "\n".join([*lines, f"{self.rows_in} rows in, {self.rows_out} rows out"])
-
-    def to_dict(self, max_rows: int = MAX_REPORTED_ROWS) -> dict[str, Any]:
-        """JSON-safe form for run records and ``tunesmith clean``."""
-        return {
-            "rows_in": self.rows_in,
-            "rows_out": self.rows_out,
-            "dropped": self.dropped,
-            "added": self.added,
-            "changed": self.changed,
-            "actions": [a.to_dict(max_rows) for a in self.actions],
-        }
 
 
 def check_policy(name: str, value: str) -> None:
@@ -454,6 +400,7 @@ def clean_data(
     seed: int = 0,
     fit_params: dict[str, Any] | None = None,
     progress: bool = True,
+    fold_model: Callable[..., Any] | None = None,
 ) -> tuple[pd.DataFrame, CleanReport]:
     """Read, check and clean a whole data set; the frame keeps the input's own columns.
 
@@ -462,11 +409,11 @@ def clean_data(
     searched first when ``label_errors`` is not ``keep``, and ``balance`` resamples last.
     Unlike a fit, this cleans every row (there is no split yet): clean a file before
     you split it yourself, or let ``FineTuner`` clean only its training split.
-    """
-    from tunesmith.data.io import read_table
-    from tunesmith.data.schema import infer_schema
-    from tunesmith.data.validate import prepare_frame
 
+    ``label_error_mode="thorough"`` fine-tunes ``fold_model`` per fold (see
+    :func:`~tunesmith.data.label_issues.find_label_issues`);
+    :func:`tunesmith.quality.clean_data` passes the text :class:`~tunesmith.FineTuner`.
+    """
     if balance not in ("none", "oversample", "undersample"):
         raise ConfigError(f"must be none, oversample or undersample, got {balance!r}", key="balance")
     file = str(data) if isinstance(data, (str, Path)) else None
@@ -495,8 +442,6 @@ def clean_data(
     report.rows_in = len(raw)
     report.actions.insert(0, unusable)
     if label_errors != "keep" and schema.is_classification:
-        from tunesmith.data.label_issues import find_label_issues
-
         issues = find_label_issues(
             texts_of(cleaned, schema),
             cleaned[schema.target].tolist(),
@@ -508,12 +453,11 @@ def clean_data(
             classes=schema.labels,
             fit_params=fit_params,
             progress=progress,
+            fold_model=fold_model,
         )
         cleaned, action = apply_label_issues(cleaned, schema, issues, label_errors, fraction=label_error_fraction)
         report.actions.append(action)
     if balance != "none" and schema.is_classification:
-        from tunesmith.data.balance import resample
-
         cleaned, action = resample(cleaned, schema.target, balance, seed=seed)
         report.actions.append(action)
     report.rows_out = len(cleaned)
@@ -521,9 +465,6 @@ def clean_data(
         raise DataError(
             f"cleaning dropped every row: {report.summary()}", file=file, hint="Loosen the cleaning options"
         )
-    from tunesmith.data.schema import label_string
-    from tunesmith.data.validate import row_numbers
-
     index_of = {int(r): i for i, r in enumerate(row_numbers(raw))}
     positions = [index_of[int(r)] for r in cleaned[ROW_COLUMN]]
     result = raw.iloc[positions].reset_index(drop=True)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.progress import progress as progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -453,15 +454,7 @@ def decode_images(
     out = np.empty((n, size, size, 3), dtype=np.uint8)
     kept: list[int] = []
     report = DecodeReport(n_total=n)
-    if progress and n > 2:
-        from tunesmith.estimator import _progress
-
-        bar = _progress("decoding images", n, enabled=True)
-    else:
-        from contextlib import nullcontext
-
-        bar = nullcontext(lambda: None)
-    with bar as advance:
+    with progress_bar("decoding images", n, unit="images", enabled=progress and n > 2) as bar:
         for i, raw in enumerate(paths):
             path = os.fspath(raw)
             try:
@@ -476,7 +469,7 @@ def decode_images(
                 report.skipped.append((row_of[i], path, str(problem)))
             else:
                 kept.append(i)
-            advance()
+            bar.advance(1)
     report.n_kept = len(kept)
     return out[: len(kept)], np.asarray(kept, dtype=np.int64), report
 

@@ -1,12 +1,13 @@
-"""Writing an :class:`~tunesmith.data.inspect.InspectionReport`: Markdown, JSON and PNG plots.
-
-Figures use matplotlib's Agg canvas directly (never ``pyplot``), as the run plots do.
+"""The result of an inspection: :class:`Finding` and :class:`InspectionReport`, and how the
+report is written (Markdown, JSON and PNG plots).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -15,7 +16,131 @@ from tunesmith.runs.artifacts import atomic_write_json, atomic_write_text, json_
 from tunesmith.runs.plots import _save
 
 if TYPE_CHECKING:
-    from tunesmith.data.inspect import InspectionReport
+    from tunesmith.data.label_issues import LabelIssues
+    from tunesmith.data.schema import Schema
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
+
+MAX_EXAMPLES = 20
+
+
+@dataclass
+class Finding:
+    """One problem found in the data.
+
+    ``rows`` holds up to 20 example rows (1-based data rows); ``count`` is how many rows
+    (or pairs, or columns, as ``title`` says) are affected in all.
+    """
+
+    check: str
+    severity: Severity
+    title: str
+    count: int
+    action: str
+    rows: list[int] = field(default_factory=list)
+    column: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "check": self.check,
+            "severity": self.severity,
+            "title": self.title,
+            "count": self.count,
+            "column": self.column,
+            "rows": self.rows[:MAX_EXAMPLES],
+            "action": self.action,
+            "details": self.details,
+        }
+
+
+@dataclass
+class InspectionReport:
+    """The profile of a data set and everything found wrong with it."""
+
+    target: str
+    file: str | None
+    n_rows: int
+    schema: Schema | None
+    columns: list[dict[str, Any]]
+    findings: list[Finding]
+    class_counts: dict[str, int] = field(default_factory=dict)
+    text_lengths: dict[str, Any] = field(default_factory=dict)
+    label_issues: LabelIssues | None = None
+    near_duplicate_pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    examples: dict[int, str] = field(default_factory=dict)
+    _token_counts: np.ndarray | None = None
+
+    @property
+    def imbalance_ratio(self) -> float | None:
+        """Rows of the largest class over rows of the smallest (None for regression)."""
+        counts = [c for c in self.class_counts.values() if c > 0]
+        return max(counts) / min(counts) if counts else None
+
+    def by_severity(self, severity: str) -> list[Finding]:
+        """Findings of one severity (``error``, ``warning`` or ``info``)."""
+        return [f for f in self.findings if f.severity == severity]
+
+    def finding(self, check: str) -> Finding | None:
+        """The first finding of ``check``, or None when that check found nothing."""
+        return next((f for f in self.findings if f.check == check), None)
+
+    @property
+    def has_errors(self) -> bool:
+        """True when any finding is an error (e.g. test rows that also appear in train)."""
+        return bool(self.by_severity("error"))
+
+    def summary(self) -> str:
+        """A few lines for the terminal: size, task, and one line per finding, worst first."""
+        task = self.schema.task if self.schema else "?"
+        lines = [f"{self.n_rows} rows, target {self.target!r} ({task})"]
+        if self.class_counts:
+            ratio = self.imbalance_ratio
+            shown = ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())
+            lines.append(f"classes: {shown}" + (f" (imbalance ratio {ratio:.1f})" if ratio else ""))
+        if not self.findings:
+            lines.append("no problems found")
+        for f in self.findings:
+            lines.append(f"[{f.severity}] {f.title}: {f.action}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (``report.json``)."""
+        return {
+            "file": self.file,
+            "target": self.target,
+            "n_rows": self.n_rows,
+            "schema": self.schema.to_dict() if self.schema else None,
+            "columns": self.columns,
+            "class_counts": self.class_counts,
+            "imbalance_ratio": self.imbalance_ratio,
+            "text_lengths": self.text_lengths,
+            "findings": [f.to_dict() for f in self.findings],
+            "counts_by_severity": {s: len(self.by_severity(s)) for s in SEVERITIES},
+            "label_issues": self.label_issues.to_dict() if self.label_issues is not None else None,
+            "near_duplicate_pairs": [
+                {"row_a": a, "row_b": b, "similarity": round(s, 4)} for a, b, s in self.near_duplicate_pairs[:200]
+            ],
+            "timings": self.timings,
+            "settings": self.settings,
+        }
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write ``report.md``, ``report.json`` and the plots under ``out_dir``; returns ``report.md``."""
+        return write_report(self, Path(out_dir))
+
+
+def example_rows(rows: np.ndarray | Sequence[int]) -> list[int]:
+    return [int(r) for r in list(rows)[:MAX_EXAMPLES]]
+
+
+def percent(n: int, total: int) -> str:
+    return f"{100.0 * n / total:.1f}%" if total else "0%"
+
 
 _BAR = "#1f77b4"
 _FLAG = "#d62728"

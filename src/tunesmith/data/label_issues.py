@@ -1,11 +1,16 @@
 """Likely label errors, found by cleanlab from out-of-fold predicted probabilities.
 
 cleanlab's confident learning needs, for every row, class probabilities from a model that
-never saw that row. tunesmith computes them itself, two ways:
+never saw that row. This module takes them as cleanlab's own API does (``pred_probs``), or
+computes them from what it is given, without importing any estimator:
 
-- ``fast``: k-fold logistic regression on the frozen backbone's embeddings (seconds);
-- ``thorough``: k-fold fine-tuning of the backbone (:class:`~tunesmith.FineTuner`), each
-  fold's model predicting the rows it was not trained on (minutes to hours).
+- ``pred_probs``: out-of-fold probabilities computed by the caller;
+- ``fast``: k-fold logistic regression on an embedding matrix (given, or the frozen
+  backbone's, seconds);
+- ``thorough``: k-fold fine-tuning by ``fold_model``, a classifier class (or factory) the
+  caller passes, each fold's model predicting the rows it was not trained on (minutes to
+  hours). :func:`tunesmith.quality.find_label_issues` passes the text
+  :class:`~tunesmith.FineTuner`.
 
 The result ranks every row by label quality (cleanlab's self-confidence: the out-of-fold
 probability of the given label) and flags the rows cleanlab counts as issues, each with the
@@ -15,13 +20,14 @@ label the model suggests instead.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from tunesmith.data.schema import label_string, sorted_labels
 from tunesmith.errors import ConfigError, DataError
 
 Mode = Literal["fast", "thorough"]
@@ -107,8 +113,6 @@ def _check_inputs(texts: Sequence[str], labels: Sequence[Any], folds: int, mode:
 
 
 def _encode(labels: Sequence[Any], classes: Sequence[str] | None) -> tuple[np.ndarray, tuple[str, ...]]:
-    from tunesmith.data.schema import label_string, sorted_labels
-
     as_str = [label_string(v) for v in labels]
     names = tuple(classes) if classes is not None else sorted_labels(as_str)
     index = {name: i for i, name in enumerate(names)}
@@ -164,20 +168,11 @@ def fast_out_of_fold(
     return probs
 
 
-def thorough_out_of_fold(
-    texts: Sequence[str],
-    y: np.ndarray,
-    n_classes: int,
-    splits: Sequence[tuple[np.ndarray, np.ndarray]],
-    *,
-    seed: int = 0,
-    fit_params: Mapping[str, Any] | None = None,
-    progress: bool = True,
-) -> np.ndarray:
-    """Out-of-fold class probabilities of a backbone fine-tuned on the other folds."""
-    from tunesmith.estimator import FineTuner
-
-    params: dict[str, Any] = {
+def thorough_settings(
+    n_classes: int, *, seed: int = 0, progress: bool = True, fit_params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Settings of each fold's fine-tuning: short, on every row of the other folds, no extras."""
+    return {
         **THOROUGH_DEFAULTS,
         "seed": seed,
         "progress": progress,
@@ -190,15 +185,35 @@ def thorough_out_of_fold(
         "baselines": False,
         "runs_dir": None,
     }
+
+
+def thorough_out_of_fold(
+    texts: Sequence[str],
+    y: np.ndarray,
+    n_classes: int,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    fold_model: Callable[..., Any],
+    seed: int = 0,
+    fit_params: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Out-of-fold class probabilities of ``fold_model`` fine-tuned on the other folds.
+
+    ``fold_model(**settings)`` must give an unfitted classifier with ``fit(texts, y)``,
+    ``predict_proba(texts)`` and ``classes_`` (the text :class:`~tunesmith.FineTuner` does);
+    the settings are :func:`thorough_settings`.
+    """
+    params = thorough_settings(n_classes, seed=seed, progress=progress, fit_params=fit_params)
     texts = list(texts)
     probs = np.zeros((len(y), n_classes), dtype=np.float64)
     for k, (train_idx, test_idx) in enumerate(splits, 1):
         if progress:
             print(f"label errors (thorough): fold {k}/{len(splits)}, training on {len(train_idx)} rows", flush=True)
-        ft = FineTuner(**params).fit([texts[i] for i in train_idx], y[train_idx].tolist())
-        assert ft.classes_ is not None
-        columns = np.asarray([int(c) for c in ft.classes_], dtype=np.int64)
-        probs[np.ix_(test_idx, columns)] = ft.predict_proba([texts[i] for i in test_idx])
+        model = fold_model(**params).fit([texts[i] for i in train_idx], y[train_idx].tolist())
+        assert model.classes_ is not None
+        columns = np.asarray([int(c) for c in model.classes_], dtype=np.int64)
+        probs[np.ix_(test_idx, columns)] = model.predict_proba([texts[i] for i in test_idx])
     return probs
 
 
@@ -219,6 +234,70 @@ def rank_label_issues(
     return np.asarray(mask, dtype=bool), np.asarray(quality, dtype=np.float64)
 
 
+def issues_from_pred_probs(
+    labels: Sequence[Any],
+    pred_probs: np.ndarray,
+    *,
+    classes: Sequence[str] | None = None,
+    rows: Sequence[int] | np.ndarray | None = None,
+    filter_by: FilterBy = "prune_by_noise_rate",
+    mode: str = "given",
+    folds: int = 0,
+    seconds: float = 0.0,
+    details: Mapping[str, Any] | None = None,
+) -> LabelIssues:
+    """Rank rows by label quality from out-of-fold ``pred_probs`` (cleanlab's own input).
+
+    ``pred_probs`` has one row per label and one column per class in ``classes`` order
+    (default: the sorted distinct labels); each row must come from a model that never saw it.
+    """
+    y, names = _encode(labels, classes)
+    probs = np.asarray(pred_probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape != (len(y), len(names)):
+        raise DataError(
+            f"pred_probs has shape {probs.shape}, expected ({len(y)}, {len(names)}): one row per label, "
+            "one column per class",
+            hint="Pass out-of-fold probabilities with columns in the order of classes",
+        )
+    return _build(y, names, probs, rows, filter_by, mode, folds, seconds, details)
+
+
+def _build(
+    y: np.ndarray,
+    names: tuple[str, ...],
+    probs: np.ndarray,
+    rows: Sequence[int] | np.ndarray | None,
+    filter_by: FilterBy,
+    mode: str,
+    folds: int,
+    seconds: float,
+    details: Mapping[str, Any] | None,
+) -> LabelIssues:
+    mask, quality = rank_label_issues(y, probs, filter_by=filter_by)
+    suggested = probs.argmax(axis=1)
+    row_numbers = np.asarray(rows if rows is not None else np.arange(1, len(y) + 1), dtype=np.int64)
+    table = pd.DataFrame(
+        {
+            "row": row_numbers,
+            "given_label": [names[i] for i in y],
+            "suggested_label": [names[i] for i in suggested],
+            "label_quality": quality,
+            "is_issue": mask,
+        }
+    )
+    table = table.sort_values(["label_quality", "row"], kind="stable").reset_index(drop=True)
+    return LabelIssues(
+        table=table,
+        pred_probs=probs,
+        labels=names,
+        mode=mode,
+        folds=folds,
+        seconds=seconds,
+        oof_accuracy=float(np.mean(suggested == y)),
+        details={"filter_by": filter_by, **dict(details or {})},
+    )
+
+
 def find_label_issues(
     texts: Sequence[str],
     labels: Sequence[Any],
@@ -235,8 +314,13 @@ def find_label_issues(
     filter_by: FilterBy = "prune_by_noise_rate",
     max_length: int = 128,
     progress: bool = True,
+    fold_model: Callable[..., Any] | None = None,
 ) -> LabelIssues:
     """Rank rows by how likely their label is wrong; flag the likely errors.
+
+    The thorough mode fine-tunes ``fold_model`` (a classifier class such as
+    :class:`~tunesmith.FineTuner`) per fold; :func:`tunesmith.quality.find_label_issues`
+    passes it. With precomputed out-of-fold probabilities use :func:`issues_from_pred_probs`.
 
     Parameters
     ----------
@@ -266,35 +350,23 @@ def find_label_issues(
     splits = _folds(y, folds, seed, groups)
     if mode == "fast":
         if embeddings is None:
-            from tunesmith.estimator import embed_texts
+            # Imported here so that reading data does not load torch.
+            from tunesmith.backbones.embed import embed_texts
 
             embeddings = embed_texts(texts, backbone, max_length=max_length, progress=progress)
         if len(embeddings) != len(y):
             raise DataError(f"{len(embeddings)} embeddings for {len(y)} rows")
         probs = fast_out_of_fold(np.asarray(embeddings, dtype=np.float64), y, n_classes, splits, seed=seed)
     else:
+        if fold_model is None:
+            raise ConfigError(
+                "the thorough label-error search fine-tunes a model per fold and needs one to fine-tune",
+                key="mode",
+                hint="Call tunesmith.quality.find_label_issues, or pass fold_model=FineTuner",
+            )
         params = {"backbone": backbone, "max_length": max_length, **dict(fit_params or {})}
-        probs = thorough_out_of_fold(texts, y, n_classes, splits, seed=seed, fit_params=params, progress=progress)
-    mask, quality = rank_label_issues(y, probs, filter_by=filter_by)
-    suggested = probs.argmax(axis=1)
-    row_numbers = np.asarray(rows if rows is not None else np.arange(1, len(y) + 1), dtype=np.int64)
-    table = pd.DataFrame(
-        {
-            "row": row_numbers,
-            "given_label": [names[i] for i in y],
-            "suggested_label": [names[i] for i in suggested],
-            "label_quality": quality,
-            "is_issue": mask,
-        }
-    )
-    table = table.sort_values(["label_quality", "row"], kind="stable").reset_index(drop=True)
-    return LabelIssues(
-        table=table,
-        pred_probs=probs,
-        labels=names,
-        mode=mode,
-        folds=folds,
-        seconds=time.perf_counter() - started,
-        oof_accuracy=float(np.mean(suggested == y)),
-        details={"filter_by": filter_by, "backbone": backbone},
-    )
+        probs = thorough_out_of_fold(
+            texts, y, n_classes, splits, fold_model=fold_model, seed=seed, fit_params=params, progress=progress
+        )
+    seconds = time.perf_counter() - started
+    return _build(y, names, probs, rows, filter_by, mode, folds, seconds, {"backbone": backbone})

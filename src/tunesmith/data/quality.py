@@ -17,14 +17,19 @@ goes into the run record.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from tunesmith.data.augment import NeighbourTable, TextAugmenter, words_in
+from tunesmith.data.balance import resample
 from tunesmith.data.clean import CleanAction, apply_label_issues, drop_duplicates, handle_missing
 from tunesmith.data.clean import resolve_conflicts as _resolve_conflicts
+from tunesmith.data.label_issues import find_label_issues
+from tunesmith.data.normalize import NumericScaler
 from tunesmith.data.schema import ROW_COLUMN, Schema, missing_mask
 from tunesmith.data.validate import texts_of
 from tunesmith.errors import TunesmithError
@@ -54,8 +59,6 @@ class Preprocessing:
         """A copy of ``df`` with missing values filled and numeric columns scaled."""
         if not self:
             return df
-        from tunesmith.data.normalize import NumericScaler
-
         out = df.copy()
         for col, value in self.impute.items():
             if col in out.columns:
@@ -100,12 +103,19 @@ def clean_before_split(df: pd.DataFrame, schema: Schema, cfg: FitConfig) -> tupl
 
 
 def clean_train(
-    train: pd.DataFrame, schema: Schema, cfg: FitConfig, *, backbone: Any = None
+    train: pd.DataFrame,
+    schema: Schema,
+    cfg: FitConfig,
+    *,
+    backbone: Any = None,
+    fold_model: Callable[..., Any] | None = None,
 ) -> tuple[pd.DataFrame, list[CleanAction], Preprocessing]:
     """Missing values, label errors, balance, augmentation and scaling on the training split.
 
     ``backbone`` (a built :class:`~tunesmith.backbones.text.TextBackbone`) is reused for
-    the fast label-error search and the augmentation's neighbour table.
+    the fast label-error search and the augmentation's neighbour table. ``fold_model`` is the
+    classifier class the thorough label-error search fine-tunes per fold (the fitting
+    estimator passes its own class; this layer imports none).
     """
     actions: list[CleanAction] = []
     prep = Preprocessing()
@@ -114,12 +124,11 @@ def clean_train(
         actions.append(action)
         prep.impute = {k: _plain(v) for k, v in fills.items()}
     if cfg.label_errors != "keep" and schema.is_classification:
-        from tunesmith.data.label_issues import find_label_issues
-
         texts = texts_of(train, schema)
         embeddings = None
         if cfg.label_error_mode == "fast" and backbone is not None:
-            from tunesmith.estimator import embed_texts
+            # Imported here so that reading data does not load torch.
+            from tunesmith.backbones.embed import embed_texts
 
             embeddings = embed_texts(
                 texts,
@@ -143,6 +152,7 @@ def clean_train(
                 fit_params=_fold_params(cfg),
                 max_length=cfg.max_length,
                 progress=cfg.progress,
+                fold_model=fold_model,
             )
         except TunesmithError as exc:
             # Too few rows of a class (or groups) for the folds: the fit goes on without this
@@ -157,16 +167,12 @@ def clean_train(
             action.details["out_of_fold_accuracy"] = issues.oof_accuracy
             actions.append(action)
     if cfg.balance in ("oversample", "undersample") and schema.is_classification:
-        from tunesmith.data.balance import resample
-
         train, action = resample(train, schema.target, cfg.balance, seed=cfg.seed)
         actions.append(action)
     if cfg.augment:
         train, action = augment_frame(train, schema, cfg, backbone=backbone)
         actions.append(action)
     if cfg.numeric_scaling != "none" and schema.numeric_columns:
-        from tunesmith.data.normalize import NumericScaler
-
         cols = [c for c in schema.numeric_columns if c in train.columns]
         numeric = train[cols].apply(pd.to_numeric, errors="coerce")
         prep.scaler = NumericScaler(cfg.numeric_scaling, columns=cols).fit(numeric).to_dict()
@@ -178,8 +184,6 @@ def augment_frame(
     train: pd.DataFrame, schema: Schema, cfg: FitConfig, *, backbone: Any = None
 ) -> tuple[pd.DataFrame, CleanAction]:
     """Add ``augment_copies`` augmented copies of every training row (text columns edited)."""
-    from tunesmith.data.augment import NeighbourTable, TextAugmenter, words_in
-
     ops = tuple(cfg.augment)
     neighbours = None
     if "replace" in ops or "insert" in ops:

@@ -383,3 +383,29 @@ def infer_schema(
         labels=labels,
         ignored_columns=tuple(ignored),
     )
+
+
+def label_values(labels: Sequence[str], original: pd.Series | None) -> list[Any]:
+    """The user's own value of each label string (``"1"`` -> ``1``, ``"True"`` -> ``True``).
+
+    ``original`` is the target column as the user gave it, before labels became strings;
+    a label whose value cannot be found keeps its string. Empty for regression (``None``).
+    """
+    if original is None:
+        return []
+    by_label: dict[str, Any] = {}
+    for value in original.dropna().unique():
+        key = str(value)
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            key, value = str(int(value)), int(value)
+        by_label.setdefault(key, value.item() if isinstance(value, np.generic) else value)
+    return [by_label.get(lbl, lbl) for lbl in labels]
+
+
+def restore_label_values(labels: Sequence[str], values: Sequence[Any]) -> np.ndarray:
+    """Labels back in the user's type: ints stay ints, booleans stay booleans, else strings."""
+    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
+        return np.asarray([lbl.lower() == "true" for lbl in labels])
+    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return np.asarray([int(lbl) for lbl in labels])
+    return np.asarray(list(labels), dtype=object)

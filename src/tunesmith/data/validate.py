@@ -1,5 +1,10 @@
 """Cleaning a frame against its schema, encoding targets and building model input texts.
 
+A fit resolves its data once: :func:`resolve_data` infers the schema and validates the frame
+against it in one step and hands on a :class:`PreparedData`; each split is then encoded once
+by :func:`encode_split` (targets and input texts together), so later stages never go back
+to the schema to re-check what was already checked.
+
 Row numbers here are 1-based data rows (header excluded): the rows of the file or frame as
 it was read, before anything was dropped. :func:`prepare_frame` stores them in the
 ``__row__`` column and in the index (named ``__row_number__``), so every later stage, down
@@ -9,6 +14,7 @@ to :func:`encode_target` on a single column, can name the row a problem came fro
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +22,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.schema import ROW_COLUMN, Schema, did_you_mean, label_string, missing_mask
+from tunesmith.data.schema import (
+    ROW_COLUMN,
+    Schema,
+    did_you_mean,
+    infer_schema,
+    label_string,
+    label_values,
+    missing_mask,
+)
 from tunesmith.errors import ConfigError, DataError
 
 ROW_INDEX = "__row_number__"
@@ -364,3 +378,63 @@ def texts_of(df: pd.DataFrame, schema: Schema) -> list[str]:
                 text = f"{text}{EXTRA_JOIN}{name}: {shown}" if text else f"{name}: {shown}"
         out.append(text)
     return out
+
+
+@dataclass
+class PreparedData:
+    """A frame validated against the schema inferred from it, ready to clean and split.
+
+    ``frame`` is :func:`prepare_frame`'s output (``__row__`` kept, labels as strings, texts as
+    ``str``), ``drops`` what that dropped, ``label_values`` the user's own value of each label
+    (empty for regression) and ``file`` the file it came from, for error messages.
+    """
+
+    frame: pd.DataFrame
+    schema: Schema
+    drops: DropReport
+    label_values: list[Any]
+    file: str | None = None
+
+
+def resolve_data(
+    df: pd.DataFrame,
+    target: str,
+    *,
+    text_column: str | Sequence[str] | None = None,
+    task: str | None = None,
+    ignore: Sequence[str] = (),
+    file: str | Path | None = None,
+) -> PreparedData:
+    """Infer the schema of ``df`` once and validate ``df`` against it (see :func:`infer_schema`).
+
+    The target's own values (ints, booleans) are read before labels become strings, so
+    predictions can be given back in the user's type.
+    """
+    schema = infer_schema(df, target, text_column=text_column, task=task, ignore=ignore, file=file)
+    values = label_values(schema.labels or (), df[target]) if schema.is_classification else []
+    frame, drops = prepare_frame(df, schema, file=file)
+    return PreparedData(frame, schema, drops, values, str(file) if file is not None else None)
+
+
+@dataclass
+class EncodedSplit:
+    """One split of a prepared frame with its targets encoded and its input texts built, once."""
+
+    frame: pd.DataFrame
+    y: np.ndarray | None
+    texts: list[str]
+    file: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def encode_split(frame: pd.DataFrame, schema: Schema, *, file: str | Path | None = None) -> EncodedSplit:
+    """Targets (:func:`encode_target`) and input texts (:func:`texts_of`) of one prepared split.
+
+    An empty split has ``y`` ``None`` and no texts.
+    """
+    if not len(frame):
+        return EncodedSplit(frame, None, [], str(file) if file is not None else None)
+    y = encode_target(frame[schema.target], schema, file=file)
+    return EncodedSplit(frame, y, texts_of(frame, schema), str(file) if file is not None else None)

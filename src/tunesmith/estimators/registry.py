@@ -95,7 +95,7 @@ def require(kind: Kind, part: str, what: str, instead: str) -> Callable[..., Any
     value = getattr(kind, part, None)
     if value is None:
         raise NotSupportedError(f"{what} is not offered for {kind.name} models", hint=instead)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def kind_of_meta(meta: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
-"""Metrics, baselines and cross-validation: how good a fine-tuned model is, and whether it beats cheap models.
+"""Metrics, baselines and cross-validation folds: how good a fine-tuned model is, and whether it beats cheap models.
 
 Names are imported on first use so that importing the package does not load scikit-learn.
+Cross-validation itself fits estimators, so it lives a layer above: :mod:`tunesmith.search.cv`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from tunesmith._lazy import lazy_module
 
 if TYPE_CHECKING:
     from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, tfidf_baseline
-    from tunesmith.evaluate.cv import CVResult, cross_validate, cv_folds
+    from tunesmith.evaluate.folds import cv_folds
     from tunesmith.evaluate.metrics import (
         METRIC_DIRECTIONS,
         PRIMARY_METRIC,
@@ -33,18 +34,14 @@ _LAZY = {
     "embedding_baseline": "tunesmith.evaluate.baselines",
     "majority_baseline": "tunesmith.evaluate.baselines",
     "tfidf_baseline": "tunesmith.evaluate.baselines",
-    "CVResult": "tunesmith.evaluate.cv",
-    "cross_validate": "tunesmith.evaluate.cv",
-    "cv_folds": "tunesmith.evaluate.cv",
+    "cv_folds": "tunesmith.evaluate.folds",
 }
 
 __all__ = [
     "METRIC_DIRECTIONS",
     "PRIMARY_METRIC",
-    "CVResult",
     "classification_metrics",
     "compute_metrics",
-    "cross_validate",
     "cv_folds",
     "embedding_baseline",
     "format_metrics_table",

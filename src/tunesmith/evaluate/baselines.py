@@ -8,6 +8,11 @@ or sentiment data, which is why all three are reported.
 Each function returns the metric dictionary of :func:`tunesmith.evaluate.metrics.compute_metrics`
 plus ``"model"`` (a human name), ``"fit_seconds"`` and, where a setting was chosen by
 cross-validation, ``"params"``. Hyperparameters are chosen on the training split only.
+
+The returned dictionary is a :class:`BaselineMetrics`: a plain ``dict`` that also carries the
+baseline's test outputs (``.outputs``: class probabilities, or predicted values) so a paired
+bootstrap can score it on the same resamples as the fine-tuned model
+(:class:`tunesmith.evaluate.intervals.TestPredictions`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluate.metrics import compute_metrics
 
-__all__ = ["embedding_baseline", "majority_baseline", "tfidf_baseline"]
+__all__ = ["BaselineMetrics", "embedding_baseline", "majority_baseline", "tfidf_baseline"]
 
 _EMBEDDING_CS = (0.1, 1.0, 10.0)
 # TF-IDF features are sparse and unit-normalised, so useful C values sit higher
@@ -37,6 +42,21 @@ _RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 13))
 _CV_FOLDS = 3
 # below this many training rows, min_df=2 would throw away most of the vocabulary
 _MIN_DF2_ROWS = 50
+
+
+class BaselineMetrics(dict[str, Any]):
+    """A baseline's metric dictionary, plus its outputs on the test rows in ``.outputs``.
+
+    ``outputs`` is the ``(n, k)`` probability matrix for classification, the ``(n,)`` predicted
+    values for regression. It is an attribute, not a key, so the dictionary (and any JSON made
+    from it) is exactly what it always was.
+    """
+
+    outputs: np.ndarray | None
+
+    def __init__(self, metrics: dict[str, Any], outputs: np.ndarray | None = None) -> None:
+        super().__init__(metrics)
+        self.outputs = outputs
 
 
 def _check_task(task: str) -> bool:
@@ -99,13 +119,10 @@ def _fit_logistic(pipe: Pipeline, X: Any, y: np.ndarray, cs: Sequence[float], se
         return search.best_estimator_, float(search.best_params_["clf__C"])
 
 
-def _constant_classifier_metrics(
-    y_train: np.ndarray, y_test: np.ndarray, task: str, k: int, labels: Sequence[str] | None
-) -> dict[str, Any]:
+def _constant_classifier_proba(y_train: np.ndarray, n_test: int, k: int) -> np.ndarray:
     freqs = np.bincount(y_train, minlength=k).astype(np.float64)[:k]
     freqs /= freqs.sum()
-    proba = np.tile(freqs, (len(y_test), 1))
-    return compute_metrics(task, y_test, proba, _labels(k, labels))
+    return np.tile(freqs, (n_test, 1))
 
 
 def majority_baseline(
@@ -115,7 +132,7 @@ def majority_baseline(
     n_classes: int | None = None,
     *,
     labels: Sequence[str] | None = None,
-) -> dict[str, Any]:
+) -> BaselineMetrics:
     """Predict the most frequent training class, or the training mean for regression.
 
     For classification the predicted probabilities are the training class frequencies,
@@ -130,13 +147,15 @@ def majority_baseline(
     if classification:
         y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
         k = _n_classes(y_tr, y_te, n_classes)
-        metrics = _constant_classifier_metrics(y_tr, y_te, task, k, labels)
+        outputs = _constant_classifier_proba(y_tr, len(y_te), k)
+        metrics = compute_metrics(task, y_te, outputs, _labels(k, labels))
         name = "majority class"
     else:
         mean = float(np.mean(y_tr.astype(np.float64)))
-        metrics = compute_metrics(task, y_te, np.full(len(y_te), mean))
+        outputs = np.full(len(y_te), mean)
+        metrics = compute_metrics(task, y_te, outputs)
         name = "training mean"
-    return {**metrics, "model": name, "fit_seconds": time.perf_counter() - started}
+    return BaselineMetrics({**metrics, "model": name, "fit_seconds": time.perf_counter() - started}, outputs)
 
 
 def embedding_baseline(
@@ -149,7 +168,7 @@ def embedding_baseline(
     *,
     seed: int = 0,
     labels: Sequence[str] | None = None,
-) -> dict[str, Any]:
+) -> BaselineMetrics:
     """A linear model on frozen (not fine-tuned) embeddings.
 
     Classification: standardized features + ``LogisticRegression(max_iter=2000)`` with
@@ -173,22 +192,26 @@ def embedding_baseline(
         k = _n_classes(y_tr, y_te, n_classes)
         name = "frozen embeddings + logistic regression"
         if len(np.unique(y_tr)) < 2:
-            metrics = _constant_classifier_metrics(y_tr, y_te, task, k, labels)
+            outputs = _constant_classifier_proba(y_tr, len(y_te), k)
             params = {"note": "one class in training: constant prediction"}
         else:
             pipe = Pipeline(
                 [("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=2000, random_state=seed))]
             )
             model, c = _fit_logistic(pipe, Xtr, y_tr, _EMBEDDING_CS, seed)
-            metrics = compute_metrics(task, y_te, _full_proba(model, Xte, k), _labels(k, labels))
+            outputs = _full_proba(model, Xte, k)
             params = {"C": c}
+        metrics = compute_metrics(task, y_te, outputs, _labels(k, labels))
     else:
         name = "frozen embeddings + ridge regression"
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=_RIDGE_ALPHAS))
         model.fit(Xtr, y_tr.astype(np.float64))
-        metrics = compute_metrics(task, y_te.astype(np.float64), model.predict(Xte))
+        outputs = model.predict(Xte)
+        metrics = compute_metrics(task, y_te.astype(np.float64), outputs)
         params = {"alpha": float(model[-1].alpha_)}
-    return {**metrics, "model": name, "params": params, "fit_seconds": time.perf_counter() - started}
+    return BaselineMetrics(
+        {**metrics, "model": name, "params": params, "fit_seconds": time.perf_counter() - started}, outputs
+    )
 
 
 def _vectorizer(min_df: int) -> TfidfVectorizer:
@@ -216,7 +239,7 @@ def tfidf_baseline(
     *,
     seed: int = 0,
     labels: Sequence[str] | None = None,
-) -> dict[str, Any]:
+) -> BaselineMetrics:
     """TF-IDF over word 1-2 grams + a linear model.
 
     ``sublinear_tf``; ``min_df=2`` from 50 training rows on (1 below, or when 2 leaves no
@@ -250,14 +273,14 @@ def tfidf_baseline(
         k = _n_classes(y_tr, y_te, n_classes)
         name = "TF-IDF 1-2 grams + logistic regression"
         if Xtr is None or len(np.unique(y_tr)) < 2:
-            metrics = _constant_classifier_metrics(y_tr, y_te, task, k, labels)
+            outputs = _constant_classifier_proba(y_tr, len(y_te), k)
             params["note"] = "no vocabulary or one class: constant prediction"
         else:
             pipe = Pipeline([("clf", LogisticRegression(max_iter=2000, random_state=seed))])
             model, c = _fit_logistic(pipe, Xtr, y_tr, _TFIDF_CS, seed)
-            proba = _full_proba(model, vec.transform(te), k)
-            metrics = compute_metrics(task, y_te, proba, _labels(k, labels))
+            outputs = _full_proba(model, vec.transform(te), k)
             params["C"] = c
+        metrics = compute_metrics(task, y_te, outputs, _labels(k, labels))
     else:
         name = "TF-IDF 1-2 grams + ridge regression"
         y_trf = y_tr.astype(np.float64)
@@ -268,5 +291,8 @@ def tfidf_baseline(
             ridge = Ridge(alpha=1.0).fit(Xtr, y_trf)
             pred = ridge.predict(vec.transform(te))
             params["alpha"] = 1.0
-        metrics = compute_metrics(task, y_te.astype(np.float64), pred)
-    return {**metrics, "model": name, "params": params, "fit_seconds": time.perf_counter() - started}
+        outputs = pred
+        metrics = compute_metrics(task, y_te.astype(np.float64), outputs)
+    return BaselineMetrics(
+        {**metrics, "model": name, "params": params, "fit_seconds": time.perf_counter() - started}, outputs
+    )

@@ -25,6 +25,7 @@ from sklearn.metrics import (
 )
 
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.runs.metric_names import METRIC_DIRECTIONS, PRIMARY_METRIC
 
 __all__ = [
     "CLASSIFICATION_METRICS",
@@ -41,25 +42,8 @@ __all__ = [
 
 TASKS = ("binary", "multiclass", "regression")
 
-METRIC_DIRECTIONS: dict[str, Literal["max", "min"]] = {
-    "loss": "min",
-    "accuracy": "max",
-    "precision_macro": "max",
-    "recall_macro": "max",
-    "f1_macro": "max",
-    "roc_auc": "max",
-    "log_loss": "min",
-    "mae": "min",
-    "rmse": "min",
-    "r2": "max",
-}
-"""Whether a larger (``"max"``) or smaller (``"min"``) value of each metric is better."""
-
 CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
-
-PRIMARY_METRIC: dict[str, str] = {"binary": "accuracy", "multiclass": "accuracy", "regression": "rmse"}
-"""The metric that reports lead with and compute gains on, per task."""
 
 _TASK_METRICS: dict[str, tuple[str, ...]] = {
     "binary": ("loss", *CLASSIFICATION_METRICS),

@@ -5,95 +5,78 @@ model once (each distinct input text is embedded once), then trains one head ada
 user with at least ``min_rows`` labeled rows, and one per segment, on the earlier part of
 that user's (or segment's) rows in time order; the later ``valid_fraction`` decides whether
 the adapter is used. Prediction routes each row: the user's adapter, else the segment's,
-else the shared model, and says which.
+else the shared model, and says which (:meth:`Personalizer.predict_routed`).
+
+It follows the one estimator contract (kind ``personalized``): the constructor only checks
+and stores settings; the shared model is loaded and the store opened on first use.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
+import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 
+from tunesmith.backbones.embed import run_batches
+from tunesmith.data.io import read_table
 from tunesmith.data.schema import label_string, require_column
 from tunesmith.errors import ArtifactError, ConfigError, DataError
+from tunesmith.estimators.base import Estimator, fit_arguments, unsupported
+from tunesmith.estimators.record import write_fit_record
+from tunesmith.estimators.registry import Kind, register
+from tunesmith.estimators.text import FineTuner
 from tunesmith.personalize.head import (
     HeadAdapter,
-    HeadAdapterSettings,
     apply_head_adapter,
-    compare_logits,
     fit_head_adapter,
     validate_head_adapter,
 )
 from tunesmith.personalize.lora import (
     LoraAdapter,
-    LoraAdapterSettings,
-    Tapped,
-    concat_tapped,
-    fit_lora_adapter,
     last_ffn_output,
     lora_logits,
-    lora_projection,
-    rows_between,
-    subset,
-    tap_last_ffn,
 )
-from tunesmith.personalize.store import (
-    ADAPTER_KINDS,
-    MAX_ADAPTER_RANK,
-    AdapterDims,
-    AdapterStore,
-    Route,
-    adapter_key,
-    open_store,
+from tunesmith.personalize.report import adapters_section, fit_info, write_report
+from tunesmith.personalize.routing import AdapterRouting
+from tunesmith.personalize.settings import (
+    MAX_STEPS,
+    SETTINGS_FILE,
+    PersonalizerSettings,
+    check_settings,
+    load_settings,
+    softmax,
+    time_ordered_holdout,
 )
-from tunesmith.runs.trust import field
-from tunesmith.train.batching import Collator
-
-SETTINGS_FILE = "personalize.json"
-MAX_STEPS = 1_000_000
-"""Most training steps per adapter a store's settings may ask for."""
+from tunesmith.personalize.store import ADAPTER_KINDS, AdapterDims, AdapterStore, adapter_key
+from tunesmith.progress import progress
+from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json
+from tunesmith.runs.fingerprint import model_version
+from tunesmith.runs.record import RunRecord
+from tunesmith.runs.trust import SafeFolder
 
 logger = logging.getLogger("tunesmith.personalize")
 
-__all__ = ["ADAPTER_KINDS", "SETTINGS_FILE", "Personalizer", "load_settings", "time_ordered_holdout", "write_report"]
+__all__ = [
+    "ADAPTER_KINDS",
+    "MAX_STEPS",
+    "SETTINGS_FILE",
+    "Personalizer",
+    "load_settings",
+    "time_ordered_holdout",
+    "write_report",
+]
 
 
-def time_ordered_holdout(
-    df: pd.DataFrame, group_column: str, fraction: float, time_column: str | None = None
-) -> np.ndarray:
-    """Boolean mask of each group's last ``fraction`` of rows (by ``time_column``, else row order).
-
-    A group with ``n`` rows holds out ``floor(fraction * n)`` of them, so a group with very
-    few rows keeps them all for training.
-    """
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"must be in [0, 1), got {fraction}", key="valid_fraction")
-    order = np.arange(len(df))
-    keys = df[group_column].astype(str).to_numpy()
-    if time_column is not None:
-        times = pd.to_numeric(df[time_column], errors="coerce").to_numpy(dtype=float)
-        sorted_idx = np.lexsort((order, times, keys))
-    else:
-        sorted_idx = np.lexsort((order, keys))
-    held = np.zeros(len(df), dtype=bool)
-    sorted_keys = keys[sorted_idx]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    ends = np.r_[starts[1:], len(sorted_idx)]
-    for s, e in zip(starts, ends, strict=True):
-        k = int(np.floor(fraction * (e - s)))
-        if k:
-            held[sorted_idx[e - k : e]] = True
-    return held
-
-
-class Personalizer:
+class Personalizer(AdapterRouting, Estimator):
     """Head adapters per user (and per segment) on top of a saved text classifier.
 
     Parameters
@@ -111,73 +94,118 @@ class Personalizer:
         The latest share of each user's rows that validates its adapter.
     rank, l2, steps, lr, seed:
         Head adapter training (:class:`~tunesmith.personalize.HeadAdapterSettings`).
+    adapter_kind, lora_rank, lora_alpha, lora_steps, lora_lr:
+        ``head`` (over cached features) or ``lora`` (on the encoder's last block) and LoRA training.
+    progress:
+        Show progress while features are computed and adapters trained.
+    runs_dir, run_name:
+        Where each fit writes its run record (``runs_dir/<time>-<run_name>/``: resolved config,
+        data SHA-256 and rows, dropped rows by reason, environment, each adapter's training and
+        validation summary, ``report.md``), and its name; ``None`` or ``""`` writes none.
+        ``run_dir_`` is the folder written.
     feature_cache:
-        The shared model's features and logits per input text. Give one dict to several
-        Personalizers of the same shared model so each text is embedded once.
+        Not a setting (``get_params`` leaves it out, a clone starts without it): the shared
+        model's features and logits per input text. Give one dict to several Personalizers of
+        the same shared model so each text is embedded once.
+
+    The constructor only checks and stores these; the shared model is loaded and the store
+    opened on first use (:meth:`fit`, :meth:`predict`, :meth:`from_store`, or the ``base`` and
+    ``store`` attributes, which are the loaded model and the opened store).
     """
+
+    kind: ClassVar[str] = "personalized"
+    needs_target: ClassVar[bool] = False
+    # Fitted by fit() or from_store(): opening the store on first use (a predict before fit)
+    # must not make an unfitted Personalizer answer with the shared model alone.
+    fitted_attribute: ClassVar[str] = "store_folder_"
+    settings_model = PersonalizerSettings
 
     def __init__(
         self,
-        base: str | os.PathLike[str],
-        store: str | os.PathLike[str],
+        base: str | os.PathLike[str] | None = None,
+        store: str | os.PathLike[str] | None = None,
         *,
-        user_column: str,
-        segment_column: str | None = None,
-        time_column: str | None = None,
-        min_rows: int = 10,
-        valid_fraction: float = 0.2,
-        rank: int = 4,
-        l2: float = 1e-2,
-        steps: int = 100,
-        lr: float = 0.05,
-        seed: int = 0,
-        adapter_kind: str = "head",
-        lora_rank: int = 4,
-        lora_alpha: float = 8.0,
-        lora_steps: int = 40,
-        lora_lr: float = 0.02,
-        progress: bool = True,
         feature_cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        **settings: Any,
     ) -> None:
-        from tunesmith.estimator import FineTuner
-        from tunesmith.export.runtime import model_version
-
-        if min_rows < 2:
-            raise ConfigError(f"must be at least 2, got {min_rows}", key="min_rows")
-        if not 0 < valid_fraction < 1:
-            raise ConfigError(f"must be between 0 and 1, got {valid_fraction}", key="valid_fraction")
-        if adapter_kind not in ADAPTER_KINDS:
-            raise ConfigError(f"must be one of {', '.join(ADAPTER_KINDS)}, got {adapter_kind!r}", key="adapter_kind")
-        self.adapter_kind = adapter_kind
-        self.settings = HeadAdapterSettings(rank=rank, l2=l2, steps=steps, lr=lr)
-        self.lora_settings = LoraAdapterSettings(rank=lora_rank, alpha=lora_alpha, l2=l2, steps=lora_steps, lr=lora_lr)
-        self.base_path = Path(base)
-        self.base = FineTuner.load(self.base_path)
-        if self.base.schema_ is None or self.base.schema_.task == "regression":
-            raise ConfigError("personalisation needs a classification model as the shared model", key="base")
-        if adapter_kind == "lora":
-            last_ffn_output(self.base.backbone_)  # refused now, before fit removes anything
-        self.user_column = user_column
-        self.segment_column = segment_column
-        self.time_column = time_column
-        self.min_rows = min_rows
-        self.valid_fraction = valid_fraction
-        self.seed = seed
-        self.progress = progress
-        self.base_fingerprint = "sha256:" + model_version(self.base_path)
-        # The widths every adapter of this shared model has: each adapter file's header is
-        # checked against them before any of its tensors is read.
-        self.store = AdapterStore(store, self.base_fingerprint, dims=self._dims())
-        self.labels = list(self.base.schema_.labels or [])
-        # The shared model's outputs per input text; pass one dict to several Personalizers of the
-        # same shared model to embed each text once.
+        given = {k: v for k, v in (("base", base), ("store", store)) if v is not None}
+        self._config, self.settings, self.lora_settings = check_settings({**given, **settings})
+        super().__init__(**given, **settings)
+        # Not a setting: an optimisation shared between Personalizers of one shared model, so a
+        # clone starts with an empty cache of its own (same results, computed again).
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = feature_cache if feature_cache is not None else {}
         self._adapters: dict[str, HeadAdapter | LoraAdapter] = {}
         self._refresh_error: str | None = None
 
+    def set_params(self, **params: Any) -> Personalizer:
+        """Change settings (checked as a whole first); the shared model and store open again on next use."""
+        self._config, self.settings, self.lora_settings = check_settings({**self._params, **params})
+        super().set_params(**params)
+        for name in ("store_", "store_folder_", "base_model_", "labels_", "base_fingerprint_"):
+            self.__dict__.pop(name, None)
+        self._adapters = {}
+        return self
+
+    # The settings, read as attributes.
+    adapter_kind = property(lambda self: self._config.adapter_kind)
+    user_column = property(lambda self: self._config.user_column)
+    segment_column = property(lambda self: self._config.segment_column)
+    time_column = property(lambda self: self._config.time_column)
+    min_rows = property(lambda self: self._config.min_rows)
+    valid_fraction = property(lambda self: self._config.valid_fraction)
+    seed = property(lambda self: self._config.seed)
+    progress = property(lambda self: self._config.progress)
+
+    @property
+    def base_path(self) -> Path:
+        """The shared model folder (the ``base`` setting)."""
+        return Path(self._config.base)
+
+    @property
+    def base(self) -> Any:
+        """The shared model (a text :class:`FineTuner`), loaded on first use."""
+        return self._open().base_model_
+
+    @property
+    def store(self) -> AdapterStore:
+        """The adapter store, opened on first use (created if absent)."""
+        return self._open().store_
+
+    @property
+    def labels(self) -> list[str]:
+        """The shared model's class labels."""
+        return self._open().labels_
+
+    @property
+    def base_fingerprint(self) -> str:
+        """``sha256:`` and the shared model's weights hash: the store refuses adapters of another model."""
+        return self._open().base_fingerprint_
+
+    def _open(self) -> Personalizer:
+        """Load the shared model and open the store (once); what the constructor leaves to first use.
+
+        Raises:
+            ConfigError: the shared model is not a classifier, or has no block for LoRA adapters.
+            ArtifactError: the shared model or the store is refused.
+        """
+        if "store_" in self.__dict__:
+            return self
+        ft = FineTuner.load(self.base_path)
+        if ft.schema_ is None or ft.schema_.task == "regression":
+            raise ConfigError("personalisation needs a classification model as the shared model", key="base")
+        if self.adapter_kind == "lora":
+            last_ffn_output(ft.backbone_)  # refused now, before fit removes anything
+        self.base_model_ = ft
+        self.labels_ = list(ft.schema_.labels or [])
+        self.base_fingerprint_ = "sha256:" + model_version(self.base_path)
+        # The widths every adapter of this shared model has: each adapter file's header is
+        # checked against them before any of its tensors is read.
+        self.store_ = AdapterStore(self._config.store, self.base_fingerprint_, dims=self._dims())
+        return self
+
     def _dims(self) -> AdapterDims:
         """The widths of this shared model's adapters (the LoRA ones ``None`` if it has no block for them)."""
-        ft = self.base
+        ft = self.base_model_
         assert ft.model_ is not None
         linear = getattr(ft.model_.head, "linear", None)
         outputs = int(linear.out_features) if isinstance(linear, torch.nn.Linear) else len(self.labels)
@@ -196,8 +224,6 @@ class Personalizer:
 
         Each distinct input text is run through the encoder once per cache (see ``feature_cache``).
         """
-        from tunesmith.estimator import FineTuner
-
         ft = self.base
         assert ft.model_ is not None
         texts, _, _ = ft._texts_for_prediction(df)
@@ -205,7 +231,7 @@ class Personalizer:
         missing = [str(t) for t in unique if t not in self._cache]
         if missing:
             ids = ft.backbone_.tokenize(missing, ft.config_.max_length)
-            features = FineTuner._run_batches(
+            features = run_batches(
                 ft.backbone_,
                 ids,
                 ft.config_.eval_batch_size,
@@ -233,11 +259,42 @@ class Personalizer:
 
     # --- training ----------------------------------------------------------------------------
 
-    def fit(self, data: pd.DataFrame | str | os.PathLike[str], *, users: list[Any] | None = None) -> Personalizer:
-        """Train (or retrain) adapters; with ``users``, only those users' adapters change."""
-        df, file = self._read(data)
+    def fit(
+        self,
+        data: pd.DataFrame | str | os.PathLike[str],
+        y: Any = None,
+        *,
+        target: str | None = None,
+        eval_set: Any = None,
+        test_set: Any = None,
+        callbacks: Sequence[Any] | None = None,
+        users: list[Any] | None = None,
+    ) -> Personalizer:
+        """Train (or retrain) adapters on labeled rows; with ``users``, only those users' adapters change.
+
+        ``target`` is the label column (default: the shared model's target column). Each
+        adapter is validated on the latest ``valid_fraction`` of its own rows, so ``eval_set``
+        and ``test_set`` are not taken (score held-out rows with :meth:`evaluate`); adapters
+        train in a few closed steps, without epochs to report to ``callbacks``.
+        """
+        args = fit_arguments(self, data, y, target=target, eval_set=eval_set, test_set=test_set, callbacks=callbacks)
+        if args.y is not None:
+            raise ConfigError("the labels are a column of data, not y", key="y", hint="Name it with target=")
+        if args.eval_set is not None or args.test_set is not None or args.callbacks:
+            raise unsupported(
+                self,
+                "eval_set=, test_set= and callbacks=",
+                "Adapters validate on each user's latest rows; score held-out rows with evaluate()",
+            )
+        self._open()
+        started = time.perf_counter()
+        df, file = self._read(args.data)
+        read = df
         assert self.base.schema_ is not None
         target = self.base.schema_.target
+        if args.target is not None and args.target != target:
+            require_column(df, args.target, "target", file)
+            df = df.assign(**{target: df[args.target]})
         require_column(df, self.user_column, "user", file)
         require_column(df, target, "target", file)
         if self.segment_column:
@@ -252,6 +309,7 @@ class Personalizer:
         if self.segment_column and users is None:
             groups.append(("segment", self.segment_column))
         plan: list[tuple[str, str, str, np.ndarray, np.ndarray]] = []
+        trained: dict[str, dict[str, Any]] = {}
         for level, column in groups:
             assert column is not None
             held = time_ordered_holdout(df, column, self.valid_fraction, self.time_column)
@@ -268,9 +326,9 @@ class Personalizer:
                         self.store.delete(key)  # too few rows now: the stale adapter must not answer
                     continue
                 plan.append((level, str(value), key, np.flatnonzero(train), np.flatnonzero(valid)))
-        from tunesmith.estimator import _progress
-
-        bar = _progress(f"{self.adapter_kind} adapters", len(plan), enabled=self.progress and len(plan) > 2)
+        bar = progress(
+            f"{self.adapter_kind} adapters", len(plan), unit="adapters", enabled=self.progress and len(plan) > 2
+        )
         with self.store.deferred(), bar as advance:
             for level, value, key, train_idx, valid_idx in plan:
                 if features is not None and logits is not None:
@@ -292,6 +350,7 @@ class Personalizer:
                     "settings": settings,
                 }
                 self.store.put(key, tensors, meta)
+                trained[key] = {k: meta[k] for k in ("level", "rows_train", "rows_valid", "used", "validation")}
                 self._adapters.pop(key, None)
                 report[level][value] = {
                     "rows": len(train_idx) + len(valid_idx),
@@ -301,88 +360,35 @@ class Personalizer:
                 advance()
         self.report_ = report
         self._write_settings()
+        self.store_folder_ = Path(self.store.folder)
+        self.run_dir_ = self._write_record(args.data, read, len(df), args.target or target, trained, started)
         return self
 
-    def tap(self, df: pd.DataFrame, project: torch.Tensor | None = None) -> tuple[Tapped, torch.Tensor]:
-        """The last feed-forward block's inputs for ``df``'s rows (one padded batch) and their shared logits.
-
-        With ``project`` (an adapter's fixed ``A``), only ``h @ A`` is kept of the wide inner
-        activations, batch by batch: what training needs, at a fraction of the memory.
-        """
-        ft = self.base
-        assert ft.model_ is not None
-        texts, _, _ = ft._texts_for_prediction(df)
-        ids = ft.backbone_.tokenize([str(t) for t in texts], ft.config_.max_length)
-        parts: list[Tapped] = []
-        logits: list[torch.Tensor] = []
-        size = ft.config_.eval_batch_size
-        collate = Collator(ft.backbone_.pad_id)
-        for start in range(0, len(ids), size):
-            padded = collate([{"input_ids": seq, "index": i} for i, seq in enumerate(ids[start : start + size])])
-            batch, mask = padded["input_ids"], padded["attention_mask"]
-            with torch.inference_mode():
-                tapped, features = self._encode(batch, mask)
-                logits.append(ft.model_.head(features).float())
-                h = tapped.h if project is None else tapped.h @ project
-            # Clones made outside inference mode: training may record operations on them.
-            parts.append(Tapped(h.clone(), tapped.pre.clone(), mask, project is not None))
-        return concat_tapped(parts), torch.cat(logits).clone()
-
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[Tapped, torch.Tensor]:
-        """Pooled features of a batch and what the last feed-forward block saw (checked to be the same pass)."""
-        ft = self.base
-        with tap_last_ffn(ft.backbone_) as seen:
-            features = ft.backbone_(input_ids, attention_mask)
-        if len(seen) != 1 or seen[0][0].shape[:2] != attention_mask.shape:
-            raise ConfigError(
-                f"the last feed-forward block ran {len(seen)} time(s) for one batch; LoRA adapters need it to "
-                "run once over whole sequences (is chunk_size_feed_forward set?)",
-                key="adapter_kind",
-                hint="Use adapter_kind='head'",
-            )
-        return Tapped(seen[0][0], seen[0][1], attention_mask), features
-
-    def _fit_lora(
-        self, df: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, valid_idx: np.ndarray
-    ) -> tuple[LoraAdapter, dict[str, Any]]:
-        ft = self.base
-        assert ft.model_ is not None
-        idx = np.concatenate([train_idx, valid_idx])
-        dense = self._ffn.get_submodule("dense")
-        assert isinstance(dense, torch.nn.Linear)
-        a = lora_projection(dense.in_features, self.lora_settings.rank, self.seed)
-        tapped, shared = self.tap(df.iloc[idx], project=a)
-        n = len(train_idx)
-        adapter = fit_lora_adapter(
-            self._ffn,
-            ft.model_.head,
-            ft.backbone_.pooling,
-            rows_between(tapped, 0, n),
-            y[train_idx],
-            self.lora_settings,
-            seed=self.seed,
-        )
-        with torch.no_grad():
-            valid = rows_between(tapped, n, len(idx))
-            mine = lora_logits(adapter, self._ffn, ft.model_.head, valid, ft.backbone_.pooling)
-        check = compare_logits(shared[n:].numpy(), mine.numpy(), y[valid_idx])
-        return adapter, check
-
-    @property
-    def _ffn(self) -> torch.nn.Module:
-        return last_ffn_output(self.base.backbone_)
+    def _write_record(
+        self, data: Any, read: pd.DataFrame, rows: int, target: str, trained: dict[str, Any], started: float
+    ) -> Path | None:
+        """The fit's run record under ``runs_dir`` (None when unset): config, data, drops, adapters, report."""
+        if not self._config.runs_dir:
+            return None
+        config = self._config.model_dump(mode="json")
+        record = RunRecord.create(self._config.runs_dir, self._config.run_name or "personalize")
+        info = fit_info(
+            base=self.base_path.name, target=target, task=str(self.base.schema_.task), labels=self.labels,
+            config=config, data=data, frame=read, rows_used=rows, dropped=self.dropped_, adapters=trained,
+            report=self.report_, seconds=round(time.perf_counter() - started, 3),
+        )  # fmt: skip
+        write_fit_record(record, info)
+        report = (record.path / "report.md").read_text(encoding="utf-8")
+        record.write_text("report.md", report.rstrip("\n") + "\n\n" + adapters_section(info))
+        return record.path
 
     def _read(self, data: pd.DataFrame | str | os.PathLike[str]) -> tuple[pd.DataFrame, str | None]:
         """The rows, and the file they came from (named in errors)."""
         if isinstance(data, pd.DataFrame):
             return data.reset_index(drop=True), None
-        from tunesmith.data.io import read_table
-
         return read_table(data), str(data)
 
     def _write_settings(self) -> None:
-        from tunesmith.runs.artifacts import atomic_write_json
-
         atomic_write_json(
             self.store.folder / SETTINGS_FILE,
             {
@@ -402,8 +408,52 @@ class Personalizer:
 
     # --- prediction and evaluation -----------------------------------------------------------
 
-    def predict_proba(self, data: pd.DataFrame | str | os.PathLike[str]) -> tuple[np.ndarray, list[str]]:
-        """Probabilities per row and the level that answered it (``user``, ``segment`` or ``shared``)."""
+    def predict_proba(self, data: pd.DataFrame | str | os.PathLike[str]) -> np.ndarray:
+        """Class probabilities ``(n, k)`` per row (columns in the order of ``labels``), each row
+        answered by its user's adapter, else its segment's, else the shared model."""
+        return self.predict_routed(data)[0]
+
+    def predict(self, data: pd.DataFrame | str | os.PathLike[str]) -> np.ndarray:
+        """The most probable label of each row (strings, as the shared model's labels)."""
+        proba = self.predict_proba(data)
+        return np.asarray(self.labels, dtype=object)[proba.argmax(axis=1)]
+
+    def score(self, data: Any, y: Any = None, *, target: str | None = None) -> float:
+        """Accuracy of the personalised predictions on the labeled rows of ``data`` (higher is better).
+
+        Rows without a label the shared model knows are left out; ``target`` names the label
+        column when it is not the shared model's.
+        """
+        if y is not None:
+            raise ConfigError("the labels are a column of data, not y", key="y", hint="Name it with target=")
+        df, _ = self._labeled(data, target)
+        y_true, _ = self._targets(df, self.base.schema_.target)
+        return float(np.mean(self.predict_proba(df).argmax(axis=1) == y_true))
+
+    def _labeled(self, data: Any, target: str | None) -> tuple[pd.DataFrame, str | None]:
+        """The rows of ``data`` with a label the shared model knows (in its target column)."""
+        self._open()
+        df, file = self._read(data)
+        assert self.base.schema_ is not None
+        wanted = self.base.schema_.target
+        if target is not None and target != wanted:
+            require_column(df, target, "target", file)
+            df = df.assign(**{wanted: df[target]})
+        require_column(df, self.user_column, "user", file)
+        require_column(df, wanted, "target", file)
+        _, known = self._targets(df, wanted)
+        df = df.loc[known].reset_index(drop=True)
+        if not len(df):
+            raise DataError("no labeled rows to score", file=file, hint="Give rows with the target column filled")
+        return df, file
+
+    def predict_routed(self, data: pd.DataFrame | str | os.PathLike[str]) -> tuple[np.ndarray, list[str]]:
+        """Probabilities per row and the level that answered it (``user``, ``segment`` or ``shared``).
+
+        What ``predict_proba`` returned before the one estimator contract (a pair).
+        """
+        self._check_fitted()
+        self._open()
         df, file = self._read(data)
         require_column(df, self.user_column, "user", file)
         features, logits = self.shared_outputs(df)
@@ -427,101 +477,7 @@ class Personalizer:
                     out[part] = mine.numpy()
             else:
                 out[rows] = apply_head_adapter(adapter, features[rows], logits[rows])
-        from tunesmith.export.runtime import softmax
-
         return softmax(out).astype(np.float32), levels
-
-    def route(self, user: Any, segment: Any = None) -> Route:
-        """Which adapter answers a row of ``user`` (and ``segment``): user, segment or shared."""
-        return self.store.route(
-            None if user is None else str(user),
-            None if segment is None else str(segment),
-            segment_column=self.segment_column,
-        )
-
-    def run_batch(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        users: Sequence[Any],
-        segments: Sequence[Any] | None = None,
-    ) -> tuple[np.ndarray, list[Route]]:
-        """Adapted logits ``(n, k)`` and the route of each row of one padded token batch.
-
-        Rows of different users share the encoder pass; each adapter then corrects only
-        its own rows. A user without a (used) adapter falls back to the segment's, then to
-        the shared model; ``None`` as a user or segment means unknown.
-        """
-        ft = self.base
-        assert ft.model_ is not None
-        n = int(input_ids.shape[0])
-        if len(users) != n or (segments is not None and len(segments) != n):
-            raise ConfigError(f"{n} rows but {len(users)} users and {len(segments or [])} segments")
-        self.refresh_store()
-        routes, groups = self._routes(users, segments)
-        adapters = {key: self._adapter(key) for key in groups}
-        need_tap = any(isinstance(a, LoraAdapter) for a in adapters.values())
-        with torch.inference_mode():
-            if need_tap:
-                tapped, features = self._encode(input_ids, attention_mask)
-            else:
-                features = ft.backbone_(input_ids, attention_mask)
-            logits = ft.model_.head(features).float()
-            out = logits.numpy().copy()
-            f_np = features.float().numpy()
-            for key, rows in groups.items():
-                adapter = adapters[key]
-                if isinstance(adapter, LoraAdapter):
-                    part = subset(tapped, rows)
-                    out[rows] = lora_logits(adapter, self._ffn, ft.model_.head, part, ft.backbone_.pooling).numpy()
-                else:
-                    out[rows] = apply_head_adapter(adapter, f_np[rows], out[rows])
-        return out, routes
-
-    def refresh_store(self) -> bool:
-        """Re-read the store if another process changed it; ``True`` if the new one is in force.
-
-        A store changed into one that is refused (a bad ``index.json``, a link, a FIFO, an
-        adapter of the wrong shapes) is logged once and the adapters read before keep
-        serving: a server never stops, nor serves what it refused.
-        """
-        try:
-            changed = self.store.refresh()
-        except ArtifactError as exc:
-            if str(exc) != self._refresh_error:
-                logger.warning(
-                    "tunesmith: the adapter store changed but is refused; the adapters read before keep serving: %s",
-                    exc,
-                )
-                self._refresh_error = str(exc)
-            return False
-        if changed:
-            # Another process rewrote the store (tunesmith personalize --users): read adapters anew.
-            self._refresh_error = None
-            self._adapters.clear()
-        return changed
-
-    def _routes(self, users: Sequence[Any], segments: Sequence[Any] | None) -> tuple[list[Route], dict[str, list[int]]]:
-        """The route of each row, and the rows of each adapter that answers some."""
-        routes = [self.route(u, None if segments is None else segments[i]) for i, u in enumerate(users)]
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(routes):
-            if r.key is not None:
-                groups.setdefault(r.key, []).append(i)
-        return routes, groups
-
-    def _adapter(self, key: str) -> HeadAdapter | LoraAdapter:
-        adapter = self._adapters.get(key)
-        if adapter is None:
-            tensors = self.store.load(key)
-            # The kind is read from the tensors themselves: the file is what will run, even if
-            # the index this process read is older than it.
-            loaded: HeadAdapter | LoraAdapter = (
-                LoraAdapter.from_tensors(tensors) if "scale" in tensors else HeadAdapter.from_tensors(tensors)
-            )
-            loaded.eval()
-            adapter = self._adapters[key] = loaded
-        return adapter
 
     @classmethod
     def from_store(
@@ -546,7 +502,7 @@ class Personalizer:
                 hint="Pass the shared model folder yourself: Personalizer.from_store(store, base=MODEL)",
             )
         head, lora = s["head"], s["lora"]
-        return cls(
+        p = cls(
             base,
             store,
             user_column=s["user_column"],
@@ -560,6 +516,30 @@ class Personalizer:
             **{k: head[k] for k in ("rank", "l2", "steps", "lr") if k in head},
             **{f"lora_{k}": lora[k] for k in ("rank", "alpha", "steps", "lr") if k in lora},
         )
+        # Opened now: a server or a check wants the store refused here, not at the first request.
+        p._open().store_folder_ = Path(p.store.folder)
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None) -> Personalizer:
+        """Reopen a saved adapter store (:meth:`from_store`); ``base`` is the shared model folder."""
+        return cls.from_store(path, base)
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the adapter store to ``path``: a copy of the store (index, adapters, settings), atomically.
+
+        Saving to the store's own folder writes nothing new (every fit keeps it up to date).
+        """
+        self._check_fitted()
+        source = Path(self.store.folder)
+        final = Path(path)
+        if final.exists() and final.resolve() == source.resolve():
+            return final
+        if not (source / SETTINGS_FILE).is_file():
+            self._write_settings()
+        with AtomicDirectory(final, overwrite=overwrite) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+        return final
 
     def evaluate(self, data: pd.DataFrame | str | os.PathLike[str]) -> dict[str, Any]:
         """Per-user accuracy and ROC AUC (binary), personalised vs shared, on labeled rows.
@@ -569,10 +549,7 @@ class Personalizer:
         ``none`` for users without an adapter); ``dropped`` counts rows left out for a missing
         label or one the shared model does not know.
         """
-        from sklearn.metrics import roc_auc_score
-
-        from tunesmith.export.runtime import softmax
-
+        self._open()
         df, file = self._read(data)
         assert self.base.schema_ is not None
         require_column(df, self.user_column, "user", file)
@@ -581,7 +558,7 @@ class Personalizer:
         df, y = df.loc[known].reset_index(drop=True), y[known]
         if not len(df):
             raise DataError("no labeled rows to evaluate", file=file, hint="Give rows with the target column filled")
-        personal, levels = self.predict_proba(df)
+        personal, levels = self.predict_routed(df)
         _, logits = self.shared_outputs(df)
         shared = softmax(logits)
         binary = len(self.labels) == 2
@@ -618,98 +595,25 @@ class Personalizer:
         }
 
 
-def write_report(result: dict[str, Any], folder: str | os.PathLike[str]) -> dict[str, Path]:
-    """Save an :meth:`Personalizer.evaluate` result: JSON, the per-user table as CSV, and two plots.
+def _open_store(
+    path: str | os.PathLike[str] | SafeFolder,
+    meta: dict[str, Any] | None,
+    *,
+    base: str | os.PathLike[str] | None = None,
+) -> Personalizer:
+    """The registry's loader: an adapter store folder (``personalize.json``) with its shared model ``base``."""
+    root = path.root if isinstance(path, SafeFolder) else path
+    return Personalizer.from_store(root, base)
 
-    ``per_user.png``: each user's shared vs personalised ROC AUC (accuracy for more than two
-    classes). ``by_train_rows.png``: the mean per group of users by training rows, shared vs
-    personalised.
-    """
-    from tunesmith.runs.artifacts import atomic_write_json, json_safe
-    from tunesmith.runs.plots import plot_metric_by_group, plot_per_user_comparison
 
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    table: pd.DataFrame = result["users"]
-    metric = "auc" if "auc_shared" in table.columns and table["auc_shared"].notna().any() else "accuracy"
-    shown = "ROC AUC" if metric == "auc" else "accuracy"
-    paths = {"json": out / "evaluation.json", "csv": out / "per_user.csv"}
-    atomic_write_json(
-        paths["json"],
-        json_safe({k: v for k, v in result.items() if k != "users"} | {"metric": metric}),
+register(
+    Kind(
+        name="personalized",
+        estimator=Personalizer,
+        open=_open_store,
+        summary="Per-user and per-segment adapters over a shared text classifier",
+        marker=SETTINGS_FILE,
+        options=("base",),
+        serving="personalize",
     )
-    table.to_csv(paths["csv"], index=False)
-    paths["per_user"] = plot_per_user_comparison(
-        table[f"{metric}_shared"].to_numpy(dtype=float),
-        table[f"{metric}_personal"].to_numpy(dtype=float),
-        out / "per_user.png",
-        metric=shown,
-        sizes=table["train_rows"].to_numpy(dtype=float),
-    )
-    groups = result["summary"]["by_train_rows"]
-    models = {
-        name: {g: {shown: v.get(f"{metric}_{key}"), "n_users": v.get("users", 0)} for g, v in groups.items()}
-        for name, key in (("shared", "shared"), ("personalised", "personal"))
-    }
-    paths["by_train_rows"] = plot_metric_by_group(
-        models,
-        out / "by_train_rows.png",
-        metric=shown,
-        xlabel="training rows of the user's adapter",
-        title=f"mean per-user {shown} by training rows",
-    )
-    return paths
-
-
-def load_settings(store: str | os.PathLike[str]) -> dict[str, Any]:
-    """The settings a store was built with (``personalize.json``), every field checked.
-
-    The store is opened through :func:`~tunesmith.personalize.store.open_store` (scanned:
-    no links, FIFOs, devices, code or pickles) and the file read with a size cap. Absent or
-    ``null`` fields come back with their defaults (``head`` and ``lora`` hold only the
-    fields present).
-
-    Raises:
-        ArtifactError: no store, no ``personalize.json``, or a field of the wrong type or out
-            of range, naming the file and the field.
-    """
-    folder = open_store(store, marker=SETTINGS_FILE)
-    file = folder.root / SETTINGS_FILE
-    data: dict[str, Any] = folder.read_json(SETTINGS_FILE)
-    out = dict(data)
-    out["base"] = field(data, "base", str, file=file)
-    out["base_fingerprint"] = field(data, "base_fingerprint", str, default=None, file=file)
-    out["user_column"] = field(data, "user_column", str, file=file)
-    if not out["user_column"]:
-        raise ArtifactError(
-            "field 'user_column' is empty", path=file, hint="Rebuild the store with tunesmith personalize"
-        )
-    for name in ("segment_column", "time_column"):
-        out[name] = field(data, name, str, default=None, file=file) or None
-    out["min_rows"] = field(data, "min_rows", int, default=10, low=2, file=file)
-    out["valid_fraction"] = field(data, "valid_fraction", float, default=0.2, file=file)
-    if not 0 < out["valid_fraction"] < 1:
-        raise ArtifactError(f"field 'valid_fraction' must be between 0 and 1, got {out['valid_fraction']!r}", path=file)
-    out["adapter_kind"] = field(data, "adapter_kind", str, default="head", choices=ADAPTER_KINDS, file=file)
-    for kind, low_rank in (("head", 0), ("lora", 1)):
-        given = field(data, kind, dict, default={}, file=file)
-        view = {kind: given}  # null stands for {}: every field its default
-        checked: dict[str, Any] = {
-            "rank": field(view, f"{kind}.rank", int, default=None, low=low_rank, high=MAX_ADAPTER_RANK, file=file),
-            "steps": field(view, f"{kind}.steps", int, default=None, low=1, high=MAX_STEPS, file=file),
-        }
-        for name, zero in (("lr", False), ("l2", True), ("alpha", False)):
-            checked[name] = _finite(view, f"{kind}.{name}", file, zero=zero)
-        # A checked field that is absent or null is left out: the Personalizer's default applies.
-        out[kind] = {k: v for k, v in {**given, **checked}.items() if v is not None or k not in checked}
-    out["seed"] = field(data, "seed", int, default=0, low=0, high=2**63 - 1, file=file)
-    return out
-
-
-def _finite(data: dict[str, Any], name: str, file: Path, *, zero: bool) -> float | None:
-    """The number at ``name`` if present: finite and above zero (or at least zero)."""
-    value = field(data, name, float, default=None, file=file)
-    if value is not None and not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
-        bound = "at least 0" if zero else "above 0"
-        raise ArtifactError(f"field {name!r} must be a finite number {bound}, got {value!r}", path=file)
-    return value
+)

@@ -252,6 +252,7 @@ def evaluate_ranking(
     item_popularity: np.ndarray | None = None,
     batch_size: int = 256,
     groups: Sequence[int] = (10, 30, 100),
+    per_user: bool = False,
 ) -> dict[str, Any]:
     """Score a hold-out set in batches and compute :func:`ranking_metrics`, overall and by history length.
 
@@ -261,6 +262,10 @@ def evaluate_ranking(
     metrics}}``, where a user's group is the number of distinct items in their history and
     ``groups=(10, 30, 100)`` gives the labels ``"<10"``, ``"10-29"``, ``"30-99"`` and
     ``">=100"``. Every label is present; an empty group has ``n_users`` 0 and NaN metrics.
+
+    With ``per_user``, ``"per_user"`` also holds each averaged metric's value per user with a
+    target (``{"ndcg@10": (n_users,) array, ...}``, users in hold-out order), for bootstrap
+    intervals over users (:func:`tunesmith.evaluate.intervals.bootstrap_mean_intervals`).
     """
     checked = _check_ks(ks)
     batch_size = _check_k(batch_size, "batch_size")
@@ -291,4 +296,6 @@ def evaluate_ranking(
         result["by_history_length"][label] = _summarise(
             {key: v[sel] for key, v in values.items()}, top[sel], checked, m, pct
         )
+    if per_user:
+        result["per_user"] = values
     return result

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunesmith.errors import ConfigError, NotFittedError
+from tunesmith.errors import ArtifactError, ConfigError, NotFittedError
+from tunesmith.train.callbacks import StopTraining
 
 LOSSES = ("ce", "sampled_softmax", "bpr", "bce")
 
@@ -154,6 +155,7 @@ class FitReport:
     best_epoch: int | None = None
     best_score: float | None = None
     seconds: float = 0.0
+    stop_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -339,7 +341,12 @@ class SequentialRecommender:
                     waited += 1
             report.history.append(row)
             if on_epoch is not None:
-                on_epoch(row)
+                try:
+                    on_epoch(row)
+                except StopTraining as stop:
+                    # A callback ended training: keep the best epoch seen, as early stopping does.
+                    report.stop_reason = stop.reason
+                    break
             if valid_fn is not None and s.patience and waited >= s.patience:
                 break
         if best_state is not None:
@@ -394,8 +401,6 @@ class SequentialRecommender:
         Raises :class:`~tunesmith.errors.ArtifactError` when the settings or arrays do not
         describe one model (the caller checks shapes against the file before this builds it).
         """
-        from tunesmith.errors import ArtifactError
-
         try:
             n_items = settings["n_items"]
             cfg = SeqConfig(**settings["config"])

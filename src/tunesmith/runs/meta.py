@@ -10,6 +10,7 @@ accepts the older per-kind layouts (version 1) so folders saved before still loa
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,16 @@ def read_model_meta(folder: SafeFolder, meta: Mapping[str, Any] | None = None) -
     """
     file = Path(folder.root) / MODEL_FILE
     data = dict(meta) if meta is not None else folder.read_json(MODEL_FILE)
+    check_common(data, file=file)
+    return data
+
+
+def check_common(data: Mapping[str, Any], *, file: str | os.PathLike[str]) -> int:
+    """Check the common fields of a ``tunesmith.json`` already read; return its ``format_version``.
+
+    Every reader of model metadata (the estimators' loaders and the ONNX predictors) calls
+    this, so a folder is refused for the same reason, in the same words, whichever door opens it.
+    """
     version = field(data, "format_version", int, file=file, default=1)
     if version not in READABLE_VERSIONS:
         raise ArtifactError(
@@ -101,4 +112,4 @@ def read_model_meta(folder: SafeFolder, meta: Mapping[str, Any] | None = None) -
             raise ArtifactError(f"field 'format' is {fmt!r}, not {FORMAT!r}", path=file)
         for name in ("settings", "metrics", "baselines", "data"):
             field(data, name, dict, file=file, default={})
-    return data
+    return int(version)

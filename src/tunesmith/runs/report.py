@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tunesmith.evaluate.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from tunesmith.runs.metric_names import METRIC_DIRECTIONS, PRIMARY_METRIC, SMALL_TEST_ROWS, small_test_warning
 
 __all__ = ["render_report"]
 
@@ -24,6 +24,12 @@ _BASELINE_NAMES = {
     "majority": "majority class",
     "tfidf": "TF-IDF + linear",
     "frozen": "frozen embeddings + linear",
+}
+# per kind of model: what it reads, and the argument of the loading example
+_KIND_INPUTS = {
+    "text": ("text", '["some text"]'),
+    "image": ("images", '["photo.jpg"]'),
+    "tabular": ("rows", 'pandas.read_csv("new_rows.csv")'),
 }
 # settings that describe the run's bookkeeping, not the model; left out of the card's table
 _CONFIG_SKIP = {"progress", "runs_dir", "run_name"}
@@ -77,11 +83,56 @@ def _baseline_name(key: str, metrics: Mapping[str, Any]) -> str:
     return str(name) if name else _BASELINE_NAMES.get(key, key)
 
 
-def _gain_lines(task: str, tuned: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _interval(value: Any) -> tuple[float, float] | None:
+    """``[lo, hi]`` as two finite floats, or None."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = _num(value[0]), _num(value[1])
+        if lo is not None and hi is not None:
+            return lo, hi
+    return None
+
+
+def _metric_cell(metrics: Mapping[str, Any], name: str) -> Any:
+    """``0.842 [0.822, 0.861]`` when the metric has a ``<name>_ci`` interval, else the plain value."""
+    value, ci = _num(metrics.get(name)), _interval(metrics.get(f"{name}_ci"))
+    if value is None or ci is None:
+        return metrics.get(name)
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _gain_verdict(
+    primary: str,
+    tuned: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    gain: Mapping[str, Any] | None,
+    points: bool,
+) -> str:
+    """The part of a gain line that says whether the gain is larger than the noise."""
+    if isinstance(gain, Mapping) and gain.get("verdict"):
+        ci = _interval(gain.get("ci"))
+        if ci is not None and gain.get("paired", True):
+            lo, hi = (f"{100 * ci[0]:+.2f}", f"{100 * ci[1]:+.2f}") if points else (f"{ci[0]:+.4g}", f"{ci[1]:+.4g}")
+            return f"95% interval [{lo}, {hi}]: {gain['verdict']} (paired bootstrap)"
+        return f"{gain['verdict']} (unpaired: the baseline's outputs were not kept, so only intervals are compared)"
+    mine, theirs = _interval(tuned.get(f"{primary}_ci")), _interval(baseline.get(f"{primary}_ci"))
+    if mine is None or theirs is None:
+        return ""
+    clear = theirs[1] < mine[0] or theirs[0] > mine[1]
+    verdict = "larger than the noise" if clear else "within the noise"
+    return f"{verdict} (unpaired: the two 95% intervals {'do not ' if clear else ''}overlap)"
+
+
+def _gain_lines(
+    task: str,
+    tuned: Mapping[str, Any],
+    baselines: Mapping[str, Mapping[str, Any]],
+    gains: Mapping[str, Any] | None = None,
+) -> list[str]:
     primary = PRIMARY_METRIC.get(task, "accuracy")
     a = _num(tuned.get(primary))
     if a is None or not baselines:
         return []
+    gains = gains or {}
     classification = task != "regression"
     better_word = "higher" if METRIC_DIRECTIONS[primary] == "max" else "lower"
     if classification:
@@ -95,6 +146,7 @@ def _gain_lines(task: str, tuned: Mapping[str, Any], baselines: Mapping[str, Map
             "",
         ]
     losers = []
+    noisy = []
     for key, m in baselines.items():
         b = _num(m.get(primary))
         name = _baseline_name(key, m)
@@ -107,7 +159,10 @@ def _gain_lines(task: str, tuned: Mapping[str, Any], baselines: Mapping[str, Map
         else:
             rel = f", {diff / b * 100:+.1f}%" if b else ""
             text = f"{diff:+.4g}{rel}"
-        lines.append(f"- vs {name}: **{text}** ({a:.4f} vs {b:.4f})")
+        verdict = _gain_verdict(primary, tuned, m, gains.get(key), classification)
+        lines.append(f"- vs {name}: **{text}** ({a:.4f} vs {b:.4f})" + (f"; {verdict}" if verdict else ""))
+        if verdict.startswith("within the noise"):
+            noisy.append(name)
         improved = diff > 0 if METRIC_DIRECTIONS[primary] == "max" else diff < 0
         if not improved:
             losers.append(name)
@@ -117,6 +172,12 @@ def _gain_lines(task: str, tuned: Mapping[str, Any], baselines: Mapping[str, Map
             f"**Note:** the fine-tuned model does not beat {', '.join(losers)} on {primary}. "
             "The cheaper model may be the better choice; more data, more epochs or another "
             "learning rate may change this.",
+        ]
+    if noisy:
+        lines += [
+            "",
+            f"**Within the noise:** the difference from {', '.join(noisy)} could come from which rows "
+            "happened to land in the test split; this test split cannot tell these models apart.",
         ]
     return lines
 
@@ -142,6 +203,19 @@ def _drop_summary(report: Any) -> str:
 def _image(images: Mapping[str, Any], key: str, alt: str) -> list[str]:
     name = images.get(key)
     return [f"![{alt}]({name})", ""] if name else []
+
+
+def _warnings(
+    info: Mapping[str, Any], tuned: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """The report's warnings: those given, plus the small-test one whenever the split is small."""
+    given = [str(w) for w in info.get("warnings") or [] if w]
+    n = tuned.get("n") or next((m.get("n") for m in baselines.values() if m.get("n")), None)
+    if isinstance(n, int) and not isinstance(n, bool) and 0 < n < SMALL_TEST_ROWS:
+        small = small_test_warning(n)
+        if small not in given:
+            given.insert(0, small)
+    return given
 
 
 def render_report(info: Mapping[str, Any]) -> str:
@@ -193,6 +267,7 @@ def render_report(info: Mapping[str, Any]) -> str:
     strategy = info.get("strategy") or config.get("strategy")
 
     out: list[str] = [f"# {info.get('title') or 'tunesmith model'}", ""]
+    out += [f"> **Warning:** {w}\n" for w in _warnings(info, tuned, baselines)]
 
     # --- summary line ---------------------------------------------------------------------
     facts = []
@@ -231,11 +306,15 @@ def render_report(info: Mapping[str, Any]) -> str:
         table_rows: list[list[Any]] = []
         if tuned:
             what = ", ".join(str(x) for x in (backbone, strategy) if x)
-            table_rows.append([f"**fine-tuned**{f' ({_cell(what)})' if what else ''}", *[tuned.get(c) for c in cols]])
+            table_rows.append(
+                [f"**fine-tuned**{f' ({_cell(what)})' if what else ''}", *[_metric_cell(tuned, c) for c in cols]]
+            )
         for key, m in baselines.items():
-            table_rows.append([_cell(_baseline_name(key, m)), *[m.get(c) for c in cols]])
+            table_rows.append([_cell(_baseline_name(key, m)), *[_metric_cell(m, c) for c in cols]])
         out += [*_table(["model", *cols], table_rows), ""]
-        gains = _gain_lines(task, tuned, baselines) if tuned else []
+        if any(_interval(m.get(f"{c}_ci")) for m in (tuned, *baselines.values()) for c in cols):
+            out += ["Brackets: 95% bootstrap confidence interval over the test rows.", ""]
+        gains = _gain_lines(task, tuned, baselines, info.get("gains")) if tuned else []
         if gains:
             out += ["### Gain over baselines", "", *gains, ""]
         out += _image(images, "residuals", "residuals")
@@ -354,18 +433,28 @@ def render_report(info: Mapping[str, Any]) -> str:
             out += [*_table(["package", "version"], pkg_rows, numeric_from=2), ""]
 
     # --- model card boilerplate ---------------------------------------------------------------
+    model_kind = str(info.get("kind") or "text")
+    noun, example = _KIND_INPUTS.get(model_kind, ("data", "data"))
+    has_ci = any(str(k).endswith("_ci") for k in tuned)
     out += [
         "## Intended use and limitations",
         "",
-        f"- Intended for {_TASK_WORDS.get(task, 'prediction')} on text like the training data"
+        f"- Intended for {_TASK_WORDS.get(task, 'prediction')} on {noun} like the training data"
         + (f" (`{data['file']}`)" if data.get("file") else "")
         + ". Performance on other domains, languages or time periods is unknown: measure it first.",
-        "- Test metrics come from one held-out split; small test sets give noisy estimates.",
+        "- Test metrics come from one held-out split; small test sets give noisy estimates"
+        + (" (the brackets above show how noisy)." if has_ci else "."),
         "- The model inherits the biases of its pre-trained backbone and of the training labels; "
         "review errors per class (above) before relying on it for decisions about people.",
-        "- Texts longer than the training `max_length`"
-        + (f" ({config['max_length']} tokens)" if config.get("max_length") else "")
-        + " are truncated.",
+        *(
+            [
+                "- Texts longer than the training `max_length`"
+                + (f" ({config['max_length']} tokens)" if config.get("max_length") else "")
+                + " are truncated."
+            ]
+            if model_kind == "text"
+            else []
+        ),
         "",
         "## How to load",
         "",
@@ -373,8 +462,8 @@ def render_report(info: Mapping[str, Any]) -> str:
         "import tunesmith",
         "",
         f'model = tunesmith.load("{info.get("model_path") or "path/to/model"}")',
-        'model.predict(["some text"])'
-        + ("" if kind == "regression" else '\nmodel.predict_proba(["some text"])  # one column per class'),
+        f"model.predict({example})"
+        + ("" if kind == "regression" else f"\nmodel.predict_proba({example})  # one column per class"),
         "```",
         "",
         "The model folder holds only safetensors weights and JSON/YAML/text files (no pickle); "

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.runs.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe
+from tunesmith.search.study import tune_summary
 
 if TYPE_CHECKING:
     import optuna
 
-    from tunesmith.search.tuner import TuneResult
+    from tunesmith.search.study import TuneResult
 
 
 def _save_axes(ax: Any, path: Path) -> Path | None:
@@ -74,8 +75,6 @@ def _cell(v: Any) -> str:
 
 def render_report(result: TuneResult, images: dict[str, str]) -> str:
     """The search report as Markdown."""
-    from tunesmith.search.tuner import tune_summary
-
     d = result.details
     saved = result.compute_saved_by_pruning
     lines = [

@@ -1,6 +1,7 @@
 """Hyperparameter search spaces: which settings a search draws, and from which ranges.
 
-A space maps :class:`~tunesmith.config.FitConfig` settings to ranges, written as YAML::
+A space maps the settings of one kind of model (its estimator's ``settings_model``:
+:class:`~tunesmith.config.FitConfig` for text) to ranges, written as YAML::
 
     lr: {type: float, low: 1e-5, high: 2e-4, log: true}
     epochs: {type: int, low: 1, high: 4}               # optional step: 1
@@ -19,462 +20,46 @@ Every range is checked when the space is read, against both its own shape (``low
 one of the listed values. An inactive dimension is not suggested at all, which is how
 Optuna represents a conditional space (the parameter is absent from the trial), so TPE
 never models a LoRA rank for a full fine-tune.
+
+Each built-in kind has a default space (:func:`default_space` for text, :func:`image_space`,
+:func:`tabular_space`, :func:`recommender_space`); importing this module attaches each to its
+kind in :mod:`tunesmith.estimators.registry`, and :func:`space_for` finds it by kind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import difflib
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import BaseModel
 
-from tunesmith.config import FIELD_NAMES, FitConfig, _closest, make_config
+import tunesmith.estimators.image as _image
+import tunesmith.estimators.text as _text
+import tunesmith.recsys.recommender as _recommender
+import tunesmith.tabular.estimator as _tabular
+from tunesmith.config import FitConfig
 from tunesmith.errors import ConfigError
+from tunesmith.estimators import registry
+from tunesmith.search.dimension import (
+    MAX_GRID_VALUES,
+    Dimension,
+    Scalar,
+    _contains,
+    _key,
+    _unknown_setting,
+    _validated,
+    is_setting,
+    nest,
+    parse_spec,
+)
 
 if TYPE_CHECKING:
     import optuna
-
-Kind = Literal["float", "int", "categorical"]
-KINDS: tuple[str, ...] = ("float", "int", "categorical")
-
-#: Values Optuna can store as categorical choices or grid points.
-Scalar = str | int | float | bool | None
-
-#: The most points an int range or float step may expand to for grid search; a larger grid
-#: is almost always a mistake (an hour-long search per point), so it must be listed.
-MAX_GRID_VALUES = 50
-
-_NUMERIC_KEYS = {"type", "low", "high", "log", "step", "when", "grid"}
-_CATEGORICAL_KEYS = {"type", "choices", "when", "grid"}
-_DOCS = "see docs/search.md"
-
-
-def _key(name: str) -> str:
-    return f"search_space.{name}"
-
-
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _same(a: Any, b: Any) -> bool:
-    # True == 1 in Python; a condition `{early_stopping: true}` must not match a choice 1.
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return bool(a == b)
-
-
-def _contains(values: Sequence[Any], value: Any) -> bool:
-    return any(_same(v, value) for v in values)
-
-
-def _number(name: str, what: str, value: Any) -> float | int:
-    """A bound or step as a number; YAML reads ``1e-5`` (no dot) as a string, so convert it."""
-    if isinstance(value, bool) or value is None:
-        raise ConfigError(f"{what} must be a number (got {value!r})", key=_key(name), hint=f"Write e.g. {what}: 0.001")
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            number = float(value.strip())
-            return int(number) if number.is_integer() and not any(c in value for c in "eE.") else number
-    raise ConfigError(f"{what} must be a number (got {value!r})", key=_key(name), hint=f"Write e.g. {what}: 0.001")
-
-
-def _whole_numbers_only(name: str) -> bool:
-    """Whether the setting takes ints but not floats (a float range would be refused mid-search)."""
-    annotation = FitConfig.model_fields[name].annotation
-    args = get_args(annotation) or (annotation,)
-    return int in args and float not in args
-
-
-def _validated(name: str, value: Any, what: str) -> Any:
-    """``value`` as the setting would hold it, or a ConfigError naming ``search_space.<name>``.
-
-    Checked through :func:`make_config` so that the space and a fit share one set of rules.
-    The value is normalised to the setting's type where that is a plain scalar (YAML's
-    ``"1e-5"`` becomes ``1e-05``, ``"16"`` becomes ``16``), so Optuna stores numbers.
-    """
-    try:
-        config = make_config({name: value})
-    except ConfigError as exc:
-        if exc.key is None:
-            # A cross-setting conflict with some *default* (valid_size: 0.95 against the
-            # default test_size): the trial's other settings decide, so it is checked per trial.
-            return value
-        raise ConfigError(
-            f"{what} {value!r} is refused by the setting: {exc.message}",
-            key=_key(name),
-            hint="Choose values the setting accepts (see docs/config.md)",
-        ) from None
-    normalised = getattr(config, name)
-    return normalised if _is_scalar(normalised) else value
-
-
-def _unknown_setting(name: str, where: str = "") -> ConfigError:
-    guess = _closest(name, FIELD_NAMES)
-    # The suggestion is the fix; without one, point at the list of settings.
-    hint = None if guess else "A search space maps settings (see docs/config.md) to ranges"
-    return ConfigError(f"unknown setting{where}{guess}", key=_key(name), hint=hint)
-
-
-def _normalised_or_raw(name: str, value: Any) -> Any:
-    try:
-        return _validated(name, value, "value")
-    except ConfigError:
-        return value
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One searched setting: a float or int range, or a categorical choice.
-
-    Attributes:
-        name: the :class:`~tunesmith.config.FitConfig` setting it draws.
-        kind: ``"float"``, ``"int"`` or ``"categorical"``.
-        low, high: inclusive bounds of a float or int range.
-        log: draw on a log scale (bounds must be positive; no ``step``).
-        step: spacing of the drawn values (``None``: continuous float, or 1 for int).
-        choices: the values of a categorical dimension.
-        when: condition ``{setting: allowed values}``; the dimension is drawn only while
-            every named setting takes one of its allowed values. Empty: always drawn.
-        grid: explicit values for grid search (required for a float without ``step``).
-
-    Constructing one validates it (and normalises ``when`` values to tuples, int bounds to
-    ints); errors are :class:`~tunesmith.errors.ConfigError` keyed ``search_space.<name>``.
-    """
-
-    name: str
-    kind: Kind
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple[Scalar, ...] = ()
-    when: Mapping[str, tuple[Scalar, ...]] = field(default_factory=dict)
-    grid: tuple[Scalar, ...] | None = None
-
-    def __post_init__(self) -> None:
-        name = self.name
-        if name not in FitConfig.model_fields:
-            raise _unknown_setting(name)
-        if self.kind not in KINDS:
-            close = difflib.get_close_matches(str(self.kind), KINDS, n=1)
-            guess = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"unknown type {self.kind!r}{guess}", key=_key(name), hint="Use type: float, int or categorical"
-            )
-        set_ = object.__setattr__  # frozen: normalise in place once, here
-        when: dict[str, tuple[Scalar, ...]] = {}
-        for param, allowed in dict(self.when).items():
-            values = tuple(allowed) if isinstance(allowed, (list, tuple)) else (allowed,)
-            if not values:
-                raise ConfigError(
-                    f"when {{{param}: []}} lists no value, so the dimension is never drawn",
-                    key=_key(name),
-                    hint=f"Give the value(s) of {param} that switch it on, e.g. when: {{strategy: lora}}",
-                )
-            if str(param) in FitConfig.model_fields:
-                # Normalised like the choices it is compared with ("16" -> 16); a value the
-                # setting refuses is left as is and reported by SearchSpace as not a choice.
-                values = tuple(_normalised_or_raw(str(param), v) for v in values)
-            when[str(param)] = values
-        set_(self, "when", when)
-        if self.kind == "categorical":
-            self._check_categorical()
-        else:
-            self._check_range()
-        if self.grid is not None:
-            self._check_grid()
-
-    def __hash__(self) -> int:
-        return hash(
-            (
-                self.name,
-                self.kind,
-                self.low,
-                self.high,
-                self.log,
-                self.step,
-                self.choices,
-                tuple(self.when.items()),
-                self.grid,
-            )
-        )
-
-    # --- validation -------------------------------------------------------------------------
-
-    def _check_categorical(self) -> None:
-        name = self.name
-        for attr in ("low", "high", "step"):
-            if getattr(self, attr) is not None:
-                raise ConfigError(
-                    f"{attr} does not apply to a categorical dimension",
-                    key=_key(name),
-                    hint="Give choices: [...] only, or use type: float / int for a range",
-                )
-        if self.log:
-            raise ConfigError("log does not apply to a categorical dimension", key=_key(name), hint="Remove log")
-        if not self.choices:
-            raise ConfigError("choices is empty", key=_key(name), hint="List at least one value, e.g. choices: [a, b]")
-        for choice in self.choices:
-            if not _is_scalar(choice):
-                raise ConfigError(
-                    f"choice {choice!r} is not a number, string, boolean or null",
-                    key=_key(name),
-                    hint="Optuna stores only scalar choices; put list or mapping settings in the config file",
-                )
-        choices = tuple(_validated(name, c, "choice") for c in self.choices)
-        for i, choice in enumerate(choices):
-            if _contains(choices[:i], choice):
-                raise ConfigError(f"choice {choice!r} is listed twice", key=_key(name), hint="List each value once")
-        object.__setattr__(self, "choices", choices)
-
-    def _check_range(self) -> None:
-        name = self.name
-        if self.choices:
-            raise ConfigError(
-                f"choices does not apply to a {self.kind} dimension",
-                key=_key(name),
-                hint="Use type: categorical for a list of values, or low/high for a range",
-            )
-        missing = [attr for attr in ("low", "high") if getattr(self, attr) is None]
-        if missing:
-            raise ConfigError(
-                f"a {self.kind} dimension needs low and high ({' and '.join(missing)} missing)",
-                key=_key(name),
-                hint=f"Write e.g. {{type: {self.kind}, low: 1, high: 4}}",
-            )
-        low = _number(name, "low", self.low)
-        high = _number(name, "high", self.high)
-        step = None if self.step is None else _number(name, "step", self.step)
-        if self.kind == "int":
-            for what, value in (("low", low), ("high", high), ("step", step)):
-                if value is not None and not float(value).is_integer():
-                    raise ConfigError(
-                        f"an int dimension needs whole numbers ({what} is {value!r})",
-                        key=_key(name),
-                        hint="Use whole bounds and step, or type: float for fractional values",
-                    )
-            low, high = int(low), int(high)
-            step = None if step is None else int(step)
-        else:
-            if _whole_numbers_only(name):
-                raise ConfigError(
-                    f"{name} takes whole numbers, so a float range would be refused mid-search",
-                    key=_key(name),
-                    hint="Use type: int",
-                )
-            low, high = float(low), float(high)
-            step = None if step is None else float(step)
-        if not math.isfinite(low) or not math.isfinite(high):
-            raise ConfigError(
-                f"bounds must be finite (got {low!r}..{high!r})", key=_key(name), hint="Use finite numbers"
-            )
-        if low >= high:
-            raise ConfigError(
-                f"empty range: low must be below high (got low={low!r}, high={high!r})",
-                key=_key(name),
-                hint=f"Swap them, or give a single value as `{name}: {low!r}` to fix it",
-            )
-        if self.log and low <= 0:
-            raise ConfigError(
-                f"a log scale needs positive bounds (got low={low!r})",
-                key=_key(name),
-                hint="Use a positive low such as 1e-6, or drop log: true",
-            )
-        if step is not None:
-            if self.log:
-                raise ConfigError(
-                    "step cannot be combined with log: true", key=_key(name), hint="Drop step, or drop log"
-                )
-            if not step > 0:
-                raise ConfigError(f"step must be positive (got {step!r})", key=_key(name), hint="Use e.g. step: 1")
-            # Optuna silently moves `high` down to the last step; say so instead.
-            n = (high - low) / step
-            if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
-                raise ConfigError(
-                    f"high - low ({high - low!r}) is not a multiple of step ({step!r})",
-                    key=_key(name),
-                    hint="Adjust high or step so that low + k * step reaches high",
-                )
-        # Every constraint of a setting is an interval, so checking both ends checks the range.
-        _validated(name, low, "low")
-        _validated(name, high, "high")
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
-        object.__setattr__(self, "step", step)
-        object.__setattr__(self, "log", bool(self.log))
-
-    def _check_grid(self) -> None:
-        name = self.name
-        grid = self.grid if isinstance(self.grid, (list, tuple)) else None
-        if not grid:
-            raise ConfigError(
-                "grid must be a non-empty list of values", key=_key(name), hint="Write e.g. grid: [1e-5, 3e-5, 1e-4]"
-            )
-        values: list[Scalar] = []
-        for raw in grid:
-            if self.kind == "categorical":
-                value = _validated(name, raw, "grid value")
-                if not _contains(self.choices, value):
-                    raise ConfigError(
-                        f"grid value {raw!r} is not among the choices {list(self.choices)}",
-                        key=_key(name),
-                        hint="List only choices in grid",
-                    )
-            else:
-                number = _number(name, "grid value", raw)
-                assert self.low is not None and self.high is not None  # set by _check_range
-                if self.kind == "int" and not float(number).is_integer():
-                    raise ConfigError(
-                        f"grid value {raw!r} of an int dimension is not a whole number",
-                        key=_key(name),
-                        hint="Use whole numbers",
-                    )
-                number = int(number) if self.kind == "int" else float(number)
-                if not self.low <= number <= self.high:
-                    raise ConfigError(
-                        f"grid value {raw!r} is outside low..high ({self.low!r}..{self.high!r})",
-                        key=_key(name),
-                        hint="Widen the range or drop the value",
-                    )
-                value = number
-            if _contains(values, value):
-                raise ConfigError(f"grid value {raw!r} is listed twice", key=_key(name), hint="List each value once")
-            values.append(value)
-        object.__setattr__(self, "grid", tuple(values))
-
-    # --- use -------------------------------------------------------------------------------
-
-    def is_active(self, params: Mapping[str, Any]) -> bool:
-        """Whether the condition holds for ``params`` (the values drawn or fixed so far).
-
-        A condition on a setting that is absent (itself inactive) is false, so a chain of
-        conditions switches off as a whole.
-        """
-        return all(param in params and _contains(allowed, params[param]) for param, allowed in self.when.items())
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        """Draw this dimension's value from ``trial``."""
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
-        assert self.low is not None and self.high is not None
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
-
-    def grid_values(self) -> list[Scalar]:
-        """The values grid search tries: ``grid``, the choices, the int range or the float steps."""
-        if self.grid is not None:
-            return list(self.grid)
-        if self.kind == "categorical":
-            return list(self.choices)
-        assert self.low is not None and self.high is not None
-        if self.kind == "float" and self.step is None:
-            raise ConfigError(
-                "a float dimension needs grid: [...] or step for grid search",
-                key=_key(self.name),
-                hint="List the values to try, e.g. grid: [1e-5, 3e-5, 1e-4]",
-            )
-        step = self.step or 1
-        count = round((self.high - self.low) / step) + 1
-        if count > MAX_GRID_VALUES:
-            raise ConfigError(
-                f"grid search would try {count} values of this dimension (more than {MAX_GRID_VALUES})",
-                key=_key(self.name),
-                hint="List the values to try with grid: [...], or give a larger step",
-            )
-        if self.kind == "int":
-            return list(range(int(self.low), int(self.high) + 1, int(step)))
-        # Computed from low (not accumulated) and rounded, so 0.1 + 0.2 does not become 0.30000000000000004.
-        return [round(float(self.low) + i * float(step), 12) for i in range(count)]
-
-    def to_spec(self) -> dict[str, Any]:
-        """The YAML/dict form of this dimension, as :meth:`SearchSpace.from_dict` reads it."""
-        spec: dict[str, Any] = {"type": self.kind}
-        if self.kind == "categorical":
-            spec["choices"] = list(self.choices)
-        else:
-            spec["low"], spec["high"] = self.low, self.high
-            if self.log:
-                spec["log"] = True
-            if self.step is not None:
-                spec["step"] = self.step
-        if self.when:
-            spec["when"] = {p: list(v) if len(v) > 1 else v[0] for p, v in self.when.items()}
-        if self.grid is not None:
-            spec["grid"] = list(self.grid)
-        return spec
-
-
-def _parse_spec(name: str, spec: Any) -> Dimension | tuple[str, Any]:
-    """A dimension from one YAML entry, or ``(name, value)`` for a fixed scalar."""
-    if isinstance(spec, (list, tuple)):
-        return Dimension(name, "categorical", choices=tuple(spec))
-    if not isinstance(spec, Mapping):
-        return name, spec
-    spec = {str(k): v for k, v in spec.items()}
-    kind = spec.get("type")
-    if kind is None:
-        if "choices" not in spec:
-            raise ConfigError(
-                "a range needs type: float, int or categorical",
-                key=_key(name),
-                hint="Write e.g. {type: float, low: 1e-5, high: 1e-3, log: true}; a plain list is a categorical",
-            )
-        kind = "categorical"
-    if kind not in KINDS:
-        Dimension(name, kind)  # raises the unknown-type error, with a suggestion
-    allowed = _CATEGORICAL_KEYS if kind == "categorical" else _NUMERIC_KEYS
-    for extra in spec.keys() - allowed:
-        close = difflib.get_close_matches(extra, sorted(allowed), n=1)
-        guess = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"{extra!r} does not apply to a {kind} dimension{guess}",
-            key=_key(name),
-            hint=f"A {kind} dimension takes {', '.join(sorted(allowed))}",
-        )
-    when = spec.get("when") or {}
-    if not isinstance(when, Mapping):
-        raise ConfigError(
-            f"when must be a mapping of setting to value(s) (got {when!r})",
-            key=_key(name),
-            hint="Write e.g. when: {strategy: lora} or when: {strategy: [lora, full]}",
-        )
-    grid = spec.get("grid")
-    if grid is not None and not isinstance(grid, (list, tuple)):
-        raise ConfigError(f"grid must be a list (got {grid!r})", key=_key(name), hint="Write e.g. grid: [0.0, 0.1]")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise ConfigError(f"log must be true or false (got {log!r})", key=_key(name), hint="Write log: true")
-    choices = spec.get("choices")
-    if kind == "categorical" and not isinstance(choices, (list, tuple)):
-        raise ConfigError(
-            "a categorical dimension needs choices: [...]"
-            if choices is None
-            else f"choices must be a list (got {choices!r})",
-            key=_key(name),
-            hint="Write e.g. {type: categorical, choices: [full, lora]}",
-        )
-    return Dimension(
-        name,
-        kind,
-        low=spec.get("low"),
-        high=spec.get("high"),
-        log=log,
-        step=spec.get("step"),
-        choices=tuple(choices or ()),
-        when=dict(when),
-        grid=None if grid is None else tuple(grid),
-    )
 
 
 class SearchSpace:
@@ -489,10 +74,27 @@ class SearchSpace:
     Args:
         dimensions: the searched settings.
         fixed: settings every trial gets as they are (not searched, not seen by Optuna).
+        settings: the settings model of the kind searched (default: the text kind's
+            :class:`~tunesmith.config.FitConfig`); every name and value is checked against it.
     """
 
-    def __init__(self, dimensions: Sequence[Dimension] = (), fixed: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        dimensions: Sequence[Dimension] = (),
+        fixed: Mapping[str, Any] | None = None,
+        *,
+        settings: type[BaseModel] = FitConfig,
+    ) -> None:
         fixed = dict(fixed or {})
+        self.settings = settings
+        for dim in dimensions:
+            if dim.settings is not settings:
+                # One model checks every value: a dimension built for another kind is re-checked.
+                raise ConfigError(
+                    f"the dimension was checked against {dim.settings.__name__}, the space takes {settings.__name__}",
+                    key=_key(dim.name),
+                    hint="Build the dimension with settings= the kind's settings model",
+                )
         seen: set[str] = set()
         for dim in dimensions:
             if dim.name in seen or dim.name in fixed:
@@ -502,9 +104,9 @@ class SearchSpace:
             seen.add(dim.name)
         self.fixed: dict[str, Any] = {}
         for name, value in fixed.items():
-            if name not in FitConfig.model_fields:
-                raise _unknown_setting(name)
-            self.fixed[name] = _validated(name, value, "fixed value")
+            if not is_setting(name, settings):
+                raise _unknown_setting(name, settings=settings)
+            self.fixed[name] = _validated(name, value, "fixed value", settings)
         by_name = {d.name: d for d in dimensions}
         for dim in dimensions:
             self._check_condition(dim, by_name)
@@ -549,7 +151,9 @@ class SearchSpace:
     # --- construction ---------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str = "search space") -> SearchSpace:
+    def from_dict(
+        cls, d: Mapping[str, Any], *, source: str = "search space", settings: type[BaseModel] = FitConfig
+    ) -> SearchSpace:
         """Read the YAML-style mapping ``setting -> spec`` (see the module docstring).
 
         Spec forms: ``{type: float|int, low, high[, log][, step]}``,
@@ -570,17 +174,17 @@ class SearchSpace:
         fixed: dict[str, Any] = {}
         for raw_name, spec in d.items():
             name = str(raw_name)
-            if name not in FitConfig.model_fields:
-                raise _unknown_setting(name, "" if source == "search space" else f" in {source}")
-            parsed = _parse_spec(name, spec)
+            if not is_setting(name, settings):
+                raise _unknown_setting(name, "" if source == "search space" else f" in {source}", settings)
+            parsed = parse_spec(name, spec, settings)
             if isinstance(parsed, Dimension):
                 dimensions.append(parsed)
             else:
                 fixed[name] = parsed[1]
-        return cls(dimensions, fixed)
+        return cls(dimensions, fixed, settings=settings)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> SearchSpace:
+    def from_yaml(cls, path: str | os.PathLike[str], *, settings: type[BaseModel] = FitConfig) -> SearchSpace:
         """Read a space from a YAML file (see :meth:`from_dict`)."""
         p = Path(path)
         if not p.is_file():
@@ -595,7 +199,7 @@ class SearchSpace:
                 key="search_space",
                 hint="Write e.g. lr: {type: float, low: 1e-5, high: 1e-3, log: true}",
             )
-        return cls.from_dict(data, source=p.name)
+        return cls.from_dict(data, source=p.name, settings=settings)
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping form (plain dicts, lists and scalars); ``from_dict(to_dict())`` equals this space."""
@@ -649,7 +253,7 @@ class SearchSpace:
             if ok:
                 kept.append(dataclasses.replace(dim, when=when))
         fixed = {k: v for k, v in self.fixed.items() if k not in settings}
-        return SearchSpace(kept, fixed)
+        return SearchSpace(kept, fixed, settings=self.settings)
 
     def with_fixed(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` (e.g. an Optuna trial's ``params``) completed with the fixed values.
@@ -706,7 +310,7 @@ class SearchSpace:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SearchSpace):
             return NotImplemented
-        return self.dimensions == other.dimensions and self.fixed == other.fixed
+        return self.dimensions == other.dimensions and self.fixed == other.fixed and self.settings is other.settings
 
     __hash__ = None  # type: ignore[assignment]  # mutable fixed mapping
 
@@ -820,3 +424,176 @@ def default_space(task: str = "binary", strategy: str | None = None) -> SearchSp
     if task == "regression":
         dims.append(Dimension("loss", "categorical", choices=("mse", "huber")))
     return SearchSpace(dims, {} if strategy is None else {"strategy": strategy})
+
+
+# --- defaults of the other kinds -------------------------------------------------------------
+
+_IMAGE = _image.ImageFineTuner.settings_model
+_TABULAR = _tabular.TabularFineTuner.settings_model
+_RECOMMENDER = _recommender.Recommender.settings_model
+_TASKS_ANY = ("auto", "binary", "multiclass", "regression", None)
+
+
+def _check_task(task: str | None) -> None:
+    if task not in _TASKS_ANY:
+        raise ConfigError(f"unknown task {task!r}; use one of {', '.join(_TASKS)}", key="task")
+
+
+def image_space(task: str | None = "auto", strategy: str | None = None) -> SearchSpace:
+    """The default search space of the image kind (settings of its ``ImageConfig``).
+
+    ``lr`` (log 1e-4..1e-2), ``head_lr`` (log 1e-4..1e-1), ``dropout`` (0..0.5), ``epochs``
+    (2..8), ``weight_decay`` (log 1e-4..0.1) and ``strategy`` (``full``, ``head_only``; fixed
+    when ``strategy`` is given, and then ``lr`` is drawn only for ``full``).
+    """
+    _check_task(task)
+    s = _IMAGE
+    dims = [
+        Dimension("head_lr", "float", 1e-4, 1e-1, log=True, settings=s),
+        Dimension("dropout", "float", 0.0, 0.5, settings=s),
+        Dimension("epochs", "int", 2, 8, settings=s),
+        Dimension("weight_decay", "float", 1e-4, 0.1, log=True, settings=s),
+    ]
+    if strategy is None:
+        dims.insert(0, Dimension("strategy", "categorical", choices=("full", "head_only"), settings=s))
+        dims.insert(1, Dimension("lr", "float", 1e-4, 1e-2, log=True, when={"strategy": ("full",)}, settings=s))
+        return SearchSpace(dims, settings=s)
+    if strategy == "full":
+        dims.insert(0, Dimension("lr", "float", 1e-4, 1e-2, log=True, settings=s))
+    return SearchSpace(dims, {"strategy": strategy}, settings=s)
+
+
+def tabular_space(task: str | None = "auto", model: str | None = None) -> SearchSpace:
+    """The default search space of the tabular kind (settings of its ``TabularConfig``).
+
+    LightGBM (when ``model`` is ``lightgbm``, ``ensemble`` or ``auto``): ``num_leaves`` (log
+    8..128), ``learning_rate`` (log 0.01..0.3), ``min_child_samples`` (log 5..100),
+    ``n_estimators`` (boosting rounds, log 50..2000) and, where the settings have them,
+    ``feature_fraction`` (0.5..1) and ``lambda_l2`` (log 1e-3..10). The network (``neural``,
+    ``ensemble``, ``auto``): ``dropout`` (0..0.5), ``lr`` (log 1e-4..1e-2), ``epochs`` (10..100)
+    and ``hidden_width`` where the settings have it. ``model`` is searched among
+    ``lightgbm``, ``neural`` and ``ensemble`` unless given.
+    """
+    _check_task(task)
+    s = _TABULAR
+    boost = ("lightgbm", "ensemble", "auto")
+    net = ("neural", "ensemble", "auto")
+
+    def when(models: tuple[str, ...]) -> dict[str, tuple[Scalar, ...]]:
+        return {"model": tuple(m for m in models if m != "auto")} if model is None else {}
+
+    wanted: list[tuple[tuple[str, ...], tuple[Any, ...], dict[str, bool]]] = [
+        (boost, ("num_leaves", "int", 8, 128), {"log": True}),
+        (boost, ("learning_rate", "float", 0.01, 0.3), {"log": True}),
+        (boost, ("min_child_samples", "int", 5, 100), {"log": True}),
+        (boost, ("n_estimators", "int", 50, 2000), {"log": True}),
+        (boost, ("feature_fraction", "float", 0.5, 1.0), {}),
+        (boost, ("lambda_l2", "float", 1e-3, 10.0), {"log": True}),
+        (net, ("dropout", "float", 0.0, 0.5), {}),
+        (net, ("lr", "float", 1e-4, 1e-2), {"log": True}),
+        (net, ("epochs", "int", 10, 100), {}),
+        (net, ("hidden_width", "int", 32, 512), {"log": True}),
+    ]
+    dims: list[Dimension] = []
+    if model is None:
+        dims.append(Dimension("model", "categorical", choices=("lightgbm", "neural", "ensemble"), settings=s))
+    for models, args, extra in wanted:
+        if args[0] in s.model_fields and (model is None or model in models):
+            name, kind, low, high = args
+            dims.append(Dimension(name, kind, low, high, log=extra.get("log", False), when=when(models), settings=s))
+    return SearchSpace(dims, {} if model is None else {"model": model}, settings=s)
+
+
+def recommender_space(task: str | None = None, model: str | None = None) -> SearchSpace:
+    """The default search space of the recommender kind (settings of its ``RecommenderSettings``).
+
+    Without ``model``: the model among ``ease``, ``itemknn`` and ``bpr``, each with its own
+    settings (``model_params.*``): EASE's ``l2`` (log 1..5000); ItemKNN's ``k`` (log 10..200)
+    and ``shrink`` (0..100); BPR's ``factors`` (log 16..128), ``lr`` (log 0.005..0.1),
+    ``reg`` (log 1e-3..0.1) and ``epochs`` (10..60). With ``model="sasrec"``: ``seq.dim``
+    (``[32, 64]``), ``seq.dropout`` (0..0.5) and ``finetune_settings.lr`` (log 1e-4..3e-3).
+    """
+    s = _RECOMMENDER
+    if model == "sasrec":
+        dims = [
+            Dimension("seq.dim", "categorical", choices=(32, 64), settings=s),
+            Dimension("seq.dropout", "float", 0.0, 0.5, settings=s),
+            Dimension("finetune_settings.lr", "float", 1e-4, 3e-3, log=True, settings=s),
+        ]
+        return SearchSpace(dims, {"model": "sasrec"}, settings=s)
+    per_model: dict[str, list[tuple[Any, ...]]] = {
+        "ease": [("l2", "float", 1.0, 5000.0, True)],
+        "itemknn": [("k", "int", 10, 200, True), ("shrink", "float", 0.0, 100.0, False)],
+        "bpr": [
+            ("factors", "int", 16, 128, True),
+            ("lr", "float", 0.005, 0.1, True),
+            ("reg", "float", 1e-3, 0.1, True),
+            ("epochs", "int", 10, 60, False),
+        ],
+    }
+    if model is not None and model not in per_model:
+        return SearchSpace([], {"model": model}, settings=s)
+    chosen = tuple(per_model) if model is None else (model,)
+    dims = [] if model is not None else [Dimension("model", "categorical", choices=chosen, settings=s)]
+    for name in chosen:
+        when: dict[str, tuple[Scalar, ...]] = {"model": (name,)} if model is None else {}
+        for key, kind, low, high, log in per_model[name]:
+            dims.append(Dimension(f"model_params.{key}", kind, low, high, log=log, when=when, settings=s))
+    return SearchSpace(dims, {} if model is None else {"model": model}, settings=s)
+
+
+def _text_default(task: str | None, base: Mapping[str, Any]) -> SearchSpace:
+    return default_space(task or "auto", strategy=base.get("strategy"))
+
+
+def _image_default(task: str | None, base: Mapping[str, Any]) -> SearchSpace:
+    return image_space(task, strategy=base.get("strategy"))
+
+
+def _tabular_default(task: str | None, base: Mapping[str, Any]) -> SearchSpace:
+    chosen = base.get("model")
+    return tabular_space(task, model=None if chosen in (None, "auto") else chosen)
+
+
+def _recommender_default(task: str | None, base: Mapping[str, Any]) -> SearchSpace:
+    return recommender_space(task, model=base.get("model"))
+
+
+def settings_model(kind: str) -> type[BaseModel]:
+    """The settings model of a registered kind (what its spaces are checked against)."""
+    model: type[BaseModel] = getattr(registry.get(kind).estimator, "settings_model")  # noqa: B009
+    return model
+
+
+def space_for(kind: str, task: str | None = "auto", base: Mapping[str, Any] | None = None) -> SearchSpace:
+    """The default space of ``kind`` for ``task``, less the settings ``base`` fixes.
+
+    Raises:
+        NotSupportedError: a kind with no default space (search it with an explicit space).
+    """
+    base = dict(base or {})
+    make = registry.require(
+        registry.get(kind), "search_space", "a default search space", "Pass space= (a mapping or a YAML file)"
+    )
+    space: SearchSpace = make(task, base)
+    return space.without(base)
+
+
+registry.attach(_text.FineTuner.kind or "text", search_space=_text_default)
+registry.attach(_image.ImageFineTuner.kind, search_space=_image_default)
+registry.attach(_tabular.TabularFineTuner.kind, search_space=_tabular_default)
+registry.attach(_recommender.Recommender.kind, search_space=_recommender_default)
+
+
+__all__ = [
+    "MAX_GRID_VALUES",
+    "Dimension",
+    "SearchSpace",
+    "default_space",
+    "image_space",
+    "nest",
+    "recommender_space",
+    "settings_model",
+    "space_for",
+    "tabular_space",
+]

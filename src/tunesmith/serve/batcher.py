@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 from tunesmith.errors import DataError
 
-logger = logging.getLogger("tunesmith.serve")
+logger = logging.getLogger(__package__)  # one logger for the whole server: tunesmith.serve
 T = TypeVar("T")
 Row = Mapping[str, Any] | str
 

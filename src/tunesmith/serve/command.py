@@ -20,17 +20,18 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 
 from tunesmith.errors import ArtifactError, ConfigError, TunesmithError
+from tunesmith.export.predictor import ONNX_DIR, ONNX_FILES
+from tunesmith.serve.app import MODEL_ENV, create_app
+from tunesmith.serve.personalized import check_adapter_store
 from tunesmith.serve.settings import SETTINGS_ENV, ServeSettings
+from tunesmith.serve.state import ServerState, checked_serving, load_checked
 
-if TYPE_CHECKING:
-    from tunesmith.serve.app import ServerState
-
-logger = logging.getLogger("tunesmith.serve")
+logger = logging.getLogger(__package__)
 
 
 def run_server(model: Path, settings: ServeSettings) -> None:
@@ -104,8 +105,6 @@ def _load_error(model: Path, exc: Exception) -> ArtifactError:
 
 
 def _run_single(model: Path, settings: ServeSettings) -> None:
-    from tunesmith.serve.app import create_app, load_checked
-
     try:
         predictor = load_checked(
             model,
@@ -218,22 +217,17 @@ def check_model(model: Path, settings: ServeSettings) -> None:
 
 
 def _check_model(folder: Path, settings: ServeSettings) -> None:
-    from tunesmith.export.runtime import ONNX_DIR, ONNX_FILES
-    from tunesmith.serve.app import checked_task
-    from tunesmith.serve.recommend import TASK as RECOMMENDATION
-
     # The trust checks of every loaded folder (no links, FIFOs, code or pickles), run before
     # anything reads a file of it.
-    task = checked_task(folder)
+    serving = checked_serving(folder)
     if not (folder / "model.safetensors").is_file():
         raise ArtifactError("model.safetensors is missing", path=folder, hint="Give a folder written by save()")
     if settings.adapters is not None:
         # Each worker would refuse a store built for another model; say so once, up front.
-        from tunesmith.serve.personalized import check_adapter_store
-
         check_adapter_store(folder, settings.adapters)
-    # A recommender runs its own model (torch or numpy): the backend setting does not apply.
-    if settings.backend == "onnx" and task != RECOMMENDATION:
+    # Only the predict serving style runs ONNX graphs: a recommender runs its own model (torch
+    # or numpy), and the backend setting does not apply to it.
+    if settings.backend == "onnx" and serving == "predict":
         onnx_dir = folder / ONNX_DIR
         wanted = ["int8", "fp32"] if settings.precision == "auto" else [settings.precision]
         if not any((onnx_dir / ONNX_FILES[p]).is_file() for p in wanted):
@@ -248,8 +242,6 @@ def _check_model(folder: Path, settings: ServeSettings) -> None:
 def _run_workers(model: Path, settings: ServeSettings) -> None:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
-
-    from tunesmith.serve.app import MODEL_ENV
 
     check_model(model, settings)
     sock = _bind(settings.host, settings.port)

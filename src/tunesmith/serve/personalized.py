@@ -35,11 +35,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunesmith.errors import ArtifactError, ConfigError, DataError
-from tunesmith.export.runtime import Prediction, TorchPredictor, model_version, read_meta
+from tunesmith.estimators import registry
+from tunesmith.export.predictor import Prediction, read_meta
+from tunesmith.export.text import TorchPredictor
+from tunesmith.personalize.personalizer import Personalizer, load_settings
+from tunesmith.personalize.store import AdapterStore
+from tunesmith.runs.fingerprint import model_version
 
 if TYPE_CHECKING:
-    from tunesmith.personalize.personalizer import Personalizer
     from tunesmith.personalize.store import Route
+
+BASE_KIND = "text"
+"""The kind of model a :class:`~tunesmith.personalize.personalizer.Personalizer` adds adapters to."""
 
 # A user id no store holds: the warm-up row takes the fallback path of an unknown user.
 _WARMUP_USER = "__tunesmith_warmup__"
@@ -221,9 +228,6 @@ def check_adapter_store(model: str | os.PathLike[str], store: str | os.PathLike[
         ArtifactError: no store folder, a store folder or file refused, or a store built for
             another shared model.
     """
-    from tunesmith.personalize.personalizer import load_settings
-    from tunesmith.personalize.store import AdapterStore
-
     load_settings(store)
     AdapterStore(store, "sha256:" + model_version(Path(model)))
 
@@ -248,15 +252,15 @@ def load_personalized_predictor(
     """
     import torch
 
-    from tunesmith.personalize.personalizer import Personalizer
-
     folder = Path(model)
     if not folder.is_dir():
         raise ArtifactError("no model folder here", path=folder, hint="Give a folder written by tunesmith fit")
     meta = read_meta(folder)
-    kind, task = meta.get("kind", "text"), meta.get("task")
-    if kind != "text" or task not in ("binary", "multiclass"):
-        what = f"a {kind} model" if kind != "text" else f"a {task} model"
+    kind, task = registry.get(registry.kind_of_meta(meta)), meta.get("task")
+    # Adapters correct the text encoder's features: only a classifier of the kind the
+    # personaliser builds on takes them.
+    if kind.name != BASE_KIND or task not in ("binary", "multiclass"):
+        what = f"a {kind.name} model" if kind.name != BASE_KIND else f"a {task} model"
         raise ConfigError(
             f"adapters personalise a text classifier; {folder} holds {what}",
             key="adapters",

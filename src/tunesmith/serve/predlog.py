@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.errors import ArtifactError, ConfigError
+from tunesmith.serve.schemas import json_safe
 
 if TYPE_CHECKING:
     import pandas as pd
 
-logger = logging.getLogger("tunesmith.serve")
+logger = logging.getLogger(__package__)  # one logger for the whole server: tunesmith.serve
 
 COLUMNS = (
     "timestamp",
@@ -117,8 +118,6 @@ def _dumps(value: Any) -> str | None:
     except ValueError:
         # A refused request's NaN or infinity (Python's JSON reader takes them): stored as strings,
         # so every JSON reader can read the log, not only Python's.
-        from tunesmith.serve.schemas import json_safe
-
         return json.dumps(json_safe(value), ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
 
 

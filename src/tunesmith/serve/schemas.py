@@ -16,12 +16,17 @@ strict JSON (``NaN``, ``Infinity`` and numbers beyond the float range are not JS
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema
 
+from tunesmith.errors import DataError
 from tunesmith.serve.settings import Backend, Precision
 
 if TYPE_CHECKING:
@@ -189,12 +194,12 @@ _ID = {"type": ["string", "integer", "null"], "description": "Routing id (user o
 class RowSpec:
     """The rows a served model reads: what the OpenAPI document promises and the server enforces.
 
-    ``kind`` is ``text`` (a fine-tuned text model: at least one non-blank text column), ``image``
+    ``shape`` is ``text`` (a fine-tuned text model: at least one non-blank text column), ``image``
     (one base64 field), ``tabular`` (any subset of the columns; a missing one is imputed) or
     ``free`` (unknown: any non-empty object).
     """
 
-    kind: Literal["text", "image", "tabular", "free"]
+    shape: Literal["text", "image", "tabular", "free"]
     text_columns: tuple[str, ...] = ()
     numeric_columns: tuple[str, ...] = ()
     categorical_columns: tuple[str, ...] = ()
@@ -221,16 +226,16 @@ class RowSpec:
         routing = [getattr(predictor, "user_column", None), getattr(predictor, "segment_column", None)]
         ids = tuple(c for c in routing if isinstance(c, str) and c and c not in known)
         # A text model has a token budget; a tabular one reads any subset of its columns.
-        kind: Literal["text", "tabular"] = "text" if "max_tokens" in schema and text else "tabular"
-        return cls(kind, text, numeric, categorical, ids)
+        shape: Literal["text", "tabular"] = "text" if "max_tokens" in schema and text else "tabular"
+        return cls(shape, text, numeric, categorical, ids)
 
     # --- the document ----------------------------------------------------------------------------
 
     def row_schema(self) -> dict[str, Any]:
         """JSON Schema of one row."""
-        if self.kind == "free":
+        if self.shape == "free":
             return {"type": "object", "minProperties": 1, "description": "Column values (see /v1/metadata)."}
-        if self.kind == "image":
+        if self.shape == "image":
             field = self.image_field or "image"
             image = {
                 "type": "string",
@@ -250,7 +255,7 @@ class RowSpec:
         for col in self.id_columns:
             props[col] = dict(_ID)
         obj = {"type": "object", "properties": props, "additionalProperties": False}
-        if self.kind == "tabular":
+        if self.shape == "tabular":
             obj["description"] = "Column values; a column left out counts as missing."
             return obj
         texts = self.text_columns
@@ -285,7 +290,7 @@ class RowSpec:
             "required": ["inputs"],
             "additionalProperties": False,
         }
-        if self.kind == "text":
+        if self.shape == "text":
             # Examples are tried by API testers as they stand, so they name this model's columns.
             example = "great fun movie"
             one = {c: example for c in self.text_columns}
@@ -392,3 +397,104 @@ def json_safe(value: Any, *, non_finite: Literal["text", "null"] = "text", _dept
     if isinstance(value, (list, tuple)):
         return [json_safe(v, non_finite=non_finite, _depth=_depth + 1) for v in value]
     return str(value)
+
+
+# --- reading requests and writing answers ------------------------------------------------------
+
+MAX_DETAIL_CHARS = 2000
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def dumps(payload: Any, *, non_finite: Literal["text", "null"] = "text") -> bytes:
+    """Strict JSON: a NaN or an infinity is spelled as a string (an echoed input) or, with
+    ``non_finite="null"``, as null (a model output that is not a number)."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        safe = json_safe(payload, non_finite=non_finite)
+        return json.dumps(safe, separators=(",", ":"), allow_nan=False).encode()
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON (``application/json`` or ``application/*+json``)."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def body_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors of a request body, located under ``body`` as FastAPI does."""
+    out = []
+    for err in exc.errors(include_url=False, include_context=False):
+        item: dict[str, Any] = dict(err)
+        item["loc"] = ("body", *err["loc"])
+        if item.get("type") == "json_invalid":
+            item.pop("input", None)
+        out.append(item)
+    return out
+
+
+def request_rows(inputs: Any) -> tuple[list[Any], bool]:
+    """The request rows as a list and whether the request sent a single row."""
+    single = not isinstance(inputs, list)
+    rows = [inputs] if single else inputs
+    if not rows:
+        raise RequestValidationError(
+            [{"type": "too_short", "loc": ("body", "inputs"), "msg": "inputs must hold at least one row", "input": []}]
+        )
+    for i, row in enumerate(rows):
+        where: tuple[Any, ...] = ("body", "inputs") if single else ("body", "inputs", i)
+        if isinstance(row, dict):
+            continue
+        if isinstance(row, str):
+            if row.strip():
+                continue
+            msg = "the text is empty"
+        else:
+            msg = f"a row must be an object of column values or a string, got {type(row).__name__}"
+        raise RequestValidationError([{"type": "value_error", "loc": where, "msg": msg, "input": row}])
+    return rows, single
+
+
+def data_error_detail(exc: DataError, single: bool, rows: list[Any]) -> list[dict[str, Any]]:
+    """The 422 detail of a row the model cannot read, located at the row and field."""
+    loc: list[Any] = ["body", "inputs"]
+    row = None
+    if exc.row is not None:
+        i = exc.row - 1
+        if not single:
+            loc.append(i)
+        row = rows[i] if 0 <= i < len(rows) else None
+    if exc.column is not None:
+        loc.append(exc.column)
+    msg = exc.message if not exc.hint else f"{exc.message}. {exc.hint}"
+    return [{"type": "value_error", "loc": loc, "msg": msg, "input": row}]
+
+
+def json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
+    """``{"detail": detail}``; a detail that echoes inputs is made strict JSON first."""
+    if not isinstance(detail, str):
+        detail = json_safe(detail)
+    return Response(dumps({"detail": detail}), status_code=status, media_type="application/json", headers=headers)
+
+
+REQUEST_ID_HEADER = {
+    "X-Request-ID": {
+        "description": "The request's X-Request-ID (up to 64 characters of A-Za-z0-9._:-), or one made up.",
+        "schema": {"type": "string"},
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "API key missing or wrong."},
+    408: {"model": ErrorOut, "description": "The body did not arrive within request_timeout_s."},
+    413: {"model": ErrorOut, "description": "Body larger than max_body_bytes, or more rows than max_rows_per_request."},
+    415: {"model": ErrorOut, "description": "Content-Type is not application/json."},
+    422: {"model": ErrorOut, "description": "Invalid request: detail lists {loc, msg} naming the row and field."},
+    503: {
+        "model": ErrorOut,
+        "description": "Queue full or shutting down; retry after the Retry-After seconds.",
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}},
+    },
+    504: {"model": ErrorOut, "description": "The prediction did not finish within request_timeout_s."},
+}

@@ -1,8 +1,8 @@
-"""A small neural network for table rows, and its training loop.
+"""A small neural network for table rows, trained by the shared loop of :mod:`tunesmith.train`.
 
-Rows are small and already numeric, so the loop slices tensors directly (no ``DataLoader``)
-and scores the whole validation set in one pass: on a CPU that overhead would otherwise
-dominate the run time.
+Rows are small and already numeric, so a batch is one slice of the split's tensors (no
+per-row collation) and the whole validation set is scored in one pass: on a CPU that
+overhead would otherwise dominate the run time.
 """
 
 from __future__ import annotations
@@ -17,10 +17,25 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ArtifactError, ConfigError
+from tunesmith.runs.trust import field as meta_field
+from tunesmith.tabular.preprocess import TabularFeatures
+from tunesmith.tabular.settings import TabularConfig
+from tunesmith.train.callbacks import Callback, EarlyStopping, ProgressBar
+from tunesmith.train.loop import LocalAccelerator, LoopSettings
+from tunesmith.train.loop import train as train_loop
 
-__all__ = ["TabularNet", "TrainResult", "embedding_dim", "net_spec", "predict_outputs", "train_tabular_net"]
+__all__ = [
+    "TabularNet",
+    "TrainResult",
+    "embedding_dim",
+    "fit_net",
+    "net_spec",
+    "predict_outputs",
+    "train_tabular_net",
+]
 
 NORMS = (None, "batch", "layer")
 MAX_WIDTH = 1 << 20
@@ -37,13 +52,10 @@ def net_spec(info: Any, *, file: str | os.PathLike[str], name: str = "net") -> d
     they describe with the weights (build it on the ``meta`` device) before building it for
     real. A wrong field is an :class:`~tunesmith.errors.ArtifactError` naming the file and field.
     """
-    from tunesmith.errors import ArtifactError
-    from tunesmith.runs.trust import field
-
     root = {name: info}
 
     def ints(key: str, low: int, high: int, most: int) -> list[int]:
-        values = field(root, f"{name}.{key}", list, file=file)
+        values = meta_field(root, f"{name}.{key}", list, file=file)
         if len(values) > most or not all(
             isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
         ):
@@ -53,12 +65,12 @@ def net_spec(info: Any, *, file: str | os.PathLike[str], name: str = "net") -> d
         return values
 
     return {
-        "n_numeric": field(root, f"{name}.n_numeric", int, file=file, low=0, high=MAX_WIDTH),
+        "n_numeric": meta_field(root, f"{name}.n_numeric", int, file=file, low=0, high=MAX_WIDTH),
         "cardinalities": ints("cardinalities", 1, MAX_WIDTH, 100_000),
-        "n_outputs": field(root, f"{name}.n_outputs", int, file=file, low=1, high=MAX_OUTPUTS),
+        "n_outputs": meta_field(root, f"{name}.n_outputs", int, file=file, low=1, high=MAX_OUTPUTS),
         "hidden": tuple(ints("hidden", 1, MAX_WIDTH, MAX_LAYERS)),
-        "dropout": float(field(root, f"{name}.dropout", float, file=file, low=0.0, high=0.999999)),
-        "norm": field(root, f"{name}.norm", (str, type(None)), file=file, default=None, choices=NORMS),
+        "dropout": float(meta_field(root, f"{name}.dropout", float, file=file, low=0.0, high=0.999999)),
+        "norm": meta_field(root, f"{name}.norm", (str, type(None)), file=file, default=None, choices=NORMS),
     }
 
 
@@ -129,6 +141,7 @@ class TrainResult:
     best_epoch: int = 0
     best_valid_loss: float = math.inf
     stopped_early: bool = False
+    stop_reason: str | None = None
 
 
 @torch.no_grad()
@@ -153,6 +166,33 @@ def _loss_fn(task: str, class_weights: np.ndarray | None) -> nn.Module:
     return nn.CrossEntropyLoss(weight=weight)
 
 
+class _Rows(Dataset[tuple[str, int]]):
+    """Row positions of one split; :class:`_Slices` turns a batch of them into tensors."""
+
+    def __init__(self, split: str, n: int) -> None:
+        self.split = split
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[str, int]:
+        return self.split, i
+
+
+class _Slices:
+    """Slices the split's tensors once per batch: rows are small and already numeric, so a
+    per-row collate would cost more than the network's step on a CPU."""
+
+    def __init__(self, splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        self.splits = splits
+
+    def __call__(self, items: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        numeric, categorical, target = self.splits[items[0][0]]
+        index = torch.as_tensor([i for _, i in items], dtype=torch.long)
+        return {"numeric": numeric[index], "categorical": categorical[index], "target": target[index], "index": index}
+
+
 def train_tabular_net(
     net: TabularNet,
     train: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -167,82 +207,164 @@ def train_tabular_net(
     schedule: str = "onecycle",
     class_weights: np.ndarray | None = None,
     seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = False,
 ) -> TrainResult:
-    """Train ``net`` in place with AdamW, restoring the weights of the best validation epoch.
+    """Train ``net`` in place with AdamW through the shared loop, keeping the best validation epoch.
 
     ``train``/``valid`` are ``(numeric, categorical, target)``; targets are class indices or,
-    for regression, already-scaled floats. Early stopping watches the validation loss
-    (unweighted, so class weights shape training but not the choice of epoch) and stops after
-    ``patience`` epochs without improvement. ``schedule`` is ``"onecycle"``, ``"cosine"`` or
-    ``"constant"``. Everything random (initialisation aside, which the caller seeds) draws
-    from generators seeded with ``seed``; the global torch RNG is left as it was.
+    for regression, already-scaled floats. Training runs through
+    :func:`tunesmith.train.loop.train` on the CPU: early stopping watches the validation
+    loss (unweighted, so class weights shape training but not the choice of epoch) and stops
+    after ``patience`` epochs without improvement, then the best epoch's weights are put back.
+    Each epoch's metrics (``train_loss``, ``valid_loss``, ``valid_accuracy`` for classes) reach
+    ``callbacks``' ``on_epoch_end``. ``schedule`` is ``"onecycle"``, ``"cosine"`` or
+    ``"constant"``. Everything random (initialisation aside, which the caller seeds) draws from
+    ``seed``; the global torch RNG is left as it was.
     """
     if schedule not in ("onecycle", "cosine", "constant"):
         raise ConfigError(f"unknown schedule {schedule!r}", key="schedule", hint="Use onecycle, cosine or constant")
     if epochs < 1 or batch_size < 1:
         raise ConfigError("epochs and batch_size must be at least 1", key="epochs" if epochs < 1 else "batch_size")
     regression = task == "regression"
-    num = torch.as_tensor(train[0], dtype=torch.float32)
-    cat = torch.as_tensor(train[1], dtype=torch.long)
-    y = torch.as_tensor(train[2], dtype=torch.float32 if regression else torch.long)
-    if regression:
-        y = y.reshape(-1, 1)
-    n = len(num)
-    steps = max(1, math.ceil(n / batch_size))
-    loss_fn = _loss_fn(task, class_weights)
-    plain_loss = _loss_fn(task, None)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler: Any = None
-    if schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
-    elif schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    target_dtype = torch.float32 if regression else torch.long
 
-    gen = torch.Generator().manual_seed(seed)
-    result = TrainResult()
-    best_state = copy.deepcopy(net.state_dict())
-    bad_epochs = 0
+    def tensors(part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (
+            torch.as_tensor(part[0], dtype=torch.float32),
+            torch.as_tensor(part[1], dtype=torch.long),
+            torch.as_tensor(part[2], dtype=target_dtype),
+        )
+
+    splits = {"train": tensors(train)}
+    n = len(splits["train"][0])
+    has_valid = valid is not None and len(valid[0]) > 0
+    if has_valid:
+        assert valid is not None
+        splits["valid"] = tensors(valid)
+    if n % batch_size == 1 and any(isinstance(m, nn.BatchNorm1d) for m in net.modules()):
+        batch_size += 1  # BatchNorm cannot train on a last batch of one row
+    loss_fn = _loss_fn(task, class_weights)
+    plain_loss = _loss_fn(task, None) if class_weights is not None else None
+
+    def valid_metrics(targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if plain_loss is not None:
+            # the loop's valid_loss is weighted like training; the choice of epoch is not
+            out["loss"] = float(plain_loss(torch.as_tensor(outputs), torch.as_tensor(targets)))
+        if not regression:
+            out["accuracy"] = float((outputs.argmax(axis=1) == targets).mean())
+        return out
+
+    def make_scheduler(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+        if schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
+        if schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+    loop_callbacks: list[Callback] = []
+    if has_valid:
+        loop_callbacks.append(
+            EarlyStopping(
+                "loss",
+                "min",
+                patience=patience,
+                min_delta=1e-7,
+                state_fn=net.state_dict,
+                load_fn=net.load_state_dict,
+            )
+        )
+    if progress:
+        loop_callbacks.append(ProgressBar("training the network"))
+    loop_callbacks.extend(callbacks)
+    valid_targets = splits["valid"][2].numpy() if has_valid else None
     # dropout draws from the global RNG; fork it so the caller's stream is untouched and runs repeat
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for epoch in range(1, epochs + 1):
-            net.train()
-            order = torch.randperm(n, generator=gen)
-            total = 0.0
-            for s in range(steps):
-                idx = order[s * batch_size : (s + 1) * batch_size]
-                if len(idx) < 2 and net.training and any(isinstance(m, nn.BatchNorm1d) for m in net.modules()):
-                    continue  # BatchNorm cannot train on a batch of one
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(net(num[idx], cat[idx]), y[idx])
-                loss.backward()
-                opt.step()
-                if scheduler is not None:
-                    scheduler.step()
-                total += float(loss.detach()) * len(idx)
-            row: dict[str, float] = {"epoch": float(epoch), "train_loss": total / max(n, 1)}
-            if valid is None:
-                result.history.append(row)
-                best_state = copy.deepcopy(net.state_dict())
-                result.best_epoch = epoch
-                continue
-            out = torch.as_tensor(predict_outputs(net, valid[0], valid[1]))
-            vy = torch.as_tensor(valid[2], dtype=torch.float32 if regression else torch.long)
-            vloss = float(plain_loss(out, vy.reshape(-1, 1) if regression else vy))
-            row["valid_loss"] = vloss
-            if not regression:
-                row["valid_accuracy"] = float((out.argmax(dim=1) == vy).float().mean())
-            result.history.append(row)
-            if math.isfinite(vloss) and vloss < result.best_valid_loss - 1e-7:
-                result.best_valid_loss = vloss
-                result.best_epoch = epoch
-                best_state = copy.deepcopy(net.state_dict())
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-                if bad_epochs >= patience:
-                    result.stopped_early = True
-                    break
-    net.load_state_dict(best_state)
+        state = train_loop(
+            net,
+            train_set=_Rows("train", n),
+            train_lengths=np.ones(n, dtype=np.int64),
+            valid_set=_Rows("valid", len(valid_targets)) if valid_targets is not None else None,
+            valid_lengths=np.ones(len(valid_targets), dtype=np.int64) if valid_targets is not None else None,
+            valid_targets=valid_targets,
+            collate=_Slices(splits),
+            loss_fn=loss_fn,
+            optimizer=torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay),
+            make_scheduler=make_scheduler,
+            settings=LoopSettings(
+                epochs=epochs,
+                batch_size=batch_size,
+                eval_batch_size=8192,
+                grad_clip=None,
+                seed=seed,
+                length_bucketing=False,
+            ),
+            accelerator=LocalAccelerator("cpu"),
+            valid_metrics=valid_metrics,
+            callbacks=loop_callbacks,
+        )
     net.eval()
-    return result
+    best = state.best_epoch if has_valid and state.best_epoch is not None else len(state.history)
+    return TrainResult(
+        history=state.history,
+        best_epoch=int(best or 0),
+        best_valid_loss=float(state.best_value) if state.best_value is not None else math.inf,
+        stopped_early=state.stop_reason is not None,
+        stop_reason=state.stop_reason,
+    )
+
+
+def fit_net(
+    cfg: TabularConfig,
+    task: str,
+    n_outputs: int,
+    cardinalities: Sequence[int],
+    train: tuple[TabularFeatures, np.ndarray],
+    valid: tuple[TabularFeatures, np.ndarray],
+    *,
+    init_net: TabularNet | None = None,
+    target_scaling: dict[str, float] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> tuple[TabularNet, dict[str, Any]]:
+    """The network candidate of a fit (a copy of ``init_net`` trained on, or a new one) and what training did.
+
+    A regression target is standardised with ``target_scaling`` for training. The info holds
+    ``best_epoch``, ``epochs_run``, ``stopped_early``, ``stop_reason`` and the per-epoch ``history``.
+    """
+    if init_net is not None:
+        net = copy.deepcopy(init_net)
+    else:
+        # seed initialisation without disturbing the caller's global RNG stream
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            net = TabularNet(
+                train[0].numeric.shape[1], cardinalities, n_outputs, hidden=tuple(cfg.hidden), dropout=cfg.dropout
+            )
+    y_train, y_valid = train[1], valid[1]
+    if target_scaling is not None:
+        y_train = (y_train - target_scaling["mean"]) / target_scaling["std"]
+        y_valid = (y_valid - target_scaling["mean"]) / target_scaling["std"]
+    result = train_tabular_net(
+        net,
+        (train[0].numeric, train[0].categorical, y_train),
+        (valid[0].numeric, valid[0].categorical, y_valid),
+        task=task,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        callbacks=callbacks,
+        progress=cfg.progress,
+    )
+    info = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "history": result.history,
+    }
+    return net, info

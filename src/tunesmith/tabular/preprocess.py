@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from tunesmith.backbones import create_backbone
+from tunesmith.backbones.embed import embed_texts
 from tunesmith.data.schema import label_string, missing_mask, require_column
 from tunesmith.data.validate import row_numbers
 from tunesmith.errors import ArtifactError, ConfigError, DataError
@@ -83,7 +85,7 @@ class TabularPreprocessor:
       times, as :func:`~tunesmith.data.schema.label_string` forms; index 0 means unknown or
       missing.
     - Text columns (mixed rows): frozen vectors of ``text_backbone`` (via
-      :func:`tunesmith.estimator.embed_texts`), reduced by a PCA fitted on train to
+      :func:`tunesmith.backbones.embed.embed_texts`), reduced by a PCA fitted on train to
       ``text_dims`` components per column, appended to the numeric features.
 
     Args:
@@ -521,14 +523,10 @@ class TabularPreprocessor:
 
     def _get_backbone(self) -> TextBackbone:
         if self._backbone is None:
-            from tunesmith.backbones import create_backbone
-
             self._backbone = create_backbone(self.text_backbone)
         return self._backbone
 
     def _embed(self, series: pd.Series) -> np.ndarray:
-        from tunesmith.estimator import embed_texts
-
         missing = missing_mask(series).to_numpy(dtype=bool)
         texts = ["" if m else str(v) for v, m in zip(series.tolist(), missing, strict=True)]
         # Text columns of tables repeat (a product's description on each of its orders): each

@@ -1,21 +1,24 @@
 """Callbacks: everything that is not the training loop's job.
 
 Callbacks run in ascending ``order``. One that wants training to end raises
-:class:`StopTraining` with a reason; the loop catches it, finishes cleanly and records
-the reason. Hooks receive the :class:`TrainState`, which they may read and annotate.
+:class:`StopTraining` with a reason; the loop lets the remaining callbacks see that epoch
+too, then finishes cleanly and records the reason. Any other exception (``optuna.TrialPruned``
+from a pruning callback) ends the fit and reaches the caller. Hooks receive the
+:class:`TrainState`, which they may read and annotate.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from tunesmith.progress import Progress, progress
 
 
 class StopTraining(Exception):
@@ -28,9 +31,13 @@ class StopTraining(Exception):
 
 @dataclass
 class TrainState:
-    """What the loop knows, shared with callbacks."""
+    """What the loop knows, shared with callbacks.
 
-    model: nn.Module
+    ``model`` is the network being trained (a LightGBM booster when a tabular fit reports its
+    boosting rounds: ``epoch`` then counts steps of ``steps_per_epoch`` rounds).
+    """
+
+    model: Any
     epochs: int
     steps_per_epoch: int
     epoch: int = 0
@@ -149,61 +156,53 @@ class HistoryLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A rich progress bar over all training steps, with ETA, loss and the last validation metric."""
+    """Progress over all training steps, and one line per epoch with its metrics.
+
+    On a terminal this is a bar with an ETA; where output goes to a log (``nohup``, CI, a
+    scheduler) it prints plain lines instead (see :func:`tunesmith.progress.progress`): the
+    start, at least one a minute with steps done and an ETA, each epoch's metrics, the end.
+    """
 
     order = 80
 
     def __init__(self, description: str = "fine-tuning") -> None:
         self.description = description
-        self._progress: Any = None
-        self._task: Any = None
-        self._last = ""
-        self._start = 0.0
+        self._bar: Progress | None = None
 
     def on_fit_start(self, state: TrainState) -> None:
         if not state.is_main_process:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(self.description, total=state.epochs * state.steps_per_epoch, info="")
-        self._start = time.perf_counter()
+        self._bar = progress(self.description, state.epochs * state.steps_per_epoch, unit="steps")
+        self._bar.__enter__()
 
     def on_step_end(self, state: TrainState, loss: float) -> None:
-        if self._progress is not None:
-            info = f"epoch {state.epoch + 1}/{state.epochs} loss {loss:.4f} {self._last}"
-            self._progress.update(self._task, advance=1, info=info)
+        if self._bar is not None:
+            self._bar.advance(1, info=f"epoch {state.epoch + 1}/{state.epochs} loss {loss:.4f}")
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, Any]) -> None:
-        shown = [
-            f"{k.removeprefix('valid_')} {v:.4f}"
-            for k, v in metrics.items()
-            if k.startswith("valid_") and isinstance(v, float)
-        ][:2]
-        self._last = "| valid " + ", ".join(shown) if shown else ""
+        if self._bar is not None:
+            self._bar.note(epoch_line(metrics, state.epochs))
 
     def on_fit_end(self, state: TrainState) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, total=state.step, completed=state.step)
-            self._progress.stop()
-            self._progress = None
+        if self._bar is not None:
+            self._bar.set_total(state.step)
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def epoch_line(metrics: dict[str, Any], epochs: int | None = None) -> str:
+    """``epoch 3/10: train_loss 0.4123, valid_loss 0.3810, valid_accuracy 0.9000`` (losses and valid_*)."""
+    epoch = metrics.get("epoch")
+    head = f"epoch {epoch}" + (f"/{epochs}" if epochs else "")
+    shown = [
+        f"{k} {float(v):.4f}"
+        for k, v in metrics.items()
+        if (k == "train_loss" or k.startswith("valid_"))
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and v is not None
+    ]
+    return head + (": " + ", ".join(shown) if shown else "") + (" (best so far)" if metrics.get("best") else "")
 
 
 def snapshot(model: nn.Module, only_trainable: bool = False) -> dict[str, torch.Tensor]:

@@ -201,10 +201,14 @@ def train(
                     if isinstance(value, (int, float)) and key != "n":
                         metrics[f"valid_{key}"] = float(value)
             state.history.append(metrics)
-            try:
-                for cb in ordered:
+            # Later callbacks (progress, the run record) still see the epoch that stops training.
+            stop: StopTraining | None = None
+            for cb in ordered:
+                try:
                     cb.on_epoch_end(state, metrics)
-            except StopTraining as stop:
+                except StopTraining as raised:
+                    stop = stop or raised
+            if stop is not None:
                 state.stop_reason = stop.reason
                 break
     finally:
@@ -237,4 +241,43 @@ class _nullcontext:
         return None
 
     def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class LocalAccelerator:
+    """The loop's accelerator for one process on one device, without Accelerate's global state.
+
+    Small networks (the tabular one) train in the calling process on the CPU: Accelerate's
+    process-wide state would tie them to whatever device an earlier fit chose, and its data
+    loader wrapper costs more than such a model's steps. It offers what :func:`train` calls.
+    """
+
+    is_main_process = True
+    num_processes = 1
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+
+    def prepare(self, *objects: Any) -> Any:
+        for obj in objects:
+            if isinstance(obj, nn.Module):
+                obj.to(self.device)
+        return objects[0] if len(objects) == 1 else objects
+
+    def no_sync(self, model: nn.Module) -> _nullcontext:
+        return _nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters: Any, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def gather_for_metrics(self, tensors: Any) -> Any:
+        return tensors
+
+    def unwrap_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def wait_for_everyone(self) -> None:
         return None

@@ -1,0 +1,5 @@
+"""``python -m tunesmith.cli``: the same as the ``tunesmith`` command."""
+
+from tunesmith.cli import main
+
+main()

@@ -1,0 +1,219 @@
+"""Running adapters: the LoRA tap on the encoder's last block, routing rows to adapters, and the
+batched serving path (mixed into :class:`~tunesmith.personalize.personalizer.Personalizer`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tunesmith.errors import ArtifactError, ConfigError
+from tunesmith.personalize.head import HeadAdapter, apply_head_adapter, compare_logits
+from tunesmith.personalize.lora import (
+    LoraAdapter,
+    LoraAdapterSettings,
+    Tapped,
+    concat_tapped,
+    fit_lora_adapter,
+    last_ffn_output,
+    lora_logits,
+    lora_projection,
+    rows_between,
+    subset,
+    tap_last_ffn,
+)
+from tunesmith.personalize.store import AdapterStore, Route
+from tunesmith.train.batching import Collator
+
+logger = logging.getLogger("tunesmith.personalize")
+
+
+class AdapterRouting:
+    """The LoRA tap, routing and the serving batch path of a Personalizer (mixed into it)."""
+
+    _adapters: dict[str, HeadAdapter | LoraAdapter]
+    _refresh_error: str | None
+    lora_settings: LoraAdapterSettings
+
+    if TYPE_CHECKING:  # given by the estimator this class is mixed into
+
+        @property
+        def base(self) -> Any: ...
+
+        @property
+        def store(self) -> AdapterStore: ...
+
+        @property
+        def seed(self) -> int: ...
+
+        @property
+        def segment_column(self) -> str | None: ...
+
+    def tap(self, df: pd.DataFrame, project: torch.Tensor | None = None) -> tuple[Tapped, torch.Tensor]:
+        """The last feed-forward block's inputs for ``df``'s rows (one padded batch) and their shared logits.
+
+        With ``project`` (an adapter's fixed ``A``), only ``h @ A`` is kept of the wide inner
+        activations, batch by batch: what training needs, at a fraction of the memory.
+        """
+        ft = self.base
+        assert ft.model_ is not None
+        texts, _, _ = ft._texts_for_prediction(df)
+        ids = ft.backbone_.tokenize([str(t) for t in texts], ft.config_.max_length)
+        parts: list[Tapped] = []
+        logits: list[torch.Tensor] = []
+        size = ft.config_.eval_batch_size
+        collate = Collator(ft.backbone_.pad_id)
+        for start in range(0, len(ids), size):
+            padded = collate([{"input_ids": seq, "index": i} for i, seq in enumerate(ids[start : start + size])])
+            batch, mask = padded["input_ids"], padded["attention_mask"]
+            with torch.inference_mode():
+                tapped, features = self._encode(batch, mask)
+                logits.append(ft.model_.head(features).float())
+                h = tapped.h if project is None else tapped.h @ project
+            # Clones made outside inference mode: training may record operations on them.
+            parts.append(Tapped(h.clone(), tapped.pre.clone(), mask, project is not None))
+        return concat_tapped(parts), torch.cat(logits).clone()
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[Tapped, torch.Tensor]:
+        """Pooled features of a batch and what the last feed-forward block saw (checked to be the same pass)."""
+        ft = self.base
+        with tap_last_ffn(ft.backbone_) as seen:
+            features = ft.backbone_(input_ids, attention_mask)
+        if len(seen) != 1 or seen[0][0].shape[:2] != attention_mask.shape:
+            raise ConfigError(
+                f"the last feed-forward block ran {len(seen)} time(s) for one batch; LoRA adapters need it to "
+                "run once over whole sequences (is chunk_size_feed_forward set?)",
+                key="adapter_kind",
+                hint="Use adapter_kind='head'",
+            )
+        return Tapped(seen[0][0], seen[0][1], attention_mask), features
+
+    def _fit_lora(
+        self, df: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, valid_idx: np.ndarray
+    ) -> tuple[LoraAdapter, dict[str, Any]]:
+        ft = self.base
+        assert ft.model_ is not None
+        idx = np.concatenate([train_idx, valid_idx])
+        dense = self._ffn.get_submodule("dense")
+        assert isinstance(dense, torch.nn.Linear)
+        a = lora_projection(dense.in_features, self.lora_settings.rank, self.seed)
+        tapped, shared = self.tap(df.iloc[idx], project=a)
+        n = len(train_idx)
+        adapter = fit_lora_adapter(
+            self._ffn,
+            ft.model_.head,
+            ft.backbone_.pooling,
+            rows_between(tapped, 0, n),
+            y[train_idx],
+            self.lora_settings,
+            seed=self.seed,
+        )
+        with torch.no_grad():
+            valid = rows_between(tapped, n, len(idx))
+            mine = lora_logits(adapter, self._ffn, ft.model_.head, valid, ft.backbone_.pooling)
+        check = compare_logits(shared[n:].numpy(), mine.numpy(), y[valid_idx])
+        return adapter, check
+
+    @property
+    def _ffn(self) -> torch.nn.Module:
+        return last_ffn_output(self.base.backbone_)
+
+    def route(self, user: Any, segment: Any = None) -> Route:
+        """Which adapter answers a row of ``user`` (and ``segment``): user, segment or shared."""
+        return self.store.route(
+            None if user is None else str(user),
+            None if segment is None else str(segment),
+            segment_column=self.segment_column,
+        )
+
+    def run_batch(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        users: Sequence[Any],
+        segments: Sequence[Any] | None = None,
+    ) -> tuple[np.ndarray, list[Route]]:
+        """Adapted logits ``(n, k)`` and the route of each row of one padded token batch.
+
+        Rows of different users share the encoder pass; each adapter then corrects only
+        its own rows. A user without a (used) adapter falls back to the segment's, then to
+        the shared model; ``None`` as a user or segment means unknown.
+        """
+        ft = self.base
+        assert ft.model_ is not None
+        n = int(input_ids.shape[0])
+        if len(users) != n or (segments is not None and len(segments) != n):
+            raise ConfigError(f"{n} rows but {len(users)} users and {len(segments or [])} segments")
+        self.refresh_store()
+        routes, groups = self._routes(users, segments)
+        adapters = {key: self._adapter(key) for key in groups}
+        need_tap = any(isinstance(a, LoraAdapter) for a in adapters.values())
+        with torch.inference_mode():
+            if need_tap:
+                tapped, features = self._encode(input_ids, attention_mask)
+            else:
+                features = ft.backbone_(input_ids, attention_mask)
+            logits = ft.model_.head(features).float()
+            out = logits.numpy().copy()
+            f_np = features.float().numpy()
+            for key, rows in groups.items():
+                adapter = adapters[key]
+                if isinstance(adapter, LoraAdapter):
+                    part = subset(tapped, rows)
+                    out[rows] = lora_logits(adapter, self._ffn, ft.model_.head, part, ft.backbone_.pooling).numpy()
+                else:
+                    out[rows] = apply_head_adapter(adapter, f_np[rows], out[rows])
+        return out, routes
+
+    def refresh_store(self) -> bool:
+        """Re-read the store if another process changed it; ``True`` if the new one is in force.
+
+        A store changed into one that is refused (a bad ``index.json``, a link, a FIFO, an
+        adapter of the wrong shapes) is logged once and the adapters read before keep
+        serving: a server never stops, nor serves what it refused.
+        """
+        try:
+            changed = self.store.refresh()
+        except ArtifactError as exc:
+            if str(exc) != self._refresh_error:
+                logger.warning(
+                    "tunesmith: the adapter store changed but is refused; the adapters read before keep serving: %s",
+                    exc,
+                )
+                self._refresh_error = str(exc)
+            return False
+        if changed:
+            # Another process rewrote the store (tunesmith personalize --users): read adapters anew.
+            self._refresh_error = None
+            self._adapters.clear()
+        return changed
+
+    def _routes(self, users: Sequence[Any], segments: Sequence[Any] | None) -> tuple[list[Route], dict[str, list[int]]]:
+        """The route of each row, and the rows of each adapter that answers some."""
+        routes = [self.route(u, None if segments is None else segments[i]) for i, u in enumerate(users)]
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(routes):
+            if r.key is not None:
+                groups.setdefault(r.key, []).append(i)
+        return routes, groups
+
+    def _adapter(self, key: str) -> HeadAdapter | LoraAdapter:
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            tensors = self.store.load(key)
+            # The kind is read from the tensors themselves: the file is what will run, even if
+            # the index this process read is older than it.
+            loaded: HeadAdapter | LoraAdapter = (
+                LoraAdapter.from_tensors(tensors) if "scale" in tensors else HeadAdapter.from_tensors(tensors)
+            )
+            loaded.eval()
+            adapter = self._adapters[key] = loaded
+        return adapter
+
+
+__all__ = ["AdapterRouting"]
