@@ -10,7 +10,7 @@ Stages:
 3. Load every tampered case through every entry that applies, each in a fresh process fed
    "y" on stdin, watching the corpus's ``outside/`` folder with inotify; then hot-reload
    every case into a server of its kind started with the good folder and an admin token.
-4. Run the schemathesis API tests (``tests/test_serve_fuzz.py``) and count their failures.
+4. Run the schemathesis API tests (``tests/serve/test_fuzz.py``) and count their failures.
 
 Run with ``python bench/trust.py`` (or ``make bench-trust``); results go to
 ``bench/results/trust.json``. ``--cases`` and ``--entries`` narrow a run while developing.
@@ -59,7 +59,7 @@ from _common import (
 
 BENCHMARK = "trust"
 WORK = BENCH_DIR / "_work" / "trust"
-FUZZ_TESTS = ROOT / "tests" / "test_serve_fuzz.py"
+FUZZ_TESTS = ROOT / "tests" / "serve" / "test_fuzz.py"
 TARGETS = {
     "tampered_not_refused": ("<=", 0),
     "code_executed": ("<=", 0),
@@ -90,7 +90,7 @@ def build(work: Path) -> Corpus:
 
 
 def run_fuzz() -> dict[str, Any]:
-    """``pytest tests/test_serve_fuzz.py``: schemathesis against the served OpenAPI of a tiny model."""
+    """``pytest tests/serve/test_fuzz.py``: schemathesis against the served OpenAPI of a tiny model."""
     if not FUZZ_TESTS.is_file():
         return {"status": "absent", "failures": None, "detail": f"{FUZZ_TESTS.relative_to(ROOT)} does not exist yet"}
     report = WORK.parent / "trust-fuzz-junit.xml"

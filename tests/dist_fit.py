@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun: one fit on 2 CPU processes (gloo)."""
+"""Run by tests/train/test_distributed.py under torchrun: one fit on 2 CPU processes (gloo)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ case smuggles in writes ``outside/CANARY`` when it runs.
 ``outside/`` (inotify, which sees native reads too), a traceback, an abort, peak memory and
 wall time. ``python tests/tamper.py ROOT`` builds a corpus at ``ROOT`` and lists its cases.
 
-Used by ``tests/test_trust.py`` and ``bench/trust.py``; imports neither torch nor tunesmith
+Used by ``tests/runs/test_trust.py`` and ``bench/trust.py``; imports neither torch nor tunesmith
 at module level so the benchmark's parent process stays light.
 """
 

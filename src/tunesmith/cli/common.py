@@ -85,8 +85,40 @@ def metrics_table(title: str, rows: dict[str, dict[str, Any]], task: str) -> Tab
     for c in cols:
         table.add_column(c, justify="right")
     for name, m in rows.items():
-        table.add_row(name, *[f"{m[c]:.4f}" if isinstance(m.get(c), (int, float)) else "-" for c in cols])
+        table.add_row(name, *[_cell(m, c) for c in cols])
     return table
+
+
+def _cell(m: dict[str, Any], column: str) -> str:
+    """``0.8420 [0.822, 0.861]``: the value and its 95% bootstrap interval when there is one."""
+    value = m.get(column)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    ci = m.get(f"{column}_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f"{value:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{value:.4f}"
+
+
+def print_uncertainty(ft: Any, names: dict[str, str] | None = None) -> None:
+    """Each gain over a baseline with its paired 95% interval and verdict, then the warnings.
+
+    A test split too small to tell models apart is said here, where the metrics are read,
+    not only in the report.
+    """
+    found = getattr(ft, "uncertainty_", None) or {}
+    for key, gain in (found.get("gains") or {}).items():
+        if not isinstance(gain, dict) or not isinstance(gain.get("gain"), (int, float)):
+            continue
+        ci = gain.get("ci") or [None, None]
+        interval = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if None not in ci else ""
+        console.print(
+            f"  gain over {(names or {}).get(key, key)}: {gain['gain']:+.4f} {gain.get('metric', '')}{interval}, "
+            f"{gain.get('verdict', '')}",
+            highlight=False,
+        )
+    for warning in found.get("warnings") or []:
+        console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
 
 
 def check_kind(kind: str, known: Sequence[str]) -> str:

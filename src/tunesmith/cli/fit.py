@@ -17,6 +17,7 @@ from tunesmith.cli.common import (
     metrics_table,
     plain_settings,
     print_cv,
+    print_uncertainty,
     setting_names,
     text_settings,
 )
@@ -39,7 +40,7 @@ def print_fit_summary(ft: Any) -> None:
     if rows:
         console.print(metrics_table(f"test split ({ft.split_sizes_['test']} rows)", rows, task))
     primary = PRIMARY[task]
-    if ft.test_metrics_ and ft.baseline_metrics_:
+    if ft.test_metrics_ and ft.baseline_metrics_ and not (getattr(ft, "uncertainty_", None) or {}).get("gains"):
         for key, m in ft.baseline_metrics_.items():
             a, b = ft.test_metrics_.get(primary), m.get(primary)
             if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -47,6 +48,7 @@ def print_fit_summary(ft: Any) -> None:
                 scale = 100.0 if task != "regression" else 1.0
                 unit = " points" if task != "regression" else ""
                 console.print(f"  gain over {names.get(key, key)}: {sign}{(a - b) * scale:.2f}{unit} {primary}")
+    print_uncertainty(ft, names)
     info = ft.training_info_
     console.print(
         f"trained {info['epochs_run']} epoch(s) in {info['train_seconds']:.1f}s "
@@ -75,6 +77,7 @@ def print_image_summary(ft: Any) -> None:
         rows[names.get(key, key)] = m
     if rows:
         console.print(metrics_table(f"test split ({ft.split_sizes_['test']} images)", rows, ft.task_))
+    print_uncertainty(ft, names)
     info = ft.training_info_
     bn = info.get("batchnorm") or {}
     console.print(
@@ -102,6 +105,7 @@ def print_tabular_summary(ft: Any) -> None:
     which = "test" if any(i.get("test") for i in ft.candidates_.values()) else "validation"
     console.print(metrics_table(f"candidates on the {which} split", rows, ft.schema_.task))
     console.print(f"chosen on validation: {ft.chosen_}")
+    print_uncertainty(ft, {"majority": "majority class" if ft.schema_.task != "regression" else "mean"})
     if getattr(ft, "run_dir_", None):
         console.print(f"run record: {ft.run_dir_}")
 

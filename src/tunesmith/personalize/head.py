@@ -107,6 +107,10 @@ def fit_head_adapter(
     seed: int = 0,
 ) -> HeadAdapter:
     """Train one adapter on a user's rows: features ``(n, d)``, shared logits ``(n, k)``, class indices ``y``."""
+    # Its own few full-batch Adam steps, not the shared loop in tunesmith.train: thousands of
+    # users are fitted one after another on a few dozen cached rows each, with no batches,
+    # epochs, validation or callbacks, and the shared loop's per-fit setup would cost more than
+    # the training itself.
     f = torch.as_tensor(np.asarray(features, dtype=np.float32))
     z = torch.as_tensor(np.asarray(logits, dtype=np.float32))
     t = torch.as_tensor(np.asarray(y, dtype=np.int64))

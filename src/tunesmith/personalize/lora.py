@@ -237,6 +237,8 @@ def fit_lora_adapter(
     # h @ A is computed once (or already was, while tapping), and each step is a product of width r.
     with torch.no_grad():
         projected = Tapped(adapter.project(tapped), tapped.pre, tapped.mask, projected=True)
+    # Full-batch steps here rather than tunesmith.train's loop: one small fit per user over
+    # tensors already tapped, with no batches, epochs or callbacks (see fit_head_adapter).
     opt = torch.optim.Adam([adapter.B], lr=settings.lr)
     shared = [*ffn.parameters(), *head.parameters()]
     # The shared block and head are frozen for the duration: no gradients computed or kept for them.

@@ -303,6 +303,10 @@ class SequentialRecommender:
         if not windows:
             raise ConfigError("no training sequence has two or more interactions", key="sequences")
         net = self.net
+        # SASRec keeps its own loop: its batches are left-padded windows scored at every position
+        # with (sampled) negatives drawn per step, and validation is full-ranking NDCG over the
+        # catalogue, none of which the shared loop in tunesmith.train (one labeled example per row,
+        # its own validation pass) expresses; each epoch still reaches the callbacks via on_epoch.
         params = [p for n, p in net.named_parameters() if not (s.freeze_item_embeddings and n == "item_emb.weight")]
         opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
         rng = np.random.default_rng(self.cfg.seed + len(self.reports))

@@ -28,6 +28,7 @@ import contextlib
 import math
 import multiprocessing as mp
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -510,7 +511,10 @@ def _refit(
 def _spawn_workers(problem: _Problem, storage: str, run: _Run, workers: int) -> None:
     threads = max(1, default_threads() // workers)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_spawned, args=(problem, storage, run, i, threads)) for i in range(workers)]
+    # Every worker imports torch and the estimators first (seconds each); they start trials
+    # together so that one whose imports ran faster does not take a short search alone.
+    ready = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_spawned, args=(problem, storage, run, i, threads, ready)) for i in range(workers)]
     for p in procs:
         p.start()
     try:
@@ -523,8 +527,11 @@ def _spawn_workers(problem: _Problem, storage: str, run: _Run, workers: int) -> 
         raise
 
 
-def _spawned(problem: _Problem, storage: str, run: _Run, index: int, threads: int) -> None:
+def _spawned(problem: _Problem, storage: str, run: _Run, index: int, threads: int, ready: Any = None) -> None:
     store, _ = make_storage(storage)
+    if ready is not None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ready.wait(timeout=300)  # a worker that failed to start does not hold the others back for long
     _run_worker(problem, store, run, index, threads)
 
 

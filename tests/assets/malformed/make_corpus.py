@@ -1,7 +1,7 @@
 """Writes the malformed-input corpus in this folder (run it from anywhere: ``python make_corpus.py``).
 
 The files are committed; this script only documents how the byte-level ones were made and
-regenerates them. Every file stays under 5 KB. ``tests/test_malformed.py`` says what
+regenerates them. Every file stays under 5 KB. ``tests/data/test_malformed.py`` says what
 ``read_table`` must do with each.
 """
 

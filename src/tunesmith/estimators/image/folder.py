@@ -51,6 +51,8 @@ def report_info(est: Any) -> dict[str, Any]:
         "data": {"rows": est.data_info_.get("rows")},
         "training": est.training_info_,
         "history": est.history_,
+        "gains": (getattr(est, "uncertainty_", None) or {}).get("gains") or {},
+        "warnings": (getattr(est, "uncertainty_", None) or {}).get("warnings") or [],
     }
 
 

@@ -49,9 +49,11 @@ def finish_record(est: Any, record: RunRecord | None, predictions: TestPredictio
     if record is not None:
         written = write_fit_record(record, info, history=est.history_, predictions=predictions)
         metrics, baselines = written["test"], written["baselines"]
+        est.uncertainty_ = {"gains": written["gains"], "warnings": written["warnings"]}
         est.run_dir_ = record.path
     else:
-        metrics, baselines, _ = record_intervals(info, predictions, seed=0)
+        metrics, baselines, summary = record_intervals(info, predictions, seed=0)
+        est.uncertainty_ = {"gains": summary["gains"], "warnings": list(summary["warnings"])} if summary else {}
     if est.test_metrics_:
         est.test_metrics_ = metrics
     # The report's human names of the baselines stay in the report.

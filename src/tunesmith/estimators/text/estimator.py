@@ -165,10 +165,8 @@ class FineTuner(Estimator):
         fitting.keep(self, cfg, built, trained, splits)
         fitting.evaluate(self, cfg, data.schema, splits, built)
         fitting.describe(self, data, splits, trained, found_baselines, started)
-        self.run_dir_ = None
-        if record is not None:
-            write_record(self, record)
-            self.run_dir_ = record.path
+        write_record(self, record)
+        self.run_dir_ = record.path if record is not None else None
         built.accelerator.wait_for_everyone()
         return self
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.estimators.record import write_fit_record
+from tunesmith.estimators.record import record_intervals, write_fit_record
 from tunesmith.evaluate.intervals import TestPredictions
 from tunesmith.runs.record import RunRecord, environment_info
 from tunesmith.runs.report import render_report
@@ -36,6 +36,8 @@ def report_info(est: TextEstimator) -> dict[str, Any]:
         "data": est.data_info_,
         "training": est.training_info_,
         "environment": environment_info(seed=cfg.seed),
+        "gains": (getattr(est, "uncertainty_", None) or {}).get("gains") or {},
+        "warnings": (getattr(est, "uncertainty_", None) or {}).get("warnings") or [],
     }
 
 
@@ -44,11 +46,12 @@ def model_card(est: TextEstimator) -> str:
     return render_report(report_info(est))
 
 
-def write_record(est: TextEstimator, record: RunRecord) -> None:
-    """Step 9 of a fit: the run record through the one writer every kind shares.
+def write_record(est: TextEstimator, record: RunRecord | None) -> None:
+    """Step 9 of a fit: intervals on the test metrics, and the run record through the one shared writer.
 
-    The test outputs go with it, so the test metrics gain 95% bootstrap intervals
-    (``<metric>_ci``), which the estimator then keeps (and saves) too.
+    The test outputs (and each baseline's, for a paired comparison) give the test metrics their
+    95% bootstrap intervals (``<metric>_ci``) and each gain its verdict, with or without a run
+    record; the estimator keeps them (``test_metrics_``, ``uncertainty_``) and saves them.
     """
     schema = est.schema_
     assert schema is not None
@@ -61,10 +64,22 @@ def write_record(est: TextEstimator, record: RunRecord) -> None:
         else:
             outputs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
             outputs /= outputs.sum(axis=1, keepdims=True)
+        paired = {
+            k: np.asarray(b.outputs)
+            for k, b in (est.baseline_metrics_ or {}).items()
+            if getattr(b, "outputs", None) is not None
+        }
         predictions = TestPredictions(
-            task=schema.task, y_true=est._y_test, outputs=outputs, labels=list(schema.labels or [])
+            task=schema.task, y_true=est._y_test, outputs=outputs, labels=list(schema.labels or []), baselines=paired
         )
     info = {**report_info(est), "kind": "text"}
-    written = write_fit_record(record, info, history=est.history_, predictions=predictions)
+    if record is not None:
+        written = write_fit_record(record, info, history=est.history_, predictions=predictions)
+        metrics, baselines = written["test"], written["baselines"]
+        est.uncertainty_ = {"gains": written["gains"], "warnings": written["warnings"]}
+    else:
+        metrics, baselines, summary = record_intervals(info, predictions, seed=0)
+        est.uncertainty_ = {"gains": summary["gains"], "warnings": list(summary["warnings"])} if summary else {}
     if est.test_metrics_:
-        est.test_metrics_ = written["test"]
+        est.test_metrics_ = metrics
+        est.baseline_metrics_ = baselines
