@@ -48,6 +48,7 @@ from tunesmith.data.schema import _infer_task, infer_schema
 from tunesmith.errors import ConfigError
 from tunesmith.estimators import registry
 from tunesmith.evaluate.metrics import metric_direction
+from tunesmith.progress import progress
 from tunesmith.runs.artifacts import atomic_write_text
 from tunesmith.search.cv import (
     QUIET_SETTINGS,
@@ -235,14 +236,25 @@ def _run_worker(problem: _Problem, storage: Any, run: _Run, worker_index: int, t
             study.stop()
 
     callbacks.append(stop_on_failures)
-    study.optimize(
-        _objective(problem),
-        n_trials=None,
-        timeout=run.timeout,
-        callbacks=callbacks,
-        catch=(ConfigError,),
-        show_progress_bar=run.progress and worker_index == 0 and n_trials is not None,
-    )
+    # tunesmith's own progress, not Optuna's bar: it also prints plain lines (one per trial)
+    # where output goes to a log, and counts trials of every worker sharing the study.
+    shown = run.progress and worker_index == 0
+    with progress("search", n_trials, unit="trials", enabled=shown) as bar:
+
+        def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            done = _finished(study)
+            bar.advance(done - bar.done)
+            value = f"{trial.value:.4f}" if trial.value is not None else "-"
+            bar.note(f"trial {trial.number} {trial.state.name.lower()}: {value}")
+
+        study.optimize(
+            _objective(problem),
+            n_trials=None,
+            timeout=run.timeout,
+            callbacks=[*callbacks, report],
+            catch=(ConfigError,),
+            show_progress_bar=False,
+        )
 
 
 def _check_options(
