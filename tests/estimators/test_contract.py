@@ -308,3 +308,33 @@ def test_same_seed_same_model(fitted: tuple[Case, Any, Any, Path]) -> None:
         assert [str(v) for v in np.asarray(twin.predict(rows), dtype=object).ravel()] == [
             str(v) for v in np.asarray(est.predict(rows), dtype=object).ravel()
         ]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind in ("text", "tabular", "image")], ids=lambda c: c.kind)
+def test_a_small_test_split_is_called_out(case: Case, tmp_path: Path) -> None:
+    cls = registry.get(case.kind).estimator
+    fields = cls.settings_model.model_fields
+    params = {**case.params(tmp_path), "runs_dir": "", "epochs": 1}
+    params.update({k: v for k, v in (("baselines", False), ("test_size", 0.1)) if k in fields})
+    data, kwargs = _data(case)
+    y = kwargs.pop("y", None)
+    if "test_size" not in fields:  # a kind without its own test split is given four test rows
+        data, kwargs["test_set"] = data.iloc[:-4], data.iloc[-4:]
+    est = cls(**params)
+    est.fit(data, y, **kwargs) if y is not None else est.fit(data, **kwargs)
+    warned = " ".join(est.uncertainty_.get("warnings") or [])
+    assert "test rows" in warned or "test split" in warned, warned
+    metric = "accuracy"
+    lo, hi = est.test_metrics_[f"{metric}_ci"]
+    assert lo <= est.test_metrics_[metric] <= hi
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind in ("text", "tabular")], ids=lambda c: c.kind)
+def test_a_target_with_as_many_classes_as_rows_is_refused(case: Case, tmp_path: Path) -> None:
+    from tunesmith.errors import DataError
+
+    cls = registry.get(case.kind).estimator
+    data = case.data()
+    data = data.assign(label=[f"row{i}" for i in range(len(data))])
+    with pytest.raises(DataError, match=r"column 'label'.*distinct classes"):
+        cls(**{**case.params(tmp_path), "runs_dir": ""}).fit(data, target="label")
