@@ -114,7 +114,7 @@ def precision_recall(flagged: list[int], flipped: list[int]) -> dict[str, float]
 
 def run_flags(mode: str, data: tuple[Any, Any, Any, list[int]], args: argparse.Namespace) -> dict[str, Any]:
     """Label errors on the noisy training labels; precision and recall against the flips."""
-    from tunesmith.data.label_issues import find_label_issues
+    from tunesmith.quality import find_label_issues
 
     train, _, _, flipped = data
     fit_params = {
