@@ -55,6 +55,26 @@ print(json.dumps({"examples_per_s": ft.training_info_["train_examples_per_s"]}))
 """
 
 
+SERVE_CHILD = r"""
+import json, statistics, sys, time
+import pandas as pd
+from tunesmith.export.runtime import load_predictor
+folder, table = sys.argv[1], sys.argv[2]
+texts = pd.read_csv(table)["text"].astype(str).tolist()[:400]
+out = {}
+for precision in ("int8", "fp32"):
+    p = load_predictor(folder, backend="onnx", precision=precision, threads=1)
+    for t in texts[:20]:
+        p.predict_rows([t])
+    lat = []
+    for t in texts:
+        s = time.perf_counter(); p.predict_rows([t]); lat.append((time.perf_counter() - s) * 1000)
+    s = time.perf_counter(); p.predict_rows(texts); batch = len(texts) / (time.perf_counter() - s)
+    out[precision] = {"p50_ms": statistics.median(lat), "rows_per_s": batch}
+print(json.dumps(out))
+"""
+
+
 def _numbers(summary: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
@@ -101,13 +121,42 @@ def speed(old_src: Path, new_src: Path, rounds: int) -> dict[str, Any]:
     return {**found, "median_before": before, "median_after": after, "ratio_after_to_before": after / before}
 
 
+def serving(old_src: Path, new_src: Path, folder: Path, table: Path, rounds: int) -> dict[str, Any]:
+    """ONNX prediction of one exported model folder by both trees, alternating processes ``rounds`` times.
+
+    The folder must be one the earlier tree can read (saved by it): the later tree reads both formats.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for _ in range(rounds):
+        for name, src in (("before", old_src), ("after", new_src)):
+            env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+            proc = subprocess.run(
+                [sys.executable, "-c", SERVE_CHILD, str(folder), str(table)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=1200,
+                check=True,
+            )
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    out: dict[str, Any] = {"runs": runs}
+    for precision in ("int8", "fp32"):
+        for figure in ("p50_ms", "rows_per_s"):
+            before = statistics.median(r[precision][figure] for r in runs["before"])
+            after = statistics.median(r[precision][figure] for r in runs["after"])
+            out[f"{precision}_{figure}"] = {"before": before, "after": after, "ratio_after_to_before": after / before}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("old", type=Path, help="folder of result JSON files from the earlier tree")
     p.add_argument("new", type=Path, help="folder of result JSON files from this tree")
     p.add_argument("--old-src", type=Path, help="the earlier tree's src/ folder, for the interleaved speed check")
     p.add_argument("--new-src", type=Path, default=Path(__file__).resolve().parents[1] / "src")
-    p.add_argument("--rounds", type=int, default=3, help="alternations of the speed check (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="alternations of the speed checks (default 3)")
+    p.add_argument("--serving-model", type=Path, help="an exported text model folder the earlier tree saved")
+    p.add_argument("--serving-rows", type=Path, help="a CSV with a text column to predict, one row per call")
     p.add_argument("--settings", default="", help="a note of the reduced settings used, kept in the JSON")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / f"{BENCHMARK}.json")
     args = p.parse_args()
@@ -118,10 +167,14 @@ def main() -> None:
         "created": now_iso(),
         "environment": environment_info(default_threads()),
         "settings": {"reduced": args.settings, "old": str(args.old.name), "new": str(args.new.name)},
-        "results": figures,
+        "results": dict(figures),
     }
     if args.old_src is not None:
         result["results"]["interleaved_speed"] = speed(args.old_src, args.new_src, args.rounds)
+        if args.serving_model is not None and args.serving_rows is not None:
+            result["results"]["interleaved_serving"] = serving(
+                args.old_src, args.new_src, args.serving_model, args.serving_rows, args.rounds
+            )
     moved = {
         f"{bench}.{key}": row
         for bench, rows in figures.items()
@@ -136,6 +189,9 @@ def main() -> None:
         ),
         "quality_figures_moved": len(moved),
         "speed_ratio_after_to_before": (result["results"].get("interleaved_speed") or {}).get("ratio_after_to_before"),
+        "serving_int8_p50_ratio_after_to_before": (
+            (result["results"].get("interleaved_serving") or {}).get("int8_p50_ms") or {}
+        ).get("ratio_after_to_before"),
     }
     write_json(args.out, result)
     print(f"{'benchmark.figure':58s} {'before':>12s} {'after':>12s}")
