@@ -35,7 +35,15 @@ from _common import RESULTS_DIR, default_threads, environment_info, now_iso, wri
 BENCHMARK = "contract_refactor"
 
 # Figures that measure speed or memory: they move with the machine's load, not only the code.
-VOLATILE = ("per_s", "seconds", "rss", "ms", "rps", "throughput", "speedup", "wall", "ratio")
+# Matched on whole words of the figure's name ("ms" must not match "items").
+VOLATILE = {"seconds", "rss", "ms", "mb", "rps", "throughput", "speedup", "wall", "ratio"}
+
+
+def _volatile(key: str) -> bool:
+    words = key.lower().split("_")
+    per_second = any(words[i] == "per" and words[i + 1] == "s" for i in range(len(words) - 1))
+    return per_second or bool(VOLATILE & set(words))
+
 
 SPEED_CHILD = r"""
 import json, time
@@ -95,7 +103,7 @@ def compare(old_dir: Path, new_dir: Path) -> dict[str, Any]:
         rows = {}
         for key in sorted(set(old) & set(new)):
             a, b = old[key], new[key]
-            volatile = any(part in key for part in VOLATILE)
+            volatile = _volatile(key)
             rows[key] = {
                 "before": a,
                 "after": b,
