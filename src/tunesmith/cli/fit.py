@@ -175,7 +175,7 @@ def fit(
                 raise typer.BadParameter(f"is not supported for {chosen} models yet", param_hint=flag)
     if chosen != "image" and target is None:
         raise typer.BadParameter("is required for a table (the column holding the labels)", param_hint="--target")
-    estimator_class = registry.get(chosen).estimator
+    estimator_class = registry.estimator(chosen)
     if chosen == "text":
         params = text_settings(
             config, overrides, task=task, backbone=backbone, group_column=group_column, split_column=split_column

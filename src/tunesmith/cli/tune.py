@@ -60,7 +60,7 @@ def tune(
     if chosen == "text":
         base = text_settings(config, overrides)
     else:
-        base = plain_settings(setting_names(registry.get(chosen).estimator), config, overrides)
+        base = plain_settings(setting_names(registry.estimator(chosen)), config, overrides)
     if target is None and chosen in ("text", "tabular"):
         raise typer.BadParameter("is required for a table (the column holding the labels)", param_hint="--target")
     if trials is None and time_budget is None and sampler != "grid":

@@ -33,8 +33,8 @@ class Kind:
     """
 
     name: str
-    estimator: type
-    open: Callable[..., Any]
+    estimator: type | None
+    open: Callable[..., Any] | None
     summary: str
     marker: str = MODEL_FILE
     options: tuple[str, ...] = ()
@@ -50,12 +50,42 @@ _KINDS: dict[str, Kind] = {}
 
 
 def register(kind: Kind) -> Kind:
-    """Add a kind; registering a name twice with another estimator is refused."""
+    """Add a kind, or give a built-in kind declared below its estimator and loader.
+
+    Registering a name twice with another estimator is refused, and so is a kind whose module
+    says something else than its declaration (serving style, loader keywords, marker file).
+    """
     old = _KINDS.get(kind.name)
-    if old is not None and old.estimator is not kind.estimator:
+    if old is not None and old.estimator is not None and old.estimator is not kind.estimator:
         raise ConfigError(f"a model kind named {kind.name!r} is registered already", key="kind")
+    if old is not None and old.estimator is None:
+        for name in ("serving", "options", "marker", "classifier"):
+            if getattr(old, name) != getattr(kind, name):
+                raise ConfigError(
+                    f"kind {kind.name!r} is declared with {name}={getattr(old, name)!r}, "
+                    f"registered with {getattr(kind, name)!r}",
+                    key="kind",
+                )
+        for part in ("exporter", "predictor", "search_space"):  # attached before the module loaded
+            if getattr(kind, part) is None:
+                setattr(kind, part, getattr(old, part))
     _KINDS[kind.name] = kind
     return kind
+
+
+# The built-in kinds, declared here, where importing costs nothing: serving a model exported to
+# ONNX needs its kind's serving style and predictor, not its estimator (whose module loads
+# torch). Each estimator module fills in its estimator and loader when it is imported.
+for _name, _summary, _serving, _options, _marker, _classifier in (
+    ("text", "a pre-trained text encoder fine-tuned on labeled texts", "predict", ("backbone",), MODEL_FILE, True),
+    ("image", "a pre-trained image CNN fine-tuned on labeled images", "predict", (), MODEL_FILE, True),
+    ("tabular", "LightGBM and a neural network on a table", "predict", ("backbone",), MODEL_FILE, True),
+    ("recommender", "a recommender trained on interaction logs", "recommend", ("content_backbone",), MODEL_FILE, False),
+    ("personalized", "adapters per user on a shared classifier", "personalize", ("base",), "personalize.json", True),
+):
+    _KINDS[_name] = Kind(
+        _name, None, None, _summary, marker=_marker, options=_options, serving=_serving, classifier=_classifier
+    )
 
 
 def attach(name: str, **parts: Any) -> Kind:
@@ -85,9 +115,20 @@ def of(estimator: Any) -> Kind:
     """The kind of an estimator object (or class)."""
     cls = estimator if isinstance(estimator, type) else type(estimator)
     for kind in _KINDS.values():
-        if issubclass(cls, kind.estimator):
+        if kind.estimator is not None and issubclass(cls, kind.estimator):
             return kind
     raise ConfigError(f"{cls.__name__} is not a registered kind of model; known: {', '.join(_KINDS)}", key="kind")
+
+
+def estimator(name: str) -> type:
+    """The estimator class of the kind called ``name`` (its module must have been imported)."""
+    kind = get(name)
+    if kind.estimator is None:
+        raise NotSupportedError(
+            f"the {name} kind is declared but its estimator module is not imported",
+            hint="Import tunesmith.kinds, which imports every kind",
+        )
+    return kind.estimator
 
 
 def require(kind: Kind, part: str, what: str, instead: str) -> Callable[..., Any]:
@@ -146,11 +187,21 @@ def load(path: str | os.PathLike[str], **options: Any) -> Any:
             and not os.path.lexists(os.path.join(os.fspath(root), MODEL_FILE))
         ):
             _check_options(kind, options)
-            return kind.open(path, None, **options)
+            return opener(kind)(path, None, **options)
     folder, meta = open_model(path)
     kind = get(kind_of_meta(meta))
     _check_options(kind, options)
-    return kind.open(folder, meta, **options)
+    return opener(kind)(folder, meta, **options)
+
+
+def opener(kind: Kind) -> Callable[..., Any]:
+    """The kind's folder loader; a declared kind whose module is not imported has none yet."""
+    if kind.open is None:
+        raise NotSupportedError(
+            f"the {kind.name} kind is declared but its estimator module is not imported",
+            hint="Load through tunesmith.load(), which imports every kind",
+        )
+    return kind.open
 
 
 def _check_options(kind: Kind, options: dict[str, Any]) -> None:

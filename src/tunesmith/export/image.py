@@ -17,19 +17,20 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from tunesmith.backbones.image import ImagePreprocessing
 from tunesmith.data.images import decode_image_bytes, decode_images, images_from_array, resolve_image_paths
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.estimators.image import ImageFineTuner, image_model_info
 from tunesmith.export.graph import ExportResult, check_tolerance, finish, parity, refuse_int8, trace_to_onnx
 from tunesmith.export.predictor import ONNX_FILES, ModalPredictor, Prediction, graph_path
 from tunesmith.export.session import onnx_session
 from tunesmith.runs.trust import SafeFolder, open_model
+
+if TYPE_CHECKING:
+    from tunesmith.backbones.image import ImagePreprocessing
 
 IMAGE_FIELD = "image"
 
@@ -56,6 +57,10 @@ class ImagePredictor(ModalPredictor):
         # (torch), or the checked metadata (onnx); ``meta`` is read only for metadata()'s report.
         model: Any = None
         if backend == "torch":
+            from tunesmith.estimators.image import (
+                ImageFineTuner,  # here, not at the top: ONNX serving must not load torch
+            )
+
             est = ImageFineTuner.load(source)
             model = est.model_
             info = {
@@ -67,6 +72,10 @@ class ImagePredictor(ModalPredictor):
             }
         else:
             safe, checked = open_model(source)
+            from tunesmith.estimators.image import (
+                image_model_info,  # here, not at the top: ONNX serving must not load torch
+            )
+
             info = image_model_info(checked, file=safe.root / "tunesmith.json")
         super().__init__(
             folder,
@@ -217,6 +226,8 @@ def export_image_onnx(
     started = time.perf_counter()
     # Written into below: opened (links refused) before anything is, and loaded from that scan.
     safe, _ = open_model(folder)
+    from tunesmith.estimators.image import ImageFineTuner  # here, not at the top: ONNX serving must not load torch
+
     ft = ImageFineTuner.load(safe)
     images, source = _sample_images(ft, data, sample_size, seed)
     size = ft.model_.backbone.preprocessing.size

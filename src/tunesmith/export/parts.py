@@ -1,9 +1,9 @@
 """What the export layer gives each kind of model, attached to the one registry of kinds.
 
-Importing this module imports the built-in estimator modules (each registers its kind) and
-attaches, per kind, the ONNX ``exporter`` and the ``predictor`` that ``tunesmith predict``,
-batch prediction and the server open a folder with. :func:`~tunesmith.export.runtime.load_predictor`,
-:func:`~tunesmith.export.onnx.export_onnx` and the server look them up with
+Importing this module attaches, per kind declared in the registry, the ONNX ``exporter`` and
+the ``predictor`` that ``tunesmith predict``, batch prediction and the server open a folder
+with. :func:`~tunesmith.export.runtime.load_predictor`, :func:`~tunesmith.export.onnx.export_onnx`
+and the server look them up with
 :func:`tunesmith.estimators.registry.require`; a kind with no exporter (recommenders,
 personalised adapter stores) is refused with a sentence saying what to do instead.
 
@@ -16,12 +16,8 @@ version, backbone)``. ``safe`` and ``meta`` are the folder as
 
 from __future__ import annotations
 
-# The estimator modules register their kinds on import; a part is attached only to a kind
-# that is registered.
-import tunesmith.estimators.image
-import tunesmith.estimators.text
-import tunesmith.recsys.recommender
-import tunesmith.tabular.estimator  # noqa: F401
+# The built-in kinds are declared in the registry itself; their estimator modules (which load
+# torch) are imported only where a part needs the estimator, so serving an ONNX graph does not.
 from tunesmith.estimators import registry
 from tunesmith.export.image import exporter as image_exporter
 from tunesmith.export.image import open_image_predictor

@@ -14,13 +14,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import DataError
 from tunesmith.estimators import registry
-from tunesmith.recsys.recommender import Recommender
 from tunesmith.runs.fingerprint import model_version
 from tunesmith.runs.trust import SafeFolder
+
+if TYPE_CHECKING:
+    from tunesmith.recsys.recommender import Recommender
 
 TASK = "recommendation"
 # A cap on k keeps one request from asking for a whole large catalogue (scores and JSON grow
@@ -68,6 +70,8 @@ class RecommenderPredictor:
     ) -> RecommenderPredictor:
         """Load a recommender folder; ``version`` defaults to a content hash of its weights."""
         folder = Path(path)
+        from tunesmith.recsys.recommender import Recommender  # here, not at the top: ONNX serving must not load torch
+
         return cls._of(Recommender.load(folder), folder, threads, version)
 
     @classmethod
@@ -181,5 +185,7 @@ def open_recommender_predictor(
     A recommender runs its own model (torch or numpy): ``backend``, ``precision`` and
     ``backbone`` do not apply to it and are ignored, as the server's settings are.
     """
-    rec = registry.get("recommender").open(safe, meta)
+    import tunesmith.recsys.recommender  # noqa: F401  (registers the kind's loader; loads torch)
+
+    rec = registry.opener(registry.get("recommender"))(safe, meta)
     return RecommenderPredictor._of(rec, folder, threads, version)

@@ -25,7 +25,6 @@ from tunesmith.export.graph import ExportResult, check_tolerance, finish, parity
 from tunesmith.export.predictor import ONNX_DIR, ONNX_FILES, ModalPredictor, Prediction, graph_path, softmax
 from tunesmith.export.session import onnx_session
 from tunesmith.runs.trust import SafeFolder, open_model
-from tunesmith.tabular.estimator import TabularFineTuner
 
 NEURAL_GRAPH = "model.neural.onnx"
 
@@ -55,6 +54,10 @@ class TabularPredictor(ModalPredictor):
         # Everything below comes from the loaded estimator, which checked every field; the
         # ``meta`` passed in is read only for the report fields of metadata().
         # ``opened``: the folder as the caller scanned it, read from without a second scan.
+        from tunesmith.tabular.estimator import (
+            TabularFineTuner,  # here, not at the top: ONNX serving must not load torch
+        )
+
         est = TabularFineTuner.load(opened if opened is not None else folder, backbone=backbone)
         assert est.preprocessor_ is not None and est.schema_ is not None
         super().__init__(
@@ -226,6 +229,8 @@ def export_tabular_onnx(
     started = time.perf_counter()
     # Written into below: opened (links refused) before anything is, and loaded from that scan.
     safe, _ = open_model(folder)
+    from tunesmith.tabular.estimator import TabularFineTuner  # here, not at the top: ONNX serving must not load torch
+
     est: Any = TabularFineTuner.load(safe)
     frame, source = _sample_rows(est, data, sample_size, seed)
     features = est.preprocessor_.encode(est._with_rows(frame))

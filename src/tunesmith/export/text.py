@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 
 from tunesmith.errors import ArtifactError, ConfigError
-from tunesmith.estimators import registry
-from tunesmith.estimators.text import FineTuner
 from tunesmith.export.predictor import ONNX_DIR, ONNX_FILES, Predictor
 from tunesmith.export.session import onnx_session
 from tunesmith.runs.tokenizer_trust import (
@@ -171,8 +169,10 @@ class TorchPredictor(Predictor):
         self._torch = torch
         if estimator is None:
             options = {"backbone": backbone} if backbone is not None else {}
-            estimator = registry.get("text").open(self.safe, meta, **options)
-        self.estimator: FineTuner | None = estimator
+            from tunesmith.estimators.text import open_text  # here, not at the top: ONNX serving must not load torch
+
+            estimator = open_text(self.safe, meta, **options)
+        self.estimator: Any = estimator
         self._backbone: Any = estimator.backbone_
         self._model: Any = estimator.model_
         self._pad = int(estimator.backbone_.pad_id)

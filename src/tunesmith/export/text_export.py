@@ -27,8 +27,6 @@ import pandas as pd
 from tunesmith.data.io import file_sha256, read_table
 from tunesmith.data.schema import label_string
 from tunesmith.errors import ArtifactError, DataError
-from tunesmith.estimators import registry
-from tunesmith.estimators.text import FineTuner
 from tunesmith.export.graph import (
     DEFAULT_TOLERANCE,
     OPSET,
@@ -55,6 +53,8 @@ def _resolve_model(
     ``opened``, when the caller did that already); the estimator (when a path is given) and
     every predictor of the export read through it.
     """
+    from tunesmith.estimators.text import FineTuner, open_text  # here, not at the top: ONNX serving must not load torch
+
     if isinstance(model, FineTuner):
         folder = getattr(model, "model_path_", None)
         if folder is None:
@@ -68,7 +68,7 @@ def _resolve_model(
     if not folder.is_dir():
         raise ArtifactError("no model folder here", path=folder, hint="Give a folder written by tunesmith fit")
     safe, meta = opened or read_model(folder)
-    return registry.get("text").open(safe, meta), folder, safe, meta
+    return open_text(safe, meta), folder, safe, meta
 
 
 def _export_module(ft: Any) -> Any:
@@ -253,6 +253,8 @@ def export_text_onnx(
     """
     started = time.perf_counter() if started is None else started
     opened = (safe, meta)
+    from tunesmith.estimators.text import FineTuner  # here, not at the top: ONNX serving must not load torch
+
     ft, folder, safe, meta = _resolve_model(model if isinstance(model, FineTuner) else folder, opened)
     schema = ft.schema_
     sample = _sample(ft, meta, data, target, sample_size, seed)

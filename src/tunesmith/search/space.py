@@ -561,7 +561,7 @@ def _recommender_default(task: str | None, base: Mapping[str, Any]) -> SearchSpa
 
 def settings_model(kind: str) -> type[BaseModel]:
     """The settings model of a registered kind (what its spaces are checked against)."""
-    model: type[BaseModel] = getattr(registry.get(kind).estimator, "settings_model")  # noqa: B009
+    model: type[BaseModel] = getattr(registry.estimator(kind), "settings_model")  # noqa: B009
     return model
 
 

@@ -280,7 +280,7 @@ def _base_estimator(kind: str, estimator: Any, base_params: Mapping[str, Any] | 
     """(the estimator trials clone, its kind, the settings the caller fixed)."""
     base = dict(base_params or {})
     if estimator is None:
-        return registry.get(kind).estimator(**base), kind, base
+        return registry.estimator(kind)(**base), kind, base
     found = registry.of(estimator).name
     if kind not in ("text", found):
         raise ConfigError(f"kind={kind!r} but the estimator is a {found} model", key="kind", hint="Drop kind=")

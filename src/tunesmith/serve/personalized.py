@@ -38,11 +38,10 @@ from tunesmith.errors import ArtifactError, ConfigError, DataError
 from tunesmith.estimators import registry
 from tunesmith.export.predictor import Prediction, read_meta
 from tunesmith.export.text import TorchPredictor
-from tunesmith.personalize.personalizer import Personalizer, load_settings
-from tunesmith.personalize.store import AdapterStore
 from tunesmith.runs.fingerprint import model_version
 
 if TYPE_CHECKING:
+    from tunesmith.personalize.personalizer import Personalizer
     from tunesmith.personalize.store import Route
 
 BASE_KIND = "text"
@@ -228,6 +227,10 @@ def check_adapter_store(model: str | os.PathLike[str], store: str | os.PathLike[
         ArtifactError: no store folder, a store folder or file refused, or a store built for
             another shared model.
     """
+    # here, not at the top: a server without --adapters must not load torch
+    from tunesmith.personalize.settings import load_settings
+    from tunesmith.personalize.store import AdapterStore
+
     load_settings(store)
     AdapterStore(store, "sha256:" + model_version(Path(model)))
 
@@ -270,6 +273,9 @@ def load_personalized_predictor(
     check_adapter_store(folder, store)
     if threads:
         torch.set_num_threads(threads)
+    # here, not at the top: a server without --adapters must not load torch
+    from tunesmith.personalize.personalizer import Personalizer
+
     personalizer = Personalizer.from_store(store, base=folder, progress=False)
     # The personalizer hashed the weights already for the store's fingerprint: reuse that hash.
     version = version or personalizer.base_fingerprint.removeprefix("sha256:")
