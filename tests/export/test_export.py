@@ -322,3 +322,19 @@ def test_predict_file_formats_and_parquet_schema(trained, model_copy, tmp_path):
     assert len(pd.read_csv(tmp_path / "out.csv.gz")) == 40
     with pytest.raises(DataError, match="uncompressed CSV, TSV, JSONL or Parquet"):
         predict_file(predictor, src, tmp_path / "big.json", stream_above=0)
+
+
+def test_onnx_prediction_and_the_server_do_not_load_torch():
+    # Serving an exported graph needs ONNX Runtime, not PyTorch: importing the predictor path
+    # and the server must not pull torch in (it costs seconds and hundreds of MB per worker).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import tunesmith.export.runtime, tunesmith.serve.app, tunesmith.serve.command; "
+        "from tunesmith.estimators import registry; "
+        "assert registry.get('text').predictor is not None and registry.get('recommender').serving == 'recommend'; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr
