@@ -1,25 +1,7 @@
 """One searched setting of a hyperparameter search space, and how its YAML form is read.
 
-A space (:class:`tunesmith.search.space.SearchSpace`) maps the settings of one kind of model
-(its ``settings_model``: :class:`~tunesmith.config.FitConfig` for text) to ranges, written as YAML::
-
-    lr: {type: float, low: 1e-5, high: 2e-4, log: true}
-    epochs: {type: int, low: 1, high: 4}               # optional step: 1
-    batch_size: [16, 32, 64]                            # a list is a categorical choice
-    strategy: {type: categorical, choices: [full, lora]}
-    lora_r: {type: int, low: 4, high: 32, log: true, when: {strategy: lora}}
-    dropout: {type: float, low: 0.0, high: 0.3, grid: [0.0, 0.1, 0.2]}
-    warmup_ratio: 0.1                                   # a scalar is fixed, not searched
-
-Every range is checked when the space is read, against both its own shape (``low`` below
-``high``, a positive ``low`` for a log scale, ...) and the setting's own rules (``lr`` of
-0 or ``strategy: foo`` is refused), so a mistake fails at once with the key
-``search_space.<name>``, not in trial 37 of an overnight search.
-
-``when`` makes a dimension conditional: it is drawn only while every named setting takes
-one of the listed values. An inactive dimension is not suggested at all, which is how
-Optuna represents a conditional space (the parameter is absent from the trial), so TPE
-never models a LoRA rank for a full fine-tune.
+The YAML form, the checks made when a space is read and what ``when`` does are described in
+:mod:`tunesmith.search.space`, which builds spaces out of these dimensions.
 """
 
 from __future__ import annotations
