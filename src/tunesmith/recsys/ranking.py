@@ -45,9 +45,6 @@ class Ranking:
 
     # --- scoring ---------------------------------------------------------------------------------
 
-    def _require_fitted(self) -> None:
-        self._check_fitted()
-
     def _index(self) -> None:
         self._user_code = {str(u): i for i, u in enumerate(self.users_)}
         self._item_code = {str(v): i for i, v in enumerate(self.items_)}
@@ -129,7 +126,7 @@ class Ranking:
         ``users`` and ``histories`` are aligned when both are given; a row's history (when not
         ``None``) wins over its user's stored one.
         """
-        self._require_fitted()
+        self._check_fitted()
         if users is None and histories is None:
             raise ConfigError("give users or histories", key="users", hint="recommend_batch(users=['u1', 'u2'])")
         n = len(users) if users is not None else len(histories or [])
@@ -192,7 +189,7 @@ class Ranking:
         tunesmith.errors.ConfigError
             The model has no content backbone.
         """
-        self._require_fitted()
+        self._check_fitted()
         if self.content_backbone is None or not isinstance(self.model_, SequentialRecommender):
             raise ConfigError(
                 "new items need content vectors, and this model has no content backbone",

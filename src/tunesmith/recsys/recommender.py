@@ -451,7 +451,7 @@ class Recommender(Ranking, Estimator):
         ranking uses the user's stored history and excludes it. Unknown users and items are
         left out (counted in ``left_out``).
         """
-        self._require_fitted()
+        self._check_fitted()
         cols = {**{"user": "user_id", "item": "item_id", "time": None}, **getattr(self, "_columns", {}), **columns}
         inter = read_interactions(
             data,
@@ -503,7 +503,7 @@ class Recommender(Ranking, Estimator):
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write a model folder: ``model.safetensors``, ``tunesmith.json``, ``card.md`` and plots; atomically."""
-        self._require_fitted()
+        self._check_fitted()
         model_arrays, model_settings = self.model_.state()
         meta = _folder.folder_meta(
             model=self.model,
@@ -538,7 +538,7 @@ class Recommender(Ranking, Estimator):
         With ``figures`` the report links the plots :meth:`save` writes next to it
         (``ranking_at_k.png`` and ``ndcg_by_history.png``).
         """
-        self._require_fitted()
+        self._check_fitted()
         return _report.card(
             self.model,
             self.test_metrics_,
