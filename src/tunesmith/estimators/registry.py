@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.errors import ConfigError, NotFittedError
+from tunesmith.errors import ConfigError
 from tunesmith.estimators.base import NotSupportedError
 from tunesmith.runs.trust import SafeFolder, open_model
 
@@ -150,16 +150,22 @@ def kind_of_meta(meta: dict[str, Any]) -> str:
     return str(kind)
 
 
-def kind_of_folder(path: str | os.PathLike[str]) -> Kind:
-    """The kind a folder holds, decided by its marker file (without reading any file)."""
+def _marked_kind(path: str | os.PathLike[str]) -> Kind | None:
+    """The kind whose own marker file (not ``tunesmith.json``) the folder holds, if any."""
     root = os.fspath(path)
+    if os.path.lexists(os.path.join(root, MODEL_FILE)):
+        return None
     for kind in _KINDS.values():
-        if (
-            kind.marker != MODEL_FILE
-            and os.path.lexists(os.path.join(root, kind.marker))
-            and not os.path.lexists(os.path.join(root, MODEL_FILE))
-        ):
+        if kind.marker != MODEL_FILE and os.path.lexists(os.path.join(root, kind.marker)):
             return kind
+    return None
+
+
+def kind_of_folder(path: str | os.PathLike[str]) -> Kind:
+    """The kind a folder holds: by its marker file, else by its checked ``tunesmith.json``."""
+    marked = _marked_kind(path)
+    if marked is not None:
+        return marked
     _, meta = open_model(path)
     return get(kind_of_meta(meta))
 
@@ -178,16 +184,10 @@ def load(path: str | os.PathLike[str], **options: Any) -> Any:
         ConfigError: a keyword the folder's kind does not take.
     """
     options = {k: v for k, v in options.items() if v is not None}
-    root = path.root if isinstance(path, SafeFolder) else path
-    for kind in _KINDS.values():
-        if (
-            kind.marker != MODEL_FILE
-            and not isinstance(path, SafeFolder)
-            and os.path.lexists(os.path.join(os.fspath(root), kind.marker))
-            and not os.path.lexists(os.path.join(os.fspath(root), MODEL_FILE))
-        ):
-            _check_options(kind, options)
-            return opener(kind)(path, None, **options)
+    marked = None if isinstance(path, SafeFolder) else _marked_kind(path)
+    if marked is not None:  # a folder of a kind with its own marker opens itself (its trust checks)
+        _check_options(marked, options)
+        return opener(marked)(path, None, **options)
     folder, meta = open_model(path)
     kind = get(kind_of_meta(meta))
     _check_options(kind, options)
@@ -213,11 +213,3 @@ def _check_options(kind: Kind, options: dict[str, Any]) -> None:
                 key=key,
                 hint=f"Leave {key} out for this model",
             )
-
-
-def fitted_kind(estimator: Any) -> Kind:
-    """The kind of a fitted estimator, or :class:`NotFittedError` if it is not fitted."""
-    kind = of(estimator)
-    if not getattr(estimator, "is_fitted", True):
-        raise NotFittedError(f"this {type(estimator).__name__} is not fitted yet", hint="Call fit() first")
-    return kind
