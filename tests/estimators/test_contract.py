@@ -2,8 +2,9 @@
 
 Each kind is fitted once per module on tiny data with a tiny backbone; every check then asks
 the same questions of every kind: fit returns self, predict and score work, predict_proba is
-offered by classifiers and refused with a clear error otherwise, save then ``tunesmith.load``
-gives the same kind and identical predictions, clone and get/set params round-trip, bad
+offered by classifiers and refused with a clear error otherwise, ``embed`` gives each row's
+representation (or says what to monitor instead), save then ``tunesmith.load`` gives the same
+kind and identical predictions and representations, clone and get/set params round-trip, bad
 settings are refused at construction, a run record is written, the same seed gives the same
 model, and the registry knows the kind.
 """
@@ -101,6 +102,7 @@ class Case:
     bad_setting: tuple[str, Any]
     classifier: bool = True
     load_options: Callable[[Path], dict[str, Any]] = field(default=lambda tmp: {})
+    embed_refusal: str | None = None  # for kinds without a representation: words of the hint
 
 
 TEXT = {"backbone": "tiny-text", "epochs": 2, "batch_size": 8, "lr": 3e-3, "max_length": 16, "progress": False}
@@ -154,6 +156,7 @@ CASES = [
         {"target": "label"},
         lambda data: data.drop(columns=["label"]).head(20),
         ("n_estimators", 0),
+        embed_refusal="input columns",
     ),
     Case(
         "recommender",
@@ -163,6 +166,7 @@ CASES = [
         lambda data: data.head(30),
         ("model", "no-such-model"),
         classifier=False,
+        embed_refusal="users, items and recommended items",
     ),
     Case(
         "personalized",
@@ -275,6 +279,47 @@ def test_save_load_gives_the_same_kind_and_predictions(fitted: tuple[Case, Any, 
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     if registry.get(case.kind).marker == "tunesmith.json":
         assert meta["format"] == "tunesmith-model" and meta["format_version"] == 2 and meta["kind"] == case.kind
+
+
+def _take(rows: Any, index: list[int]) -> Any:
+    return rows.iloc[index] if isinstance(rows, pd.DataFrame) else rows[index]
+
+
+def test_embed_gives_the_models_representation_or_says_what_to_monitor(fitted: tuple[Case, Any, Any, Path]) -> None:
+    case, est, data, tmp = fitted
+    rows = case.predict_input(data)
+    if case.embed_refusal is not None:
+        with pytest.raises(NotSupportedError, match="embed") as err:
+            est.embed(rows)
+        assert case.embed_refusal in str(err.value.hint)
+        return
+    vectors = est.embed(rows)
+    assert vectors.dtype == np.float32 and vectors.ndim == 2
+    assert vectors.shape[0] == len(rows) and vectors.shape[1] > 1
+    assert np.isfinite(vectors).all()
+    np.testing.assert_array_equal(est.embed(rows), vectors)
+    assert not np.allclose(vectors[0], vectors[1]), "different rows get different vectors"
+    order = [0, 1, 2, 3]
+    np.testing.assert_allclose(est.embed(_take(rows, order[::-1])), vectors[order][::-1], atol=1e-5)
+    np.testing.assert_array_equal(est.embed(rows, max_rows=2), vectors[:2])
+    with pytest.raises(ConfigError) as err:
+        est.embed(rows, max_rows=0)
+    assert err.value.key == "max_rows"
+    folder = est.save(tmp / "saved-for-embed", overwrite=True)
+    again = load(folder, **case.load_options(tmp))
+    np.testing.assert_allclose(again.embed(rows), vectors, atol=1e-5)
+
+
+def test_embed_is_what_the_head_sees(fitted: tuple[Case, Any, Any, Path]) -> None:
+    import torch
+
+    case, est, data, _ = fitted
+    if case.kind not in ("text", "image"):
+        pytest.skip("only the fine-tuned networks have their head as model_.head")
+    rows = case.predict_input(data)
+    with torch.inference_mode():
+        logits = est.model_.head(torch.as_tensor(est.embed(rows)))
+    np.testing.assert_allclose(torch.softmax(logits, dim=-1).numpy(), est.predict_proba(rows), atol=1e-5)
 
 
 def test_a_run_record_is_written(fitted: tuple[Case, Any, Any, Path]) -> None:

@@ -9,7 +9,8 @@ It is scikit-learn's contract, made strict:
   returns ``self``; ``data`` is a path, a DataFrame, or arrays where the kind takes them, and
   ``target`` names the column to learn (``y`` is for arrays, as scikit-learn passes it);
 * learned state ends in ``_``; ``predict``, ``predict_proba`` (classifiers), ``score``,
-  ``save(folder)``; ``get_params``/``set_params`` and :func:`sklearn.base.clone` work;
+  ``embed`` (kinds with a learned representation), ``save(folder)``;
+  ``get_params``/``set_params`` and :func:`sklearn.base.clone` work;
 * :func:`tunesmith.load` gives back the right kind from a saved folder.
 
 Where a kind cannot honour a part of the contract it raises :class:`NotSupportedError`,
@@ -50,6 +51,19 @@ def unsupported(estimator: Any, what: str, instead: str) -> NotSupportedError:
     """The error for a contract method a kind cannot offer: ``what`` it is and what to use ``instead``."""
     kind = getattr(estimator, "kind", None) or type(estimator).__name__
     return NotSupportedError(f"{what} is not offered for {kind} models", hint=instead)
+
+
+def row_limit(max_rows: int | None) -> int | None:
+    """``max_rows`` of :meth:`Estimator.embed`, checked: ``None`` (every row) or a positive whole number."""
+    if max_rows is None:
+        return None
+    if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
+        raise ConfigError(
+            f"max_rows must be a positive whole number, got {max_rows!r}",
+            key="max_rows",
+            hint="Pass max_rows=None to embed every row",
+        )
+    return int(max_rows)
 
 
 def fit_arguments(
@@ -130,6 +144,17 @@ class Estimator(SettingsEstimator):
 
     def score(self, data: Any, y: Any = None, *, target: str | None = None) -> float:  # pragma: no cover
         raise unsupported(self, "score", "Use evaluate()")
+
+    def embed(self, data: Any, *, max_rows: int | None = None) -> np.ndarray:
+        """The model's representation of each input row, ``(n, d)`` float32, rows in input order.
+
+        What the model's head sees (the fine-tuned encoder's pooled vector for text and
+        images). Drift monitoring compares these between reference and current data.
+        ``max_rows`` embeds only the first ``max_rows`` rows (``None``: every row), to bound
+        the cost on large data. Kinds without such a representation raise
+        :class:`NotSupportedError` saying what to monitor instead.
+        """
+        raise unsupported(self, "embed", "Drift monitoring uses the input columns of this kind")
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:  # pragma: no cover
         raise unsupported(self, "save", "This kind keeps no model folder")

@@ -418,6 +418,17 @@ class Personalizer(AdapterRouting, Estimator):
         proba = self.predict_proba(data)
         return np.asarray(self.labels, dtype=object)[proba.argmax(axis=1)]
 
+    def embed(self, data: pd.DataFrame | str | os.PathLike[str], *, max_rows: int | None = None) -> np.ndarray:
+        """The shared model's representation of each row, ``(n, d)`` float32 (:meth:`FineTuner.embed`).
+
+        One representation for every row, whichever adapter answers it: head adapters act
+        after it, on this very vector; LoRA adapters change the encoder's last block per user,
+        and their users are compared on the shared encoder's vector too, so reference and
+        current data stay comparable when users or adapters change.
+        """
+        self._check_fitted()
+        return np.asarray(self.base.embed(data, max_rows=max_rows), dtype=np.float32)
+
     def score(self, data: Any, y: Any = None, *, target: str | None = None) -> float:
         """Accuracy of the personalised predictions on the labeled rows of ``data`` (higher is better).
 

@@ -442,6 +442,10 @@ class Recommender(Ranking, Estimator):
         """Not offered: a recommender ranks items, it does not give class probabilities."""
         raise unsupported(self, "predict_proba", "Use recommend() or predict()")
 
+    def embed(self, data: Any, *, max_rows: int | None = None) -> np.ndarray:
+        """Not offered: a recommender's rows are users, whose factors are not a representation of inputs."""
+        raise unsupported(self, "embed", "Recommenders are monitored on users, items and recommended items")
+
     def evaluate(self, data: Any, *, ks: Sequence[int] = KS, **columns: Any) -> dict[str, Any]:
         """Full-ranking metrics (:func:`~tunesmith.recsys.metrics.ranking_metrics`) on held-out interactions.
 

@@ -486,6 +486,10 @@ class TabularFineTuner(Estimator):
         assert self.classes_ is not None
         return self.classes_[out.argmax(axis=1)]
 
+    def embed(self, data: DataLike, *, max_rows: int | None = None) -> np.ndarray:
+        """Not offered: a table's model has no one learned representation of a row worth comparing."""
+        raise unsupported(self, "embed", "Tables are monitored on their input columns")
+
     def evaluate(self, data: DataLike, y: Any = None, *, target: str | None = None) -> dict[str, Any]:
         """Metrics (:func:`~tunesmith.evaluate.metrics.compute_metrics`) on labeled rows.
 

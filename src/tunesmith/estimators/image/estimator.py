@@ -28,7 +28,7 @@ from tunesmith.backbones.image import ImageBackbone, rebuild
 from tunesmith.data.schema import label_string, sorted_labels
 from tunesmith.data.targets import check_target_classes
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.estimators.base import Estimator, fit_arguments
+from tunesmith.estimators.base import Estimator, fit_arguments, row_limit
 from tunesmith.estimators.image.folder import open_image_folder, write_image_folder
 from tunesmith.estimators.image.inputs import (
     ImageInput,
@@ -44,6 +44,7 @@ from tunesmith.estimators.image.model import (
     IndexDataset,
     RecalibrateBeforeValidation,
     backbone_features,
+    model_features,
     model_logits,
     nhwc_to_tensor,
     reset_random,
@@ -482,6 +483,22 @@ class ImageFineTuner(Estimator):
         """The most probable label per image, in the labels' original type."""
         proba = self.predict_proba(data)
         return np.asarray(self.label_values_, dtype=object)[proba.argmax(axis=1)]
+
+    def embed(self, data: ImageInput, *, max_rows: int | None = None) -> np.ndarray:
+        """The trained CNN's pooled features of each image, ``(n, hidden_size)`` float32, in input order.
+
+        What the head sees: the images are read and resized as :meth:`predict` reads them and
+        run through this model's own backbone in eval mode (its fine-tuned weights and
+        BatchNorm statistics). Drift monitoring compares these between reference and current
+        data. ``max_rows`` embeds only the first ``max_rows`` images (``None``: every image).
+        """
+        self._check_fitted()
+        limit = row_limit(max_rows)
+        images = self._images_for_prediction(data)[:limit]
+        features = model_features(
+            self.model_, nhwc_to_tensor(images), self.config_.eval_batch_size, show_progress=self._long(len(images))
+        )
+        return features.astype(np.float32, copy=False)
 
     def evaluate(self, data: ImageInput, y: Any = None, *, target: str | None = None) -> dict[str, Any]:
         """Test metrics (accuracy, F1, AUC, log loss, per class, confusion matrix) on labeled images.

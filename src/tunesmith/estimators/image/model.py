@@ -247,18 +247,41 @@ def model_logits(
     model: ImageModel, images: torch.Tensor, batch_size: int, n_outputs: int, *, show_progress: bool = False
 ) -> np.ndarray:
     """Logits ``(n, n_outputs)`` of uint8 NCHW ``images``, in eval mode and batches of ``batch_size``."""
+    return _run_images(model, model, images, batch_size, n_outputs, "predicting", show_progress)
+
+
+def model_features(
+    model: ImageModel, images: torch.Tensor, batch_size: int, *, show_progress: bool = False
+) -> np.ndarray:
+    """Pooled features ``(n, hidden_size)`` of uint8 NCHW ``images``: the trained backbone's output,
+    what the head sees, in eval mode and batches of ``batch_size``."""
+    return _run_images(
+        model, model.backbone, images, batch_size, model.backbone.hidden_size, "embedding", show_progress
+    )
+
+
+def _run_images(
+    model: ImageModel,
+    part: nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    width: int,
+    description: str,
+    show_progress: bool,
+) -> np.ndarray:
+    """``part`` of ``model`` (the whole network or its backbone) over normalised batches of ``images``."""
     model.eval()
     pre = model.backbone.preprocessing
     device = next(model.parameters()).device
     out = []
     with (
         torch.inference_mode(),
-        progress("predicting", len(images), unit="images", enabled=show_progress) as bar,
+        progress(description, len(images), unit="images", enabled=show_progress) as bar,
     ):
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device).float().div_(255.0)
-            out.append(model(pre.normalize(x)).float().cpu().numpy())
+            out.append(part(pre.normalize(x)).float().cpu().numpy())
             bar.advance(len(x))
     if not out:
-        return np.zeros((0, n_outputs), dtype=np.float32)
+        return np.zeros((0, width), dtype=np.float32)
     return np.concatenate(out)

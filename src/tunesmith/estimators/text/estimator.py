@@ -29,7 +29,7 @@ from tunesmith.data.schema import Schema, label_values
 from tunesmith.data.validate import encode_target, prepare_frame, texts_of
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators import registry
-from tunesmith.estimators.base import Estimator, NotSupportedError, fit_arguments
+from tunesmith.estimators.base import Estimator, NotSupportedError, fit_arguments, row_limit
 from tunesmith.estimators.text.inputs import DataLike, prediction_texts, read_frame
 from tunesmith.estimators.text.record import write_record
 from tunesmith.evaluate.metrics import compute_metrics
@@ -257,6 +257,35 @@ class FineTuner(Estimator):
             return outputs[:, 0] * s["std"] + s["mean"]
         assert self.classes_ is not None
         return self.classes_[outputs.argmax(axis=1)]
+
+    def embed(self, data: DataLike, *, max_rows: int | None = None) -> np.ndarray:
+        """The fine-tuned encoder's pooled vector of each row, ``(n, hidden_size)`` float32, in input order.
+
+        What the head sees: the texts are built and tokenized as :meth:`predict` builds them
+        and run through this model's own backbone (its fine-tuned weights, LoRA adapters
+        included), never a fresh pre-trained one. Drift monitoring compares these between
+        reference and current data. ``max_rows`` embeds only the first ``max_rows`` rows
+        (``None``: every row).
+        """
+        self._check_fitted()
+        assert self.model_ is not None and self.schema_ is not None
+        limit = row_limit(max_rows)
+        texts = prediction_texts(data, self.schema_, self._preprocessing())[:limit]
+        backbone = self.model_.backbone
+        if not texts:
+            return np.zeros((0, backbone.hidden_size), dtype=np.float32)
+        # The frozen-feature cache is not consulted: it holds pre-trained vectors, which are
+        # this model's only when training left the backbone untouched.
+        ids = backbone.tokenize(texts, self.config_.max_length)
+        vectors = run_batches(
+            backbone,
+            ids,
+            self.config_.eval_batch_size,
+            backbone.pad_id,
+            progress=self.config_.progress and len(ids) >= 2048,
+            description="embedding",
+        )
+        return vectors.astype(np.float32, copy=False)
 
     def evaluate(self, X: DataLike, y: Any = None, *, target: str | None = None) -> dict[str, Any]:
         """Metrics on labeled data; a label never seen in training is an error naming its row."""
