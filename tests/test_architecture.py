@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "tunesmith.export": 3,
     "tunesmith.search": 3,
     "tunesmith.quality": 3,
+    "tunesmith.monitor": 3,
     "tunesmith.cli": 4,
     "tunesmith.serve": 4,
     "tunesmith": 4,

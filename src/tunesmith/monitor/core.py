@@ -1,0 +1,336 @@
+"""``monitor()``: every signal of every window, corrected for many tests, as one result.
+
+Signals come in four families. *input*: each input column (tabular columns as they are;
+text as length, words, word length, out-of-vocabulary and non-letter shares; images as size,
+brightness, contrast and edges). *representation*: the model's own embedding of a sample of
+each window against a reference sample (MMD, permutation test). *output*: the model's class
+probabilities (BBSD, a KS test per class) and its predicted classes (chi-square), or its
+predicted values. *performance*: the accuracy (or mean absolute error) estimated without
+labels, and measured where labels arrived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.monitor.current import Current, Window
+from tunesmith.monitor.frame import derive_features
+from tunesmith.monitor.performance import realized
+from tunesmith.monitor.reference import Reference, compute_outputs, embed_rows, encode_target, inputs_frame
+from tunesmith.monitor.settings import EXIT_ALERT, EXIT_DRIFT, EXIT_OK, MonitorSettings
+from tunesmith.monitor.stats import (
+    TestResult,
+    bbsd_test,
+    benjamini_hochberg,
+    categorical_test,
+    category_codes,
+    counts_of,
+    lump,
+    missing_test,
+    mmd_test,
+    numeric_test,
+)
+
+
+@dataclass
+class Signal:
+    """One monitored quantity: its family, test, effect measure and threshold."""
+
+    name: str
+    family: str
+    column: str | None
+    test: str
+    effect_name: str
+    threshold: float | None
+    direction: str = "above"
+    band: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "column": self.column,
+            "test": self.test,
+            "effect_name": self.effect_name,
+            "threshold": self.threshold,
+            "direction": self.direction,
+            "band": self.band,
+        }
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class Evaluator:
+    """Runs every test of every window against one reference."""
+
+    def __init__(self, ref: Reference, settings: MonitorSettings) -> None:
+        self.ref = ref
+        self.s = settings
+        self.signals: dict[str, Signal] = {}
+        self.kept: dict[str, list[str]] = {}
+        self.seen: dict[str, set[str]] = {}
+        self.ref_counts: dict[str, dict[str, int]] = {}
+        for name, kind in ref.features.kinds.items():
+            if kind == "categorical":
+                values = ref.features.values[name]
+                self.kept[name] = category_codes(values, settings.max_categories)
+                self.seen[name] = set(np.unique(values.astype(str)).tolist())
+                self.ref_counts[name] = counts_of(lump(values, self.kept[name]))
+        self.ref_classes: dict[str, int] | None = None
+
+    def _signal(self, name: str, **kw: Any) -> Signal:
+        sig = self.signals.get(name)
+        if sig is None:
+            sig = self.signals[name] = Signal(name=name, **kw)
+        return sig
+
+    def window(self, cur: Current, w: Window, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
+        """Test one window; returns signal name -> raw figures (p-values not yet corrected)."""
+        ref, s = self.ref, self.s
+        frame = cur.frame.iloc[w.rows].reset_index(drop=True)
+        feats = derive_features(frame, ref.spec)
+        out: dict[str, dict[str, Any]] = {}
+        for name, kind in feats.kinds.items():
+            a, b = ref.features.values[name], feats.values[name]
+            column = ref.features.source[name]
+            if kind == "numeric":
+                res = numeric_test(a, b, cap=s.test_rows, rng=rng)
+                self._signal(
+                    f"input:{name}",
+                    family="input",
+                    column=column,
+                    test="ks",
+                    effect_name=res.effect_name,
+                    threshold=s.numeric_effect,
+                )
+                out[f"input:{name}"] = _figures(res)
+                miss_a, miss_b = ~np.isfinite(a), ~np.isfinite(b)
+                if miss_a.any() or miss_b.any():
+                    res = missing_test(miss_a, miss_b)
+                    self._signal(
+                        f"input:{name}:missing",
+                        family="input",
+                        column=column,
+                        test="two-proportion",
+                        effect_name=res.effect_name,
+                        threshold=s.missing_effect,
+                    )
+                    out[f"input:{name}:missing"] = _figures(res)
+            else:
+                kept = self.kept[name]
+                res = categorical_test(
+                    self.ref_counts[name], lump(b, kept, seen=self.seen[name]), cap=s.test_rows, rng=rng
+                )
+                self._signal(
+                    f"input:{name}",
+                    family="input",
+                    column=column,
+                    test="chi2",
+                    effect_name=res.effect_name,
+                    threshold=s.categorical_effect,
+                )
+                out[f"input:{name}"] = _figures(res)
+        outputs = compute_outputs(ref.model, frame, ref.spec, _proba_cols(ref), _pred_col(ref))
+        if ref.outputs.scores is not None and outputs.scores is not None:
+            if ref.spec.task == "classification":
+                res = bbsd_test(ref.outputs.scores, outputs.scores)
+                self._signal(
+                    "output:probabilities",
+                    family="output",
+                    column=None,
+                    test="bbsd",
+                    effect_name=res.effect_name,
+                    threshold=s.output_effect,
+                )
+                out["output:probabilities"] = _figures(res)
+                classes = np.asarray(ref.spec.classes or [], dtype=object)
+                assert ref.outputs.prediction is not None and outputs.prediction is not None
+                if self.ref_classes is None:
+                    self.ref_classes = counts_of(_class_names(classes, ref.outputs.prediction))
+                res = categorical_test(
+                    self.ref_classes, _class_names(classes, outputs.prediction), cap=s.test_rows, rng=rng
+                )
+                self._signal(
+                    "output:predicted class",
+                    family="output",
+                    column=None,
+                    test="chi2",
+                    effect_name=res.effect_name,
+                    threshold=s.categorical_effect,
+                )
+                out["output:predicted class"] = _figures(res)
+            else:
+                res = numeric_test(ref.outputs.scores, outputs.scores, cap=s.test_rows, rng=rng)
+                self._signal(
+                    "output:prediction",
+                    family="output",
+                    column=None,
+                    test="ks",
+                    effect_name=res.effect_name,
+                    threshold=s.numeric_effect,
+                )
+                out["output:prediction"] = _figures(res)
+        if ref.embeddings is not None and s.embedding_rows > 0:
+            pick = np.sort(rng.choice(len(frame), min(len(frame), s.embedding_rows), replace=False))
+            emb = embed_rows(ref.model, frame.iloc[pick].reset_index(drop=True), ref.spec)
+            if emb is not None and len(emb) >= 2:
+                res = mmd_test(ref.embeddings, emb, permutations=s.permutations, rng=rng)
+                self._signal(
+                    "representation:embedding",
+                    family="representation",
+                    column=None,
+                    test="mmd",
+                    effect_name=res.effect_name,
+                    threshold=s.embedding_effect,
+                )
+                out["representation:embedding"] = _figures(res)
+        self._performance(frame, feats, outputs, out)
+        return out
+
+    def _performance(self, frame: pd.DataFrame, feats: Any, outputs: Any, out: dict[str, dict[str, Any]]) -> None:
+        ref = self.ref
+        band = ref.band
+        if ref.performance is None or band is None or outputs.scores is None:
+            return
+        metric = ref.performance.metric
+        direction = ref.performance.direction
+        est = ref.performance.estimate(outputs.scores, outputs.prediction, inputs_frame(feats))
+        sig = self._signal(
+            f"performance:estimated {metric}",
+            family="performance",
+            column=None,
+            test="estimate",
+            effect_name=metric,
+            threshold=band["threshold"],
+            direction=direction,
+        )
+        sig.band = [band["value"] - band["spread"], band["value"] + band["spread"]]
+        bad = est.value < band["threshold"] if direction == "below" else est.value > band["threshold"]
+        out[sig.name] = {
+            "value": est.value,
+            "lower": est.lower,
+            "upper": est.upper,
+            "alert": bool(bad),
+            "drift": bool(bad),
+            "p_value": None,
+            "note": None,
+        }
+        target = ref.spec.target
+        if target and target in frame.columns:
+            y = encode_target(ref.spec, frame[target])
+            known = (y >= 0) if ref.spec.task == "classification" else np.isfinite(y)
+            if known.any():
+                value = realized(ref.spec.task or "classification", outputs.prediction[known], y[known])
+                enough = int(known.sum()) >= self.s.min_window_rows
+                bad = enough and (value < band["threshold"] if direction == "below" else value > band["threshold"])
+                sig = self._signal(
+                    f"performance:realized {metric}",
+                    family="performance",
+                    column=None,
+                    test="realized",
+                    effect_name=metric,
+                    threshold=band["threshold"],
+                    direction=direction,
+                )
+                note = f"{int(known.sum())} labeled rows" + ("" if enough else " (too few to alert)")
+                out[sig.name] = {
+                    "value": value,
+                    "alert": bool(bad),
+                    "drift": bool(bad),
+                    "p_value": None,
+                    "note": note,
+                    "labeled": int(known.sum()),
+                }
+
+
+def _proba_cols(ref: Reference) -> list[str] | None:
+    return ref.model_info.get("proba_columns")
+
+
+def _pred_col(ref: Reference) -> str | None:
+    return ref.model_info.get("prediction_column")
+
+
+def _class_names(classes: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    idx = np.asarray(idx)
+    names = np.full(len(idx), "(unknown)", dtype=object)
+    ok = (idx >= 0) & (idx < len(classes))
+    names[ok] = classes[idx[ok]]
+    return names
+
+
+def _figures(res: TestResult) -> dict[str, Any]:
+    return {"value": res.effect, "statistic": res.statistic, "p_value": res.p_value}
+
+
+def decide(
+    raw: list[dict[str, dict[str, Any]]], signals: Mapping[str, Signal], alpha: float
+) -> list[dict[str, dict[str, Any]]]:
+    """Correct every drift test of the report together; a signal drifts when its corrected
+    p-value is below ``alpha`` and its effect reaches the signal's threshold."""
+    keys = [(i, name) for i, w in enumerate(raw) for name, f in w.items() if f.get("p_value") is not None]
+    adjusted = benjamini_hochberg(np.array([raw[i][n]["p_value"] for i, n in keys], dtype=float))
+    for (i, name), q in zip(keys, adjusted, strict=True):
+        f = raw[i][name]
+        f["p_adjusted"] = _num(float(q))
+        threshold = signals[name].threshold or 0.0
+        f["drift"] = bool(np.isfinite(q) and q < alpha and f["value"] >= threshold)
+        f["alert"] = False  # drift alone is not damage: alerts come from performance
+    return raw
+
+
+def summarise_window(w: Window, figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A window's entry of the result: its figures, whether it drifted or alerts, and why."""
+    reasons = []
+    for name, f in figures.items():
+        if f.get("alert"):
+            reasons.append(f"{name} {f['value']:.4g} crossed its threshold")
+        elif f.get("drift"):
+            reasons.append(f"{name} changed (effect {f['value']:.3g}, corrected p {f.get('p_adjusted', 0):.2g})")
+    values = {
+        name: {
+            "value": _num(f.get("value")),
+            "p_value": _num(f.get("p_value")),
+            "p_adjusted": _num(f.get("p_adjusted")),
+            "lower": _num(f.get("lower")),
+            "upper": _num(f.get("upper")),
+            "drift": bool(f.get("drift")),
+            "alert": bool(f.get("alert")),
+            "note": f.get("note"),
+        }
+        for name, f in figures.items()
+    }
+    return {
+        "index": w.index,
+        "label": w.label,
+        "start": w.start,
+        "end": w.end,
+        "rows": len(w.rows),
+        "values": values,
+        "drift": any(v["drift"] for v in values.values()),
+        "alert": any(v["alert"] for v in values.values()),
+        "reasons": reasons,
+    }
+
+
+def status_of(windows: list[dict[str, Any]]) -> tuple[str, int]:
+    """``alert`` (exit 4) when performance fell, ``drift`` (exit 3) when only inputs moved, else ``ok``."""
+    if any(w["alert"] for w in windows):
+        return "alert", EXIT_ALERT
+    if any(w["drift"] for w in windows):
+        return "drift", EXIT_DRIFT
+    return "ok", EXIT_OK
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 with seconds."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
