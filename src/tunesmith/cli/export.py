@@ -111,6 +111,20 @@ def serve(
     prediction_log_buffer_bytes: Annotated[
         int | None, typer.Option(help="Bytes the log may hold in memory; beyond that records are dropped and counted.")
     ] = None,
+    monitor_reference: Annotated[
+        Path | None,
+        typer.Option(help="Labeled reference data (model inputs and target): live drift gauges on /metrics."),
+    ] = None,
+    monitor_target: Annotated[
+        str | None, typer.Option(help="Target column of the reference (default: the model's).")
+    ] = None,
+    monitor_window_rows: Annotated[
+        int | None, typer.Option(help="Most recent rows each drift test compares (default 1000).")
+    ] = None,
+    monitor_min_rows: Annotated[
+        int | None, typer.Option(help="Fewest rows a drift test runs on (default 200).")
+    ] = None,
+    monitor_interval: Annotated[float | None, typer.Option(help="Seconds between drift tests (default 30).")] = None,
     model_nice: Annotated[
         int | None, typer.Option(help="Nice steps of the model threads below the event loop (0 = same priority).")
     ] = None,
@@ -126,6 +140,10 @@ def serve(
     With --adapters STORE (torch backend), each row names its user in the store's user column
     and is answered by that user's adapter, else its segment's, else the shared model; every
     prediction says which (served_by). A store built for another model is refused.
+
+    With --monitor-reference DATA (labeled rows the model is known to work on), /metrics also
+    shows input and output drift and the accuracy estimated without labels, tested every
+    --monitor-interval seconds over the last --monitor-window-rows predicted rows.
 
     The API key and the admin token (which turns on POST /admin/reload) are read from the
     TUNESMITH_API_KEY and TUNESMITH_ADMIN_TOKEN environment variables, never from flags.
@@ -155,6 +173,11 @@ def serve(
         prediction_log_rotate_rows=prediction_log_rotate_rows,
         prediction_log_buffer_rows=prediction_log_buffer_rows,
         prediction_log_buffer_bytes=prediction_log_buffer_bytes,
+        monitor_reference=monitor_reference,
+        monitor_target=monitor_target,
+        monitor_window_rows=monitor_window_rows,
+        monitor_min_rows=monitor_min_rows,
+        monitor_interval_s=monitor_interval,
         model_nice=model_nice,
         access_log=access_log,
         log_level=log_level,

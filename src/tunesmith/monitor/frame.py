@@ -211,7 +211,7 @@ def log_rows(log: pd.DataFrame, spec: Spec, *, file: str) -> tuple[pd.DataFrame,
     """
     dropped = {"failed_requests": 0, "rows_of_failed_requests": 0, "rows_without_outputs": 0}
     records: list[dict[str, Any]] = []
-    single_text = spec.text[0] if len(spec.text) == 1 and not (spec.numeric or spec.categorical) else None
+    single_text = spec.text[0] if len(spec.text) == 1 else None
     for rec in log.itertuples(index=False):
         inputs: list[Any] = list(rec.inputs or [])  # type: ignore[arg-type]
         outputs: list[Any] = list(rec.outputs or [])  # type: ignore[arg-type]

@@ -185,7 +185,8 @@ class PerformanceEstimator:
         folds = per_model.mean(axis=1)
         model_se = float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
         half = Z95 * float(np.hypot(sampling, model_se))
-        return Estimate(value, value - half, value + half)
+        top = 1.0 if self.task == "classification" else float("inf")
+        return Estimate(value, max(0.0, value - half), min(top, value + half))
 
 
 def realized(task: str, prediction: np.ndarray, y: np.ndarray) -> float:

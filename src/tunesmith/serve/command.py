@@ -30,6 +30,7 @@ from tunesmith.serve.app import MODEL_ENV, create_app
 from tunesmith.serve.personalized import check_adapter_store
 from tunesmith.serve.settings import SETTINGS_ENV, ServeSettings
 from tunesmith.serve.state import ServerState, checked_serving, load_checked
+from tunesmith.serve.watch import check_reference_file, read_reference
 
 logger = logging.getLogger(__package__)
 
@@ -47,6 +48,7 @@ def run_server(model: Path, settings: ServeSettings) -> None:
     """
     model = Path(model)
     check_prediction_log(settings)
+    check_reference_file(settings)
     if settings.workers == 1:
         _run_single(model, settings)
     else:
@@ -121,12 +123,16 @@ def _run_single(model: Path, settings: ServeSettings) -> None:
     except Exception as exc:
         raise _load_error(model, exc) from None
     try:
+        # The monitoring reference is checked against the loaded model before the port is
+        # bound: a file without the model's columns fails with one line, not a start-up trace.
+        reference = read_reference(settings, predictor) if settings.monitor_reference is not None else None
         sock = _bind(settings.host, settings.port)
     except TunesmithError:
         predictor.close()
         raise
     app = create_app(model, settings, predictor=predictor, owns_process=True)
     state: ServerState = app.state.tunesmith
+    state.watch_reference = reference
     server = _Server(_uvicorn_config(app, settings), state)
     with sock, _quiet_signals(server):
         try:

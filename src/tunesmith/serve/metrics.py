@@ -79,6 +79,14 @@ class Metrics:
             self.log_records.labels(result)
         self._children: dict[tuple[str, int], Any] = {}
         self._latency: dict[str, Any] = {}
+        self._monitor: MonitorGauges | None = None
+
+    def monitor_gauges(self) -> MonitorGauges:
+        """The gauges of live drift monitoring, registered on first use (a server without a
+        reference shows none of them)."""
+        if self._monitor is None:
+            self._monitor = MonitorGauges(self.registry)
+        return self._monitor
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one finished request."""
@@ -107,3 +115,94 @@ class Metrics:
     def exposition(self) -> bytes:
         """The metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class MonitorGauges:
+    """The gauges of live drift monitoring (:mod:`tunesmith.serve.watch`), in the app's registry.
+
+    - ``tunesmith_drift_effect{signal}``: the signal's effect size in the last window
+      (Wasserstein distance over the reference's std for a numeric input, Jensen-Shannon
+      distance for a categorical one, Kolmogorov-Smirnov D for the outputs).
+    - ``tunesmith_drift_p_value{signal}``: its p-value after the Benjamini-Hochberg correction
+      over every signal of the window.
+    - ``tunesmith_drift_detected{signal}``: 1 when the corrected p-value is below the false
+      discovery rate and the effect reaches the signal's threshold, else 0.
+    - ``tunesmith_drift_signals_detected``: how many signals drifted in the last window.
+    - ``tunesmith_estimated_performance{metric}`` with ``_lower`` and ``_upper``: the accuracy
+      (``metric="accuracy"``) or mean absolute error (``metric="mae"``) estimated without labels,
+      and its 95% interval.
+    - ``tunesmith_performance_threshold{metric}``: the estimate's alert threshold, learned on
+      the reference.
+    - ``tunesmith_performance_alert``: 1 when the estimate is past its threshold, else 0.
+    - ``tunesmith_monitor_window_rows``: rows in the last window tested.
+    - ``tunesmith_monitor_last_run_timestamp_seconds``: Unix time of the last successful test.
+    - ``tunesmith_monitor_runs_total{result}``: tests (and reference builds) by result, ``ok`` or
+      ``failed``.
+
+    Unlabeled gauges read NaN until the first window was tested.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.effect = Gauge(
+            "tunesmith_drift_effect", "Effect size of each drift signal in the last window.", ["signal"], registry=r
+        )
+        self.p_value = Gauge(
+            "tunesmith_drift_p_value",
+            "Corrected (Benjamini-Hochberg) p-value of each drift signal in the last window.",
+            ["signal"],
+            registry=r,
+        )
+        self.detected = Gauge(
+            "tunesmith_drift_detected", "1 when the signal drifted in the last window.", ["signal"], registry=r
+        )
+        self.signals_detected = Gauge(
+            "tunesmith_drift_signals_detected", "Signals that drifted in the last window.", registry=r
+        )
+        self.performance = Gauge(
+            "tunesmith_estimated_performance",
+            "Performance estimated without labels in the last window (accuracy or mae).",
+            ["metric"],
+            registry=r,
+        )
+        self.performance_lower = Gauge(
+            "tunesmith_estimated_performance_lower",
+            "Lower end of the 95% interval of the estimated performance.",
+            ["metric"],
+            registry=r,
+        )
+        self.performance_upper = Gauge(
+            "tunesmith_estimated_performance_upper",
+            "Upper end of the 95% interval of the estimated performance.",
+            ["metric"],
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "tunesmith_performance_threshold",
+            "Alert threshold of the estimated performance, learned on the reference.",
+            ["metric"],
+            registry=r,
+        )
+        self.alert = Gauge(
+            "tunesmith_performance_alert", "1 when the estimated performance is past its threshold.", registry=r
+        )
+        self.window_rows = Gauge("tunesmith_monitor_window_rows", "Rows in the last window tested.", registry=r)
+        self.last_run = Gauge(
+            "tunesmith_monitor_last_run_timestamp_seconds", "Unix time of the last successful drift test.", registry=r
+        )
+        self.runs = Counter(
+            "tunesmith_monitor_runs", "Drift tests and reference builds by result.", ["result"], registry=r
+        )
+        for result in ("ok", "failed"):
+            self.runs.labels(result)
+        self.last_run.set(float("nan"))
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the last window's figures (the model changed, or no window was tested yet)."""
+        for gauge in (self.effect, self.p_value, self.detected, self.performance):
+            gauge.clear()
+        for gauge in (self.performance_lower, self.performance_upper, self.threshold):
+            gauge.clear()
+        for gauge in (self.signals_detected, self.alert, self.window_rows):
+            gauge.set(float("nan"))

@@ -118,7 +118,7 @@ def create_app(
         error: str | None = None,
         nbytes: int = 0,
     ) -> None:
-        if state.predlog is None:
+        if state.predlog is None and state.watch is None:
             return
         record = LogRecord(
             timestamp=time.time(),

@@ -134,6 +134,28 @@ class ServeSettings(BaseModel):
         description="Bytes of request bodies the log may hold in memory; records beyond it are dropped and counted.",
     )
 
+    # --- live drift monitoring -----------------------------------------------------------
+    monitor_reference: Path | None = Field(
+        None,
+        description="Labeled reference data (a data file with the model's input columns and the target) that "
+        "turns on live drift gauges on /metrics; none = off.",
+    )
+    monitor_target: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Target column of the monitoring reference; default: the model's own target.",
+    )
+    monitor_window_rows: int = Field(
+        1000, ge=10, le=1_000_000, description="Most recent predicted rows each drift test compares with the reference."
+    )
+    monitor_min_rows: int = Field(
+        200, ge=10, le=1_000_000, description="Fewest rows a drift test runs on; until then the gauges wait."
+    )
+    monitor_interval_s: float = Field(
+        30.0, ge=0.05, le=86_400.0, description="Seconds between drift tests (run off the request path)."
+    )
+
     # --- console -----------------------------------------------------------------------
     access_log: bool = Field(False, description="Print one line per request (off: it costs time under load).")
     log_level: LogLevel = Field("info", description="Console log level of the server.")
@@ -174,6 +196,13 @@ class ServeSettings(BaseModel):
         ):
             # A file named *.parquet that holds SQLite would surprise every reader of it.
             object.__setattr__(self, "prediction_log_format", "parquet")
+        if self.monitor_min_rows > self.monitor_window_rows:
+            raise ValueError(
+                f"monitor_min_rows ({self.monitor_min_rows}) must not exceed monitor_window_rows "
+                f"({self.monitor_window_rows}): the window never holds that many rows"
+            )
+        if self.monitor_target is not None and self.monitor_reference is None:
+            raise ValueError("monitor_target names a column of monitor_reference; set monitor_reference too")
         return self
 
     @classmethod

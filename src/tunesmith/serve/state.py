@@ -10,6 +10,7 @@ the registry of kinds knows, in the serving style of its kind (``predict``, ``re
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
 import os
@@ -31,6 +32,7 @@ from tunesmith.serve.personalized import load_personalized_predictor
 from tunesmith.serve.predlog import LogRecord, PredictionLog
 from tunesmith.serve.schemas import MAX_DETAIL_CHARS, ReloadOut, ReloadRequest, RowSpec, dumps, json_safe
 from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.watch import LiveMonitor, ReferenceInput, read_reference
 
 # One logger for the whole server, named after the package (``tunesmith.serve``).
 logger = logging.getLogger(__package__)
@@ -65,6 +67,10 @@ class ServerState:
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
         self.predlog: PredictionLog | None = None
+        # Live drift monitoring (monitor_reference); run_server may read the reference before
+        # the app starts, so a bad file fails with one line before the port is bound.
+        self.watch: LiveMonitor | None = None
+        self.watch_reference: ReferenceInput | None = None
         self.ready = False
         self.draining = False
         self.failure: str | None = None
@@ -121,6 +127,14 @@ class ServerState:
             path = self.model_path
             predictor = await off_loop(lambda: self.load(path, s.backend, s.precision, s.model_version), _close)
         self._initial = None
+        reference = self.watch_reference
+        self.watch_reference = None
+        if s.monitor_reference is not None and reference is None:
+            try:
+                reference = await asyncio.to_thread(read_reference, s, predictor)
+            except BaseException:
+                _close(predictor)
+                raise
         self.row_spec = RowSpec.of(predictor)
         self._reload_lock = asyncio.Lock()
         self.batcher = Batcher(
@@ -133,6 +147,8 @@ class ServerState:
         )
         await self.batcher.start()
         self.metrics.set_model(predictor)
+        if reference is not None:
+            self.watch = self._start_watch(predictor, reference)
         if s.prediction_log is not None:
             path = Path(s.prediction_log)
             if s.workers > 1:
@@ -152,6 +168,19 @@ class ServerState:
             )
             await asyncio.to_thread(self.predlog.start)
         self._warm_task = asyncio.create_task(self._warm_up(predictor))
+
+    def _start_watch(self, predictor: ServedModel, reference: ReferenceInput) -> LiveMonitor:
+        """Start live drift monitoring; its reference is predicted on the model thread, between batches."""
+        batcher = self.batcher
+        assert batcher is not None
+        loop = asyncio.get_running_loop()
+
+        def submit(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+            return asyncio.run_coroutine_threadsafe(batcher.call(fn), loop)
+
+        watch = LiveMonitor(self.settings, self.metrics.monitor_gauges(), submit, nice=self.settings.model_nice)
+        watch.start(predictor, reference)
+        return watch
 
     async def _warm_up(self, predictor: ServedModel) -> None:
         assert self.batcher is not None
@@ -192,6 +221,8 @@ class ServerState:
     async def stop(self) -> None:
         """Finish queued work, then close the model and flush and close the prediction log."""
         self.begin_drain()
+        if self.watch is not None:
+            await asyncio.to_thread(self.watch.stop)
         if self._warm_task is not None and not self._warm_task.done():
             await asyncio.wait({self._warm_task}, timeout=self.settings.graceful_timeout_s)
         if self.batcher is not None:
@@ -229,9 +260,11 @@ class ServerState:
         return out
 
     def log(self, record: LogRecord) -> None:
-        """Write one record to the prediction log, when there is one."""
+        """Write one record to the prediction log and hand it to live monitoring, when they are on."""
         if self.predlog is not None:
             self.predlog.write(record)
+        if self.watch is not None:
+            self.watch.observe(record)
 
     def _reload_answer(self, status: int, detail: str | list[dict[str, Any]]) -> Response:
         """A failed reload's answer: what keeps serving, and why."""
@@ -279,6 +312,9 @@ class ServerState:
                     logger.error("tunesmith: reload failed, %s keeps serving", old.version, exc_info=exc)
                 return self._reload_answer(422, detail)
             self.batcher.swap(new)
+            if self.watch is not None and new.version != old.version:
+                # Right after the swap: reference batches of the old model still queued are skipped.
+                self.watch.reload(new)
             # The cached metadata holds the old predictor: drop it so the old model can go.
             self._meta = None
             self.row_spec = RowSpec.of(new)
