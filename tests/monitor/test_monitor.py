@@ -183,3 +183,73 @@ def test_the_command_line_writes_the_report_and_exits_with_the_status(tmp_path: 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["status"] == "drift" and report["exit_code"] == EXIT_DRIFT
     assert (tmp_path / "out" / "report.html").read_text().count("data:image/png;base64,") >= 4
+
+
+def test_whole_numbers_read_from_a_file_match_integers_sent_in_requests() -> None:
+    ref = scored(3000, 0).assign(code=np.tile([1.0, 2.0, np.nan], 1000))
+    cur = scored(1000, 1).drop(columns=["y"]).assign(code=pd.Series(np.tile([1, 2, None], 334)[:1000], dtype=object))
+    res = run(ref, cur, window_rows=1000)
+    assert not res.result["windows"][0]["values"]["input:code"]["drift"]
+
+
+def test_rows_answered_without_probabilities_count_for_inputs_only(tmp_path: Path, fast_params: dict) -> None:
+    from tunesmith import FineTuner
+    from tunesmith.runs.fingerprint import model_version
+    from tunesmith.serve.predlog import LogRecord, PredictionLog
+
+    model = FineTuner(**fast_params).fit(make_reviews(64), target="label")
+    folder = model.save(tmp_path / "model")
+    served = make_reviews(200, seed=4)
+    proba = model.predict_proba(served)
+    classes = [str(c) for c in model.classes_]
+    log = PredictionLog(tmp_path / "p.sqlite")
+    log.start()
+    for i, (text, p) in enumerate(zip(served["text"], proba, strict=True)):
+        out: dict = {"label": classes[int(np.argmax(p))]}
+        if i % 4:  # every fourth request asked for no probabilities
+            out["probabilities"] = dict(zip(classes, map(float, p), strict=True))
+        log.write(LogRecord(1e9 + i, f"r{i}", model_version(folder), "onnx", 200, 1.0, [text], [out]))
+    log.close()
+    res = monitor(folder, make_reviews(300, seed=1), tmp_path / "p.sqlite", window_rows=200, progress_bar=False)
+    values = res.result["windows"][0]["values"]
+    assert values["output:probabilities"]["note"] == "50 rows answered without probabilities are left out"
+    est = values["performance:estimated accuracy"]
+    assert est["value"] is not None and 0.0 <= est["lower"] <= est["value"] <= est["upper"] <= 1.0
+
+
+def test_a_regressors_error_is_estimated_with_an_interval_that_covers_it() -> None:
+    from tunesmith.monitor.performance import PerformanceEstimator
+
+    rng = np.random.default_rng(8)
+
+    def rows(n: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        x = rng.normal(size=n)
+        noise = rng.normal(size=n) * np.where(x > 0, 2.0, 0.5)  # errors are larger for x > 0
+        y = 2 * x + noise
+        return 2 * x, y, pd.DataFrame({"x": x})
+
+    pred, y, inputs = rows(6000)
+    est = PerformanceEstimator("regression").fit(pred, pred, y, inputs)
+    covered = 0
+    for _ in range(40):
+        pred, y, inputs = rows(1000)
+        e = est.estimate(pred, pred, inputs)
+        truth = float(np.mean(np.abs(y - pred)))
+        covered += e.lower <= truth <= e.upper
+    assert covered >= 34  # about 95% of 40
+
+
+def test_days_start_at_local_midnight_and_bad_spans_are_refused() -> None:
+    from tunesmith.errors import ConfigError
+
+    cur = scored(300, 7).drop(columns=["y"])
+    # 22:00 UTC on 5 January is 23:00 in Berlin: still the 5th there, the 6th an hour later.
+    cur["when"] = pd.date_range("2026-01-05T21:00:00Z", periods=300, freq="1min")
+    res = run(scored(3000, 0), cur, window_time="1D", time_column="when", timezone="Europe/Berlin", min_window_rows=50)
+    assert [w["label"] for w in res.result["windows"]] == ["2026-01-05T00:00:00+01:00", "2026-01-06T00:00:00+01:00"]
+    assert [w["rows"] for w in res.result["windows"]] == [120, 180]
+    for bad in ("fortnight", "-1D"):
+        with pytest.raises(ConfigError, match="window_time"):
+            make_settings(window_time=bad)
+    with pytest.raises(ConfigError, match="timezone"):
+        make_settings(timezone="Mars/Olympus")

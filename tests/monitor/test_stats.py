@@ -86,3 +86,45 @@ def test_benjamini_hochberg_matches_the_textbook_example() -> None:
     # Sorted 0.005, 0.01, 0.03, 0.04 with m = 4: 0.02, 0.02, 0.04, 0.04.
     np.testing.assert_allclose(adjusted[:4], [0.02, 0.04, 0.04, 0.02])
     assert np.isnan(adjusted[4])
+
+
+def test_rare_categories_are_pooled_so_small_windows_keep_their_false_alarm_rate() -> None:
+    rng = np.random.default_rng(6)
+    p = 1 / np.arange(1, 51)
+    p /= p.sum()
+    cats = np.array([f"c{i}" for i in range(50)])
+    ref = rng.choice(cats, size=20000, p=p)
+    ps = [categorical_test(ref, rng.choice(cats, size=100, p=p), cap=5000, rng=rng).p_value for _ in range(400)]
+    assert np.mean(np.array(ps) < 0.01) <= 0.025
+
+
+def test_merge_sparse_pools_columns_expected_fewer_than_five_times() -> None:
+    from tunesmith.monitor.stats import merge_sparse
+
+    table = np.array([[500.0, 400.0, 300.0, 60.0, 3.0, 2.0, 0.0], [50.0, 45.0, 40.0, 30.0, 20.0, 0.0, 0.0]])
+    merged = merge_sparse(table)
+    assert merged.tolist() == [[500.0, 400.0, 300.0, 65.0], [50.0, 45.0, 40.0, 50.0]]  # the rare three pooled
+    expected = np.outer(merged.sum(axis=1), merged.sum(axis=0)) / merged.sum()
+    assert expected.min() >= 5 and merged.sum() == table.sum()
+    # A pool still too rare folds into the smallest kept category.
+    merged = merge_sparse(np.array([[500.0, 400.0, 3.0, 2.0], [50.0, 45.0, 1.0, 0.0]]))
+    assert merged.tolist() == [[500.0, 405.0], [50.0, 46.0]]
+
+
+def test_ks_and_wasserstein_on_a_cached_sorted_reference_match_scipy() -> None:
+    from scipy import stats as sps
+
+    from tunesmith.monitor.stats import SortedReference, ks_sorted, wasserstein_sorted
+
+    rng = np.random.default_rng(7)
+    for ref, cur in [
+        (rng.normal(size=20000), rng.normal(0.1, 1.2, size=700)),
+        (rng.integers(0, 5, size=5000).astype(float), rng.integers(0, 6, size=300).astype(float)),  # ties
+    ]:
+        prepared = SortedReference.of(ref)
+        d, p = ks_sorted(prepared.values, np.sort(cur))
+        expected = sps.ks_2samp(ref, cur, method="asymp")
+        assert abs(d - expected.statistic) < 1e-12
+        assert abs(p - expected.pvalue) < 1e-9
+        w = wasserstein_sorted(prepared.values, np.sort(cur))
+        assert abs(w - sps.wasserstein_distance(ref, cur)) < 0.01 * max(w, 0.01)

@@ -34,6 +34,9 @@ def monitor(
         str | None, typer.Option(help="Probability column(s), comma-separated, when the data holds the scores.")
     ] = None,
     prediction: Annotated[str | None, typer.Option(help="Predicted label (or value) column in the data.")] = None,
+    positive: Annotated[
+        str | None, typer.Option(help="The class a single --proba column is for (unless labels are 0/1).")
+    ] = None,
     model_version: Annotated[str | None, typer.Option(help="Model version of the log to monitor.")] = None,
     window_rows: Annotated[int | None, typer.Option(help="Rows per window (default 1000).")] = None,
     window_time: Annotated[str | None, typer.Option(help="Time per window instead: 1h, 1D, 7D.")] = None,
@@ -64,6 +67,7 @@ def monitor(
         key=key,
         proba=[p.strip() for p in proba.split(",")] if proba else None,
         prediction=prediction,
+        positive=positive,
         model_version=model_version,
         settings=settings,
         progress_bar=not quiet,

@@ -21,11 +21,22 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.monitor.current import Current, Window
-from tunesmith.monitor.frame import derive_features
-from tunesmith.monitor.performance import realized
-from tunesmith.monitor.reference import Reference, compute_outputs, embed_rows, encode_target, inputs_frame
+from tunesmith.monitor.frame import PREDICTION, Derived, derive_features
+from tunesmith.monitor.performance import realized, threshold_at
+from tunesmith.monitor.ranking import present
+from tunesmith.monitor.reference import (
+    MISSING_LABEL,
+    UNKNOWN_LABEL,
+    Outputs,
+    Reference,
+    compute_outputs,
+    embed_rows,
+    encode_target,
+    inputs_frame,
+)
 from tunesmith.monitor.settings import EXIT_ALERT, EXIT_DRIFT, EXIT_OK, MonitorSettings
 from tunesmith.monitor.stats import (
+    SortedReference,
     TestResult,
     bbsd_test,
     benjamini_hochberg,
@@ -36,6 +47,7 @@ from tunesmith.monitor.stats import (
     missing_test,
     mmd_test,
     numeric_test,
+    sorted_columns,
 )
 
 
@@ -86,6 +98,14 @@ class Evaluator:
                 self.seen[name] = set(np.unique(values.astype(str)).tolist())
                 self.ref_counts[name] = counts_of(lump(values, self.kept[name]))
         self.ref_classes: dict[str, int] | None = None
+        # The reference side of every test is prepared once, not once per window.
+        self.numeric = {
+            name: SortedReference.of(ref.features.values[name])
+            for name, kind in ref.features.kinds.items()
+            if kind == "numeric"
+        }
+        scores = ref.outputs.scores
+        self.ref_proba = sorted_columns(scores) if scores is not None and scores.ndim == 2 else None
 
     def _signal(self, name: str, **kw: Any) -> Signal:
         sig = self.signals.get(name)
@@ -97,52 +117,26 @@ class Evaluator:
         """Test one window; returns signal name -> raw figures (p-values not yet corrected)."""
         ref, s = self.ref, self.s
         frame = cur.frame.iloc[w.rows].reset_index(drop=True)
+        if ref.ranking is not None:
+            return self._ranking_window(frame, rng)
         feats = derive_features(frame, ref.spec)
         out: dict[str, dict[str, Any]] = {}
-        for name, kind in feats.kinds.items():
-            a, b = ref.features.values[name], feats.values[name]
-            column = ref.features.source[name]
-            if kind == "numeric":
-                res = numeric_test(a, b, cap=s.test_rows, rng=rng)
-                self._signal(
-                    f"input:{name}",
-                    family="input",
-                    column=column,
-                    test="ks",
-                    effect_name=res.effect_name,
-                    threshold=s.numeric_effect,
-                )
-                out[f"input:{name}"] = _figures(res)
-                miss_a, miss_b = ~np.isfinite(a), ~np.isfinite(b)
-                if miss_a.any() or miss_b.any():
-                    res = missing_test(miss_a, miss_b)
-                    self._signal(
-                        f"input:{name}:missing",
-                        family="input",
-                        column=column,
-                        test="two-proportion",
-                        effect_name=res.effect_name,
-                        threshold=s.missing_effect,
-                    )
-                    out[f"input:{name}:missing"] = _figures(res)
-            else:
-                kept = self.kept[name]
-                res = categorical_test(
-                    self.ref_counts[name], lump(b, kept, seen=self.seen[name]), cap=s.test_rows, rng=rng
-                )
-                self._signal(
-                    f"input:{name}",
-                    family="input",
-                    column=column,
-                    test="chi2",
-                    effect_name=res.effect_name,
-                    threshold=s.categorical_effect,
-                )
-                out[f"input:{name}"] = _figures(res)
+        self._inputs(feats, out, rng)
         outputs = compute_outputs(ref.model, frame, ref.spec, _proba_cols(ref), _pred_col(ref))
+        scored = None
+        if outputs.scores is not None:
+            # Requests answered without probabilities count for the inputs only.
+            finite = np.isfinite(outputs.scores.reshape(len(outputs.scores), -1)).all(axis=1)
+            if not finite.all():
+                scored = finite
+                outputs = Outputs(
+                    outputs.scores[finite], None if outputs.prediction is None else outputs.prediction[finite]
+                )
+                if int(finite.sum()) < 2:
+                    outputs = Outputs(None, None)
         if ref.outputs.scores is not None and outputs.scores is not None:
             if ref.spec.task == "classification":
-                res = bbsd_test(ref.outputs.scores, outputs.scores)
+                res = bbsd_test(self.ref_proba or ref.outputs.scores, outputs.scores)
                 self._signal(
                     "output:probabilities",
                     family="output",
@@ -193,7 +187,115 @@ class Evaluator:
                     threshold=s.embedding_effect,
                 )
                 out["representation:embedding"] = _figures(res)
+        if scored is not None:
+            frame = frame[scored].reset_index(drop=True)
+            feats = Derived({k: v[scored] for k, v in feats.values.items()}, feats.kinds, feats.source)
+            note = f"{int((~scored).sum())} rows answered without probabilities are left out"
+            for name in out:
+                if name.startswith("output:"):
+                    out[name]["note"] = note
         self._performance(frame, feats, outputs, out)
+        return out
+
+    def _inputs(self, feats: Derived, out: dict[str, dict[str, Any]], rng: np.random.Generator) -> None:
+        """One test per input feature (and per missing share), against the reference."""
+        ref, s = self.ref, self.s
+        for name, kind in feats.kinds.items():
+            a, b = ref.features.values[name], feats.values[name]
+            column = ref.features.source[name]
+            if kind == "numeric":
+                res = numeric_test(self.numeric[name], b, cap=s.test_rows, rng=rng)
+                self._signal(
+                    f"input:{name}",
+                    family="input",
+                    column=column,
+                    test="ks",
+                    effect_name=res.effect_name,
+                    threshold=s.numeric_effect,
+                )
+                out[f"input:{name}"] = _figures(res)
+                miss_a, miss_b = ~np.isfinite(a), ~np.isfinite(b)
+                if miss_a.any() or miss_b.any():
+                    res = missing_test(miss_a, miss_b)
+                    self._signal(
+                        f"input:{name}:missing",
+                        family="input",
+                        column=column,
+                        test="two-proportion",
+                        effect_name=res.effect_name,
+                        threshold=s.missing_effect,
+                    )
+                    out[f"input:{name}:missing"] = _figures(res)
+            else:
+                kept = self.kept[name]
+                res = categorical_test(
+                    self.ref_counts[name], lump(b, kept, seen=self.seen[name]), cap=s.test_rows, rng=rng
+                )
+                self._signal(
+                    f"input:{name}",
+                    family="input",
+                    column=column,
+                    test="chi2",
+                    effect_name=res.effect_name,
+                    threshold=s.categorical_effect,
+                )
+                out[f"input:{name}"] = _figures(res)
+
+    def _ranking_window(self, frame: pd.DataFrame, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
+        """A recommender's window: who asks and what they consume, what it recommends, NDCG@10."""
+        ref, s = self.ref, self.s
+        assert ref.ranking is not None
+        view = ref.ranking["view"]
+        derived = view.features(frame)
+        feats = derive_features(derived, present(ref.spec, derived))
+        out: dict[str, dict[str, Any]] = {}
+        self._inputs(feats, out, rng)
+        logged = frame[PREDICTION] if PREDICTION in frame.columns else None
+        popularity, first = view.outputs(view.recommendations(frame, logged))
+        res = numeric_test(ref.ranking["popularity"], popularity, cap=s.test_rows, rng=rng)
+        self._signal(
+            "output:recommended popularity",
+            family="output",
+            column=None,
+            test="ks",
+            effect_name=res.effect_name,
+            threshold=s.numeric_effect,
+        )
+        out["output:recommended popularity"] = _figures(res)
+        if self.ref_classes is None:
+            self.kept["output:first"] = category_codes(ref.ranking["first"], s.max_categories)
+            self.ref_classes = counts_of(lump(ref.ranking["first"], self.kept["output:first"]))
+        res = categorical_test(self.ref_classes, lump(first, self.kept["output:first"]), cap=s.test_rows, rng=rng)
+        self._signal(
+            "output:first recommended item",
+            family="output",
+            column=None,
+            test="chi2",
+            effect_name=res.effect_name,
+            threshold=s.categorical_effect,
+        )
+        out["output:first recommended item"] = _figures(res)
+        band = ref.band
+        measured = view.realized(frame) if band is not None else None
+        if band is not None and measured is not None:
+            value = measured["ndcg@10"]
+            enough = measured["users"] >= 20
+            threshold, past = _past(band, value, int(measured["users"]))
+            bad = bool(enough and past)
+            sig = self._signal(
+                "performance:realized ndcg@10",
+                family="performance",
+                column=None,
+                test="realized",
+                effect_name="ndcg@10",
+                threshold=band["threshold"],
+                direction="below",
+            )
+            sig.band = [band["value"] - band["spread"], band["value"] + band["spread"]]
+            note = f"{measured['users']} users with interactions" + ("" if enough else " (too few to alert)")
+            if _threshold_note(band, threshold):
+                note += f"; {_threshold_note(band, threshold)}"
+            out[sig.name] = {"value": value, "alert": bad, "drift": bad, "p_value": None, "note": note}
         return out
 
     def _performance(self, frame: pd.DataFrame, feats: Any, outputs: Any, out: dict[str, dict[str, Any]]) -> None:
@@ -214,42 +316,67 @@ class Evaluator:
             direction=direction,
         )
         sig.band = [band["value"] - band["spread"], band["value"] + band["spread"]]
-        bad = est.value < band["threshold"] if direction == "below" else est.value > band["threshold"]
+        threshold, bad = _past(band, est.value, len(outputs.scores))
         out[sig.name] = {
             "value": est.value,
             "lower": est.lower,
             "upper": est.upper,
-            "alert": bool(bad),
-            "drift": bool(bad),
+            "alert": bad,
+            "drift": bad,
             "p_value": None,
-            "note": None,
+            "note": _threshold_note(band, threshold),
         }
         target = ref.spec.target
-        if target and target in frame.columns:
-            y = encode_target(ref.spec, frame[target])
-            known = (y >= 0) if ref.spec.task == "classification" else np.isfinite(y)
-            if known.any():
-                value = realized(ref.spec.task or "classification", outputs.prediction[known], y[known])
-                enough = int(known.sum()) >= self.s.min_window_rows
-                bad = enough and (value < band["threshold"] if direction == "below" else value > band["threshold"])
-                sig = self._signal(
-                    f"performance:realized {metric}",
-                    family="performance",
-                    column=None,
-                    test="realized",
-                    effect_name=metric,
-                    threshold=band["threshold"],
-                    direction=direction,
-                )
-                note = f"{int(known.sum())} labeled rows" + ("" if enough else " (too few to alert)")
-                out[sig.name] = {
-                    "value": value,
-                    "alert": bool(bad),
-                    "drift": bool(bad),
-                    "p_value": None,
-                    "note": note,
-                    "labeled": int(known.sum()),
-                }
+        if not target or target not in frame.columns:
+            return
+        y = encode_target(ref.spec, frame[target])
+        labeled = (y != MISSING_LABEL) if ref.spec.task == "classification" else np.isfinite(y)
+        n = int(labeled.sum())
+        if not n:
+            return
+        # A label the model never learned is a wrong prediction, not a missing label.
+        value = realized(ref.spec.task or "classification", outputs.prediction[labeled], y[labeled])
+        threshold, bad = _past(band, value, n)
+        enough = n >= MIN_LABELED
+        notes = [f"{n} labeled rows" + ("" if enough else f" (fewer than {MIN_LABELED}: no alert)")]
+        unseen = int(np.sum(y == UNKNOWN_LABEL)) if ref.spec.task == "classification" else 0
+        if unseen:
+            notes.append(f"{unseen} with a label the model does not know, counted as wrong")
+        if _threshold_note(band, threshold):
+            notes.append(str(_threshold_note(band, threshold)))
+        sig = self._signal(
+            f"performance:realized {metric}",
+            family="performance",
+            column=None,
+            test="realized",
+            effect_name=metric,
+            threshold=band["threshold"],
+            direction=direction,
+        )
+        out[sig.name] = {
+            "value": value,
+            "alert": bool(enough and bad),
+            "drift": bool(enough and bad),
+            "p_value": None,
+            "note": "; ".join(notes),
+            "labeled": n,
+        }
+
+
+MIN_LABELED = 30
+"""Fewest labeled rows of a window whose measured performance may raise an alert."""
+
+
+def _past(band: dict[str, float], value: float, n: int) -> tuple[float, bool]:
+    """The threshold for ``n`` rows, and whether ``value`` is past it."""
+    threshold = threshold_at(band, n)
+    return threshold, bool(value < threshold if band["direction"] > 0 else value > threshold)
+
+
+def _threshold_note(band: dict[str, float], threshold: float) -> str | None:
+    if abs(threshold - band["threshold"]) < 1e-4:
+        return None
+    return f"threshold {threshold:.4f} for this window's rows"
 
 
 def _proba_cols(ref: Reference) -> list[str] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings as warnings_module
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from tunesmith.errors import DataError
 from tunesmith.monitor.frame import check_columns, log_rows
 from tunesmith.monitor.reference import Reference, read_data
 from tunesmith.monitor.settings import MonitorSettings
+from tunesmith.monitor.timing import window_starts
 
 
 @dataclass
@@ -57,16 +59,29 @@ def read_current(data: Any, ref: Reference, settings: MonitorSettings, model_ver
     if isinstance(data, (str, os.PathLike)) and is_prediction_log(data):
         from tunesmith.runs.predlog import read_prediction_log
 
-        log = read_prediction_log(data)
+        with warnings_module.catch_warnings(record=True) as caught:
+            warnings_module.simplefilter("always")
+            log = read_prediction_log(data)
+        # A Parquet file still being written, or a stranger in the folder: said in the report.
+        warnings.extend(str(w.message) for w in caught)
         source = str(data)
         expected = model_version or ref.model_info.get("model_version")
+        seen = sorted(log["model_version"].astype(str).unique()) if len(log) else []
+        if expected is None and len(seen) > 1:
+            raise DataError(
+                f"the log holds predictions of {len(seen)} model versions ({', '.join(seen[:5])}) "
+                "and this model's version is not known",
+                file=source,
+                column="model_version",
+                hint="Pick one with --model-version (model_version= in Python), or pass the model folder",
+            )
         if expected is not None and len(log):
             versions = log["model_version"].astype(str)
             other = versions != expected
             if other.all():
-                seen = ", ".join(sorted(versions.unique())[:5])
                 raise DataError(
-                    f"the log holds predictions of model version {seen}, not of this model (version {expected})",
+                    f"the log holds predictions of model version {', '.join(seen[:5])}, "
+                    f"not of this model (version {expected})",
                     file=source,
                     column="model_version",
                     hint="Monitor the log with the model that served it, or pass --model-version to pick one",
@@ -133,21 +148,18 @@ def make_windows(cur: Current, settings: MonitorSettings) -> tuple[list[Window],
             column=column,
             hint="Set time_column to the column holding it, or use window_rows",
         )
-    times = pd.to_datetime(cur.frame[column], utc=True, errors="coerce")
+    times = pd.to_datetime(cur.frame[column], utc=True, errors="coerce", format="mixed")
     if times.isna().any():
         bad = int(np.flatnonzero(times.isna().to_numpy())[0])
         raise DataError("a time cannot be read", file=cur.source, row=bad + 1, column=column)
-    keys = (
-        times.dt.floor(settings.window_time)
-        if _fixed(settings.window_time)
-        else times.dt.to_period(settings.window_time.rstrip("S")).dt.start_time.dt.tz_localize("UTC")
-    )
+    keys = window_starts(times, settings.window_time, settings.timezone)
     windows = []
     for key, idx in pd.Series(np.arange(n)).groupby(keys.to_numpy()).groups.items():
         rows = np.asarray(sorted(idx))
         label = pd.Timestamp(key).isoformat()  # type: ignore[arg-type]
         if len(rows) < need:
             notes.append(f"window {label} has {len(rows)} rows, fewer than {need}: not tested")
+            cur.dropped["rows_in_windows_too_small"] = cur.dropped.get("rows_in_windows_too_small", 0) + len(rows)
             continue
         end = times.iloc[rows].max().isoformat()
         windows.append(Window(len(windows), rows, label, label, end))
@@ -158,11 +170,3 @@ def make_windows(cur: Current, settings: MonitorSettings) -> tuple[list[Window],
             hint="Use a longer window_time, window_rows, or a lower min_window_rows",
         )
     return windows, notes
-
-
-def _fixed(alias: str) -> bool:
-    try:
-        pd.Timedelta(alias)
-        return True
-    except ValueError:
-        return False

@@ -39,6 +39,7 @@ class Spec:
     task: str | None = None  # "classification" | "regression" | "ranking" | None (no outputs)
     classes: list[str] | None = None
     vocab: dict[str, list[str]] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)  # columns left out: every value differs (row ids)
 
     @property
     def inputs(self) -> list[str]:
@@ -53,6 +54,7 @@ class Spec:
             "target": self.target,
             "task": self.task,
             "classes": self.classes,
+            "ids_left_out": self.ids,
         }
 
 
@@ -66,11 +68,14 @@ def infer_spec(
 ) -> Spec:
     """Column types from the data: numbers are numeric, long free text is text, the rest categorical."""
     spec = Spec(target=target)
-    skip = {target, *exclude}
+    skip = {target, *exclude, *LOG_COLUMNS}
     for col in frame.columns:
         if col in skip or str(col).startswith(PROBA_PREFIX) or col == PREDICTION:
             continue
         s = frame[col]
+        if _looks_like_id(s):
+            spec.ids.append(str(col))
+            continue
         if text is not None and col in text:
             spec.text.append(str(col))
         elif pd.api.types.is_bool_dtype(s):
@@ -84,6 +89,17 @@ def infer_spec(
         else:
             spec.categorical.append(str(col))
     return spec
+
+
+def _looks_like_id(s: pd.Series) -> bool:
+    """Whole numbers or short strings, every one different: a row id, not something to compare."""
+    if len(s) < 20 or s.isna().any() or s.nunique() != len(s):
+        return False
+    if pd.api.types.is_integer_dtype(s):
+        return True
+    if s.dtype == object or pd.api.types.is_string_dtype(s):
+        return bool(s.astype(str).str.count(r"\s+").max() == 0)
+    return False
 
 
 def _looks_like_text(s: pd.Series, max_categories: int) -> bool:
@@ -129,7 +145,7 @@ def image_features(images: pd.Series) -> dict[str, np.ndarray]:
     n = len(images)
     out = {k: np.full(n, np.nan) for k in ("height", "width", "channels", "brightness", "contrast", "edges")}
     for i, img in enumerate(images.tolist()):
-        arr = _as_array(img)
+        arr = as_image_array(img)
         if arr is None:
             continue
         scale = 255.0 if arr.dtype == np.uint8 or float(np.nanmax(arr, initial=0)) > 1.5 else 1.0
@@ -143,18 +159,32 @@ def image_features(images: pd.Series) -> dict[str, np.ndarray]:
     return out
 
 
-def _as_array(img: Any) -> np.ndarray | None:
+def as_image_array(img: Any) -> np.ndarray | None:
+    """An image as an array: arrays as they are; a path, or base64 of the file's bytes (as a request sends it)."""
     if isinstance(img, np.ndarray):
         return img
-    if isinstance(img, (str, bytes)) and img:
-        from PIL import Image
+    if not isinstance(img, (str, bytes)) or not img:
+        return None
+    import base64
+    import binascii
+    import io
+    import os
 
+    from PIL import Image
+
+    source: Any = img
+    if isinstance(img, str) and not os.path.exists(img):
         try:
-            with Image.open(img) as im:
-                return np.asarray(im)
-        except OSError:
+            source = io.BytesIO(base64.b64decode(img, validate=True))
+        except (binascii.Error, ValueError):
             return None
-    return None
+    elif isinstance(img, bytes):
+        source = io.BytesIO(img)
+    try:
+        with Image.open(source) as im:
+            return np.asarray(im)
+    except OSError:
+        return None
 
 
 @dataclass
@@ -166,6 +196,23 @@ class Derived:
     source: dict[str, str]
 
 
+def category_text(s: pd.Series) -> np.ndarray:
+    """Categorical values as text; a whole number reads the same from a file (3.0) and a request (3)."""
+    missing = s.isna().to_numpy()
+    if pd.api.types.is_float_dtype(s) or s.dtype == object:
+        text = [whole_text(v) for v in s.tolist()]
+    else:
+        text = s.astype(str).tolist()
+    return np.where(missing, "(missing)", np.asarray(text, dtype=object)).astype(object)
+
+
+def whole_text(v: Any) -> str:
+    """A value as text; a whole float reads like the integer it is (3.0 -> '3')."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def derive_features(frame: pd.DataFrame, spec: Spec) -> Derived:
     """The comparable features of ``frame``: tabular columns as they are, text and images derived."""
     values: dict[str, np.ndarray] = {}
@@ -175,8 +222,7 @@ def derive_features(frame: pd.DataFrame, spec: Spec) -> Derived:
         values[col] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
         kinds[col], source[col] = "numeric", col
     for col in spec.categorical:
-        s = frame[col]
-        values[col] = np.where(s.isna().to_numpy(), "(missing)", s.astype(str).to_numpy()).astype(object)
+        values[col] = category_text(frame[col])
         kinds[col], source[col] = "categorical", col
     for col in spec.text:
         vocab = set(spec.vocab.get(col, ()))
@@ -191,7 +237,12 @@ def derive_features(frame: pd.DataFrame, spec: Spec) -> Derived:
 
 
 def check_columns(frame: pd.DataFrame, spec: Spec, *, what: str, file: str | None) -> None:
-    """Every input column of ``spec`` must be in ``frame``; the error names the missing ones."""
+    """Every input column of ``spec`` must be in ``frame``; the error names the missing ones.
+
+    A recommender's inputs are figures made from its id columns, which are checked when made.
+    """
+    if spec.task == "ranking":
+        return
     missing = [c for c in spec.inputs if c not in frame.columns]
     if missing:
         have = ", ".join(map(str, list(frame.columns)[:12]))
@@ -211,7 +262,8 @@ def log_rows(log: pd.DataFrame, spec: Spec, *, file: str) -> tuple[pd.DataFrame,
     """
     dropped = {"failed_requests": 0, "rows_of_failed_requests": 0, "rows_without_outputs": 0}
     records: list[dict[str, Any]] = []
-    single_text = spec.text[0] if len(spec.text) == 1 else None
+    # A request may send its one text (or image) as a bare string instead of an object.
+    single = spec.text[0] if len(spec.text) == 1 else spec.image[0] if len(spec.image) == 1 else None
     for rec in log.itertuples(index=False):
         inputs: list[Any] = list(rec.inputs or [])  # type: ignore[arg-type]
         outputs: list[Any] = list(rec.outputs or [])  # type: ignore[arg-type]
@@ -221,13 +273,16 @@ def log_rows(log: pd.DataFrame, spec: Spec, *, file: str) -> tuple[pd.DataFrame,
             continue
         for j, (row, out) in enumerate(zip(inputs, outputs, strict=False)):
             if isinstance(row, str):
-                if single_text is None:
+                if single is None:
                     raise DataError(
-                        "the log holds plain-text rows but the model takes named columns",
+                        "the log holds bare strings as rows, but the model takes named columns",
                         file=file,
                         hint="Monitor this log with the model that served it",
                     )
-                row = {single_text: row}
+                row = {single: row}
+            elif spec.image and isinstance(row, dict) and len(row) == 1 and spec.image[0] not in row:
+                # An image request names its one field "image"; the reference may call it "path".
+                row = {spec.image[0]: next(iter(row.values()))}
             if not isinstance(row, dict) or not isinstance(out, dict):
                 dropped["rows_without_outputs"] += 1
                 continue

@@ -70,6 +70,8 @@ class PerformanceEstimator:
         self._models: list[object] = []
         self._iso: IsotonicRegression | None = None
         self._columns: list[str] = []
+        self._constant: float | None = None
+        self._error_var = 0.0
         self._categories: dict[str, pd.Index] = {}
         self.method = "isotonic"
 
@@ -143,11 +145,20 @@ class PerformanceEstimator:
                 if x.shape[1] > scores.shape[1]
                 else ("gradient boosting on confidence")
             )
-        else:
+        elif self.task == "classification":
             oof = scores[:, 0]
             self.method = "isotonic on confidence"
+        else:
+            # Too few rows to learn where the errors are large: the reference's mean error.
+            oof = np.full(len(target), float(np.mean(target)))
+            self._constant = float(np.mean(target))
+            self.method = "the reference's mean absolute error"
         if self.task == "classification":
             self._iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(oof, target)
+        else:
+            # How far one row's absolute error strays from its expected value: the sampling
+            # noise of a window's measured error (the spread of expected errors is not).
+            self._error_var = float(np.mean((target - oof) ** 2))
         return self
 
     def _raw(self, model: object, x: pd.DataFrame) -> np.ndarray:
@@ -158,7 +169,12 @@ class PerformanceEstimator:
     def _per_model(self, proba_or_pred: np.ndarray, prediction: np.ndarray, inputs: pd.DataFrame | None) -> np.ndarray:
         scores = self._scores(proba_or_pred, prediction)
         x = self._design(scores, inputs, fit=False)
-        raws = np.vstack([self._raw(m, x) for m in self._models]) if self._models else scores[:, :1].T
+        if self._models:
+            raws = np.vstack([self._raw(m, x) for m in self._models])
+        elif self._constant is not None:
+            raws = np.full((1, len(x)), self._constant)
+        else:
+            raws = scores[:, :1].T
         if self._iso is not None:
             raws = np.vstack([self._iso.predict(r) for r in raws])
         return np.vstack([self._to_rows(r, proba_or_pred, prediction) for r in raws])
@@ -171,8 +187,8 @@ class PerformanceEstimator:
         """The window's expected metric and a 95% interval for its measured value.
 
         The interval joins two uncertainties: the luck of which rows turn out right (a sum
-        of independent Bernoulli draws, or the spread of expected errors) and the
-        disagreement between the fold models.
+        of independent Bernoulli draws; for errors, each row's error strays from its expected
+        value as much as it did on the reference) and the disagreement between the fold models.
         """
         per_model = self._per_model(proba_or_pred, prediction, inputs)
         rows = per_model.mean(axis=0)
@@ -181,7 +197,7 @@ class PerformanceEstimator:
         if self.task == "classification":
             sampling = float(np.sqrt(np.sum(rows * (1 - rows)))) / n
         else:
-            sampling = float(np.std(rows)) / np.sqrt(n)
+            sampling = float(np.sqrt(self._error_var / n))
         folds = per_model.mean(axis=1)
         model_se = float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
         half = Z95 * float(np.hypot(sampling, model_se))
@@ -199,25 +215,51 @@ def realized(task: str, prediction: np.ndarray, y: np.ndarray) -> float:
 def reference_band(
     task: str, prediction: np.ndarray, y: np.ndarray, window: int, sigmas: float, least: float
 ) -> dict[str, float]:
-    """The reference's metric, its spread over windows of ``window`` rows, and the alert threshold.
+    """The reference's metric and how much it varies by chance, to set each window's alert threshold.
 
-    The spread is the standard deviation of the metric over consecutive reference chunks of
-    the window's size (with three chunks or more), but never less than the sampling spread
-    over ``window`` rows (binomial for an accuracy, of the mean for absolute errors). The threshold lies
-    ``sigmas`` spreads, and at least ``least``, on the bad side of the reference value.
+    ``chunk_sd`` is the standard deviation of the metric over consecutive reference chunks of
+    ``window`` rows (NaN with fewer than three chunks); ``unit_sd`` the spread of one row
+    (binomial for an accuracy, of the absolute errors for a regressor). :func:`threshold_at`
+    scales them to a window's own number of rows, so a window of 100 labeled rows is judged
+    with the spread of 100 rows, not of ``window``.
     """
     value = realized(task, prediction, y)
     n = len(y)
-    chunks = [slice(i, i + window) for i in range(0, n - window + 1, window)]
     if task == "classification":
-        floor = float(np.sqrt(value * (1 - value) / max(window, 1)))
+        unit = float(np.sqrt(value * (1 - value)))
     else:
-        errors = np.abs(np.asarray(prediction, dtype=float) - np.asarray(y, dtype=float))
-        floor = float(np.std(errors) / np.sqrt(max(window, 1)))
-    spread = floor
-    if len(chunks) >= 3:
-        # A few chunks understate the spread by chance: never below the sampling floor.
-        spread = max(floor, float(np.std([realized(task, prediction[c], y[c]) for c in chunks])))
-    margin = max(sigmas * spread, least if task == "classification" else least * value)
-    threshold = value - margin if task == "classification" else value + margin
-    return {"value": value, "spread": spread, "threshold": threshold, "chunks": len(chunks)}
+        unit = float(np.std(np.abs(np.asarray(prediction, dtype=float) - np.asarray(y, dtype=float))))
+    chunks = [slice(i, i + window) for i in range(0, n - window + 1, window)]
+    chunk_sd = (
+        float(np.std([realized(task, prediction[c], y[c]) for c in chunks])) if len(chunks) >= 3 else float("nan")
+    )
+    band = {
+        "value": value,
+        "rows": float(window),
+        "chunk_sd": chunk_sd,
+        "unit_sd": unit,
+        "sigmas": sigmas,
+        "least": least if task == "classification" else least * value,
+        "direction": 1.0 if task == "classification" else -1.0,
+        "chunks": float(len(chunks)),
+    }
+    band["spread"] = spread_at(band, window)
+    band["threshold"] = threshold_at(band, window)
+    return band
+
+
+def spread_at(band: dict[str, float], n: int) -> float:
+    """The chance spread of the metric over ``n`` rows.
+
+    The reference chunks' spread scaled to ``n`` rows, never below one row's spread / sqrt(n).
+    """
+    n = max(int(n), 1)
+    floor = band["unit_sd"] / np.sqrt(n) if np.isfinite(band["unit_sd"]) else 0.0
+    chunk = band["chunk_sd"] * np.sqrt(band["rows"] / n) if np.isfinite(band["chunk_sd"]) else 0.0
+    return float(max(floor, chunk))
+
+
+def threshold_at(band: dict[str, float], n: int) -> float:
+    """The alert threshold for a window of ``n`` rows: ``sigmas`` spreads (at least ``least``) on the bad side."""
+    margin = max(band["sigmas"] * spread_at(band, n), band["least"])
+    return float(band["value"] - margin if band["direction"] > 0 else band["value"] + margin)

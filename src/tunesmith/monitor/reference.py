@@ -11,6 +11,7 @@ tunesmith did not train).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,22 @@ from tunesmith.monitor.frame import (
     PROBA_PREFIX,
     Derived,
     Spec,
+    as_image_array,
     build_vocab,
     check_columns,
     derive_features,
     infer_spec,
     text_features,
 )
-from tunesmith.monitor.performance import PerformanceEstimator, reference_band
+from tunesmith.monitor.performance import PerformanceEstimator, reference_band, spread_at, threshold_at
+from tunesmith.monitor.ranking import (
+    ITEM_KNOWN,
+    ITEM_POPULARITY,
+    USER_HISTORY,
+    USER_KNOWN,
+    RankingView,
+    is_recommender,
+)
 from tunesmith.monitor.settings import MonitorSettings
 
 
@@ -58,6 +68,7 @@ class Reference:
     model: Any = None
     model_info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    ranking: dict[str, Any] | None = None  # a recommender's view and reference outputs
 
 
 def read_data(data: Any, what: str) -> tuple[pd.DataFrame, str]:
@@ -110,11 +121,45 @@ def model_spec(est: Any, frame: pd.DataFrame, target: str | None, settings: Moni
     return infer_spec(frame, target=target, max_categories=settings.max_categories)
 
 
-def model_task(est: Any, spec: Spec, frame: pd.DataFrame, proba: list[str] | None, prediction: str | None) -> None:
+def binary_classes(frame: pd.DataFrame, target: str | None, prediction: str | None, positive: str | None) -> list[str]:
+    """``[negative, positive]`` for a model scored by one probability column."""
+    seen: set[str] = set()
+    for col in (target, prediction):
+        if col and col in frame.columns:
+            seen |= {_label_text(v) for v in frame[col].dropna().unique()}
+    if positive is not None:
+        others = sorted(seen - {str(positive)})
+        if len(others) > 1:
+            raise ConfigError(
+                f"a single probability column needs two classes; the data has {sorted(seen)}", key="positive"
+            )
+        return [others[0] if others else "(other)", str(positive)]
+    for pair in (["0", "1"], ["False", "True"]):
+        if seen <= set(pair):
+            return pair
+    raise ConfigError(
+        f"one probability column, but which class is it for? The labels are {sorted(seen)[:5]}",
+        key="positive",
+    )
+
+
+def model_task(
+    est: Any,
+    spec: Spec,
+    frame: pd.DataFrame,
+    proba: list[str] | None,
+    prediction: str | None,
+    positive: str | None = None,
+) -> None:
     """Fill ``spec.task`` and ``spec.classes`` from the model, or from given output columns."""
     if est is not None:
+        # A personalised model answers with its shared base model's classes.
+        base = getattr(est, "base", None) if hasattr(est, "user_column") else None
         classes = getattr(est, "classes_", None)
+        if classes is None and base is not None:
+            classes = getattr(base, "classes_", None)
         task = getattr(getattr(est, "schema_", None), "task", None) or getattr(est, "task_", None)
+        task = task or getattr(getattr(base, "schema_", None), "task", None)
         if classes is not None and task != "regression":
             spec.task, spec.classes = "classification", [str(c) for c in classes]
         elif hasattr(est, "recommend"):
@@ -125,8 +170,7 @@ def model_task(est: Any, spec: Spec, frame: pd.DataFrame, proba: list[str] | Non
     if proba:
         spec.task = "classification"
         if len(proba) == 1:
-            values = frame[prediction].dropna().unique() if prediction else [0, 1]
-            spec.classes = [str(v) for v in sorted(values)] if len(values) == 2 else ["0", "1"]
+            spec.classes = binary_classes(frame, spec.target, prediction, positive)
         else:
             spec.classes = [c.removeprefix(PROBA_PREFIX) for c in proba]
     elif prediction:
@@ -137,10 +181,32 @@ def model_input(frame: pd.DataFrame, spec: Spec) -> Any:
     """What the estimator's predict and embed take for these rows."""
     if spec.image:
         col = frame[spec.image[0]]
-        if len(col) and isinstance(col.iloc[0], np.ndarray):
-            return np.stack(col.tolist())
-        return frame[spec.image]
+        values = col.tolist()
+        if values and all(isinstance(v, str) and os.path.exists(v) for v in values):
+            return frame[spec.image]  # paths: the estimator reads them itself
+        arrays = [as_image_array(v) for v in values]
+        bad = next((i for i, a in enumerate(arrays) if a is None), None)
+        if bad is not None:
+            raise DataError("an image cannot be read", row=bad + 1, column=spec.image[0])
+        return np.stack(_same_size([a for a in arrays if a is not None]))
     return frame
+
+
+def _same_size(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Images of one shape (the first one's), so they stack; the model resizes them anyway."""
+    shape = images[0].shape
+    if all(a.shape == shape for a in images):
+        return images
+    from PIL import Image
+
+    out = []
+    for a in images:
+        if a.shape != shape:
+            a = np.asarray(Image.fromarray(a).resize((shape[1], shape[0])))
+            if a.ndim != len(shape):
+                a = a.mean(axis=2).astype(images[0].dtype) if a.ndim == 3 else np.repeat(a[..., None], shape[2], axis=2)
+        out.append(a)
+    return out
 
 
 def compute_outputs(
@@ -179,11 +245,17 @@ def compute_outputs(
     return Outputs(None, None)
 
 
+MISSING_LABEL = -1
+UNKNOWN_LABEL = -2
+
+
 def encode_target(spec: Spec, values: pd.Series) -> np.ndarray:
-    """Targets as class indices (-1 for a missing or unknown label) or floats (NaN when missing)."""
+    """Targets as class indices (-1 missing, -2 a label the model does not know) or floats (NaN when missing)."""
     if spec.task == "classification":
         index = {c: i for i, c in enumerate(spec.classes or [])}
-        return np.array([-1 if pd.isna(v) else index.get(_label_text(v), -1) for v in values])
+        return np.array(
+            [MISSING_LABEL if pd.isna(v) else index.get(_label_text(v), UNKNOWN_LABEL) for v in values], dtype=int
+        )
     return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
 
 
@@ -219,14 +291,17 @@ def build_reference(
     target: str | None = None,
     proba: list[str] | None = None,
     prediction: str | None = None,
+    positive: str | None = None,
     settings: MonitorSettings,
     spec: Spec | None = None,
+    exclude: Sequence[str] = (),
 ) -> Reference:
     """Profile ``data`` (labeled where possible) as the monitor's reference for ``model``.
 
     ``spec`` names the input columns and, for a model given as ``None``, its task and classes
     (a server that computed the outputs itself knows them); by default they come from the
-    model or the data.
+    model or the data. ``exclude`` names columns that are no inputs (a time or key column);
+    columns whose values all differ (row ids) are left out too, and said so.
     """
     est = load_model(model)
     frame, source = read_data(data, "reference")
@@ -236,7 +311,16 @@ def build_reference(
     if len(frame) > settings.reference_rows:
         keep = np.sort(rng.choice(len(frame), settings.reference_rows, replace=False))
         frame = frame.iloc[keep].reset_index(drop=True)
-    exclude = [c for c in (*(proba or ()), prediction) if c]
+    if is_recommender(est):
+        return _ranking_reference(est, model, frame, source, settings)
+    if target is not None and target not in frame.columns:
+        raise DataError(
+            f"the reference has no target column {target!r}",
+            file=None if isinstance(data, pd.DataFrame) else source,
+            column=target,
+            hint=f"Its columns: {', '.join(map(str, list(frame.columns)[:12]))}",
+        )
+    exclude = [c for c in (*(proba or ()), prediction, *exclude, settings.time_column) if c]
     given_task = spec is not None and spec.task is not None
     if spec is not None:
         spec = Spec(**{**spec.__dict__, "vocab": dict(spec.vocab), "target": target or spec.target})
@@ -253,19 +337,26 @@ def build_reference(
         spec.vocab[col] = build_vocab(frame.loc[halves, col])
         other_vocab[col] = build_vocab(frame.loc[~halves, col])
     if not given_task:
-        model_task(est, spec, frame, proba, prediction)
+        model_task(est, spec, frame, proba, prediction, positive)
     outputs = compute_outputs(est, frame, spec, proba, prediction)
     features = derive_features(frame, spec)
     for col in spec.text:
         in_a = text_features(frame.loc[halves, col], set(other_vocab[col]))["oov"]
         features.values[f"{col}.oov"][halves] = in_a
     warnings: list[str] = []
+    if spec.ids:
+        warnings.append(f"left out as row ids (every value differs): {', '.join(spec.ids)}")
     y = None
     performance = None
     band = None
     if spec.target and spec.target in frame.columns and outputs.scores is not None:
         y = encode_target(spec, frame[spec.target])
         known = (y >= 0) if spec.task == "classification" else np.isfinite(y)
+        unknown = int(np.sum(y == UNKNOWN_LABEL)) if spec.task == "classification" else 0
+        if unknown:
+            warnings.append(
+                f"{unknown} reference rows have a label the model does not know; they are left out of the reference"
+            )
         if known.sum() >= 50:
             perf = PerformanceEstimator(
                 spec.task or "classification", use_inputs=settings.calibrate_on_inputs, seed=settings.seed
@@ -292,6 +383,48 @@ def build_reference(
         embeddings = embed_rows(est, frame.iloc[pick].reset_index(drop=True), spec)
     info = _model_info(est, model)
     return Reference(spec, features, outputs, y, embeddings, performance, band, len(frame), source, est, info, warnings)
+
+
+def _ranking_reference(est: Any, model: Any, frame: pd.DataFrame, source: str, settings: MonitorSettings) -> Reference:
+    """A recommender's reference: its rows as ids turned into figures, its recommendations, and
+    the hit rate and NDCG@10 it reaches on the reference's interactions (best: a later period)."""
+    view = RankingView(est)
+    derived = view.features(frame)
+    spec = Spec(
+        numeric=[c for c in (USER_HISTORY, ITEM_POPULARITY) if c in derived.columns],
+        categorical=[c for c in (USER_KNOWN, ITEM_KNOWN) if c in derived.columns],
+        task="ranking",
+    )
+    features = derive_features(derived, spec)
+    popularity, first = view.outputs(view.recommendations(frame, None))
+    warnings: list[str] = []
+    band = None
+    window = settings.window_rows or 1000
+    whole = view.realized(frame)
+    if whole is not None:
+        chunks = [view.realized(frame.iloc[i : i + window]) for i in range(0, len(frame) - window + 1, window)]
+        values = [c["ndcg@10"] for c in chunks if c is not None]
+        # Too few chunks to tell the spread: a quarter of the value, a wide band with few false alerts.
+        chunk_sd = float(np.std(values)) if len(values) >= 3 else whole["ndcg@10"] / 4
+        band = {
+            "value": whole["ndcg@10"],
+            "rows": float(window),
+            "chunk_sd": chunk_sd,
+            "unit_sd": float("nan"),
+            "sigmas": settings.performance_sigmas,
+            "least": settings.performance_drop,
+            "direction": 1.0,
+            "chunks": float(len(values)),
+        }
+        band["spread"] = spread_at(band, window)
+        band["threshold"] = threshold_at(band, window)
+    else:
+        warnings.append("the reference has no item column of known users: NDCG@10 is not measured")
+    info = {**_model_info(est, model), "ranking_metric": "ndcg@10"}
+    ranking = {"view": view, "popularity": popularity, "first": first}
+    return Reference(
+        spec, features, Outputs(None, None), None, None, None, band, len(frame), source, est, info, warnings, ranking
+    )
 
 
 def _model_info(est: Any, model: Any) -> dict[str, Any]:

@@ -192,18 +192,20 @@ def _plot_performance(
     span = [i for i in range(len(windows)) if lows[i] is not None and highs[i] is not None]
     if span:
         ax.fill_between(span, [lows[i] for i in span], [highs[i] for i in span], color=_LINE, alpha=0.18, lw=0)
-    label = "estimated" if signal.get("test") == "cbpe" else "realized"
+    label = "estimated" if signal.get("test") in ("estimate", "cbpe") else "realized"
     _line(ax, ys, color=_LINE if label == "estimated" else _REALIZED, label=label)
     for other in realized:
         _line(ax, _series(windows, str(other.get("name"))), color=_REALIZED, label="realized", marker="s")
     ref_value = _num(reference.get("value"))
     if ref_value is not None:
         ax.axhline(ref_value, color=_REF, linestyle="--", linewidth=1, label="reference")
+    below = signal.get("direction", "below") == "below"
     threshold = _num(signal.get("threshold"))
     if threshold is None:
-        threshold = _num(reference.get("lower_threshold"))
+        threshold = _num(reference.get("lower_threshold" if below else "upper_threshold"))
     if threshold is not None:
-        ax.axhline(threshold, color=_ALERT, linestyle="--", linewidth=1, label="lower threshold")
+        where = "lower" if below else "upper"
+        ax.axhline(threshold, color=_ALERT, linestyle="--", linewidth=1, label=f"{where} threshold")
     for sig in [signal, *realized]:
         sname = str(sig.get("name"))
         series = _series(windows, sname)
@@ -228,7 +230,9 @@ def _summary(result: Mapping[str, Any]) -> str:
     ref_rows = {"rows": ref.get("rows"), "source": ref.get("source")}
     if perf:
         ref_rows[str(perf.get("metric") or "metric")] = perf.get("value")
-        ref_rows["lower threshold"] = perf.get("lower_threshold")
+        for side in ("lower", "upper"):
+            if perf.get(f"{side}_threshold") is not None:
+                ref_rows[f"{side} threshold"] = perf.get(f"{side}_threshold")
     cur_rows = {k: cur.get(k) for k in ("rows", "source", "windowing", "window")}
     cells = [("Model", _kv_table(model)), ("Reference", _kv_table(ref_rows)), ("Current", _kv_table(cur_rows))]
     inner = "".join(f"<td><b>{title}</b>{table}</td>" for title, table in cells)

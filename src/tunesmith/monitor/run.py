@@ -13,7 +13,8 @@ import pandas as pd
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.monitor.core import Evaluator, decide, now_iso, status_of, summarise_window
 from tunesmith.monitor.current import Current, make_windows, read_current
-from tunesmith.monitor.frame import derive_features
+from tunesmith.monitor.frame import derive_features, whole_text
+from tunesmith.monitor.ranking import present
 from tunesmith.monitor.reference import Reference, build_reference, read_data
 from tunesmith.monitor.settings import MonitorSettings, make_settings
 from tunesmith.progress import progress
@@ -70,6 +71,7 @@ def monitor(
     key: str | None = None,
     proba: str | Sequence[str] | None = None,
     prediction: str | None = None,
+    positive: str | None = None,
     model_version: str | None = None,
     settings: MonitorSettings | Mapping[str, Any] | None = None,
     progress_bar: bool = True,
@@ -91,6 +93,8 @@ def monitor(
         target: the target column (default: the model's).
         proba: output probability column(s); one column means a binary model's positive class.
         prediction: predicted-label (or predicted-value) column.
+        positive: the class a single ``proba`` column gives the probability of (needed unless
+            the labels are 0/1 or False/True).
         model_version: which model version of a log to monitor (default: the model's own).
         settings: :class:`MonitorSettings` or a mapping; ``overrides`` are applied on top.
 
@@ -107,7 +111,16 @@ def monitor(
     ref = (
         reference
         if isinstance(reference, Reference)
-        else build_reference(model, reference, target=target, proba=proba_cols, prediction=prediction, settings=s)
+        else build_reference(
+            model,
+            reference,
+            target=target,
+            proba=proba_cols,
+            prediction=prediction,
+            positive=positive,
+            settings=s,
+            exclude=[key] if key else [],
+        )
     )
     ref.model_info.update(proba_columns=proba_cols, prediction_column=prediction)
     cur = read_current(current, ref, s, model_version)
@@ -144,15 +157,7 @@ def monitor(
         "reference": {
             "rows": ref.rows,
             "source": ref.source,
-            "performance": None
-            if ref.band is None or ref.performance is None
-            else {
-                "metric": ref.performance.metric,
-                "value": ref.band["value"],
-                "spread": ref.band["spread"],
-                "lower_threshold" if ref.performance.direction == "below" else "upper_threshold": ref.band["threshold"],
-                "method": ref.performance.method,
-            },
+            "performance": _reference_performance(ref),
             "columns": ref.spec.to_dict(),
         },
         "current": {
@@ -171,6 +176,21 @@ def monitor(
         "warnings": [*ref.warnings, *cur.warnings, *notes],
     }
     return MonitorResult(result)
+
+
+def _reference_performance(ref: Reference) -> dict[str, Any] | None:
+    if ref.band is None:
+        return None
+    perf = ref.performance
+    metric = perf.metric if perf is not None else str(ref.model_info.get("ranking_metric", "ndcg@10"))
+    below = perf is None or perf.direction == "below"
+    return {
+        "metric": metric,
+        "value": ref.band["value"],
+        "spread": ref.band["spread"],
+        "lower_threshold" if below else "upper_threshold": ref.band["threshold"],
+        "method": perf.method if perf is not None else "measured on the reference's interactions",
+    }
 
 
 def _alert_message(name: str, f: Mapping[str, Any], ref: Reference) -> str:
@@ -195,8 +215,21 @@ def join_labels(cur: Current, labels: Any, target: str | None, key: str | None) 
         if col == key and col not in cur.frame.columns:
             raise DataError(f"the current data lacks the key column {col!r}", file=cur.source, column=col)
     on = [key, "row"] if cur.is_log and "row" in lab.columns else [key]
+    if cur.is_log and "row" not in lab.columns and cur.frame["row"].gt(0).any():
+        raise DataError(
+            "the log holds requests of several rows, and the labels have no 'row' column to tell them apart",
+            file=source,
+            column="row",
+            hint="Add each label's row number within its request (0 for the first)",
+        )
     lab = lab[[*on, target]]
-    dup = lab.duplicated(on, keep=False)
+    no_key = lab[on].isna().any(axis=1).to_numpy()
+    if no_key.any():
+        cur.dropped["labels_without_a_key"] = int(no_key.sum())
+        cur.warnings.append(f"{int(no_key.sum())} label rows have no {'/'.join(on)} and are left out")
+        lab = lab[~no_key]
+    right = pd.DataFrame({c: key_text(lab[c]) for c in on}).assign(**{target: lab[target].to_numpy()})
+    dup = right.duplicated(on, keep=False)
     if dup.any():
         first = int(np.flatnonzero(dup.to_numpy())[0])
         raise DataError(
@@ -207,14 +240,19 @@ def join_labels(cur: Current, labels: Any, target: str | None, key: str | None) 
             hint="Keep one label per row",
         )
     frame = cur.frame.drop(columns=[target], errors="ignore")
-    left = frame[on].astype(str)
-    right = lab.assign(**{c: lab[c].astype(str) for c in on})
+    # Keys compare as text with whole numbers written alike (1.0 read from a file is the id 1).
+    left = pd.DataFrame({c: key_text(frame[c]) for c in on})
     merged = left.merge(right, on=on, how="left")
     frame[target] = merged[target].to_numpy()
-    unmatched = int(len(lab) - lab[on].astype(str).merge(left.drop_duplicates(), on=on).shape[0])
+    unmatched = int(len(right) - right[on].merge(left.dropna().drop_duplicates(), on=on).shape[0])
     if unmatched:
         cur.warnings.append(f"{unmatched} label rows match no current row (by {'/'.join(on)})")
     return frame
+
+
+def key_text(s: pd.Series) -> pd.Series:
+    """Join keys as text, whole numbers without a decimal part; a missing key stays missing."""
+    return pd.Series([None if pd.isna(v) else whole_text(v) for v in s.tolist()], dtype=object)
 
 
 def top_changes(
@@ -239,7 +277,11 @@ def top_changes(
         column = ref.features.source.get(feature, feature)
         w = item.pop("window")
         frame = cur.frame.iloc[w.rows].reset_index(drop=True)
-        values = derive_features(frame, ref.spec).values[feature]
+        if ref.ranking is not None:
+            derived = ref.ranking["view"].features(frame)
+            values = derive_features(derived, present(ref.spec, derived)).values[feature]
+        else:
+            values = derive_features(frame, ref.spec).values[feature]
         summary, order = _describe(ref.features.values[feature], values, ref.features.kinds[feature])
         shown = [c for c in (*ref.spec.inputs, "request_id") if c in frame.columns and c not in ref.spec.image]
         examples = frame.iloc[order[: s.examples]][shown].to_dict(orient="records") if s.examples else []

@@ -32,8 +32,9 @@ class MonitorSettings(BaseModel):
 
     window_rows: int | None = Field(1000, ge=1, description="Rows per window (ignored when window_time is set).")
     window_time: str | None = Field(
-        None, description="Span of time per window as a pandas offset alias (1h, 1D, 7D); needs timestamps."
+        None, description="Span of time per window: 30min, 1h, 1D, 7D, W (weeks from Monday), M (months)."
     )
+    timezone: str = Field("UTC", description="Time zone in which windows of time start (e.g. Europe/Berlin).")
     time_column: str | None = Field(
         None, description="Column of the current data holding each row's time (a prediction log has its own)."
     )
@@ -76,14 +77,26 @@ class MonitorSettings(BaseModel):
 
     @model_validator(mode="after")
     def _one_windowing(self) -> MonitorSettings:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone must be an IANA time zone such as UTC or Europe/Berlin, got {self.timezone!r}"
+            ) from None
         if self.window_time is not None:
             import pandas as pd
 
+            from tunesmith.monitor.timing import window_starts
+
+            probe = pd.Series(pd.to_datetime(["2026-03-29T00:30:00", "2026-10-25T12:00:00"], utc=True))
             try:
-                pd.tseries.frequencies.to_offset(self.window_time)
-            except ValueError:
+                window_starts(probe, self.window_time, self.timezone)
+            except (ValueError, TypeError):
+                aliases = "30min, 1h, 1D, 7D, W (weeks from Monday) or M (months)"
                 raise ValueError(
-                    f"window_time must be a pandas offset alias such as 1h, 1D or 7D, got {self.window_time!r}"
+                    f"window_time must be a pandas offset alias such as {aliases}, got {self.window_time!r}"
                 ) from None
         elif self.window_rows is None:
             raise ValueError("set window_rows or window_time")
