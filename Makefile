@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust bench-monitoring clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,9 @@ bench-personalization: setup
 
 bench-trust: setup
 	$(BIN)/python bench/trust.py
+
+bench-monitoring: setup
+	$(BIN)/python bench/monitoring.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -299,6 +299,11 @@ class LiveMonitor:
             has_text = np.zeros(len(frame), dtype=bool)
             for col in spec.text:
                 has_text |= frame[col].map(lambda v: isinstance(v, str) and bool(v.strip())).to_numpy(dtype=bool)
+            if not has_text.all():
+                logger.warning(
+                    "tunesmith: drift monitor: %d reference rows without text are left out of the reference",
+                    int((~has_text).sum()),
+                )
             frame = frame[has_text]
         if len(frame) > MAX_REFERENCE_ROWS:
             pick = np.sort(np.random.default_rng(0).choice(len(frame), MAX_REFERENCE_ROWS, replace=False))
