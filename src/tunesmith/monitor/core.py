@@ -44,6 +44,7 @@ from tunesmith.monitor.stats import (
     category_codes,
     counts_of,
     lump,
+    mean_shift_test,
     missing_test,
     mmd_test,
     numeric_test,
@@ -146,6 +147,16 @@ class Evaluator:
                     threshold=s.output_effect,
                 )
                 out["output:probabilities"] = _figures(res)
+                res = mean_shift_test(ref.outputs.scores, outputs.scores)
+                self._signal(
+                    "output:mean probability",
+                    family="output",
+                    column=None,
+                    test="welch",
+                    effect_name=res.effect_name,
+                    threshold=s.mean_effect,
+                )
+                out["output:mean probability"] = _figures(res)
                 classes = np.asarray(ref.spec.classes or [], dtype=object)
                 assert ref.outputs.prediction is not None and outputs.prediction is not None
                 if self.ref_classes is None:
@@ -175,7 +186,8 @@ class Evaluator:
                 out["output:prediction"] = _figures(res)
         if ref.embeddings is not None and s.embedding_rows > 0:
             pick = np.sort(rng.choice(len(frame), min(len(frame), s.embedding_rows), replace=False))
-            emb = embed_rows(ref.model, frame.iloc[pick].reset_index(drop=True), ref.spec)
+            precision = str(ref.model_info.get("embedding_precision", s.embedding_precision))  # as the reference was
+            emb = embed_rows(ref.model, frame.iloc[pick].reset_index(drop=True), ref.spec, precision)
             if emb is not None and len(emb) >= 2:
                 res = mmd_test(ref.embeddings, emb, permutations=s.permutations, rng=rng)
                 self._signal(

@@ -266,16 +266,39 @@ def _label_text(v: Any) -> str:
     return str(v)
 
 
-def embed_rows(est: Any, frame: pd.DataFrame, spec: Spec) -> np.ndarray | None:
-    """The model's representation of ``frame`` (``embed`` of the contract), or None if it has none."""
+def embed_rows(est: Any, frame: pd.DataFrame, spec: Spec, precision: str = "fp32") -> np.ndarray | None:
+    """The model's representation of ``frame`` (``embed`` of the contract), or None if it has none.
+
+    With ``precision`` bf16 (or auto on a CPU with native bf16), the network runs under bf16
+    autocast: about twice as fast on such CPUs. Reference and current rows are embedded alike,
+    so the comparison stays fair.
+    """
     if est is None or not (spec.text or spec.image) or not hasattr(est, "embed"):
         return None
+    from contextlib import nullcontext
+
     from tunesmith.estimators.base import NotSupportedError
 
+    context: Any = nullcontext()
+    if precision == "bf16" or (precision == "auto" and native_bf16()):
+        import torch
+
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
     try:
-        return np.asarray(est.embed(model_input(frame, spec)), dtype=np.float32)
+        with context:
+            return np.asarray(est.embed(model_input(frame, spec)), dtype=np.float32)
     except NotSupportedError:
         return None
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = fh.read(1 << 16)
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def inputs_frame(features: Derived, rows: np.ndarray | slice | None = None) -> pd.DataFrame:
@@ -380,8 +403,8 @@ def build_reference(
     if settings.embedding_rows > 0:
         n = min(len(frame), settings.embedding_reference_rows)
         pick = np.sort(rng.choice(len(frame), n, replace=False))
-        embeddings = embed_rows(est, frame.iloc[pick].reset_index(drop=True), spec)
-    info = _model_info(est, model)
+        embeddings = embed_rows(est, frame.iloc[pick].reset_index(drop=True), spec, settings.embedding_precision)
+    info = {**_model_info(est, model), "embedding_precision": settings.embedding_precision}
     return Reference(spec, features, outputs, y, embeddings, performance, band, len(frame), source, est, info, warnings)
 
 

@@ -48,7 +48,10 @@ class MonitorSettings(BaseModel):
     )
     missing_effect: float = Field(0.05, ge=0, description="Least change in a column's share of missing values.")
     output_effect: float = Field(
-        0.1, ge=0, description="Least shift of the model's outputs (Kolmogorov-Smirnov D of class probabilities)."
+        0.05, ge=0, description="Least shift of the model's outputs (Kolmogorov-Smirnov D of class probabilities)."
+    )
+    mean_effect: float = Field(
+        0.1, ge=0, description="Least change of a class's mean probability, in reference standard deviations."
     )
     embedding_effect: float = Field(
         0.0, ge=0, description="Least MMD between embedding samples (samples are capped, so p-values stay honest)."
@@ -61,6 +64,11 @@ class MonitorSettings(BaseModel):
         200, ge=0, description="Rows per window embedded by the model for the representation test (0: no test)."
     )
     embedding_reference_rows: int = Field(1000, ge=50, description="Reference rows embedded once.")
+    embedding_precision: str = Field(
+        "auto",
+        pattern="^(auto|fp32|bf16)$",
+        description="Precision of the embeddings: auto (bf16 where the CPU computes it natively), fp32 or bf16.",
+    )
     permutations: int = Field(500, ge=50, description="Permutations of the MMD test.")
     max_categories: int = Field(50, ge=2, description="Most frequent reference values a categorical test keeps.")
     performance_sigmas: float = Field(
