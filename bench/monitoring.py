@@ -278,11 +278,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models and few windows (smoke test)")
     parser.add_argument(
-        "--null-text", type=int, default=20, help="null text windows (Evidently's text test: ~8 s each)"
+        "--null-text", type=int, default=40, help="null text windows (Evidently's text test: ~8 s each)"
     )
-    parser.add_argument("--null-image", type=int, default=90, help="null image windows")
-    parser.add_argument("--null-tabular", type=int, default=90, help="null tabular windows")
-    parser.add_argument("--per-case", type=int, default=3, help="windows per shift case")
+    parser.add_argument("--null-image", type=int, default=80, help="null image windows")
+    parser.add_argument("--null-tabular", type=int, default=80, help="null tabular windows")
+    parser.add_argument("--per-case", type=int, default=6, help="windows per shift case")
     parser.add_argument("--rows", type=int, default=500, help="rows per window")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-peers", action="store_true", help="no Evidently/NannyML (they need their own venv)")
