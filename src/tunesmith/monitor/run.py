@@ -301,7 +301,9 @@ def _describe(a: np.ndarray, b: np.ndarray, kind: str) -> tuple[str, np.ndarray]
         far = np.where(np.isfinite(b), np.abs(b - ma), np.inf)
         if np.isfinite(mb) and np.isfinite(ma) and mb < ma:
             far = np.where(np.isfinite(b), ma - b, np.inf)
-        return f"median {ma:.4g} -> {mb:.4g}{miss}", np.argsort(-far, kind="stable")
+        mean_a = float(np.mean(fa)) if len(fa) else float("nan")
+        mean_b = float(np.mean(fb)) if len(fb) else float("nan")
+        return f"mean {mean_a:.4g} -> {mean_b:.4g}, median {ma:.4g} -> {mb:.4g}{miss}", np.argsort(-far, kind="stable")
     sa, sb = (
         pd.Series(a.astype(str)).value_counts(normalize=True),
         pd.Series(b.astype(str)).value_counts(normalize=True),
