@@ -4,8 +4,8 @@ A user error prints one line (``error: ...``) and exits with status 2; no stack 
 One module per command group: :mod:`~tunesmith.cli.fit` (fit, evaluate, predict),
 :mod:`~tunesmith.cli.export` (export, serve), :mod:`~tunesmith.cli.tune`,
 :mod:`~tunesmith.cli.data` (inspect, clean), :mod:`~tunesmith.cli.demo` (backbones, demo),
-:mod:`~tunesmith.cli.personalize`, :mod:`~tunesmith.cli.recommend` and
-:mod:`~tunesmith.cli.monitor`; what they share is in
+:mod:`~tunesmith.cli.personalize`, :mod:`~tunesmith.cli.recommend`,
+:mod:`~tunesmith.cli.monitor` and :mod:`~tunesmith.cli.registry`; what they share is in
 :mod:`~tunesmith.cli.common`. Commands import the library inside their bodies so that
 ``--help`` and a command that needs no model never load torch.
 """
@@ -26,6 +26,7 @@ from tunesmith.cli import demo as _demo
 from tunesmith.cli import personalize as _personalize
 from tunesmith.cli import recommend as _recommend
 from tunesmith.cli import monitor as _monitor
+from tunesmith.cli import registry as _registry
 
 # isort: on
 from tunesmith.cli.common import app, console, err_console, metrics_table
@@ -34,7 +35,7 @@ from tunesmith.errors import TunesmithError
 
 __all__ = ["app", "console", "err_console", "main", "metrics_table", "print_fit_summary"]
 
-_COMMAND_MODULES = (_fit, _export, _tune, _data, _demo, _personalize, _recommend, _monitor)
+_COMMAND_MODULES = (_fit, _export, _tune, _data, _demo, _personalize, _recommend, _monitor, _registry)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:

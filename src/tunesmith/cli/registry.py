@@ -1,0 +1,78 @@
+"""``tunesmith register | versions | promote | rollback``: a local model registry and safe swaps.
+
+The admin token for a running server's hot reload is read from ``TUNESMITH_ADMIN_TOKEN``,
+never from a flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tunesmith.cli.common import app, console
+
+
+@app.command()
+def register(
+    registry: Annotated[Path, typer.Argument(help="Registry folder (created on first use).")],
+    model: Annotated[Path, typer.Argument(help="Model folder to copy in as the next version.")],
+    note: Annotated[list[str] | None, typer.Option(help="Notes as key=value, kept with the version.")] = None,
+) -> None:
+    """Copy MODEL into REGISTRY as its next version (a candidate)."""
+    from tunesmith.runs.versions import ModelRegistry
+
+    notes = {n.partition("=")[0]: n.partition("=")[2] for n in note or []}
+    v = ModelRegistry(registry).register(model, notes=notes)
+    console.print(f"registered version {v.number} ({v.model_version}) in {registry}", highlight=False)
+
+
+@app.command()
+def versions(registry: Annotated[Path, typer.Argument(help="Registry folder.")]) -> None:
+    """List the versions of REGISTRY, the champion marked."""
+    from tunesmith.runs.versions import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    table = Table(title=str(registry))
+    for col in ("version", "status", "weights", "created", "source"):
+        table.add_column(col)
+    for v in reg.versions():
+        table.add_row(str(v.number), v.status, v.model_version, v.created, v.source or "")
+    console.print(table)
+
+
+@app.command()
+def promote(
+    registry: Annotated[Path, typer.Argument(help="Registry folder.")],
+    version: Annotated[int | None, typer.Argument(help="Version to promote (default: the newest candidate).")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="A running tunesmith server to switch (http://127.0.0.1:8000).")
+    ] = None,
+) -> None:
+    """Make VERSION the champion of REGISTRY and, with --server, serve it through hot reload."""
+    from tunesmith.serve.swap import promote as run_promote
+
+    v, answer = run_promote(registry, version, server=server)
+    console.print(f"version {v.number} ({v.model_version}) is the champion", highlight=False)
+    if answer is not None:
+        console.print(
+            f"{server} switched {answer.get('previous_version')} -> {answer.get('model_version')} "
+            f"in {answer.get('seconds')} s",
+            highlight=False,
+        )
+
+
+@app.command()
+def rollback(
+    registry: Annotated[Path, typer.Argument(help="Registry folder.")],
+    server: Annotated[str | None, typer.Option(help="A running tunesmith server to switch back.")] = None,
+) -> None:
+    """Make the previous champion of REGISTRY the champion again and, with --server, serve it."""
+    from tunesmith.serve.swap import rollback as run_rollback
+
+    v, answer = run_rollback(registry, server=server)
+    console.print(f"version {v.number} ({v.model_version}) is the champion again", highlight=False)
+    if answer is not None:
+        console.print(f"{server} serves {answer.get('model_version')} again", highlight=False)

@@ -1,0 +1,301 @@
+"""A local model registry: numbered versions of one model, a champion alias, and a way back.
+
+A registry is a folder::
+
+    REGISTRY/
+      registry.json        what it holds: the model's kind, task and labels (set by the first version)
+      aliases.json         the champion and the champions before it (for rollback)
+      versions/v0001/      a copy of the model folder, exactly as saved
+      versions/v0001.json  its record: number, weights hash, status, when, where from, notes
+
+Every change is made under an exclusive lock on ``REGISTRY/.lock`` (several processes or
+machines sharing a file system may register at once) and written atomically: a model folder
+is copied into a temporary sibling and renamed into place, and a version exists only once
+its record is written, so a killed copy leaves nothing a reader sees. A version is
+``candidate`` when registered, ``champion`` while it serves, ``retired`` after, or
+``rejected`` (kept for inspection, never promoted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ArtifactError
+from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json
+from tunesmith.runs.fingerprint import model_version
+
+REGISTRY_FILE = "registry.json"
+ALIASES_FILE = "aliases.json"
+LOCK_FILE = ".lock"
+FORMAT = "tunesmith-registry"
+STATUSES = ("candidate", "champion", "retired", "rejected")
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One registered model: ``number``, its folder, the hash of its weights, and its record."""
+
+    number: int
+    path: Path
+    model_version: str
+    status: str
+    created: str
+    source: str | None = None
+    kind: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "path": str(self.path),
+            "model_version": self.model_version,
+            "status": self.status,
+            "created": self.created,
+            "source": self.source,
+            "kind": self.kind,
+            "notes": self.notes,
+        }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot be read: {exc}", path=path, hint="Restore it from a backup") from None
+    if not isinstance(data, dict):
+        raise ArtifactError("is not a JSON object", path=path)
+    return data
+
+
+def model_identity(folder: Path) -> dict[str, Any]:
+    """What a registry's versions must share: kind, task and labels of ``tunesmith.json``."""
+    meta_file = folder / "tunesmith.json"
+    if not meta_file.is_file():
+        raise ArtifactError(
+            "is not a tunesmith model folder (no tunesmith.json)", path=folder, hint="Give a folder written by save()"
+        )
+    meta = _read_json(meta_file)
+    labels = meta.get("labels")
+    return {
+        "kind": str(meta.get("kind") or "text"),
+        "task": meta.get("task"),
+        "labels": [str(x) for x in labels] if isinstance(labels, list) else None,
+    }
+
+
+class ModelRegistry:
+    """The registry at ``path`` (created on the first :meth:`register`)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.versions_dir = self.path / "versions"
+        if self.path.exists():
+            if not self.path.is_dir():
+                raise ArtifactError("is not a folder", path=self.path, hint="Give a registry folder")
+            if not (self.path / REGISTRY_FILE).is_file() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+                raise ArtifactError(
+                    f"is not a model registry (no {REGISTRY_FILE})",
+                    path=self.path,
+                    hint="Give an empty or new folder, or a registry tunesmith made",
+                )
+
+    # --- locking ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK_FILE, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def identity(self) -> dict[str, Any] | None:
+        """The kind, task and labels every version shares, or None for an empty registry."""
+        file = self.path / REGISTRY_FILE
+        return _read_json(file) if file.is_file() else None
+
+    def versions(self) -> list[Version]:
+        """Every complete version, oldest first (a copy still being written is not one)."""
+        if not self.versions_dir.is_dir():
+            return []
+        out = []
+        for record in sorted(self.versions_dir.glob("v*.json")):
+            match = _VERSION_DIR.match(record.stem)
+            folder = self.versions_dir / record.stem
+            if match and folder.is_dir():
+                out.append(self._version(record, folder))
+        return out
+
+    def _version(self, record: Path, folder: Path) -> Version:
+        data = _read_json(record)
+        return Version(
+            number=int(data["number"]),
+            path=folder,
+            model_version=str(data["model_version"]),
+            status=str(data["status"]),
+            created=str(data["created"]),
+            source=data.get("source"),
+            kind=data.get("kind"),
+            notes=dict(data.get("notes") or {}),
+        )
+
+    def get(self, number: int) -> Version:
+        """Version ``number``.
+
+        Raises:
+            ArtifactError: there is no such version.
+        """
+        for v in self.versions():
+            if v.number == number:
+                return v
+        known = ", ".join(str(v.number) for v in self.versions()) or "none"
+        raise ArtifactError(f"has no version {number} (versions: {known})", path=self.path)
+
+    def aliases(self) -> dict[str, Any]:
+        """``{"champion": number or None, "history": [earlier champions, oldest first]}``."""
+        file = self.path / ALIASES_FILE
+        return _read_json(file) if file.is_file() else {"champion": None, "history": []}
+
+    def champion(self) -> Version | None:
+        """The version that serves now, or None before the first promotion."""
+        number = self.aliases().get("champion")
+        return None if number is None else self.get(int(number))
+
+    # --- changing --------------------------------------------------------------------------
+
+    def register(
+        self, model: str | os.PathLike[str], *, notes: Mapping[str, Any] | None = None, status: str = "candidate"
+    ) -> Version:
+        """Copy the model folder ``model`` in as the next version.
+
+        Raises:
+            ArtifactError: ``model`` is no model folder, or one of another kind, task or
+                label set than the registry holds (it says which).
+        """
+        if status not in ("candidate", "rejected"):
+            raise ArtifactError(f"a new version is a candidate or rejected, not {status!r}", path=self.path)
+        source = Path(model)
+        identity = model_identity(source)
+        weights = model_version(source)
+        with self._locked():
+            known = self.identity()
+            if known is None:
+                atomic_write_json(self.path / REGISTRY_FILE, {"format": FORMAT, "version": 1, **identity})
+            else:
+                self._check_identity(known, identity, source)
+            number = 1 + max((v.number for v in self.versions()), default=0)
+            # A copy left by a killed writer under this number is not a version: start afresh.
+            leftover = self.versions_dir / f"v{number:04d}"
+            if leftover.exists() and not (self.versions_dir / f"v{number:04d}.json").exists():
+                shutil.rmtree(leftover)
+            with AtomicDirectory(leftover, overwrite=False, marker=None) as tmp:
+                shutil.copytree(source, tmp, dirs_exist_ok=True, symlinks=False)
+            record = {
+                "number": number,
+                "model_version": weights,
+                "status": status,
+                "created": _now(),
+                "source": str(source.resolve()),
+                "kind": identity["kind"],
+                "notes": dict(notes or {}),
+            }
+            atomic_write_json(self.versions_dir / f"v{number:04d}.json", record)
+            return self.get(number)
+
+    def _check_identity(self, known: Mapping[str, Any], new: Mapping[str, Any], source: Path) -> None:
+        for key in ("kind", "task", "labels"):
+            if known.get(key) != new.get(key):
+                raise ArtifactError(
+                    f"is a registry of {known.get('kind')} models ({key}: {known.get(key)!r}); "
+                    f"this model's {key} is {new.get(key)!r}",
+                    path=self.path,
+                    hint=f"Register {source} in a registry of its own",
+                )
+
+    def _set_status(self, number: int, status: str, **notes: Any) -> None:
+        record = self.versions_dir / f"v{number:04d}.json"
+        data = _read_json(record)
+        data["status"] = status
+        if notes:
+            data["notes"] = {**(data.get("notes") or {}), **notes}
+        atomic_write_json(record, data)
+
+    def reject(self, number: int, reason: str) -> Version:
+        """Mark version ``number`` rejected (kept, never promoted); the reason goes into its notes."""
+        with self._locked():
+            v = self.get(number)
+            if v.status == "champion":
+                raise ArtifactError(f"version {number} serves now; roll back before rejecting it", path=self.path)
+            self._set_status(number, "rejected", rejected=reason)
+            return self.get(number)
+
+    def promote(self, number: int) -> Version:
+        """Make version ``number`` the champion; the one before goes into the history.
+
+        Raises:
+            ArtifactError: no such version, or it was rejected.
+        """
+        with self._locked():
+            v = self.get(number)
+            if v.status == "rejected":
+                raise ArtifactError(
+                    f"version {number} was rejected ({v.notes.get('rejected', 'no reason recorded')}) "
+                    "and is never served",
+                    path=self.path,
+                )
+            aliases = self.aliases()
+            current = aliases.get("champion")
+            if current == number:
+                return v
+            history = list(aliases.get("history") or [])
+            if current is not None:
+                history.append(int(current))
+                self._set_status(int(current), "retired")
+            self._set_status(number, "champion", promoted=_now())
+            atomic_write_json(self.path / ALIASES_FILE, {"champion": number, "history": history})
+            return self.get(number)
+
+    def rollback(self) -> Version:
+        """Make the previous champion the champion again; the current one is retired.
+
+        Raises:
+            ArtifactError: there is no earlier champion to go back to.
+        """
+        with self._locked():
+            aliases = self.aliases()
+            history = [int(n) for n in aliases.get("history") or []]
+            current = aliases.get("champion")
+            if not history:
+                raise ArtifactError("has no earlier champion to roll back to", path=self.path)
+            previous = history.pop()
+            if current is not None:
+                self._set_status(int(current), "retired", rolled_back=_now())
+            self._set_status(previous, "champion", restored=_now())
+            atomic_write_json(self.path / ALIASES_FILE, {"champion": previous, "history": history})
+            return self.get(previous)
+
+    def restore_aliases(self, aliases: Mapping[str, Any], statuses: Mapping[int, str]) -> None:
+        """Put the champion alias and statuses back as they were (a swap the server refused)."""
+        with self._locked():
+            for number, status in statuses.items():
+                self._set_status(int(number), status)
+            atomic_write_json(self.path / ALIASES_FILE, dict(aliases))
