@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "tunesmith.search": 3,
     "tunesmith.quality": 3,
     "tunesmith.monitor": 3,
+    "tunesmith.refit": 3,
     "tunesmith.cli": 4,
     "tunesmith.serve": 4,
     "tunesmith": 4,

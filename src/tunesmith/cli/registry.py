@@ -76,3 +76,33 @@ def rollback(
     console.print(f"version {v.number} ({v.model_version}) is the champion again", highlight=False)
     if answer is not None:
         console.print(f"{server} serves {answer.get('model_version')} again", highlight=False)
+
+
+@app.command()
+def gate(
+    registry: Annotated[Path, typer.Argument(help="Registry folder.")],
+    version: Annotated[int, typer.Argument(help="The challenger: a version of REGISTRY.")],
+    new_test: Annotated[Path, typer.Option(help="Labeled rows of the new period, not trained on.")],
+    old_test: Annotated[Path, typer.Option(help="The old test split.")],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Label column (default: the model's).")] = None,
+    margin: Annotated[float, typer.Option(help="Largest loss on the old split (0.01: one accuracy point).")] = 0.01,
+) -> None:
+    """Judge VERSION against the champion: better on --new-test, no worse than --margin on --old-test.
+
+    The decision goes into the version's record; a rejected version is kept but never promoted.
+    Exit status 0 when it passes, 3 when it is rejected.
+    """
+    from tunesmith.refit import gate_version
+
+    decision, v = gate_version(registry, version, new_test, old_test, target=target, margin=margin)
+    for name, split in (("new", decision.new), ("old", decision.old)):
+        lo, hi = split["interval"]
+        console.print(
+            f"{name} test ({split['rows']} rows), {decision.metric}: champion {split['champion']:.4f}, "
+            f"challenger {split['challenger']:.4f}, gain {split['gain']:+.4f} [{lo:+.4f}, {hi:+.4f}]",
+            highlight=False,
+        )
+    verdict = "passes" if decision.accepted else "rejected"
+    console.print(f"version {v.number} {verdict}: {'; '.join(decision.reasons)}", highlight=False)
+    if not decision.accepted:
+        raise typer.Exit(3)

@@ -239,6 +239,13 @@ class ModelRegistry:
             data["notes"] = {**(data.get("notes") or {}), **notes}
         atomic_write_json(record, data)
 
+    def annotate(self, number: int, **notes: Any) -> Version:
+        """Add ``notes`` to version ``number``'s record (a gate decision, a data fingerprint)."""
+        with self._locked():
+            v = self.get(number)
+            self._set_status(number, v.status, **notes)
+            return self.get(number)
+
     def reject(self, number: int, reason: str) -> Version:
         """Mark version ``number`` rejected (kept, never promoted); the reason goes into its notes."""
         with self._locked():
