@@ -90,3 +90,13 @@ def test_gating_a_registry_version_records_the_decision_and_rejects_a_forgetful_
     record = reg.get(good.number).notes["gate"]
     assert record["accepted"] and record["champion"] == 1
     assert record["fingerprints"]["new_test"].startswith("sha256:")
+
+
+def test_labels_compare_as_training_named_them_and_tiny_splits_are_refused(tmp_path: Path) -> None:
+    model = fit(period(600, 0, shift=0.0), tmp_path)
+    test = period(200, 1, shift=0.0)
+    padded = test.assign(label=" " + test["label"])  # as a hand-edited CSV may have it
+    same = gate(model, model, padded, test, n_resamples=50)
+    assert same.new["champion"] == same.old["champion"] > 0.8
+    with pytest.raises(DataError, match="has 10 rows; the gate needs at least 30"):
+        gate(model, model, test.head(10), test)

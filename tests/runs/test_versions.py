@@ -115,3 +115,40 @@ def test_the_command_line_registers_lists_promotes_and_rolls_back(tmp_path: Path
     out = run(app, ["rollback", reg])
     assert out.exit_code == 0 and "version 2" in out.output
     assert ModelRegistry(reg).get(1).notes["data"] == "2015"
+
+
+def test_rollback_never_returns_to_a_version_rejected_since_it_served(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    for i in range(3):
+        reg.register(fake_model(tmp_path / f"m{i}", bytes([i])))
+    reg.promote(1)
+    reg.promote(2)
+    reg.promote(3)
+    reg.reject(2, "a bias found after it served")
+    assert reg.rollback().number == 1  # 2 is skipped
+    assert [v.status for v in reg.versions()] == ["champion", "rejected", "retired"]
+
+
+def test_what_serves_is_one_file_so_a_crash_cannot_make_two_champions(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register(fake_model(tmp_path / "m1", b"one"))
+    reg.register(fake_model(tmp_path / "m2", b"two"))
+    reg.promote(1)
+
+    def server_refuses(version: object) -> None:
+        raise RuntimeError("cannot load")
+
+    with pytest.raises(RuntimeError):
+        reg.promote(2, before_commit=server_refuses)
+    assert reg.champion().number == 1
+    assert [v.status for v in reg.versions()] == ["champion", "candidate"]
+    assert sum(v.status == "champion" for v in reg.versions()) == 1
+
+
+def test_a_note_without_a_value_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tunesmith.cli import main
+
+    with pytest.raises(SystemExit) as code:
+        main(["register", str(tmp_path / "reg"), str(fake_model(tmp_path / "m", b"w")), "--note", "oops"])
+    assert code.value.code == 2
+    assert "a note is key=value, got 'oops'" in capsys.readouterr().err

@@ -22,8 +22,12 @@ def register(
     note: Annotated[list[str] | None, typer.Option(help="Notes as key=value, kept with the version.")] = None,
 ) -> None:
     """Copy MODEL into REGISTRY as its next version (a candidate)."""
+    from tunesmith.errors import ConfigError
     from tunesmith.runs.versions import ModelRegistry
 
+    bad = next((n for n in note or [] if "=" not in n), None)
+    if bad is not None:
+        raise ConfigError(f"a note is key=value, got {bad!r}", key="note")
     notes = {n.partition("=")[0]: n.partition("=")[2] for n in note or []}
     v = ModelRegistry(registry).register(model, notes=notes)
     console.print(f"registered version {v.number} ({v.model_version}) in {registry}", highlight=False)
@@ -50,11 +54,14 @@ def promote(
     server: Annotated[
         str | None, typer.Option(help="A running tunesmith server to switch (http://127.0.0.1:8000).")
     ] = None,
+    server_root: Annotated[
+        str | None, typer.Option(help="Where the server sees REGISTRY, if not at the same path.")
+    ] = None,
 ) -> None:
     """Make VERSION the champion of REGISTRY and, with --server, serve it through hot reload."""
     from tunesmith.serve.swap import promote as run_promote
 
-    v, answer = run_promote(registry, version, server=server)
+    v, answer = run_promote(registry, version, server=server, server_root=server_root)
     console.print(f"version {v.number} ({v.model_version}) is the champion", highlight=False)
     if answer is not None:
         console.print(
@@ -68,11 +75,14 @@ def promote(
 def rollback(
     registry: Annotated[Path, typer.Argument(help="Registry folder.")],
     server: Annotated[str | None, typer.Option(help="A running tunesmith server to switch back.")] = None,
+    server_root: Annotated[
+        str | None, typer.Option(help="Where the server sees REGISTRY, if not at the same path.")
+    ] = None,
 ) -> None:
     """Make the previous champion of REGISTRY the champion again and, with --server, serve it."""
     from tunesmith.serve.swap import rollback as run_rollback
 
-    v, answer = run_rollback(registry, server=server)
+    v, answer = run_rollback(registry, server=server, server_root=server_root)
     console.print(f"version {v.number} ({v.model_version}) is the champion again", highlight=False)
     if answer is not None:
         console.print(f"{server} serves {answer.get('model_version')} again", highlight=False)

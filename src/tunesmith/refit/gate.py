@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunesmith.data.schema import label_string
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators.base import NotSupportedError
 from tunesmith.evaluate.intervals import bootstrap_mean_intervals
-from tunesmith.monitor.frame import whole_text
 
 
 @dataclass
@@ -47,6 +47,10 @@ class GateDecision:
             "old_test": self.old,
             "fingerprints": self.fingerprints,
         }
+
+
+MIN_TEST_ROWS = 30
+"""Fewest rows of a test split the gate judges on (fewer cannot tell two models apart)."""
 
 
 def _load(model: Any) -> Any:
@@ -88,7 +92,8 @@ def _row_scores(est: Any, frame: pd.DataFrame, target: str, task: str) -> np.nda
     pred = np.asarray(est.predict(frame.drop(columns=[target])))
     if task == "regression":
         return -np.abs(pred.astype(float) - y.to_numpy(dtype=float))
-    return np.array([whole_text(a) == whole_text(b) for a, b in zip(pred, y, strict=True)], dtype=float)
+    # The labels as training named them: stripped strings, whole-number floats without their .0.
+    return np.array([label_string(a) == label_string(b) for a, b in zip(pred, y, strict=True)], dtype=float)
 
 
 def _task(est: Any) -> str:
@@ -142,8 +147,12 @@ def gate(
     prints: dict[str, str] = {}
     for name, data in (("new", new_test), ("old", old_test)):
         frame, prints[f"{name}_test"] = _frame(data, f"{name}_test")
-        if not len(frame):
-            raise DataError(f"the {name} test split has no rows")
+        if len(frame) < MIN_TEST_ROWS:
+            raise DataError(
+                f"the {name} test split has {len(frame)} rows; the gate needs at least {MIN_TEST_ROWS} "
+                "to tell two models apart",
+                hint="Wait for more labeled rows",
+            )
         a = _row_scores(champ, frame, target, task)
         b = _row_scores(chall, frame, target, task)
         boot = bootstrap_mean_intervals(
@@ -163,6 +172,7 @@ def gate(
             "challenger": float(sign * b.mean()),
             "gain": float(gain["gain"]),
             "interval": [float(x) for x in gain["ci"]],
+            "warnings": list(boot.get("warnings", [])),
         }
     reasons = []
     better = splits["new"]["interval"][0] > 0
@@ -209,6 +219,8 @@ def gate_version(registry: Any, number: int, new_test: Any, old_test: Any, **opt
     if champion is None:
         raise ArtifactError("has no champion to compare with", path=reg.path, hint="Promote a first version")
     challenger = reg.get(number)
+    if challenger.number == champion.number:
+        raise ArtifactError(f"version {number} is the champion; gate another version against it", path=reg.path)
     decision = gate(champion.path, challenger.path, new_test, old_test, **options)
     record = {**decision.to_dict(), "champion": champion.number}
     reg.annotate(number, gate=record)

@@ -8,12 +8,14 @@ A registry is a folder::
       versions/v0001/      a copy of the model folder, exactly as saved
       versions/v0001.json  its record: number, weights hash, status, when, where from, notes
 
-Every change is made under an exclusive lock on ``REGISTRY/.lock`` (several processes or
-machines sharing a file system may register at once) and written atomically: a model folder
-is copied into a temporary sibling and renamed into place, and a version exists only once
-its record is written, so a killed copy leaves nothing a reader sees. A version is
-``candidate`` when registered, ``champion`` while it serves, ``retired`` after, or
-``rejected`` (kept for inspection, never promoted).
+Every change is made under an exclusive lock on ``REGISTRY/.lock`` (POSIX ``flock``: several
+processes on one machine, or machines sharing a file system whose locks work across them) and
+written atomically: a model folder is copied into a temporary sibling and renamed into place,
+and a version exists only once its record is written, so a killed copy leaves nothing a reader
+sees. Which version serves is held in one file, ``aliases.json``, written in one atomic step:
+a version's status follows from it (``champion`` while it serves, ``retired`` once it served,
+``candidate`` before), except ``rejected``, which its record keeps (kept for inspection, never
+promoted, never rolled back to).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,21 +139,31 @@ class ModelRegistry:
         """Every complete version, oldest first (a copy still being written is not one)."""
         if not self.versions_dir.is_dir():
             return []
-        out = []
-        for record in sorted(self.versions_dir.glob("v*.json")):
+        aliases = self.aliases()
+        found = []
+        for record in self.versions_dir.glob("v*.json"):
             match = _VERSION_DIR.match(record.stem)
             folder = self.versions_dir / record.stem
             if match and folder.is_dir():
-                out.append(self._version(record, folder))
-        return out
+                found.append(self._version(record, folder, aliases))
+        return sorted(found, key=lambda v: v.number)
 
-    def _version(self, record: Path, folder: Path) -> Version:
+    def _version(self, record: Path, folder: Path, aliases: Mapping[str, Any]) -> Version:
         data = _read_json(record)
+        number = int(data["number"])
+        if data.get("status") == "rejected":
+            status = "rejected"
+        elif aliases.get("champion") == number:
+            status = "champion"
+        elif number in (aliases.get("served") or []):
+            status = "retired"
+        else:
+            status = "candidate"
         return Version(
-            number=int(data["number"]),
+            number=number,
             path=folder,
             model_version=str(data["model_version"]),
-            status=str(data["status"]),
+            status=status,
             created=str(data["created"]),
             source=data.get("source"),
             kind=data.get("kind"),
@@ -171,9 +183,9 @@ class ModelRegistry:
         raise ArtifactError(f"has no version {number} (versions: {known})", path=self.path)
 
     def aliases(self) -> dict[str, Any]:
-        """``{"champion": number or None, "history": [earlier champions, oldest first]}``."""
+        """``{"champion": n or None, "history": [earlier champions, oldest first], "served": [all]}``."""
         file = self.path / ALIASES_FILE
-        return _read_json(file) if file.is_file() else {"champion": None, "history": []}
+        return _read_json(file) if file.is_file() else {"champion": None, "history": [], "served": []}
 
     def champion(self) -> Version | None:
         """The version that serves now, or None before the first promotion."""
@@ -195,23 +207,26 @@ class ModelRegistry:
             raise ArtifactError(f"a new version is a candidate or rejected, not {status!r}", path=self.path)
         source = Path(model)
         identity = model_identity(source)
-        weights = model_version(source)
         with self._locked():
             known = self.identity()
-            if known is None:
-                atomic_write_json(self.path / REGISTRY_FILE, {"format": FORMAT, "version": 1, **identity})
-            else:
+            if known is not None:
                 self._check_identity(known, identity, source)
             number = 1 + max((v.number for v in self.versions()), default=0)
             # A copy left by a killed writer under this number is not a version: start afresh.
             leftover = self.versions_dir / f"v{number:04d}"
             if leftover.exists() and not (self.versions_dir / f"v{number:04d}.json").exists():
                 shutil.rmtree(leftover)
-            with AtomicDirectory(leftover, overwrite=False, marker=None) as tmp:
-                shutil.copytree(source, tmp, dirs_exist_ok=True, symlinks=False)
+            try:
+                with AtomicDirectory(leftover, overwrite=False, marker=None) as tmp:
+                    shutil.copytree(source, tmp, dirs_exist_ok=True, symlinks=False)
+            except (OSError, shutil.Error) as exc:
+                raise ArtifactError(f"cannot be copied into the registry: {exc}", path=source) from None
+            if known is None:
+                atomic_write_json(self.path / REGISTRY_FILE, {"format": FORMAT, "version": 1, **identity})
             record = {
                 "number": number,
-                "model_version": weights,
+                # The hash of what was copied, not of a source that may change meanwhile.
+                "model_version": model_version(leftover),
                 "status": status,
                 "created": _now(),
                 "source": str(source.resolve()),
@@ -231,10 +246,11 @@ class ModelRegistry:
                     hint=f"Register {source} in a registry of its own",
                 )
 
-    def _set_status(self, number: int, status: str, **notes: Any) -> None:
+    def _write_record(self, number: int, *, rejected: bool | None = None, **notes: Any) -> None:
         record = self.versions_dir / f"v{number:04d}.json"
         data = _read_json(record)
-        data["status"] = status
+        if rejected is not None:
+            data["status"] = "rejected" if rejected else "candidate"
         if notes:
             data["notes"] = {**(data.get("notes") or {}), **notes}
         atomic_write_json(record, data)
@@ -242,8 +258,8 @@ class ModelRegistry:
     def annotate(self, number: int, **notes: Any) -> Version:
         """Add ``notes`` to version ``number``'s record (a gate decision, a data fingerprint)."""
         with self._locked():
-            v = self.get(number)
-            self._set_status(number, v.status, **notes)
+            self.get(number)
+            self._write_record(number, **notes)
             return self.get(number)
 
     def reject(self, number: int, reason: str) -> Version:
@@ -252,11 +268,14 @@ class ModelRegistry:
             v = self.get(number)
             if v.status == "champion":
                 raise ArtifactError(f"version {number} serves now; roll back before rejecting it", path=self.path)
-            self._set_status(number, "rejected", rejected=reason)
+            self._write_record(number, rejected=True, rejected_because=reason)
             return self.get(number)
 
-    def promote(self, number: int) -> Version:
+    def promote(self, number: int, *, before_commit: Callable[[Version], None] | None = None) -> Version:
         """Make version ``number`` the champion; the one before goes into the history.
+
+        ``before_commit`` runs under the lock once the version is checked, before the alias
+        changes (a server's hot reload): when it raises, nothing changes.
 
         Raises:
             ArtifactError: no such version, or it was rejected.
@@ -265,24 +284,25 @@ class ModelRegistry:
             v = self.get(number)
             if v.status == "rejected":
                 raise ArtifactError(
-                    f"version {number} was rejected ({v.notes.get('rejected', 'no reason recorded')}) "
+                    f"version {number} was rejected ({v.notes.get('rejected_because', 'no reason recorded')}) "
                     "and is never served",
                     path=self.path,
                 )
             aliases = self.aliases()
             current = aliases.get("champion")
+            if before_commit is not None:
+                before_commit(v)
             if current == number:
                 return v
-            history = list(aliases.get("history") or [])
+            history = [int(n) for n in aliases.get("history") or []]
             if current is not None:
                 history.append(int(current))
-                self._set_status(int(current), "retired")
-            self._set_status(number, "champion", promoted=_now())
-            atomic_write_json(self.path / ALIASES_FILE, {"champion": number, "history": history})
+            served = sorted({*(int(n) for n in aliases.get("served") or []), number})
+            atomic_write_json(self.path / ALIASES_FILE, {"champion": number, "history": history, "served": served})
             return self.get(number)
 
-    def rollback(self) -> Version:
-        """Make the previous champion the champion again; the current one is retired.
+    def rollback(self, *, before_commit: Callable[[Version], None] | None = None) -> Version:
+        """Make the latest earlier champion that is not rejected the champion again.
 
         Raises:
             ArtifactError: there is no earlier champion to go back to.
@@ -290,19 +310,16 @@ class ModelRegistry:
         with self._locked():
             aliases = self.aliases()
             history = [int(n) for n in aliases.get("history") or []]
-            current = aliases.get("champion")
+            rejected = {v.number for v in self.versions() if v.status == "rejected"}
+            while history and history[-1] in rejected:
+                history.pop()  # a version rejected since it served is never served again
             if not history:
                 raise ArtifactError("has no earlier champion to roll back to", path=self.path)
-            previous = history.pop()
-            if current is not None:
-                self._set_status(int(current), "retired", rolled_back=_now())
-            self._set_status(previous, "champion", restored=_now())
-            atomic_write_json(self.path / ALIASES_FILE, {"champion": previous, "history": history})
-            return self.get(previous)
-
-    def restore_aliases(self, aliases: Mapping[str, Any], statuses: Mapping[int, str]) -> None:
-        """Put the champion alias and statuses back as they were (a swap the server refused)."""
-        with self._locked():
-            for number, status in statuses.items():
-                self._set_status(int(number), status)
-            atomic_write_json(self.path / ALIASES_FILE, dict(aliases))
+            previous = self.get(history.pop())
+            if before_commit is not None:
+                before_commit(previous)
+            served = aliases.get("served") or []
+            atomic_write_json(
+                self.path / ALIASES_FILE, {"champion": previous.number, "history": history, "served": served}
+            )
+            return self.get(previous.number)

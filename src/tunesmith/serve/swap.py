@@ -2,14 +2,17 @@
 
 The server's hot reload (``POST /admin/reload``) loads the new model beside the serving one
 and switches over between two batches: requests in flight finish on the old model, later ones
-run on the new one, and none fails. The registry's champion alias changes first; when the
-server refuses the new model (it cannot load it), the alias and statuses are put back as they
-were and the old model keeps serving.
+run on the new one, and none fails. Under the registry's lock the server switches first and
+the champion alias changes only once the server answers that it serves the new model's
+weights; when it cannot load the new model, nothing changes and the old model keeps serving.
+The server reads the version's folder at the same absolute path, or under ``server_root``
+where it mounts the registry elsewhere (a container's volume).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ArtifactError, ConfigError
@@ -31,9 +34,18 @@ def reload_server(server: str, path: str, *, token: str | None = None, timeout: 
 
     token = token or os.environ.get(ADMIN_TOKEN_ENV)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = server.rstrip("/") + "/admin/reload"
+    base = server.rstrip("/")
+    url = base + "/admin/reload"
     try:
         response = httpx.post(url, json={"path": path}, headers=headers, timeout=timeout)
+    except httpx.TimeoutException:
+        # The server may still finish loading and switch: ask what it serves before saying.
+        serving = _serving_version(base)
+        raise ArtifactError(
+            f"the server did not answer within {timeout:g}s; it serves {serving or 'an unknown version'} now",
+            path=path,
+            hint="Check GET /v1/metadata, then run promote again (it is safe to repeat)",
+        ) from None
     except httpx.HTTPError as exc:
         raise ConfigError(f"cannot reach {url}: {exc}", key="server") from None
     if response.status_code in (401, 403, 404):
@@ -55,18 +67,37 @@ def reload_server(server: str, path: str, *, token: str | None = None, timeout: 
     return dict(body)
 
 
-def _swap(registry: ModelRegistry, change: Any, server: str | None, token: str | None) -> tuple[Version, Any]:
-    before = registry.aliases()
-    statuses = {v.number: v.status for v in registry.versions()}
-    new = change()
-    answer = None
-    if server is not None:
-        try:
-            answer = reload_server(server, str(new.path.resolve()), token=token)
-        except BaseException:
-            registry.restore_aliases(before, statuses)
-            raise
-    return new, answer
+def _serving_version(base: str) -> str | None:
+    import httpx
+
+    try:
+        return str(httpx.get(base + "/v1/metadata", timeout=10).json().get("model_version"))
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
+def _switcher(
+    registry: ModelRegistry, server: str | None, token: str | None, server_root: str | None, answers: list[Any]
+) -> Any:
+    if server is None:
+        return None
+
+    def switch(version: Version) -> None:
+        if server_root is not None:
+            path = str(Path(server_root) / version.path.relative_to(registry.path))
+        else:
+            path = str(version.path.resolve())
+        answer = reload_server(server, path, token=token)
+        if answer.get("model_version") != version.model_version:
+            raise ArtifactError(
+                f"the server serves {answer.get('model_version')} after the reload, not version "
+                f"{version.number} ({version.model_version})",
+                path=path,
+                hint="Check that the server reads the same registry (see server_root)",
+            )
+        answers.append(answer)
+
+    return switch
 
 
 def promote(
@@ -75,10 +106,12 @@ def promote(
     *,
     server: str | None = None,
     token: str | None = None,
+    server_root: str | None = None,
 ) -> tuple[Version, dict[str, Any] | None]:
     """Make ``version`` (default: the newest candidate) the champion, and serve it at ``server``.
 
-    Returns the new champion and the server's answer (None without a server).
+    Returns the new champion and the server's answer (None without a server). Safe to repeat:
+    promoting the champion again reloads it on the server.
     """
     reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
     if version is None:
@@ -86,13 +119,20 @@ def promote(
         if not candidates:
             raise ArtifactError("has no candidate version to promote", path=reg.path, hint="Register a model first")
         version = candidates[-1].number
-    number = version
-    return _swap(reg, lambda: reg.promote(number), server, token)
+    answers: list[Any] = []
+    champion = reg.promote(version, before_commit=_switcher(reg, server, token, server_root, answers))
+    return champion, answers[0] if answers else None
 
 
 def rollback(
-    registry: str | os.PathLike[str] | ModelRegistry, *, server: str | None = None, token: str | None = None
+    registry: str | os.PathLike[str] | ModelRegistry,
+    *,
+    server: str | None = None,
+    token: str | None = None,
+    server_root: str | None = None,
 ) -> tuple[Version, dict[str, Any] | None]:
     """Serve the previous champion again (at ``server`` too); returns it and the server's answer."""
     reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
-    return _swap(reg, reg.rollback, server, token)
+    answers: list[Any] = []
+    champion = reg.rollback(before_commit=_switcher(reg, server, token, server_root, answers))
+    return champion, answers[0] if answers else None
