@@ -17,25 +17,15 @@ from tunesmith.runs.versions import ModelRegistry
 from tunesmith.serve.swap import promote, rollback
 
 
-def _model(folder: Path, seed: int) -> Path:
-    FineTuner(
-        backbone="tiny-text",
-        epochs=2,
-        batch_size=8,
-        lr=3e-3,
-        max_length=32,
-        progress=False,
-        runs_dir="",
-        num_threads=1,
-        seed=seed,
-    ).fit(make_reviews(64, seed=seed), target="label").save(folder)
+def _model(folder: Path, seed: int, params: dict) -> Path:
+    FineTuner(**{**params, "epochs": 2, "seed": seed}).fit(make_reviews(64, seed=seed), target="label").save(folder)
     return folder
 
 
-def test_promote_and_rollback_swap_a_server_under_load(tmp_path: Path) -> None:
+def test_promote_and_rollback_swap_a_server_under_load(tmp_path: Path, fast_params: dict) -> None:
     reg = ModelRegistry(tmp_path / "registry")
-    first = reg.register(_model(tmp_path / "m1", 0))
-    second = reg.register(_model(tmp_path / "m2", 1))
+    first = reg.register(_model(tmp_path / "m1", 0, fast_params))
+    second = reg.register(_model(tmp_path / "m2", 1, fast_params))
     broken_src = tmp_path / "broken"
     shutil.copytree(second.path, broken_src)
     (broken_src / "model.safetensors").write_bytes(b"not a tensor file")

@@ -114,6 +114,22 @@ class Evaluator:
             sig = self.signals[name] = Signal(name=name, **kw)
         return sig
 
+    def _record(
+        self,
+        out: dict[str, dict[str, Any]],
+        name: str,
+        res: TestResult,
+        *,
+        family: str,
+        column: str | None,
+        threshold: float,
+    ) -> None:
+        """Declare the signal ``name`` (once) and keep its figures for this window."""
+        self._signal(
+            name, family=family, column=column, test=res.test, effect_name=res.effect_name, threshold=threshold
+        )
+        out[name] = _figures(res)
+
     def window(self, cur: Current, w: Window, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
         """Test one window; returns signal name -> raw figures (p-values not yet corrected)."""
         ref, s = self.ref, self.s
@@ -138,25 +154,9 @@ class Evaluator:
         if ref.outputs.scores is not None and outputs.scores is not None:
             if ref.spec.task == "classification":
                 res = bbsd_test(self.ref_proba or ref.outputs.scores, outputs.scores)
-                self._signal(
-                    "output:probabilities",
-                    family="output",
-                    column=None,
-                    test="bbsd",
-                    effect_name=res.effect_name,
-                    threshold=s.output_effect,
-                )
-                out["output:probabilities"] = _figures(res)
+                self._record(out, "output:probabilities", res, family="output", column=None, threshold=s.output_effect)
                 res = mean_shift_test(ref.outputs.scores, outputs.scores)
-                self._signal(
-                    "output:mean probability",
-                    family="output",
-                    column=None,
-                    test="welch",
-                    effect_name=res.effect_name,
-                    threshold=s.mean_effect,
-                )
-                out["output:mean probability"] = _figures(res)
+                self._record(out, "output:mean probability", res, family="output", column=None, threshold=s.mean_effect)
                 classes = np.asarray(ref.spec.classes or [], dtype=object)
                 assert ref.outputs.prediction is not None and outputs.prediction is not None
                 if self.ref_classes is None:
@@ -164,41 +164,26 @@ class Evaluator:
                 res = categorical_test(
                     self.ref_classes, _class_names(classes, outputs.prediction), cap=s.test_rows, rng=rng
                 )
-                self._signal(
-                    "output:predicted class",
-                    family="output",
-                    column=None,
-                    test="chi2",
-                    effect_name=res.effect_name,
-                    threshold=s.categorical_effect,
+                self._record(
+                    out, "output:predicted class", res, family="output", column=None, threshold=s.categorical_effect
                 )
-                out["output:predicted class"] = _figures(res)
             else:
                 res = numeric_test(ref.outputs.scores, outputs.scores, cap=s.test_rows, rng=rng)
-                self._signal(
-                    "output:prediction",
-                    family="output",
-                    column=None,
-                    test="ks",
-                    effect_name=res.effect_name,
-                    threshold=s.numeric_effect,
-                )
-                out["output:prediction"] = _figures(res)
+                self._record(out, "output:prediction", res, family="output", column=None, threshold=s.numeric_effect)
         if ref.embeddings is not None and s.embedding_rows > 0:
             pick = np.sort(rng.choice(len(frame), min(len(frame), s.embedding_rows), replace=False))
             precision = str(ref.model_info.get("embedding_precision", s.embedding_precision))  # as the reference was
             emb = embed_rows(ref.model, frame.iloc[pick].reset_index(drop=True), ref.spec, precision)
             if emb is not None and len(emb) >= 2:
                 res = mmd_test(ref.embeddings, emb, permutations=s.permutations, rng=rng)
-                self._signal(
+                self._record(
+                    out,
                     "representation:embedding",
+                    res,
                     family="representation",
                     column=None,
-                    test="mmd",
-                    effect_name=res.effect_name,
                     threshold=s.embedding_effect,
                 )
-                out["representation:embedding"] = _figures(res)
         if scored is not None:
             frame = frame[scored].reset_index(drop=True)
             feats = Derived({k: v[scored] for k, v in feats.values.items()}, feats.kinds, feats.source)
@@ -217,76 +202,41 @@ class Evaluator:
             column = ref.features.source[name]
             if kind == "numeric":
                 res = numeric_test(self.numeric[name], b, cap=s.test_rows, rng=rng)
-                self._signal(
-                    f"input:{name}",
-                    family="input",
-                    column=column,
-                    test="ks",
-                    effect_name=res.effect_name,
-                    threshold=s.numeric_effect,
-                )
-                out[f"input:{name}"] = _figures(res)
+                self._record(out, f"input:{name}", res, family="input", column=column, threshold=s.numeric_effect)
                 miss_a, miss_b = ~np.isfinite(a), ~np.isfinite(b)
                 if miss_a.any() or miss_b.any():
                     res = missing_test(miss_a, miss_b)
-                    self._signal(
-                        f"input:{name}:missing",
-                        family="input",
-                        column=column,
-                        test="two-proportion",
-                        effect_name=res.effect_name,
-                        threshold=s.missing_effect,
+                    self._record(
+                        out, f"input:{name}:missing", res, family="input", column=column, threshold=s.missing_effect
                     )
-                    out[f"input:{name}:missing"] = _figures(res)
             else:
                 kept = self.kept[name]
                 res = categorical_test(
                     self.ref_counts[name], lump(b, kept, seen=self.seen[name]), cap=s.test_rows, rng=rng
                 )
-                self._signal(
-                    f"input:{name}",
-                    family="input",
-                    column=column,
-                    test="chi2",
-                    effect_name=res.effect_name,
-                    threshold=s.categorical_effect,
-                )
-                out[f"input:{name}"] = _figures(res)
+                self._record(out, f"input:{name}", res, family="input", column=column, threshold=s.categorical_effect)
 
     def _ranking_window(self, frame: pd.DataFrame, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
         """A recommender's window: who asks and what they consume, what it recommends, NDCG@10."""
         ref, s = self.ref, self.s
         assert ref.ranking is not None
         view = ref.ranking["view"]
-        derived = view.features(frame)
-        feats = derive_features(derived, present(ref.spec, derived))
+        feats = features_of(ref, frame)
         out: dict[str, dict[str, Any]] = {}
         self._inputs(feats, out, rng)
         logged = frame[PREDICTION] if PREDICTION in frame.columns else None
         popularity, first = view.outputs(view.recommendations(frame, logged))
         res = numeric_test(ref.ranking["popularity"], popularity, cap=s.test_rows, rng=rng)
-        self._signal(
-            "output:recommended popularity",
-            family="output",
-            column=None,
-            test="ks",
-            effect_name=res.effect_name,
-            threshold=s.numeric_effect,
+        self._record(
+            out, "output:recommended popularity", res, family="output", column=None, threshold=s.numeric_effect
         )
-        out["output:recommended popularity"] = _figures(res)
         if self.ref_classes is None:
             self.kept["output:first"] = category_codes(ref.ranking["first"], s.max_categories)
             self.ref_classes = counts_of(lump(ref.ranking["first"], self.kept["output:first"]))
         res = categorical_test(self.ref_classes, lump(first, self.kept["output:first"]), cap=s.test_rows, rng=rng)
-        self._signal(
-            "output:first recommended item",
-            family="output",
-            column=None,
-            test="chi2",
-            effect_name=res.effect_name,
-            threshold=s.categorical_effect,
+        self._record(
+            out, "output:first recommended item", res, family="output", column=None, threshold=s.categorical_effect
         )
-        out["output:first recommended item"] = _figures(res)
         band = ref.band
         measured = view.realized(frame) if band is not None else None
         if band is not None and measured is not None:
@@ -389,6 +339,14 @@ def _threshold_note(band: dict[str, float], threshold: float) -> str | None:
     if abs(threshold - band["threshold"]) < 1e-4:
         return None
     return f"threshold {threshold:.4f} for this window's rows"
+
+
+def features_of(ref: Reference, frame: pd.DataFrame) -> Derived:
+    """The comparable features of ``frame``: a recommender's rows through its view of ids."""
+    if ref.ranking is None:
+        return derive_features(frame, ref.spec)
+    derived = ref.ranking["view"].features(frame)
+    return derive_features(derived, present(ref.spec, derived))
 
 
 def _proba_cols(ref: Reference) -> list[str] | None:

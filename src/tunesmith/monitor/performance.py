@@ -157,6 +157,8 @@ class PerformanceEstimator:
         margin = self._margin(scores, len(x))
         oof = self._finish(margin)
         if len(x) >= MIN_ROWS_FOR_TREES and (self.task == "regression" or len(np.unique(target)) == 2):
+            import lightgbm as lgb
+
             oof = np.zeros(len(x))
             self._models = []
             rng = np.random.default_rng(self.seed)
@@ -169,8 +171,6 @@ class PerformanceEstimator:
                 model = _lgbm(self.task, self.seed)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    import lightgbm as lgb
-
                     model.fit(  # type: ignore[attr-defined]
                         x.iloc[fit_rows],
                         target[fit_rows],
@@ -277,15 +277,34 @@ def reference_band(
     chunk_sd = (
         float(np.std([realized(task, prediction[c], y[c]) for c in chunks])) if len(chunks) >= 3 else float("nan")
     )
+    least = least if task == "classification" else least * value
+    return make_band(
+        value, window, chunk_sd, unit, sigmas, least, higher_is_better=task == "classification", chunks=len(chunks)
+    )
+
+
+def make_band(
+    value: float,
+    window: int,
+    chunk_sd: float,
+    unit_sd: float,
+    sigmas: float,
+    least: float,
+    *,
+    higher_is_better: bool,
+    chunks: int,
+) -> dict[str, float]:
+    """A reference band: the metric, its chance spread (see :func:`spread_at`), and the alert
+    threshold for windows of ``window`` rows (``threshold_at`` gives it for other sizes)."""
     band = {
         "value": value,
         "rows": float(window),
         "chunk_sd": chunk_sd,
-        "unit_sd": unit,
+        "unit_sd": unit_sd,
         "sigmas": sigmas,
-        "least": least if task == "classification" else least * value,
-        "direction": 1.0 if task == "classification" else -1.0,
-        "chunks": float(len(chunks)),
+        "least": least,
+        "direction": 1.0 if higher_is_better else -1.0,
+        "chunks": float(chunks),
     }
     band["spread"] = spread_at(band, window)
     band["threshold"] = threshold_at(band, window)

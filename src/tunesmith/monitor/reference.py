@@ -32,7 +32,7 @@ from tunesmith.monitor.frame import (
     infer_spec,
     text_features,
 )
-from tunesmith.monitor.performance import PerformanceEstimator, reference_band, spread_at, threshold_at
+from tunesmith.monitor.performance import PerformanceEstimator, make_band, reference_band
 from tunesmith.monitor.ranking import (
     ITEM_KNOWN,
     ITEM_POPULARITY,
@@ -429,18 +429,16 @@ def _ranking_reference(est: Any, model: Any, frame: pd.DataFrame, source: str, s
         values = [c["ndcg@10"] for c in chunks if c is not None]
         # Too few chunks to tell the spread: a quarter of the value, a wide band with few false alerts.
         chunk_sd = float(np.std(values)) if len(values) >= 3 else whole["ndcg@10"] / 4
-        band = {
-            "value": whole["ndcg@10"],
-            "rows": float(window),
-            "chunk_sd": chunk_sd,
-            "unit_sd": float("nan"),
-            "sigmas": settings.performance_sigmas,
-            "least": settings.performance_drop,
-            "direction": 1.0,
-            "chunks": float(len(values)),
-        }
-        band["spread"] = spread_at(band, window)
-        band["threshold"] = threshold_at(band, window)
+        band = make_band(
+            whole["ndcg@10"],
+            window,
+            chunk_sd,
+            float("nan"),
+            settings.performance_sigmas,
+            settings.performance_drop,
+            higher_is_better=True,
+            chunks=len(values),
+        )
     else:
         warnings.append("the reference has no item column of known users: NDCG@10 is not measured")
     info = {**_model_info(est, model), "ranking_metric": "ndcg@10"}

@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.monitor.core import Evaluator, decide, now_iso, status_of, summarise_window
+from tunesmith.monitor.core import Evaluator, decide, features_of, now_iso, status_of, summarise_window
 from tunesmith.monitor.current import Current, make_windows, read_current
-from tunesmith.monitor.frame import derive_features, whole_text
-from tunesmith.monitor.ranking import present
+from tunesmith.monitor.frame import whole_text
 from tunesmith.monitor.reference import Reference, build_reference, read_data
 from tunesmith.monitor.settings import MonitorSettings, make_settings
 from tunesmith.progress import progress
@@ -270,6 +269,7 @@ def top_changes(
                 item["effect"], item["window"] = float(f["value"]), w
     ranked = sorted(found.values(), key=lambda d: (-d["windows_drifted"], -d["effect"]))
     out = []
+    features: dict[int, Any] = {}  # per window: several inputs often changed most in the same one
     for item in ranked[:10]:
         if not item["windows_drifted"]:
             continue
@@ -277,11 +277,9 @@ def top_changes(
         column = ref.features.source.get(feature, feature)
         w = item.pop("window")
         frame = cur.frame.iloc[w.rows].reset_index(drop=True)
-        if ref.ranking is not None:
-            derived = ref.ranking["view"].features(frame)
-            values = derive_features(derived, present(ref.spec, derived)).values[feature]
-        else:
-            values = derive_features(frame, ref.spec).values[feature]
+        if w.index not in features:
+            features[w.index] = features_of(ref, frame)
+        values = features[w.index].values[feature]
         summary, order = _describe(ref.features.values[feature], values, ref.features.kinds[feature])
         shown = [c for c in (*ref.spec.inputs, "request_id") if c in frame.columns and c not in ref.spec.image]
         examples = frame.iloc[order[: s.examples]][shown].to_dict(orient="records") if s.examples else []
