@@ -156,6 +156,19 @@ class Estimator(SettingsEstimator):
         """
         raise unsupported(self, "embed", "Drift monitoring uses the input columns of this kind")
 
+    def refit(self, data: Any, y: Any = None, *, replay: Any = None, target: str | None = None, **settings: Any) -> Any:
+        """Continue this fitted model on new labeled ``data``; return the refitted copy (the challenger).
+
+        ``self`` is left as it was (the champion the gate compares with). ``replay`` is old
+        labeled data (a file or DataFrame) sampled beside the new rows; ``settings`` are the
+        fields of :class:`tunesmith.train.continual.RefitSettings` (``method``,
+        ``replay_ratio``, ``penalty_weight``, ``alphas``, ``epochs``, ``lr``, ``valid_size``,
+        ``seed``). The copy's ``refit_info_`` says what was done, on which rows, at what cost.
+        New data whose columns or labels do not match the model is refused with a
+        :class:`~tunesmith.errors.DataError` that says what to do. See docs/refit.md.
+        """
+        raise unsupported(self, "refit", "Fit a new model on the old and new data together")
+
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:  # pragma: no cover
         raise unsupported(self, "save", "This kind keeps no model folder")
 
