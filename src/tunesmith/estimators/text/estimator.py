@@ -19,6 +19,7 @@ import torch
 
 import tunesmith.estimators.text.fitting as fitting
 import tunesmith.estimators.text.folder as folder
+import tunesmith.estimators.text.refitting as refitting
 from tunesmith.backbones.cache import FEATURE_CACHE, feature_key
 from tunesmith.backbones.embed import run_batches
 from tunesmith.backbones.text import TextBackbone
@@ -29,7 +30,7 @@ from tunesmith.data.schema import Schema, label_values
 from tunesmith.data.validate import encode_target, prepare_frame, texts_of
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators import registry
-from tunesmith.estimators.base import Estimator, NotSupportedError, fit_arguments, row_limit
+from tunesmith.estimators.base import Estimator, FitArguments, NotSupportedError, fit_arguments, row_limit
 from tunesmith.estimators.text.inputs import DataLike, prediction_texts, read_frame
 from tunesmith.estimators.text.record import write_record
 from tunesmith.evaluate.metrics import compute_metrics
@@ -84,6 +85,7 @@ class FineTuner(Estimator):
     data_info_: dict[str, Any]
     training_info_: dict[str, Any]
     run_dir_: Path | None
+    refit_info_: dict[str, Any] | None = None
     _backbone_origin: str
     _test_outputs: np.ndarray
     _y_test: np.ndarray
@@ -144,6 +146,12 @@ class FineTuner(Estimator):
         :mod:`tunesmith.backbones.cache`.
         """
         args = fit_arguments(self, X, y, target=target, eval_set=eval_set, test_set=test_set, callbacks=callbacks)
+        return self._fit(args, text_column)
+
+    def _fit(
+        self, args: FitArguments, text_column: str | list[str] | None, warm: fitting.WarmStart | None = None
+    ) -> FineTuner:
+        """The steps of :meth:`fit`; a refit passes ``warm`` (the weights and schema to start from)."""
         # A refit that fails halfway must not leave the old model paired with new labels:
         # until this fit completes, the estimator counts as not fitted.
         self.model_ = None
@@ -155,13 +163,13 @@ class FineTuner(Estimator):
         torch.set_num_threads(cfg.num_threads or default_threads())
 
         inputs = fitting.read(args)
-        data = fitting.resolve(inputs, cfg)  # the schema, inferred once, and the data validated
+        data = fitting.resolve(inputs, cfg, warm)  # the schema, inferred once, and the data validated
         self.schema_ = data.schema
         splits = fitting.split(data, inputs, cfg)  # cleaning before the split, then the split
-        built = fitting.build(self, cfg, data, splits)
+        built = fitting.build(self, cfg, data, splits, warm)
         record = fitting.open_record(cfg, inputs.file, built)
         found_baselines = fitting.baselines(self, cfg, data.schema, splits, built)
-        trained = fitting.train_model(self, cfg, data.schema, splits, built, record, args.callbacks)
+        trained = fitting.train_model(self, cfg, data.schema, splits, built, record, args.callbacks, warm)
         fitting.keep(self, cfg, built, trained, splits)
         fitting.evaluate(self, cfg, data.schema, splits, built)
         fitting.describe(self, data, splits, trained, found_baselines, started)
@@ -169,6 +177,42 @@ class FineTuner(Estimator):
         self.run_dir_ = record.path if record is not None else None
         built.accelerator.wait_for_everyone()
         return self
+
+    # --- refitting ---------------------------------------------------------------------------
+
+    def refit(
+        self,
+        data: DataLike,
+        y: Any = None,
+        *,
+        replay: DataLike | None = None,
+        target: str | None = None,
+        eval_set: DataLike | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        **settings: Any,
+    ) -> FineTuner:
+        """Continue this model on new labeled ``data``; return the refitted copy, leaving ``self`` as it was.
+
+        The copy starts from this model's weights and keeps its classes, input columns and
+        target scaling. ``replay`` (old labeled rows) is sampled beside the new rows;
+        ``settings`` are :class:`~tunesmith.train.continual.RefitSettings` fields. The
+        default (``method="auto"``) replays as many old rows as there are new training rows,
+        pulls the weights toward the current ones (L2-SP) and interpolates the result with
+        them (WiSE-FT), choosing the weight on held-out new and old rows. ``method="lora"``
+        trains LoRA adapters on the frozen current model and merges them. ``epochs`` defaults
+        to half the fit's (at least one); ``valid_size`` of the new rows are held out unless
+        ``eval_set`` is given. The copy's ``refit_info_`` records the plan, the rows, the
+        alpha chosen, the seconds and the data fingerprints; its run folder (``runs_dir``)
+        gets a ``refit.json``; its saved folder keeps it in ``tunesmith.json`` (``refit``).
+
+        Raises:
+            DataError: no new rows, a text column or the target missing, or a label the model
+                never saw (refit keeps the classes; a new class needs a new fit).
+            ConfigError: an unknown setting, or ``method="lora"`` on a head-only model.
+        """
+        return refitting.refit(
+            self, data, y, replay=replay, target=target, eval_set=eval_set, callbacks=callbacks, settings=settings
+        )
 
     # --- model outputs -----------------------------------------------------------------------
 

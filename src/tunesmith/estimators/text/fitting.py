@@ -42,6 +42,7 @@ from tunesmith.runs.record import RunRecord
 from tunesmith.train.batching import Collator, TokenDataset
 from tunesmith.train.callbacks import Callback, EarlyStopping, EpochHook, HistoryLogger, ProgressBar, TrainState
 from tunesmith.train.callbacks import snapshot as state_snapshot
+from tunesmith.train.continual import AnchorPenalty, PenalisedLoss, anchor_state
 from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import class_weights, make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
@@ -97,6 +98,25 @@ class Built:
         return ((v - self.mean) / self.std).astype(np.float32)
 
 
+@dataclass
+class WarmStart:
+    """Where a refit starts: the current model's weights, schema and target scaling.
+
+    ``model_state`` loads into the new model as a whole (same strategy as the current one);
+    ``base_state`` and ``head_state`` load into the plain backbone before LoRA wraps it, and
+    into the head (LoRA adapters trained on the frozen current model). ``penalty`` is the
+    L2-SP weight toward the loaded weights (0: none).
+    """
+
+    schema: Any
+    label_values: list[Any]
+    target_scaling: dict[str, float] | None
+    model_state: dict[str, torch.Tensor] | None = None
+    base_state: dict[str, torch.Tensor] | None = None
+    head_state: dict[str, torch.Tensor] | None = None
+    penalty: float = 0.0
+
+
 def resolved_config(params: dict[str, Any], text_column: str | list[str] | None) -> FitConfig:
     """The settings of this fit: the estimator's own, with ``text_column`` given to ``fit`` on top."""
     params = dict(params)
@@ -122,8 +142,16 @@ def read(args: FitArguments) -> Inputs:
     return inputs
 
 
-def resolve(inputs: Inputs, cfg: FitConfig) -> PreparedData:
-    """Step 2: infer the schema once and validate the data against it."""
+def resolve(inputs: Inputs, cfg: FitConfig, warm: WarmStart | None = None) -> PreparedData:
+    """Step 2: infer the schema once and validate the data against it.
+
+    A refit keeps the current model's schema (its classes, its input columns): the new rows
+    are validated against it, never used to infer another one.
+    """
+    if warm is not None:
+        frame, drops = prepare_frame(inputs.frame, warm.schema, file=inputs.file)
+        file = str(inputs.file) if inputs.file is not None else None
+        return PreparedData(frame, warm.schema, drops, list(warm.label_values), file)
     task = None if cfg.task == "auto" else cfg.task
     # Group and split columns organise the data; fed to the model they would leak the split.
     ignore = [c for c in (cfg.group_column, cfg.split_column) if c]
@@ -178,7 +206,9 @@ def split(data: PreparedData, inputs: Inputs, cfg: FitConfig) -> Splits:
     return Splits(df, actions, frames, files, info, dropped, given=inputs.eval_set is not None)
 
 
-def build(est: TextEstimator, cfg: FitConfig, data: PreparedData, splits: Splits) -> Built:
+def build(
+    est: TextEstimator, cfg: FitConfig, data: PreparedData, splits: Splits, warm: WarmStart | None = None
+) -> Built:
     """Step 5: the backbone, the cleaning of the training split, the encoded splits and their tokens."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -205,7 +235,7 @@ def build(est: TextEstimator, cfg: FitConfig, data: PreparedData, splits: Splits
     splits.test = encode_split(test_df, schema, file=splits.files["test"])
     regression = schema.task == "regression"
     assert splits.train.y is not None  # cleaning left rows, checked above
-    if not regression and len(np.unique(splits.train.y)) < 2:
+    if not regression and warm is None and len(np.unique(splits.train.y)) < 2:
         raise DataError(
             "the training split holds only one class",
             file=file,
@@ -231,7 +261,11 @@ def build(est: TextEstimator, cfg: FitConfig, data: PreparedData, splits: Splits
     }
     built = Built(backbone, accelerator, ids, regression=regression)
     # Predictions are mapped back from the standardised scale the model trains on.
-    if regression:
+    if regression and warm is not None and warm.target_scaling:
+        # the head's outputs keep the scale they were trained on
+        built.mean, built.std = float(warm.target_scaling["mean"]), float(warm.target_scaling["std"])
+        est.target_scaling_ = dict(warm.target_scaling)
+    elif regression:
         assert splits.train.y is not None
         built.mean, built.std = float(np.mean(splits.train.y)), float(np.std(splits.train.y)) or 1.0
         est.target_scaling_ = {"mean": built.mean, "std": built.std}
@@ -356,8 +390,13 @@ def train_model(
     built: Built,
     record: RunRecord | None,
     callbacks: Sequence[Callback],
+    warm: WarmStart | None = None,
 ) -> Trained:
-    """Step 7: adapt the backbone, add the head and run the training loop with its callbacks."""
+    """Step 7: adapt the backbone, add the head and run the training loop with its callbacks.
+
+    With ``warm`` (a refit) the network starts from the current model's weights instead of
+    the pre-trained backbone and a new head, and L2-SP may pull it back toward them.
+    """
     from accelerate.utils import set_seed
 
     backbone, accelerator, ids, regression = built.backbone, built.accelerator, built.ids, built.regression
@@ -365,10 +404,16 @@ def train_model(
     y_train, y_valid = splits.train.y, splits.valid.y
     assert y_train is not None
     n_outputs = 1 if regression else len(labels)
+    if warm is not None and warm.base_state is not None:
+        backbone.load_state_dict(warm.base_state)
     if cfg.strategy == "lora":
         add_lora(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
     set_seed(cfg.seed)
     model = TextModel(backbone, n_outputs, cfg.dropout)
+    if warm is not None and warm.model_state is not None:
+        model.load_state_dict(warm.model_state)
+    if warm is not None and warm.head_state is not None:
+        model.head.load_state_dict(warm.head_state)
     prefix = apply_freezing(
         backbone, strategy=cfg.strategy, freeze_embeddings=cfg.freeze_embeddings, freeze_layers=cfg.freeze_layers
     )
@@ -417,6 +462,8 @@ def train_model(
         train_lengths = token_train.lengths
         valid_lengths = token_valid.lengths if token_valid is not None else np.zeros(0, dtype=np.int64)
     optimizer = make_optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum)
+    if warm is not None and warm.penalty > 0:
+        loss_fn = PenalisedLoss(loss_fn, AnchorPenalty(trained, anchor_state(trained), warm.penalty))
 
     def sched(opt: torch.optim.Optimizer, total: int) -> Any:
         return make_scheduler(opt, cfg.scheduler, total_steps=total, warmup_ratio=cfg.warmup_ratio)

@@ -68,6 +68,7 @@ def text_meta(est: TextEstimator, weights: str) -> dict[str, Any]:
         training=est.training_info_,
         history=est.history_,
         environment=environment_info(seed=cfg.seed),
+        **({"refit": est.refit_info_} if getattr(est, "refit_info_", None) else {}),
     )
 
 
@@ -147,6 +148,7 @@ def from_opened(
         est.monitor_mode_ = metric_direction(est.monitor_, meta["task"]) if est.monitor_ else None
     with malformed(meta_file, "field 'history'"):
         est.best_score_ = best_score(est.history_, est.monitor_, est.best_epoch_) if est.monitor_ else None
+    est.refit_info_ = field(meta, "refit", dict, file=meta_file, default=None)
     est.model_path_ = folder.root
     return est
 
