@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 from tunesmith.adapt import GradualUnfreezer, apply_freezing, count_parameters, param_groups, set_trainable
 from tunesmith.backbones import create_image_backbone
@@ -53,6 +54,7 @@ from tunesmith.estimators.image.model import (
     trained_batchnorm,
 )
 from tunesmith.estimators.image.record import finish_record, start_record, test_predictions
+from tunesmith.estimators.image.refitting import refit_image
 from tunesmith.estimators.image.settings import ImageConfig, make_image_config
 from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline
 from tunesmith.evaluate.intervals import TestPredictions
@@ -116,6 +118,7 @@ class ImageFineTuner(Estimator):
     settings_model = ImageConfig
     model_path_: Path | None = None  # where the model was saved or loaded from
     run_dir_: Path | None = None  # the run record of the last fit, if one was written
+    refit_info_: dict[str, Any] | None = None  # what refit() did, on a model it returned (or loaded)
 
     @property
     def config(self) -> ImageConfig:
@@ -161,6 +164,7 @@ class ImageFineTuner(Estimator):
         started = time.perf_counter()
         self.model_path_ = None  # a refit model is no longer the one in any earlier folder
         self.run_dir_ = None
+        self.refit_info_ = None  # a fit from the pre-trained backbone is no refit
         torch.set_num_threads(cfg.num_threads or default_threads())
         set_seed(cfg.seed)
         backbone = self._build_backbone(cfg)
@@ -171,7 +175,9 @@ class ImageFineTuner(Estimator):
             source = splits.data.file
             record = start_record(cfg.runs_dir, cfg.run_name, source, cfg.model_dump(mode="json"))
         baselines = self._baselines(cfg, backbone, splits)
-        state, loop_seconds, info = self._train(cfg, backbone, splits, accelerator, args.callbacks, record)
+        state, loop_seconds, info = self._train(
+            cfg, backbone, splits.labels, splits.train, splits.valid, accelerator, args.callbacks, record
+        )
         predictions = self._evaluate(splits, baselines)
         train_seconds = sum(float(h.get("epoch_seconds") or 0.0) for h in state.history) or loop_seconds
         self.training_info_ = {
@@ -275,17 +281,35 @@ class ImageFineTuner(Estimator):
         self,
         cfg: ImageConfig,
         backbone: ImageBackbone,
-        splits: _Splits,
+        labels: list[str],
+        train_split: tuple[np.ndarray, np.ndarray],
+        valid_split: tuple[np.ndarray | None, np.ndarray | None],
         accelerator: Accelerator,
         callbacks: Sequence[Callback],
         record: Any,
+        *,
+        start: ImageModel | None = None,
+        wrap_loss: Callable[[nn.Module], nn.Module] | None = None,
     ) -> tuple[TrainState, float, dict[str, Any]]:
-        """Build the network, freeze, train with the shared loop, then settle BatchNorm statistics."""
-        (train_images, y_train), (valid_images, y_valid) = splits.train, splits.valid
-        labels, task, n_classes = splits.labels, splits.task, len(splits.labels)
+        """Build the network, freeze, train with the shared loop, then settle BatchNorm statistics.
+
+        ``train_split`` and ``valid_split`` are uint8 NHWC images with class indices into
+        ``labels``. A fit builds a new head on ``backbone``. A refit passes ``start``, a copy of
+        the current network to continue (``backbone`` is then its backbone), and ``wrap_loss``,
+        which wraps the training loss (L2-SP adds its pull toward the current weights there).
+        """
+        (train_images, y_train), (valid_images, y_valid) = train_split, valid_split
+        task, n_classes = ("binary" if len(labels) == 2 else "multiclass"), len(labels)
         pre = backbone.preprocessing
         set_seed(cfg.seed)
-        model = ImageModel(backbone, n_classes, cfg.dropout, freeze_all_bn=cfg.batchnorm == "frozen")
+        if start is None:
+            model = ImageModel(backbone, n_classes, cfg.dropout, freeze_all_bn=cfg.batchnorm == "frozen")
+        else:
+            # A loaded network does not know its BatchNorm mode, and a fitted one has every
+            # parameter frozen: the head trains again, the backbone as the strategy says below.
+            model = start
+            model.freeze_all_bn = cfg.batchnorm == "frozen"
+            set_trainable(model.head, True)
         prefix = apply_freezing(
             backbone,  # type: ignore[arg-type]
             strategy=cfg.strategy,
@@ -299,6 +323,8 @@ class ImageFineTuner(Estimator):
                 hint="Use loss=cross_entropy with mixup or cutmix",
             )
         loss_fn = make_loss(cfg.loss, task, label_smoothing=cfg.label_smoothing)
+        if wrap_loss is not None:
+            loss_fn = wrap_loss(loss_fn)
         groups = param_groups(
             backbone,  # type: ignore[arg-type]
             model.head,
@@ -454,6 +480,26 @@ class ImageFineTuner(Estimator):
         }
         return test_predictions(splits.task, splits.labels, y_train, y_test, proba)
 
+    # --- refit ---------------------------------------------------------------------------
+
+    def refit(
+        self, data: ImageInput, y: Any = None, *, replay: Any = None, target: str | None = None, **settings: Any
+    ) -> ImageFineTuner:
+        """Continue this fitted model on new labeled images; return the refitted copy (the challenger).
+
+        ``data`` takes any form ``fit`` takes (``y`` for arrays); ``replay`` is old labeled
+        images in the same forms, an ``(images, labels)`` pair for arrays. ``settings`` are the
+        fields of :class:`~tunesmith.train.continual.RefitSettings`; ``method='lora'`` is for
+        text backbones and raises :class:`~tunesmith.estimators.base.NotSupportedError`.
+        Training starts from a copy of the current weights with the fit's loop, augmentation
+        and BatchNorm handling, for ``max(1, epochs // 2)`` epochs unless ``epochs`` is given.
+        ``self`` is left unchanged; the copy's ``refit_info_`` (saved under ``refit`` in
+        ``tunesmith.json``) records the plan, rows, WiSE-FT trials, data hashes and times.
+        A label the model never saw is a :class:`~tunesmith.errors.DataError`. See docs/refit.md
+        and :mod:`tunesmith.estimators.image.refitting`.
+        """
+        return refit_image(self, data, y, replay=replay, target=target, settings=settings)
+
     # --- prediction ----------------------------------------------------------------------
 
     def _proba_from_tensor(self, images: torch.Tensor, *, show_progress: bool = False) -> np.ndarray:
@@ -576,6 +622,9 @@ class ImageFineTuner(Estimator):
         est.history_ = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
         best = est.training_info_.get("best_epoch")
         est.best_epoch_ = int(best) if isinstance(best, int) and not isinstance(best, bool) else None
+        refit = meta.get("refit")
+        if isinstance(refit, dict):
+            est.refit_info_ = refit
         est.model_path_ = Path(folder.root)
         return est
 

@@ -85,6 +85,10 @@ def write_image_folder(est: Any, path: str | os.PathLike[str], *, overwrite: boo
         history=est.history_,
         environment=environment_info(seed=cfg.seed),
     )
+    refit = getattr(est, "refit_info_", None)
+    if refit is not None:
+        # What a refit did (plan, rows, WiSE-FT trials, data hashes, parent): loaded back as refit_info_.
+        meta["refit"] = refit
     final = Path(path)
     with AtomicDirectory(final, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
