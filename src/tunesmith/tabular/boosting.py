@@ -25,7 +25,16 @@ from tunesmith.tabular.preprocess import TabularFeatures
 from tunesmith.tabular.settings import TabularConfig
 from tunesmith.train.callbacks import Callback, StopTraining, TrainState, epoch_line
 
-__all__ = ["fit_lightgbm", "keep_trees", "lgb_dataset", "lgb_params", "refit_lightgbm", "refit_rounds", "train_booster"]
+__all__ = [
+    "fit_lightgbm",
+    "keep_trees",
+    "lgb_dataset",
+    "lgb_params",
+    "refit_lightgbm",
+    "refit_rounds",
+    "scale_new_trees",
+    "train_booster",
+]
 
 NOTE_EVERY_S = 5.0
 """Least seconds between two progress lines of boosting steps (every step still reaches the callbacks)."""
@@ -193,6 +202,26 @@ def keep_trees(booster: Any, n: int | None = None) -> Any:
     import lightgbm as lgb
 
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=n))
+
+
+def scale_new_trees(booster: Any, first: int, alpha: float) -> Any:
+    """A copy of ``booster`` whose trees from iteration ``first`` on count ``alpha`` times: WiSE-FT for trees.
+
+    A booster's output is the sum of its trees' leaf values, so scaling the leaves of the trees
+    a refit added gives ``f0 + alpha * (f1 - f0)`` exactly (``f0`` the earlier model, ``f1``
+    the refitted one), the interpolation WiSE-FT makes in a network's weights. The first
+    ``first`` iterations' trees are left as they were; ``alpha == 1`` is a plain copy.
+    """
+    out = keep_trees(booster)
+    if alpha == 1.0:
+        return out
+    per_iteration = int(out.num_model_per_iteration())
+    for tree, info in enumerate(out.dump_model()["tree_info"]):
+        if tree < first * per_iteration:
+            continue
+        for leaf in range(int(info["num_leaves"])):
+            out.set_leaf_output(tree, leaf, alpha * out.get_leaf_output(tree, leaf))
+    return out
 
 
 Split = tuple[TabularFeatures, np.ndarray]

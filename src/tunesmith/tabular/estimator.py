@@ -5,12 +5,12 @@ The constructor only stores and validates settings (:class:`~tunesmith.tabular.s
 work. ``fit`` trains LightGBM and a small neural net on the same features and keeps the one
 (or their average) that scores best on validation rows. Continuing from an earlier saved model
 (``init_model``) is the tabular form of fine-tuning: the trees grow on from the old booster
-and the net starts from its old weights.
+and the net starts from its old weights; ``refit`` does the same from the model in memory,
+on new rows and a replay of old ones, and returns the refitted copy.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -39,6 +39,8 @@ from tunesmith.tabular.folder import data_sha256, finish_record, open_folder, sa
 from tunesmith.tabular.lightgbm_check import MAX_LIGHTGBM_BYTES, check_lightgbm_text, load_lightgbm
 from tunesmith.tabular.neural import TabularNet, fit_net, predict_outputs
 from tunesmith.tabular.preprocess import TabularFeatures, TabularPreprocessor
+from tunesmith.tabular.refitting import LORA_HINT, refit_tabular
+from tunesmith.tabular.refitting import selection_key as _selection_key
 from tunesmith.tabular.settings import MODEL_CHOICES, TabularConfig
 from tunesmith.train.callbacks import Callback, HistoryLogger
 
@@ -56,19 +58,6 @@ FORMAT_VERSION = 2
 """The ``format_version`` a tabular model is saved with (the one version of every kind); 1 still loads."""
 
 DataLike = Any  # a file path, a DataFrame or a 2-D array
-
-
-def _selection_key(task: str, metrics: dict[str, Any]) -> tuple[float, float]:
-    """Larger is better: (accuracy, -log loss) for classification, (-MAE, 0) for regression."""
-    if task == "regression":
-        mae = metrics.get("mae")
-        return (-float(mae) if mae is not None else -math.inf, 0.0)
-    acc = metrics.get("accuracy")
-    loss = metrics.get("log_loss")
-    return (
-        float(acc) if acc is not None else -math.inf,
-        -float(loss) if loss is not None else -math.inf,
-    )
 
 
 class TabularFineTuner(Estimator):
@@ -159,6 +148,8 @@ class TabularFineTuner(Estimator):
     data_info_: dict[str, Any]
     model_path_: Path | None
     run_dir_: Path | None
+    refit_info_: dict[str, Any] | None = None
+    """What the refit that made this model did (``None`` for a model fit from scratch)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -257,6 +248,8 @@ class TabularFineTuner(Estimator):
         cfg = self._config()
         started = time.perf_counter()
         self.data_info_ = {}
+        # a refitted model fit again is no longer the refit its record describes
+        vars(self).pop("refit_info_", None)
         wanted = args.target if args.target is not None else cfg.target
         old = self._earlier(cfg, wanted)
         if wanted is None and old is not None and old.schema_ is not None:
@@ -431,6 +424,54 @@ class TabularFineTuner(Estimator):
             return out
 
         return phase
+
+    # --- refitting -------------------------------------------------------------------------
+
+    def refit(
+        self,
+        data: DataLike,
+        y: Any = None,
+        *,
+        replay: DataLike | None = None,
+        target: str | None = None,
+        **settings: Any,
+    ) -> TabularFineTuner:
+        """Continue this fitted model on new labeled ``data``; return the refitted copy (``self`` is unchanged).
+
+        ``data`` and ``replay`` (old labeled rows, sampled beside the new ones) are DataFrames
+        or files holding the model's input columns and its target (``target`` names the label
+        column when it is called otherwise; ``y`` gives the labels of ``data`` instead). The
+        copy keeps the preprocessor, classes and target scaling; LightGBM grows new trees on
+        its booster (the old trees stay as they are), stopped early on held-out new rows, and
+        the network trains on from its weights for half the fit's epochs unless ``epochs`` is
+        given (``lr`` is the network's, too).
+
+        ``settings`` are :class:`~tunesmith.train.continual.RefitSettings` fields (``method``:
+        ``"auto"`` replays old rows, pulls the network toward its weights (L2-SP) and
+        interpolates each refitted part with the current one (WiSE-FT: network weights, new
+        trees' leaf values), the weight chosen on held-out new and old rows; ``"naive"``,
+        ``"replay"``, ``"l2sp"``, ``"wise"``; ``"lora"`` is not offered), plus ``model``:
+        unset, the copy serves the candidate this model chose (``chosen_``); ``"auto"``
+        refits every part this model holds and keeps the candidate best on the mean of the
+        held-out new and old rows (``fit``'s rule); a name forces that candidate.
+
+        The copy's ``refit_info_`` records the plan, the rows, the ``alpha`` chosen and its
+        trials, the seconds, the data's SHA-256 and the parent model; ``save`` writes it into
+        ``tunesmith.json`` (``"refit"``) and ``load`` reads it back. See docs/refit.md.
+
+        Raises:
+            DataError: no (labeled) rows, an input column or the target missing, or a label the
+                model never saw (a refit keeps the classes; a new class needs a new fit).
+            ConfigError: an unknown or invalid setting, or ``model`` naming a part not held.
+            NotSupportedError: ``method="lora"``.
+        """
+        self._check_fitted()
+        if settings.get("method") == "lora":
+            raise unsupported(self, "refit method 'lora'", LORA_HINT)
+        challenger: TabularFineTuner = refit_tabular(
+            self, data, y, replay=replay, target=target, settings=settings, sha256=data_sha256
+        )
+        return challenger
 
     # --- prediction ------------------------------------------------------------------------
 

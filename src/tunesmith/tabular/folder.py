@@ -106,12 +106,20 @@ def save_folder(est: Any, path: str | os.PathLike[str], *, overwrite: bool = Fal
         training=est.training_info_,
         uncertainty=getattr(est, "uncertainty_", None) or {},
         config=config,
+        # what the refit that made this model did (tunesmith.tabular.refitting); absent after a fit
+        **({"refit": est.refit_info_} if getattr(est, "refit_info_", None) else {}),
     )
     final = Path(path)
     with AtomicDirectory(final, overwrite=overwrite) as tmp:
-        save_tensors(Path(tmp) / "model.safetensors", tensors, {"format": "tunesmith", "kind": KIND})
-        if est.booster_ is not None:
-            atomic_write_text(Path(tmp) / LIGHTGBM_FILE, est.booster_.model_to_string())
+        header = {"format": "tunesmith", "kind": KIND}
+        trees = est.booster_.model_to_string() if est.booster_ is not None else None
+        if trees is not None:
+            # model_version hashes model.safetensors: naming the trees here makes two models
+            # that differ only in their trees (a LightGBM refit) two versions
+            header["lightgbm_sha256"] = hashlib.sha256(trees.split("end of trees", 1)[0].encode()).hexdigest()
+        save_tensors(Path(tmp) / "model.safetensors", tensors, header)
+        if trees is not None:
+            atomic_write_text(Path(tmp) / LIGHTGBM_FILE, trees)
         atomic_write_json(Path(tmp) / "tunesmith.json", json_safe(meta))
         (Path(tmp) / "card.md").write_text(model_card(est))
     return final
@@ -379,6 +387,7 @@ def _from_folder(cls: type, folder: SafeFolder, meta: dict[str, Any], backbone: 
     est.training_info_ = _dict_or(meta.get("training"), {})
     est.data_info_ = _dict_or(meta.get("data"), {})
     est.uncertainty_ = _dict_or(meta.get("uncertainty"), {})
+    est.refit_info_ = field(meta, "refit", dict, file=file, default=None)
     baselines = _dict_or(meta.get("baselines"), {})
     est.baseline_metrics_ = {k: v for k, v in baselines.items() if k == "majority" and isinstance(v, dict)}
     est.booster_ = None

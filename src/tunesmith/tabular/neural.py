@@ -24,6 +24,7 @@ from tunesmith.runs.trust import field as meta_field
 from tunesmith.tabular.preprocess import TabularFeatures
 from tunesmith.tabular.settings import TabularConfig
 from tunesmith.train.callbacks import Callback, EarlyStopping, ProgressBar
+from tunesmith.train.continual import AnchorPenalty, PenalisedLoss, anchor_state
 from tunesmith.train.loop import LocalAccelerator, LoopSettings
 from tunesmith.train.loop import train as train_loop
 
@@ -209,6 +210,7 @@ def train_tabular_net(
     seed: int = 0,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
+    penalty: AnchorPenalty | None = None,
 ) -> TrainResult:
     """Train ``net`` in place with AdamW through the shared loop, keeping the best validation epoch.
 
@@ -220,7 +222,9 @@ def train_tabular_net(
     Each epoch's metrics (``train_loss``, ``valid_loss``, ``valid_accuracy`` for classes) reach
     ``callbacks``' ``on_epoch_end``. ``schedule`` is ``"onecycle"``, ``"cosine"`` or
     ``"constant"``. Everything random (initialisation aside, which the caller seeds) draws from
-    ``seed``; the global torch RNG is left as it was.
+    ``seed``; the global torch RNG is left as it was. ``penalty`` (L2-SP toward earlier
+    weights, :class:`~tunesmith.train.continual.AnchorPenalty`) is added to the training loss
+    only: it is zero while gradients are off, so validation losses stay those of the data.
     """
     if schedule not in ("onecycle", "cosine", "constant"):
         raise ConfigError(f"unknown schedule {schedule!r}", key="schedule", hint="Use onecycle, cosine or constant")
@@ -245,6 +249,8 @@ def train_tabular_net(
     if n % batch_size == 1 and any(isinstance(m, nn.BatchNorm1d) for m in net.modules()):
         batch_size += 1  # BatchNorm cannot train on a last batch of one row
     loss_fn = _loss_fn(task, class_weights)
+    if penalty is not None:
+        loss_fn = PenalisedLoss(loss_fn, penalty)
     plain_loss = _loss_fn(task, None) if class_weights is not None else None
 
     def valid_metrics(targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
@@ -327,11 +333,15 @@ def fit_net(
     init_net: TabularNet | None = None,
     target_scaling: dict[str, float] | None = None,
     callbacks: Sequence[Callback] = (),
+    l2sp: float = 0.0,
 ) -> tuple[TabularNet, dict[str, Any]]:
     """The network candidate of a fit (a copy of ``init_net`` trained on, or a new one) and what training did.
 
-    A regression target is standardised with ``target_scaling`` for training. The info holds
-    ``best_epoch``, ``epochs_run``, ``stopped_early``, ``stop_reason`` and the per-epoch ``history``.
+    A regression target is standardised with ``target_scaling`` for training. With
+    ``init_net`` and ``l2sp > 0`` the training loss adds ``l2sp * sum((w - w0)^2)``, a pull
+    toward ``init_net``'s weights ``w0`` (L2-SP; ``init_net`` itself is never changed). The
+    info holds ``best_epoch``, ``epochs_run``, ``stopped_early``, ``stop_reason`` and the
+    per-epoch ``history``.
     """
     if init_net is not None:
         net = copy.deepcopy(init_net)
@@ -342,6 +352,7 @@ def fit_net(
             net = TabularNet(
                 train[0].numeric.shape[1], cardinalities, n_outputs, hidden=tuple(cfg.hidden), dropout=cfg.dropout
             )
+    penalty = AnchorPenalty(net, anchor_state(init_net), l2sp) if init_net is not None and l2sp > 0 else None
     y_train, y_valid = train[1], valid[1]
     if target_scaling is not None:
         y_train = (y_train - target_scaling["mean"]) / target_scaling["std"]
@@ -359,6 +370,7 @@ def fit_net(
         seed=cfg.seed,
         callbacks=callbacks,
         progress=cfg.progress,
+        penalty=penalty,
     )
     info = {
         "best_epoch": result.best_epoch,
