@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -36,6 +37,37 @@ class _FoldInItems(NamedTuple):
         # Totals make each row's moments over its negatives O(|h| f^2) instead of O(n_items f^2).
         v, b = factors.astype(np.float64), bias.astype(np.float64)
         return cls(v, b, v.sum(axis=0), v.T @ v, b @ v, float(b.sum()), reg * np.eye(v.shape[1]))
+
+
+@dataclass(frozen=True)
+class BPRAnchor:
+    """L2-SP for :meth:`BPRMF.resume`: the factors to stay near, and which rows have them.
+
+    ``user_rows`` and ``item_rows`` are 0/1 float32 flags per row of the grown tables: rows
+    of users and items the refitted model already had (1) are pulled with strength
+    ``weight``; rows new to the refit (0) are free.
+    """
+
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    item_bias: np.ndarray
+    user_rows: np.ndarray
+    item_rows: np.ndarray
+    weight: float
+
+    def pull(self, start: np.ndarray, flags: np.ndarray, rows: np.ndarray, now: np.ndarray) -> np.ndarray:
+        """``weight * (now - start[rows])`` on flagged rows, 0 elsewhere (the gradient of the penalty)."""
+        scale = np.float32(self.weight) * flags[rows]
+        if now.ndim == 2:
+            scale = scale[:, None]
+        return (scale * (now - start[rows])).astype(np.float32)
+
+
+def _as_csr(m: sp.spmatrix, shape: tuple[int, int]) -> sp.csr_matrix:
+    out = sp.csr_matrix(m, dtype=np.float32)
+    if out.shape != shape:
+        raise DataError(f"seen is {out.shape[0]} x {out.shape[1]}, expected {shape[0]} x {shape[1]}")
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -154,6 +186,80 @@ class BPRMF(_Model):
         self.item_bias = np.zeros(n_items, dtype=np.float32)
         self.n_items = n_items
         self._fitted = True
+        self._train_epochs(x, x, rng, self.epochs, self.lr, None, valid_fn, on_epoch, on_record)
+        self.fit_seconds_ = time.perf_counter() - started
+        return self
+
+    def resume(
+        self,
+        train: sp.csr_matrix,
+        *,
+        epochs: int,
+        lr: float | None = None,
+        seen: sp.csr_matrix | None = None,
+        anchor: BPRAnchor | None = None,
+        seed: int = 0,
+        valid_fn: Callable[[BPRMF], float] | None = None,
+        on_record: Callable[[dict[str, float]], None] | None = None,
+    ) -> Self:
+        """Continue training the current factors on ``train`` (a refit): no re-initialisation.
+
+        ``train`` must have one row per row of ``user_factors`` and one column per item (grow
+        the tables first). Negatives are drawn among the items of neither ``train`` nor
+        ``seen`` (a user's whole known history), so an old interaction is never taught as a
+        dislike. ``anchor`` adds L2-SP, a pull toward the factors the refit started from.
+        ``lr`` defaults to the fit's; early stopping and ``on_record`` work as in :meth:`fit`.
+        """
+        started = time.perf_counter()
+        self._require_fitted()
+        x = _train_matrix(train)
+        if x.shape != (self.n_users, self.n_items):
+            raise DataError(
+                f"train is {x.shape[0]} x {x.shape[1]} but the model has {self.n_users} users and {self.n_items} items",
+                hint="Grow the factor tables to the refit's users and items first",
+            )
+        known = x if seen is None else (x + _as_csr(seen, x.shape)).tocsr()
+        known.sum_duplicates()
+        known.sort_indices()
+        lr = self.lr if lr is None else _number("lr", lr)
+        rng = np.random.default_rng([self.seed, int(seed)])
+        self._train_epochs(x, known, rng, _positive_int("epochs", epochs), lr, anchor, valid_fn, None, on_record)
+        self.fit_seconds_ = time.perf_counter() - started
+        return self
+
+    def grown(self, n_users: int, n_items: int, *, seed: int = 0) -> BPRMF:
+        """A copy with rows for more users and items (a refit's new ids); the current rows copied.
+
+        New users start small and random, as a fit starts every user; new items at the mean
+        item vector (a little apart) and the mean bias: an average item until trained.
+        """
+        self._require_fitted()
+        old_u, old_i, f = self.n_users, self.n_items, self.factors
+        if n_users < old_u or n_items < old_i:
+            raise ConfigError(f"cannot shrink {old_u} users x {old_i} items to {n_users} x {n_items}", key="n_items")
+        rng = np.random.default_rng(seed)
+        fresh_items = self.item_factors.mean(axis=0) + rng.standard_normal((n_items - old_i, f)) * self.init_std
+        arrays = {
+            "user_factors": np.vstack([self.user_factors, rng.standard_normal((n_users - old_u, f)) * self.init_std]),
+            "item_factors": np.vstack([self.item_factors, fresh_items]),
+            "item_bias": np.concatenate([self.item_bias, np.full(n_items - old_i, self.item_bias.mean())]),
+        }
+        return type(self).from_state(arrays, {**self.state()[1], "n_items": n_items})
+
+    def _train_epochs(
+        self,
+        x: sp.csr_matrix,
+        known: sp.csr_matrix,
+        rng: np.random.Generator,
+        epochs: int,
+        lr: float,
+        anchor: BPRAnchor | None,
+        valid_fn: Callable[[BPRMF], float] | None,
+        on_epoch: Callable[[int, float], None] | None,
+        on_record: Callable[[dict[str, float]], None] | None,
+    ) -> None:
+        """SGD epochs over the triples of ``x``, negatives outside ``known``; keeps the best validated epoch."""
+        n_items = self.n_items
         self.history_, self.best_epoch_ = [], None
         self.stop_reason_: str | None = None
 
@@ -162,7 +268,8 @@ class BPRMF(_Model):
         pos = coo.col.astype(np.int64)
         weights = coo.data.astype(np.float32)
         # CSR order makes these keys sorted, so membership is a binary search.
-        keys = users * n_items + pos
+        k = known.tocoo()
+        keys = np.sort(k.row.astype(np.int64) * n_items + k.col)
         users_rep = np.tile(users, self.negatives)
         pos_rep = np.tile(pos, self.negatives)
         weights_rep = np.tile(weights, self.negatives)
@@ -170,12 +277,12 @@ class BPRMF(_Model):
         best_value = -math.inf
         best: dict[str, np.ndarray] | None = None
         waited = 0
-        for epoch in range(1, self.epochs + 1):
+        for epoch in range(1, epochs + 1):
             order = rng.permutation(len(users_rep))
             u_all, i_all, w_all = users_rep[order], pos_rep[order], weights_rep[order]
             j_all, valid = _sample_negatives(rng, u_all, keys, n_items)
             w_all = w_all * valid
-            loss = self._epoch(u_all, i_all, j_all, w_all)
+            loss = self._epoch(u_all, i_all, j_all, w_all, lr=lr, anchor=anchor)
             record = {"epoch": epoch, "loss": loss}
             if on_epoch is not None:
                 on_epoch(epoch, loss)
@@ -198,12 +305,19 @@ class BPRMF(_Model):
                 break
         if best is not None:
             self._set_arrays(best)
-        self.fit_seconds_ = time.perf_counter() - started
-        return self
 
-    def _epoch(self, u_all: np.ndarray, i_all: np.ndarray, j_all: np.ndarray, w_all: np.ndarray) -> float:
+    def _epoch(
+        self,
+        u_all: np.ndarray,
+        i_all: np.ndarray,
+        j_all: np.ndarray,
+        w_all: np.ndarray,
+        *,
+        lr: float,
+        anchor: BPRAnchor | None = None,
+    ) -> float:
         uf, vf, bias = self.user_factors, self.item_factors, self.item_bias
-        lr, reg = np.float32(self.lr), np.float32(self.reg)
+        lr_, reg = np.float32(lr), np.float32(self.reg)
         total, weight = 0.0, float(w_all.sum())
         for start in range(0, len(u_all), self.batch_size):
             sl = slice(start, start + self.batch_size)
@@ -213,16 +327,19 @@ class BPRMF(_Model):
             margin = np.einsum("nf,nf->n", pu, diff) + bias[i] - bias[j]
             total += float(np.dot(w, np.logaddexp(0.0, -margin)))
             g = (w * _sigmoid(-margin)).astype(np.float32)
-            _scatter_add(uf, u, g[:, None] * diff - reg * pu, lr)
-            _scatter_add(
-                vf,
-                np.concatenate([i, j]),
-                np.concatenate([g[:, None] * pu - reg * qi, -g[:, None] * pu - reg * qj]),
-                lr,
-            )
-            bias += lr * (
-                np.bincount(i, weights=g - reg * bias[i], minlength=len(bias))
-                + np.bincount(j, weights=-g - reg * bias[j], minlength=len(bias))
+            du = g[:, None] * diff - reg * pu
+            dv = np.concatenate([g[:, None] * pu - reg * qi, -g[:, None] * pu - reg * qj])
+            db_i, db_j = g - reg * bias[i], -g - reg * bias[j]
+            if anchor is not None:
+                # L2-SP: each touched row is also pulled toward where the refit started.
+                du -= anchor.pull(anchor.user_factors, anchor.user_rows, u, pu)
+                dv -= anchor.pull(anchor.item_factors, anchor.item_rows, np.concatenate([i, j]), np.vstack([qi, qj]))
+                db_i = db_i - anchor.pull(anchor.item_bias, anchor.item_rows, i, bias[i])
+                db_j = db_j - anchor.pull(anchor.item_bias, anchor.item_rows, j, bias[j])
+            _scatter_add(uf, u, du, lr_)
+            _scatter_add(vf, np.concatenate([i, j]), dv, lr_)
+            bias += lr_ * (
+                np.bincount(i, weights=db_i, minlength=len(bias)) + np.bincount(j, weights=db_j, minlength=len(bias))
             ).astype(np.float32)
         return total / weight if weight > 0 else 0.0
 
@@ -353,4 +470,4 @@ def _sample_negatives(
     return neg, valid
 
 
-__all__ = ["BPRMF"]
+__all__ = ["BPRMF", "BPRAnchor"]

@@ -26,6 +26,7 @@ from tunesmith.recsys.report import dict_or
 from tunesmith.recsys.sequential import SASRecNet, SeqConfig, SequentialRecommender
 from tunesmith.recsys.settings import MODEL_KINDS, SETTING_NAMES
 from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json, json_safe, save_tensors
+from tunesmith.runs.fingerprint import model_version
 from tunesmith.runs.meta import MODEL_FILE, model_meta, read_model_meta
 from tunesmith.runs.trust import SafeFolder, check_state_shapes, field, malformed, meta_shapes
 
@@ -69,12 +70,15 @@ def folder_meta(
     split: Mapping[str, Any],
     training: Mapping[str, Any],
     data: Mapping[str, Any],
+    refit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``tunesmith.json`` of a recommender: the common fields plus the recommender's own.
 
     The recommender's own field names (``model``, ``model_state``, ``columns``, ``users``,
     ``items``, ``split``, ``training``) are read by serving and the trust tests: keep them.
+    A refitted model also records what its refit did under ``refit``.
     """
+    extra: dict[str, Any] = {"refit": dict(refit)} if refit is not None else {}
     return model_meta(
         KIND,
         TASK,
@@ -89,6 +93,7 @@ def folder_meta(
         items=[str(i) for i in items],
         split=dict(split),
         training=dict(training),
+        **extra,
     )
 
 
@@ -201,6 +206,10 @@ def _read(folder: SafeFolder, meta: dict[str, Any], content_backbone: str | None
     rec.data_report_ = dict_or(meta.get("data"), {})
     rec._columns = dict_or(meta.get("columns"), {})
     rec.saved_info_ = {k: meta[k] for k in ("tunesmith_version", "created") if isinstance(meta.get(k), str)}
+    # The id a refit of this model names as its parent (the version the registry and server report).
+    rec.saved_info_["model_version"] = model_version(folder.root)
+    if isinstance(meta.get("refit"), dict):
+        rec.refit_info_ = meta["refit"]
     rec._index()
     return rec
 

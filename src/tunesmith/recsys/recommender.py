@@ -47,7 +47,8 @@ from tunesmith.recsys.data import Interactions, k_core, read_features, read_inte
 from tunesmith.recsys.metrics import evaluate_ranking, ranking_metrics
 from tunesmith.recsys.models import Popularity
 from tunesmith.recsys.ranking import Ranking
-from tunesmith.recsys.sequential import SeqConfig, SequentialRecommender, TrainSettings
+from tunesmith.recsys.refitting import LORA_HINT, refit_model
+from tunesmith.recsys.sequential import SeqConfig, SequentialRecommender, phase_settings
 from tunesmith.recsys.settings import CLASSIC, MODEL_KINDS, RecommenderSettings, check_settings
 from tunesmith.recsys.split import RecSplit, leave_last_out
 from tunesmith.recsys.training import EpochReporter, flags_by_user, item_texts
@@ -62,10 +63,6 @@ TASK = _folder.TASK
 KS = (5, 10, 20)
 RANKING_PLOT = _report.RANKING_PLOT
 HISTORY_PLOT = _report.HISTORY_PLOT
-# Fine-tuning starts from pre-trained weights, so it takes smaller steps than training from scratch.
-_PRETRAIN_DEFAULTS = {"epochs": 50, "lr": 1e-3, "patience": 5}
-_FINETUNE_DEFAULTS = {"epochs": 50, "lr": 3e-4, "patience": 5}
-_SCRATCH_DEFAULTS = {"epochs": 50, "lr": 1e-3, "patience": 5}
 
 
 class Recommender(Ranking, Estimator):
@@ -110,6 +107,7 @@ class Recommender(Ranking, Estimator):
     settings_model = RecommenderSettings
 
     saved_info_: dict[str, str]
+    refit_info_: dict[str, Any]
     # A content backbone path read from a loaded folder: never opened unless passed again.
     _untrusted_backbone: str | None = None
 
@@ -309,9 +307,7 @@ class Recommender(Ranking, Estimator):
             res = evaluate_ranking(lambda pos: m.score([split.valid.sequences[i] for i in pos]), split.valid, ks=(10,))
             return float(res["overall"]["ndcg@10"])
 
-        pre = TrainSettings(**{**_PRETRAIN_DEFAULTS, **(cfg_.pretrain_settings or {})})
-        tune_defaults = _FINETUNE_DEFAULTS if self.pretrain else _SCRATCH_DEFAULTS
-        tune = TrainSettings(**{**tune_defaults, **(cfg_.finetune_settings or {})})
+        pre, tune = phase_settings(self.pretrain, cfg_.pretrain_settings, cfg_.finetune_settings)
         reporter.start(model.net, (pre.epochs if self.pretrain else 0) + tune.epochs)
         info: dict[str, Any] = {}
         if self.pretrain:
@@ -370,6 +366,40 @@ class Recommender(Ranking, Estimator):
             self.test_metrics_, self.baseline_metrics_, per_user, {"popularity": pop_per_user}
         )
         self.split_ = {**split.sizes(), "strategy": split.strategy, "notes": list(split.notes)}
+
+    def refit(
+        self, data: Any, y: Any = None, *, replay: Any = None, target: str | None = None, **settings: Any
+    ) -> Recommender:
+        """A copy continued on the new interaction log ``data`` (the challenger); ``self`` is left as it is.
+
+        ``data`` has the columns :meth:`fit` read and may hold users and items the model never
+        saw: their rows are added (the current ones copied). Each user's stored history gets the
+        new interactions appended. ``replay`` is the old log (or part of it); ``settings`` are
+        fields of :class:`~tunesmith.train.continual.RefitSettings`. BPR-MF and SASRec continue
+        training (fewer epochs, early stopping on the new log's held-out positives, L2-SP and
+        WiSE-FT per ``method``); EASE, item-kNN and popularity are solved again on old + new.
+        ``refit_info_`` records what was done (saved under ``refit``); the copy's test metrics
+        are on each user's last positive of the new log. See :mod:`tunesmith.recsys.refitting`.
+
+        Raises:
+            DataError: an empty log, a column not found (named), a new log too short to hold out.
+            NotSupportedError: ``method='lora'``.
+        """
+        self._check_fitted()
+        if settings.get("method") == "lora":
+            raise unsupported(self, "refit method 'lora'", LORA_HINT)
+        started = _now()
+        done = refit_model(self, data, y, replay=replay, target=target, settings=settings)
+        new = type(self)(**self.get_params())
+        new.model_, new.users_, new.items_, new.content_ = done.model, done.users, done.items, done.content
+        new.history_indptr_, new.history_indices_ = done.history_indptr, done.history_indices
+        new._columns, new._untrusted_backbone = dict(self._columns), self._untrusted_backbone
+        new.training_, new.history_, new.data_report_ = done.training, done.history, done.data_report
+        new._index()
+        new._score_test(done.split, done.train_matrix, np.asarray(done.train_matrix.sum(axis=0)).ravel())
+        new.run_dir_ = None
+        new.refit_info_ = {**done.info, "seconds": _now() - started}
+        return new
 
     # --- the run record --------------------------------------------------------------------------
 
@@ -521,6 +551,7 @@ class Recommender(Ranking, Estimator):
             split=self.split_,
             training=self.training_,
             data=self.data_report_,
+            refit=getattr(self, "refit_info_", None),
         )
 
         def extras(folder: Path) -> None:

@@ -35,6 +35,12 @@ from tunesmith.train.callbacks import StopTraining
 LOSSES = ("ce", "sampled_softmax", "bpr", "bce")
 
 
+# Fine-tuning starts from pre-trained weights, so it takes smaller steps than training from scratch.
+PRETRAIN_DEFAULTS: dict[str, Any] = {"epochs": 50, "lr": 1e-3, "patience": 5}
+FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 50, "lr": 3e-4, "patience": 5}
+SCRATCH_DEFAULTS: dict[str, Any] = {"epochs": 50, "lr": 1e-3, "patience": 5}
+
+
 SEQ_LIMITS = {"dim": 8192, "layers": 48, "heads": 256, "max_len": 100_000}
 """Largest accepted value of each size setting of :class:`SeqConfig`."""
 
@@ -90,6 +96,15 @@ class TrainSettings:
             raise ConfigError(f"must be above 0, got {self.lr!r}", key="lr")
         if self.patience < 0:
             raise ConfigError(f"must be 0 (off) or more, got {self.patience!r}", key="patience")
+
+
+def phase_settings(
+    pretrain: bool, pretrain_settings: dict[str, Any] | None, finetune_settings: dict[str, Any] | None
+) -> tuple[TrainSettings, TrainSettings]:
+    """The pre-training and fine-tuning settings of a fit: the defaults, then the given fields."""
+    pre = TrainSettings(**{**PRETRAIN_DEFAULTS, **(pretrain_settings or {})})
+    tune_defaults = FINETUNE_DEFAULTS if pretrain else SCRATCH_DEFAULTS
+    return pre, TrainSettings(**{**tune_defaults, **(finetune_settings or {})})
 
 
 class SASRecNet(nn.Module):
@@ -262,9 +277,16 @@ class SequentialRecommender:
         *,
         valid_fn: Callable[[SequentialRecommender], float] | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
+        penalty: Callable[[], torch.Tensor] | None = None,
     ) -> FitReport:
-        """Predict the next *positive* item (``positives[u][t]`` flags position ``t``) from the full history."""
-        return self._train("finetune", sequences, positives, settings or TrainSettings(), valid_fn, on_epoch)
+        """Predict the next *positive* item (``positives[u][t]`` flags position ``t``) from the full history.
+
+        ``penalty()`` (a refit's pull toward the weights it started from) is added to every
+        training step's loss.
+        """
+        return self._train(
+            "finetune", sequences, positives, settings or TrainSettings(), valid_fn, on_epoch, penalty=penalty
+        )
 
     def _loss(
         self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, s: TrainSettings
@@ -297,6 +319,8 @@ class SequentialRecommender:
         s: TrainSettings,
         valid_fn: Callable[[SequentialRecommender], float] | None,
         on_epoch: Callable[[dict[str, float]], None] | None,
+        *,
+        penalty: Callable[[], torch.Tensor] | None = None,
     ) -> FitReport:
         s.check()
         windows = _windows([np.asarray(q, dtype=np.int64) + 1 for q in sequences], positives, self.cfg.max_len)
@@ -327,10 +351,12 @@ class SequentialRecommender:
                 weight = torch.from_numpy(_pad_left([w[2].astype(np.int64) for w in batch], width)).bool()
                 hidden = net(inputs)
                 loss = self._loss(hidden, targets.clamp(min=0), weight, s)
+                total += float(loss.detach()) * len(batch)
+                if penalty is not None:
+                    loss = loss + penalty()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(batch)
                 count += len(batch)
             row: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1)}
             if valid_fn is not None and (epoch % s.eval_every == 0 or epoch == s.epochs):
@@ -386,6 +412,31 @@ class SequentialRecommender:
         """Every item's representation ``(n_items, dim)`` (for an index of item vectors)."""
         with torch.no_grad():
             return self.net.item_table()[1:].numpy().copy()
+
+    def grown(self, n_items: int, *, learned: np.ndarray, seed: int = 0) -> SequentialRecommender:
+        """A copy with ``n_items`` items (a refit's new ids at the end); the current weights copied.
+
+        Items flagged in ``learned`` that have no learned id vector yet (new ones, and those known
+        by their content only) start from the mean learned item vector, a little apart so that
+        they can move apart, and count as known. New items get empty content vectors.
+        """
+        arrays, state = self.state()
+        arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        extra = n_items - self.n_items
+        if extra < 0 or np.shape(learned) != (n_items,):
+            raise ConfigError(f"cannot grow {self.n_items} items to {n_items} with {np.shape(learned)} flags")
+        emb, was_known = arrays["net.item_emb.weight"], arrays["known_items"].astype(bool)
+        fresh = np.concatenate([~was_known, np.ones(extra, dtype=bool)]) & np.asarray(learned, dtype=bool)
+        base = emb[1:][was_known].mean(axis=0) if was_known.any() else np.zeros(emb.shape[1], emb.dtype)
+        table = np.vstack([emb, np.zeros((extra, emb.shape[1]), emb.dtype)])
+        # 0.02: the spread SASRecNet gives a fresh embedding.
+        noise = np.random.default_rng(seed).normal(0.0, 0.02, (int(fresh.sum()), emb.shape[1]))
+        table[1:][fresh] = base + noise
+        content = arrays["content"]
+        arrays["net.item_emb.weight"] = table
+        arrays["content"] = np.vstack([content, np.zeros((extra, content.shape[1]), content.dtype)])
+        arrays["known_items"] = (np.concatenate([was_known, np.zeros(extra, dtype=bool)]) | fresh).astype(np.uint8)
+        return type(self).from_state(arrays, {**state, "n_items": n_items})
 
     # --- persistence ---------------------------------------------------------------------------
 
