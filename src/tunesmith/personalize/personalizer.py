@@ -45,6 +45,7 @@ from tunesmith.personalize.lora import (
     last_ffn_output,
     lora_logits,
 )
+from tunesmith.personalize.refitting import refit_adapters, refit_folder
 from tunesmith.personalize.report import adapters_section, fit_info, write_report
 from tunesmith.personalize.routing import AdapterRouting
 from tunesmith.personalize.settings import (
@@ -53,7 +54,9 @@ from tunesmith.personalize.settings import (
     PersonalizerSettings,
     check_settings,
     load_settings,
+    settings_record,
     softmax,
+    store_params,
     time_ordered_holdout,
 )
 from tunesmith.personalize.store import ADAPTER_KINDS, AdapterDims, AdapterStore, adapter_key
@@ -119,6 +122,7 @@ class Personalizer(AdapterRouting, Estimator):
     # must not make an unfitted Personalizer answer with the shared model alone.
     fitted_attribute: ClassVar[str] = "store_folder_"
     settings_model = PersonalizerSettings
+    refit_info_: dict[str, Any]  # set by refit() (and a load of what one wrote)
 
     def __init__(
         self,
@@ -287,6 +291,7 @@ class Personalizer(AdapterRouting, Estimator):
                 "Adapters validate on each user's latest rows; score held-out rows with evaluate()",
             )
         self._open()
+        self.__dict__.pop("refit_info_", None)  # a fit's adapters are no refit's
         started = time.perf_counter()
         df, file = self._read(args.data)
         read = df
@@ -364,6 +369,40 @@ class Personalizer(AdapterRouting, Estimator):
         self.run_dir_ = self._write_record(args.data, read, len(df), args.target or target, trained, started)
         return self
 
+    def refit(
+        self, data: Any, y: Any = None, *, replay: Any = None, target: str | None = None,
+        store: str | os.PathLike[str] | None = None, **settings: Any,
+    ) -> Personalizer:  # fmt: skip
+        """A new Personalizer whose adapters continue on new labeled ``data``; ``self`` is left as it was.
+
+        Only users (and segments) with labeled rows in ``data`` change: an adapter continues from
+        its weights (L2-SP toward them, replay of the user's old rows from ``replay``, WiSE-FT
+        chosen on the user's latest new rows and held-out old ones), or stays as it was with too
+        few rows; a user without one gets one as :meth:`fit` makes it (or none). Other adapters
+        are copied byte for byte into a new store: ``store`` (a new folder), else a temporary one
+        removed with the returned Personalizer (:meth:`save` it to keep it); built aside, renamed
+        into place whole: this store, maybe serving, is never written. ``settings``:
+        :class:`~tunesmith.train.continual.RefitSettings` (``epochs`` are adapter steps, half a
+        fit's by default; ``valid_size`` does not apply: each user's latest ``valid_fraction``
+        of new rows is held out, as in fit). The shared model is not refitted: refit it with its
+        own kind's refit (FineTuner.refit), then fit adapters on it anew. ``refit_info_`` (kept in
+        ``personalize.json``) holds the plan, rows, held-out scores and ``users`` (``retrained``,
+        ``new``, ``kept``, ``shared``, ``unchanged``). See docs/refit.md.
+
+        Raises:
+            DataError: no rows, a missing column, or a label the shared model does not know.
+            NotSupportedError: ``method='lora'`` (each adapter already is a low-rank update).
+        """
+        self._check_fitted()
+        if settings.get("method") == "lora":
+            raise unsupported(self, "refit method 'lora'", "Use method='auto' or 'l2sp': adapters are low-rank already")
+        folder, scratch = refit_folder(self.store.folder, store)
+        child = Personalizer(**{**self.get_params(), "store": folder}, feature_cache=self._cache)
+        refit_adapters(child, self.store, data, y, replay=replay, target=target, settings=settings, scratch=scratch)
+        child.__dict__.pop("store_")  # opened before its folder existed: open what was written
+        child._open().store_folder_ = folder
+        return child
+
     def _write_record(
         self, data: Any, read: pd.DataFrame, rows: int, target: str, trained: dict[str, Any], started: float
     ) -> Path | None:
@@ -388,23 +427,13 @@ class Personalizer(AdapterRouting, Estimator):
             return data.reset_index(drop=True), None
         return read_table(data), str(data)
 
-    def _write_settings(self) -> None:
-        atomic_write_json(
-            self.store.folder / SETTINGS_FILE,
-            {
-                "base": str(self.base_path.resolve()),
-                "base_fingerprint": self.base_fingerprint,
-                "user_column": self.user_column,
-                "segment_column": self.segment_column,
-                "time_column": self.time_column,
-                "min_rows": self.min_rows,
-                "valid_fraction": self.valid_fraction,
-                "adapter_kind": self.adapter_kind,
-                "head": self.settings.__dict__,
-                "lora": self.lora_settings.__dict__,
-                "seed": self.seed,
-            },
-        )
+    def _write_settings(self, folder: Path | None = None) -> None:
+        """``personalize.json`` (with ``refit_info_`` after a refit) in ``folder``, by default the store's."""
+        record = settings_record(
+            self._config, base_fingerprint=self.base_fingerprint, head=self.settings, lora=self.lora_settings,
+            refit=getattr(self, "refit_info_", None),
+        )  # fmt: skip
+        atomic_write_json((folder or self.store.folder) / SETTINGS_FILE, record)
 
     # --- prediction and evaluation -----------------------------------------------------------
 
@@ -512,21 +541,9 @@ class Personalizer(AdapterRouting, Estimator):
                 path=Path(store) / SETTINGS_FILE,
                 hint="Pass the shared model folder yourself: Personalizer.from_store(store, base=MODEL)",
             )
-        head, lora = s["head"], s["lora"]
-        p = cls(
-            base,
-            store,
-            user_column=s["user_column"],
-            segment_column=s["segment_column"],
-            time_column=s["time_column"],
-            min_rows=s["min_rows"],
-            valid_fraction=s["valid_fraction"],
-            seed=s["seed"],
-            progress=progress,
-            adapter_kind=s["adapter_kind"],
-            **{k: head[k] for k in ("rank", "l2", "steps", "lr") if k in head},
-            **{f"lora_{k}": lora[k] for k in ("rank", "alpha", "steps", "lr") if k in lora},
-        )
+        p = cls(base, store, progress=progress, **store_params(s))
+        if s["refit"] is not None:
+            p.refit_info_ = s["refit"]
         # Opened now: a server or a check wants the store refused here, not at the first request.
         p._open().store_folder_ = Path(p.store.folder)
         return p

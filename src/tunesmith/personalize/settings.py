@@ -148,7 +148,42 @@ def load_settings(store: str | os.PathLike[str]) -> dict[str, Any]:
         # A checked field that is absent or null is left out: the Personalizer's default applies.
         out[kind] = {k: v for k, v in {**given, **checked}.items() if v is not None or k not in checked}
     out["seed"] = field(data, "seed", int, default=0, low=0, high=2**63 - 1, file=file)
+    out["refit"] = field(data, "refit", dict, default=None, file=file)
     return out
+
+
+def settings_record(
+    config: PersonalizerSettings,
+    *,
+    base_fingerprint: str,
+    head: HeadAdapterSettings,
+    lora: LoraAdapterSettings,
+    refit: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What ``personalize.json`` holds: the settings a store was built with (and how a refit made it)."""
+    record = {
+        "base": str(Path(config.base).resolve()),
+        "base_fingerprint": base_fingerprint,
+        **{k: getattr(config, k) for k in ("user_column", "segment_column", "time_column", "min_rows")},
+        "valid_fraction": config.valid_fraction,
+        "adapter_kind": config.adapter_kind,
+        "head": head.__dict__,
+        "lora": lora.__dict__,
+        "seed": config.seed,
+    }
+    return record if refit is None else {**record, "refit": refit}
+
+
+def store_params(s: dict[str, Any]) -> dict[str, Any]:
+    """The Personalizer settings in :func:`load_settings`'s answer (the folders left out)."""
+    head, lora = s["head"], s["lora"]
+    return {
+        **{k: s[k] for k in ("user_column", "segment_column", "time_column", "min_rows", "valid_fraction")},
+        "seed": s["seed"],
+        "adapter_kind": s["adapter_kind"],
+        **{k: head[k] for k in ("rank", "l2", "steps", "lr") if k in head},
+        **{f"lora_{k}": lora[k] for k in ("rank", "alpha", "steps", "lr") if k in lora},
+    }
 
 
 def _finite(data: dict[str, Any], name: str, file: Path, *, zero: bool) -> float | None:
@@ -166,6 +201,8 @@ __all__ = [
     "PersonalizerSettings",
     "check_settings",
     "load_settings",
+    "settings_record",
     "softmax",
+    "store_params",
     "time_ordered_holdout",
 ]

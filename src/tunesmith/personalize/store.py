@@ -425,17 +425,7 @@ class AdapterStore:
             KeyError: no such adapter in the index.
             ArtifactError: the file is missing, refused or of the wrong shapes.
         """
-        rel = self.info(key)["file"]
-        safe = self._safe
-        if safe is None:
-            raise ArtifactError(f"{rel} is missing", path=self.folder, hint=STORE_HINT)
-        path = safe.root / rel
-        _, expected = adapter_shapes(safe.header(rel), self.dims, file=path)
-        # The bytes are read through one no-follow, non-blocking open, at most what the checked
-        # shapes justify, and parsed from memory: a file swapped since its header was read (for a
-        # link, a FIFO or a larger file) is refused, never followed, waited on or allocated.
-        limit = _MAX_ADAPTER_HEADER + 8 + 8 * sum(math.prod(shape) for shape in expected.values())
-        data = read_limited(path, limit=limit, shown=rel)
+        path, data, expected = self._read(key)
         try:
             from safetensors.torch import load as load_safetensors
 
@@ -455,6 +445,49 @@ class AdapterStore:
                     hint=STORE_HINT,
                 )
         return tensors
+
+    def _read(self, key: str) -> tuple[Path, bytes, dict[str, tuple[int, ...]]]:
+        """The adapter file's path, its bytes and the shapes its checked header gives its tensors."""
+        rel = self.info(key)["file"]
+        safe = self._safe
+        if safe is None:
+            raise ArtifactError(f"{rel} is missing", path=self.folder, hint=STORE_HINT)
+        path = safe.root / rel
+        _, expected = adapter_shapes(safe.header(rel), self.dims, file=path)
+        # The bytes are read through one no-follow, non-blocking open, at most what the checked
+        # shapes justify, and parsed from memory: a file swapped since its header was read (for a
+        # link, a FIFO or a larger file) is refused, never followed, waited on or allocated.
+        limit = _MAX_ADAPTER_HEADER + 8 + 8 * sum(math.prod(shape) for shape in expected.values())
+        return path, read_limited(path, limit=limit, shown=rel), expected
+
+    def copy_into(self, folder: str | os.PathLike[str]) -> str:
+        """Write this store, as this process read it, into the new (or empty) ``folder``; return its id.
+
+        Each adapter file the index names is copied byte for byte (read as :meth:`load` reads
+        it) and the index goes last. Nothing is written to this store's own folder. The id,
+        ``sha256:`` and a digest of the shared model's fingerprint and each adapter's key, used
+        flag and bytes, names what was copied (a refit records it as its parent).
+
+        Raises:
+            ArtifactError: ``folder`` holds anything, or an adapter file is refused or changed
+                since the index was read.
+        """
+        target = Path(folder)
+        if os.path.lexists(target) and (not target.is_dir() or target.is_symlink() or any(target.iterdir())):
+            raise ArtifactError("is not a new, empty folder", path=target, hint="Copy the store into a new folder")
+        (target / ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(self.base_fingerprint.encode("utf-8"))
+        for key in sorted(self._index["adapters"]):
+            entry = self._index["adapters"][key]
+            path, data, _ = self._read(key)
+            if len(data) != entry.get("bytes", len(data)):
+                raise ArtifactError("changed while the store was copied", path=path, hint="Try again")
+            with open(target / entry["file"], "xb") as out:
+                out.write(data)
+            used = entry.get("used", True)
+            digest.update(f"{key}\0{used}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+        atomic_write_json(target / INDEX, self._index)
+        return "sha256:" + digest.hexdigest()
 
     def route(self, user: Any = None, segment: Any = None, *, segment_column: str | None = None) -> Route:
         """The user's adapter if it exists and is used, else the segment's, else the shared model."""
