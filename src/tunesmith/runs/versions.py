@@ -16,6 +16,10 @@ sees. Which version serves is held in one file, ``aliases.json``, written in one
 a version's status follows from it (``champion`` while it serves, ``retired`` once it served,
 ``candidate`` before), except ``rejected``, which its record keeps (kept for inspection, never
 promoted, never rolled back to).
+
+:class:`Registry` is what promotion, rollback, the gate and the command line use of a registry;
+:class:`ModelRegistry` is the folder one, and ``tunesmith.runs.mlflow_registry`` keeps the same
+versions in an MLflow model registry (``open_registry`` there picks one from a location).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tunesmith.errors import ArtifactError
 from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json
@@ -42,6 +46,7 @@ LOCK_FILE = ".lock"
 FORMAT = "tunesmith-registry"
 STATUSES = ("candidate", "champion", "retired", "rejected")
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
+MLFLOW_SCHEME = "mlflow:"
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,52 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder/.lock`` (created with the folder) while the body runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class Registry(Protocol):
+    """The operations every registry offers, with the semantics of :class:`ModelRegistry`.
+
+    ``path`` is the folder on this machine under which the versions' folders lie (a server
+    that mounts it elsewhere reads them relative to it); ``location`` names the registry in
+    messages.
+    """
+
+    path: Path
+    location: str
+
+    def identity(self) -> dict[str, Any] | None: ...
+
+    def versions(self) -> list[Version]: ...
+
+    def get(self, number: int) -> Version: ...
+
+    def aliases(self) -> dict[str, Any]: ...
+
+    def champion(self) -> Version | None: ...
+
+    def register(
+        self, model: str | os.PathLike[str], *, notes: Mapping[str, Any] | None = None, status: str = "candidate"
+    ) -> Version: ...
+
+    def annotate(self, number: int, **notes: Any) -> Version: ...
+
+    def reject(self, number: int, reason: str) -> Version: ...
+
+    def promote(self, number: int, *, before_commit: Callable[[Version], None] | None = None) -> Version: ...
+
+    def rollback(self, *, before_commit: Callable[[Version], None] | None = None) -> Version: ...
+
+
 def model_identity(folder: Path) -> dict[str, Any]:
     """What a registry's versions must share: kind, task and labels of ``tunesmith.json``."""
     meta_file = folder / "tunesmith.json"
@@ -104,7 +155,15 @@ class ModelRegistry:
     """The registry at ``path`` (created on the first :meth:`register`)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if os.fspath(path).startswith(MLFLOW_SCHEME):
+            # Path() would fold the URI's slashes and a later register() make a folder of it.
+            raise ArtifactError(
+                "names an MLflow registry, not a folder",
+                path=path,
+                hint="Open it with tunesmith.runs.mlflow_registry.open_registry()",
+            )
         self.path = Path(path)
+        self.location = str(self.path)
         self.versions_dir = self.path / "versions"
         if self.path.exists():
             if not self.path.is_dir():
@@ -118,15 +177,8 @@ class ModelRegistry:
 
     # --- locking ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK_FILE, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.path)
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -6,7 +6,10 @@ run on the new one, and none fails. Under the registry's lock the server switche
 the champion alias changes only once the server answers that it serves the new model's
 weights; when it cannot load the new model, nothing changes and the old model keeps serving.
 The server reads the version's folder at the same absolute path, or under ``server_root``
-where it mounts the registry elsewhere (a container's volume).
+where it mounts the registry elsewhere (a container's volume). A registry is a folder or an MLflow
+registered model (``mlflow:<tracking URI>#<name>``, see :mod:`tunesmith.runs.mlflow_registry`);
+an MLflow version is served from its checked download in the local cache folder, which is then
+what ``server_root`` stands for.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ArtifactError, ConfigError
-from tunesmith.runs.versions import ModelRegistry, Version
+from tunesmith.runs.mlflow_registry import open_registry
+from tunesmith.runs.versions import Registry, Version
 
 ADMIN_TOKEN_ENV = "TUNESMITH_ADMIN_TOKEN"
 
@@ -77,7 +81,7 @@ def _serving_version(base: str) -> str | None:
 
 
 def _switcher(
-    registry: ModelRegistry, server: str | None, token: str | None, server_root: str | None, answers: list[Any]
+    registry: Registry, server: str | None, token: str | None, server_root: str | None, answers: list[Any]
 ) -> Any:
     if server is None:
         return None
@@ -101,7 +105,7 @@ def _switcher(
 
 
 def promote(
-    registry: str | os.PathLike[str] | ModelRegistry,
+    registry: str | os.PathLike[str] | Registry,
     version: int | None = None,
     *,
     server: str | None = None,
@@ -113,11 +117,11 @@ def promote(
     Returns the new champion and the server's answer (None without a server). Safe to repeat:
     promoting the champion again reloads it on the server.
     """
-    reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
+    reg = open_registry(registry)
     if version is None:
         candidates = [v for v in reg.versions() if v.status == "candidate"]
         if not candidates:
-            raise ArtifactError("has no candidate version to promote", path=reg.path, hint="Register a model first")
+            raise ArtifactError("has no candidate version to promote", path=reg.location, hint="Register a model first")
         version = candidates[-1].number
     answers: list[Any] = []
     champion = reg.promote(version, before_commit=_switcher(reg, server, token, server_root, answers))
@@ -125,14 +129,14 @@ def promote(
 
 
 def rollback(
-    registry: str | os.PathLike[str] | ModelRegistry,
+    registry: str | os.PathLike[str] | Registry,
     *,
     server: str | None = None,
     token: str | None = None,
     server_root: str | None = None,
 ) -> tuple[Version, dict[str, Any] | None]:
     """Serve the previous champion again (at ``server`` too); returns it and the server's answer."""
-    reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
+    reg = open_registry(registry)
     answers: list[Any] = []
     champion = reg.rollback(before_commit=_switcher(reg, server, token, server_root, answers))
     return champion, answers[0] if answers else None
