@@ -5,7 +5,8 @@ One module per command group: :mod:`~tunesmith.cli.fit` (fit, evaluate, predict)
 :mod:`~tunesmith.cli.export` (export, serve), :mod:`~tunesmith.cli.tune`,
 :mod:`~tunesmith.cli.data` (inspect, clean), :mod:`~tunesmith.cli.demo` (backbones, demo),
 :mod:`~tunesmith.cli.personalize`, :mod:`~tunesmith.cli.recommend`,
-:mod:`~tunesmith.cli.monitor` and :mod:`~tunesmith.cli.registry`; what they share is in
+:mod:`~tunesmith.cli.monitor`, :mod:`~tunesmith.cli.registry` and
+:mod:`~tunesmith.cli.refit` (refit, loop); what they share is in
 :mod:`~tunesmith.cli.common`. Commands import the library inside their bodies so that
 ``--help`` and a command that needs no model never load torch.
 """
@@ -27,6 +28,7 @@ from tunesmith.cli import personalize as _personalize
 from tunesmith.cli import recommend as _recommend
 from tunesmith.cli import monitor as _monitor
 from tunesmith.cli import registry as _registry
+from tunesmith.cli import refit as _refit
 
 # isort: on
 from tunesmith.cli.common import app, console, err_console, metrics_table
@@ -35,7 +37,7 @@ from tunesmith.errors import TunesmithError
 
 __all__ = ["app", "console", "err_console", "main", "metrics_table", "print_fit_summary"]
 
-_COMMAND_MODULES = (_fit, _export, _tune, _data, _demo, _personalize, _recommend, _monitor, _registry)
+_COMMAND_MODULES = (_fit, _export, _tune, _data, _demo, _personalize, _recommend, _monitor, _registry, _refit)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
