@@ -23,6 +23,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators.base import NotSupportedError
 from tunesmith.estimators.image import ImageFineTuner
 from tunesmith.runs.artifacts import json_safe
+from tunesmith.runs.fingerprint import model_version
 
 
 def shifted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,6 +180,9 @@ def test_save_and_load_keep_refit_info_and_predictions(champion, data, tmp_path)
     parent = tunesmith.load(champion.save(tmp_path / "champion"))
     again = parent.refit(*data["new"], replay=data["replay"], epochs=1)
     assert again.refit_info_["parent"]["weights_sha256"] == challenger.refit_info_["parent"]["weights_sha256"]
+    # a parent in a folder is named by that folder's version too; one only in memory has none
+    assert again.refit_info_["parent"]["model_version"] == model_version(tmp_path / "champion")
+    assert challenger.refit_info_["parent"]["model_version"] is None
     np.testing.assert_allclose(again.predict_proba(x), challenger.predict_proba(x), atol=1e-5)
 
 

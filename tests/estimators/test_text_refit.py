@@ -11,6 +11,7 @@ import torch
 import tunesmith
 from tests.conftest import make_reviews
 from tunesmith import FineTuner
+from tunesmith.data.io import file_sha256
 from tunesmith.errors import ConfigError, DataError
 
 
@@ -59,6 +60,10 @@ def test_auto_replays_interpolates_and_records_it(champion: FineTuner, tmp_path)
     np.testing.assert_allclose(back.predict_proba(new), ch.predict_proba(new), atol=1e-6)
     grand = back.refit(make_reviews(40, seed=4), method="naive")
     assert grand.refit_info_["parent"]["model_version"] is not None
+    # a file is named, as a fit names it, without the folder it lay in on this machine
+    make_reviews(30, seed=4).to_csv(tmp_path / "new.csv", index=False)
+    from_file = champion.refit(tmp_path / "new.csv", method="naive").refit_info_["data"]
+    assert from_file["new_file"] == "new.csv" and from_file["new_sha256"] == file_sha256(tmp_path / "new.csv")
 
 
 def test_l2sp_keeps_the_weights_near_the_champion(champion: FineTuner) -> None:
@@ -121,3 +126,10 @@ def test_regression_keeps_the_target_scale(tmp_path) -> None:
     ch = reg.refit(new, method="naive", lr=1e-12)
     assert ch.target_scaling_ == reg.target_scaling_
     np.testing.assert_allclose(ch.predict(df), reg.predict(df), atol=1e-3)
+    # rows without a score neither count nor turn WiSE-FT's held-out error into NaN
+    gaps = new.assign(score=[np.nan] * 5 + new["score"].tolist()[5:])
+    info = reg.refit(gaps, method="wise", lr=1e-12).refit_info_
+    assert info["rows"]["new_train"] + info["rows"]["new_valid"] == 25
+    assert info["alpha_trials"] and all(np.isfinite(t["mean"]) for t in info["alpha_trials"])
+    with pytest.raises(DataError, match="every row of the new data has a missing label"):
+        reg.refit(new.assign(score=np.nan))

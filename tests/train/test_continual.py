@@ -60,6 +60,15 @@ def test_replay_sample_keeps_the_label_shares_and_a_rare_class() -> None:
     assert len(everything) == 1000 and note["replayed"] == 1000
 
 
+def test_replay_sample_of_many_rare_labels_draws_no_more_than_asked() -> None:
+    # nine labels of one row each: their row apiece must come out of the big label's share
+    old = pd.DataFrame({"x": range(999), "label": ["a"] * 990 + [f"r{i}" for i in range(9)]})
+    sample, note = replay_sample(old, 10, stratify="label", seed=0)
+    counts = sample["label"].value_counts().to_dict()
+    assert len(sample) == 10 and note["replayed"] == 10
+    assert counts == {"a": 1, **{f"r{i}": 1 for i in range(9)}}
+
+
 def test_refit_data_keeps_held_out_old_rows_out_of_the_replay() -> None:
     new, old = _frame(100, seed=1), _frame(400, seed=2)
     old["text"] = [f"old {i}" for i in range(len(old))]
@@ -120,6 +129,19 @@ def test_l2sp_pulls_weights_back_to_the_anchor() -> None:
     assert pulled < 0.05 * free
     with torch.no_grad():
         assert float(AnchorPenalty(nn.Linear(4, 1), {}, 1.0)()) == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to move the module to")
+def test_l2sp_follows_a_module_moved_to_the_gpu_after_the_penalty_was_built() -> None:
+    # accelerate's prepare moves the model after the text fit built its penalty: the same
+    # Parameter objects, now on the GPU, must meet their anchors there
+    net = nn.Linear(4, 1)
+    loss_fn = PenalisedLoss(nn.MSELoss(), AnchorPenalty(net, anchor_state(net), 1.0))
+    net.cuda()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    loss = loss_fn(net(torch.zeros(2, 4, device="cuda")), torch.zeros(2, 1, device="cuda"))
+    assert loss.device.type == "cuda" and float(loss) > 3.9
 
 
 def test_interpolation_and_the_choice_of_alpha() -> None:

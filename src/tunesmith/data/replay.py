@@ -100,8 +100,13 @@ def replay_sample(
         groups = {k: np.flatnonzero(keys == k) for k in sorted(set(keys.tolist()))}
         shares = {k: n * len(v) / len(old) for k, v in groups.items()}
         take = {k: min(len(groups[k]), max(1 if n >= len(groups) else 0, int(np.floor(s)))) for k, s in shares.items()}
-        # the rows floor() left over go to the labels with the largest remainders
         left = n - sum(take.values())
+        # one row of each rare label can overshoot n: the largest labels give the extra rows back
+        while left < 0:
+            biggest = max(take, key=lambda k: take[k])
+            take[biggest] -= 1
+            left += 1
+        # the rows floor() left over go to the labels with the largest remainders
         for k in sorted(groups, key=lambda k: shares[k] - np.floor(shares[k]), reverse=True):
             if left <= 0:
                 break

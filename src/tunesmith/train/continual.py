@@ -116,6 +116,10 @@ class AnchorPenalty(nn.Module):
     def forward(self) -> torch.Tensor:
         if not self._pairs or self.weight == 0.0 or not torch.is_grad_enabled():
             return torch.zeros(())
+        for i, (p, a) in enumerate(self._pairs):
+            if a.device != p.device:
+                # the module moved after the penalty was built (accelerate's prepare puts it on the GPU)
+                self._pairs[i] = (p, a.to(p.device, p.dtype))
         total = sum(((p - a) ** 2).sum() for p, a in self._pairs if p.requires_grad)
         return self.weight * total if isinstance(total, torch.Tensor) else torch.zeros(())
 

@@ -39,11 +39,12 @@ from tunesmith.data.images import read_image_folder
 from tunesmith.data.io import read_table
 from tunesmith.data.replay import RefitData, check_new_data
 from tunesmith.data.schema import label_string
-from tunesmith.errors import DataError
+from tunesmith.errors import ArtifactError, DataError
 from tunesmith.estimators.base import unsupported
 from tunesmith.estimators.image.inputs import ImageInput, Loaded, load_images
 from tunesmith.estimators.image.model import ImageModel, model_logits, nhwc_to_tensor, recalibrate_batchnorm
 from tunesmith.estimators.image.settings import ImageConfig
+from tunesmith.runs.fingerprint import model_version
 from tunesmith.train.continual import (
     AnchorPenalty,
     PenalisedLoss,
@@ -137,6 +138,17 @@ def _weights_sha256(model: nn.Module) -> str:
         digest.update(name.encode("utf-8") + b"\0")
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _version_of(est: ImageEstimator) -> str | None:
+    """The content hash of the folder the model was saved to or loaded from (None for one only in memory)."""
+    folder = getattr(est, "model_path_", None)
+    if folder is None:
+        return None
+    try:
+        return model_version(Path(folder))
+    except ArtifactError:
+        return None
 
 
 def _moved_batchnorm(model: ImageModel, anchor: dict[str, torch.Tensor]) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -320,7 +332,7 @@ def refit_image(
             "replay_sha256": sources[1].sha256 if replay is not None else None,
         },
         "parent": {
-            "model_version": getattr(est, "model_version_", None),
+            "model_version": _version_of(est),
             "weights_sha256": _weights_sha256(est.model_),
             "data_sha256": (getattr(est, "data_info_", None) or {}).get("sha256"),
         },

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,8 @@ import torch
 from tunesmith.config import validate_settings
 from tunesmith.data.io import file_sha256
 from tunesmith.data.replay import RefitData, check_new_data
-from tunesmith.data.schema import label_string
-from tunesmith.errors import ArtifactError, ConfigError
+from tunesmith.data.schema import label_string, missing_mask
+from tunesmith.errors import ArtifactError, ConfigError, DataError
 from tunesmith.estimators.base import FitArguments
 from tunesmith.estimators.text.fitting import WarmStart
 from tunesmith.estimators.text.inputs import frame_sha256, prediction_texts, read_frame
@@ -46,7 +47,16 @@ def _read(data: Any, y: Any, target: str | None, schema: Any, what: str) -> tupl
         what=what,
     )
     sha = file_sha256(file) if file else frame_sha256(df)
-    return df, file, sha
+    # Rows without a label neither train (the fit drops them) nor score a held-out period, nor count.
+    labeled = ~missing_mask(df[schema.target]).to_numpy(dtype=bool)
+    if not labeled.any():
+        raise DataError(
+            f"every row of the {what} has a missing label",
+            file=file,
+            column=schema.target,
+            hint="Refit needs labeled rows",
+        )
+    return df.loc[labeled].reset_index(drop=True), file, sha
 
 
 def _merged_backbone_state(est: TextEstimator) -> dict[str, torch.Tensor]:
@@ -126,6 +136,8 @@ def refit(
         lr=chosen.lr or cfg.lr,
         seed=chosen.seed,
         text_column=list(schema.text_columns),
+        # the head is trained already: nothing to protect it from by unfreezing layer by layer
+        gradual_unfreeze=False,
     )
     common = {"schema": schema, "label_values": list(est.label_values_), "target_scaling": est.target_scaling_}
     if plan.adapters:
@@ -157,7 +169,7 @@ def refit(
 
     # The challenger's settings stay the model's own (what a later fit would use); what this
     # refit trained with is in refit_info_.
-    kept = {k: cfg.model_dump()[k] for k in ("epochs", "lr", "seed")}
+    kept = {k: cfg.model_dump()[k] for k in ("epochs", "lr", "seed", "gradual_unfreeze")}
     challenger.set_params(**kept)
     challenger.config_ = challenger.config_.model_copy(update=kept)
 
@@ -186,7 +198,12 @@ def refit(
         "lr": params["lr"],
         "train_seconds": float(challenger.train_seconds_),
         "seconds": time.perf_counter() - started,
-        "data": {"new_file": new_file, "new_sha256": new_sha, "replay_sha256": replay_sha},
+        # the file's name, as a fit records it: a saved model carries no path of the machine that made it
+        "data": {
+            "new_file": Path(new_file).name if new_file else None,
+            "new_sha256": new_sha,
+            "replay_sha256": replay_sha,
+        },
         "parent": {
             "model_version": _version_of(est),
             "data_sha256": (getattr(est, "data_info_", None) or {}).get("sha256"),
