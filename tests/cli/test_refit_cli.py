@@ -109,3 +109,45 @@ def test_loop_refuses_a_missing_config_and_a_bad_key(tmp_path: Path, capsys: pyt
     assert run(["loop", str(config)]) == 2
     err = capsys.readouterr().err
     assert "setting 'gate_margin': unknown setting in loop.yaml" in err and "Traceback" not in err
+
+
+def test_refit_of_an_adapter_store_takes_its_shared_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.personalize.test_refit import OLD_USERS, ratings
+    from tunesmith import FineTuner
+    from tunesmith.personalize.personalizer import Personalizer
+
+    params = {"backbone": "tiny-text", "epochs": 2, "batch_size": 16, "lr": 3e-3, "max_length": 16}
+    shared = {f"s{i}": i % 4 == 0 for i in range(8)}
+    base = FineTuner(**params, progress=False, runs_dir="", num_threads=1, baselines=False)
+    base.fit(ratings(shared, 12, seed=0)[["text", "label"]], target="label").save(tmp_path / "model")
+    store = tmp_path / "store"
+    Personalizer(tmp_path / "model", store, user_column="user", time_column="t", steps=50, progress=False).fit(
+        ratings(OLD_USERS, 20, seed=1)
+    )
+    ratings({"u1": True}, 20, seed=2, start=20).to_csv(tmp_path / "new.csv", index=False)
+    args = ["refit", str(store), str(tmp_path / "new.csv"), "-o", str(tmp_path / "store_2")]
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert "setting 'base'" in err and "adapter store" in err and "--base MODEL" in err and "Traceback" not in err
+    assert run([*args, "--base", str(tmp_path / "model"), "epochs=5"]) == 0, capsys.readouterr().err
+    assert f"saved to {tmp_path / 'store_2'}" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "store_2" / "personalize.json").read_text(encoding="utf-8"))
+    assert meta["refit"]["users"]["retrained"] == ["u1"]
+    assert (store / "personalize.json").is_file() and "refit" not in json.loads(
+        (store / "personalize.json").read_text()
+    )
+
+
+def test_refit_refuses_an_existing_output_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tunesmith.kinds
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded to train")
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "new.csv").write_text("x1,label\n1,yes\n", encoding="utf-8")
+    monkeypatch.setattr(tunesmith.kinds, "load", no_training)
+    assert run(["refit", str(tmp_path / "model"), str(tmp_path / "new.csv"), "-o", str(tmp_path / "out")]) == 2
+    assert "out: already exists. Pass --overwrite or choose another folder" in capsys.readouterr().err

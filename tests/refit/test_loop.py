@@ -180,3 +180,107 @@ def test_the_examples_are_a_valid_config_and_a_cronjob(tmp_path: Path) -> None:
     assert [r["onExitCodes"]["values"] for r in spec["podFailurePolicy"]["rules"]] == [[3], [2]]
     line = next(ln for ln in (examples / "crontab").read_text(encoding="utf-8").splitlines() if not ln.startswith("#"))
     assert len(line.split()[:5]) == 5 and "tunesmith loop loop.yaml" in line
+
+
+def test_a_run_killed_after_the_save_keeps_the_refit_record_and_both_data_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_setup(tmp_path)
+    real = loop._refit_step
+
+    def saved_then_killed(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)  # the challenger is saved, the state never hears of it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_refit_step", saved_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(config)
+    monkeypatch.setattr(loop, "_refit_step", real)
+    result = run_loop(config)
+    assert result.outcome == "promoted" and result.steps == ["register", "gate", "promote"]
+    # The run record still holds the refit's record, read back from the saved challenger.
+    state = json.loads(result.state_path.read_text(encoding="utf-8"))
+    assert result.refit is not None and result.refit["plan"]["method"] == "auto"
+    assert state["steps"]["refit"]["rows"]["new_train"] + state["steps"]["refit"]["rows"]["new_valid"] == 300
+    assert set(state["steps"]["gate"]["fingerprints"]) == {"new_test", "old_test"}
+    notes = ModelRegistry(tmp_path / "registry").get(2).notes
+    assert notes["refit"]["method"] == "auto" and notes["refit"]["rows"] == result.refit["rows"]
+    assert notes["data"] == {
+        "new_sha256": state["inputs"]["new_sha256"],
+        "replay_sha256": state["inputs"]["replay_sha256"],
+    }
+    assert len(notes["data"]["new_sha256"]) == 64 and notes["data"]["new_sha256"] != notes["data"]["replay_sha256"]
+
+
+def test_a_gate_killed_before_its_record_never_leaves_a_promotable_candidate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunesmith.serve.swap import promote
+
+    config = make_setup(tmp_path, shift=0.0, margin=0.01)
+    real = ModelRegistry.annotate
+
+    def killed(self: ModelRegistry, number: int, **notes: Any) -> Any:
+        raise KeyboardInterrupt  # the decision is made, its record never written
+
+    monkeypatch.setattr(ModelRegistry, "annotate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(config)
+    reg = ModelRegistry(tmp_path / "registry")
+    assert reg.get(2).status == "rejected" and "gate" not in reg.get(2).notes
+    with pytest.raises(ArtifactError, match="has no candidate version to promote"):
+        promote(reg)  # `tunesmith promote registry/`: the newest candidate
+    monkeypatch.setattr(ModelRegistry, "annotate", real)
+    result = run_loop(config)
+    assert result.outcome == "rejected" and result.exit_code == 3 and "gate" in result.steps
+    assert reg.get(2).notes["gate"]["accepted"] is False and reg.champion().number == 1  # type: ignore[union-attr]
+
+
+def test_a_version_rejected_by_hand_is_never_promoted_by_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_setup(tmp_path)
+    real = loop._gate_step
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_gate_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(config)
+    monkeypatch.setattr(loop, "_gate_step", real)
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.reject(2, "looked wrong to the on-call engineer")
+    lines: list[str] = []
+    result = run_loop(config, log=lines.append)
+    # The gate passes it, the registry's mark wins: rejected, exit 3, the champion stays.
+    assert result.decision is not None and result.decision["accepted"]
+    assert result.outcome == "rejected" and result.exit_code == 3 and "promote" not in result.steps
+    assert reg.champion().number == 1 and reg.get(2).status == "rejected"  # type: ignore[union-attr]
+    assert lines[-1] == "version 2 rejected: marked rejected in the registry: looked wrong to the on-call engineer"
+    assert run_loop(config).repeated
+
+
+def test_a_registry_of_recommenders_is_refused_before_anything_trains(tmp_path: Path) -> None:
+    from tests.runs.test_versions import fake_model
+    from tunesmith.estimators.base import NotSupportedError
+
+    config = make_setup(tmp_path)
+    (tmp_path / "registry").rename(tmp_path / "tabular")
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.promote(reg.register(fake_model(tmp_path / "rec", b"w", kind="recommender")).number)
+    with pytest.raises(NotSupportedError, match="gates classifiers and regressors row by row.*recommender"):
+        run_loop(config)
+    assert not (tmp_path / "registry" / "loop").exists() and len(reg.versions()) == 1
+
+
+def test_a_relative_mlflow_database_is_read_from_the_config_folder(tmp_path: Path) -> None:
+    from tunesmith.refit import make_loop_config
+
+    settings = {"new_data": "new.csv", "old_test": "old.csv", "new_test_size": 0.2, "state_dir": "state"}
+    cfg = make_loop_config({**settings, "registry": "mlflow:sqlite:///db/mlflow.db#reviews"}, base=tmp_path)
+    assert cfg.registry == f"mlflow:sqlite:///{tmp_path.as_posix()}/db/mlflow.db#reviews"
+    absolute = make_loop_config({**settings, "registry": "mlflow:sqlite:////srv/mlflow.db#r"}, base=tmp_path)
+    assert absolute.registry == "mlflow:sqlite:////srv/mlflow.db#r"
+    server = make_loop_config({**settings, "registry": "mlflow:http://mlflow:5000#r"}, base=tmp_path)
+    assert server.registry == "mlflow:http://mlflow:5000#r" and cfg.state_dir == str(tmp_path / "state")

@@ -210,3 +210,47 @@ def test_a_location_names_a_model() -> None:
     with pytest.raises(ConfigError, match="names no registered model.*mlflow:<tracking URI>#<model name>"):
         parse_location("mlflow:sqlite:///a/b.db")
     assert isinstance(open_registry("some/folder"), ModelRegistry)
+
+
+def test_an_unsupported_tracking_uri_is_a_one_line_error(tmp_path: Path) -> None:
+    from tunesmith.cli import main
+
+    with pytest.raises(ArtifactError, match="mlflow:bogus://x#m: MLflow refused: .*unsupported URI 'bogus://x'"):
+        open_registry("mlflow:bogus://x#m")
+    with pytest.raises(SystemExit) as exc:
+        main(["versions", "mlflow:bogus://x#m"])
+    assert exc.value.code == 2
+
+
+def test_the_refit_loop_runs_on_an_mlflow_registry_and_a_kill_registers_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from tests.refit.test_loop import make_setup
+    from tunesmith.refit import loop, run_loop
+
+    config = make_setup(tmp_path)
+    monkeypatch.setenv("TUNESMITH_MLFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path / "registry")  # a scheduler's working directory: not the config's folder
+    reg = MlflowRegistry("loop", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    reg.promote(reg.register(tmp_path / "champion").number)
+    settings = yaml.safe_load(config.read_text(encoding="utf-8"))
+    settings |= {"registry": "mlflow:sqlite:///mlflow.db#loop", "state_dir": "state"}  # read from the config's folder
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    real = loop._register_step
+
+    def registered_then_killed(*args: object, **kwargs: object) -> None:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_register_step", registered_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(config)
+    monkeypatch.setattr(loop, "_register_step", real)
+    result = run_loop(config)
+    assert result.outcome == "promoted" and result.steps == ["gate", "promote"] and result.version == 2
+    assert [(v.number, v.status) for v in reg.versions()] == [(1, "retired"), (2, "champion")]
+    assert reg.get(2).notes["gate"]["accepted"] and (tmp_path / "state" / result.key / "state.json").is_file()
+    assert not (tmp_path / "registry" / "mlflow.db").exists()
+    assert run_loop(config).repeated

@@ -152,3 +152,12 @@ def test_a_note_without_a_value_is_refused(tmp_path: Path, capsys: pytest.Captur
         main(["register", str(tmp_path / "reg"), str(fake_model(tmp_path / "m", b"w")), "--note", "oops"])
     assert code.value.code == 2
     assert "a note is key=value, got 'oops'" in capsys.readouterr().err
+
+
+def test_an_adapter_store_is_refused_saying_it_needs_its_shared_model(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "personalize.json").write_text(json.dumps({"base": "/elsewhere/model", "user_column": "user"}))
+    with pytest.raises(ArtifactError, match="adapter store of tunesmith personalize, which loads only over its"):
+        ModelRegistry(tmp_path / "reg").register(store)
+    assert not (tmp_path / "reg" / "versions").exists()

@@ -30,20 +30,37 @@ def refit(
     ] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="Label column (default: the model's).")] = None,
     method: Annotated[str | None, typer.Option(help="auto (default), naive, replay, l2sp, lora or wise.")] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(help="The shared model folder, when MODEL is an adapter store of tunesmith personalize."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder at --output.")] = False,
 ) -> None:
     """Continue MODEL on NEW_DATA without forgetting what it knew; save the copy to --output.
 
     The default method replays old rows (with --replay), pulls the weights toward the current
     ones (L2-SP) and interpolates with them (WiSE-FT). Judge the copy with `tunesmith gate`.
+    An adapter store (tunesmith personalize) needs its shared model: --base MODEL.
     """
     from tunesmith.config import validate_settings
+    from tunesmith.errors import ArtifactError, ConfigError
     from tunesmith.kinds import load
+    from tunesmith.personalize.settings import SETTINGS_FILE
     from tunesmith.train.continual import RefitSettings
 
     settings = plain_settings(list(RefitSettings.model_fields), None, overrides, method=method)
     validate_settings(RefitSettings, settings)  # a bad setting fails before the model loads
-    challenger = load(model).refit(new_data, replay=replay, target=target, **settings)
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        # Refused before training, not after it.
+        raise ArtifactError("already exists", path=output, hint="Pass --overwrite or choose another folder")
+    if base is None and (model / SETTINGS_FILE).is_file():
+        raise ConfigError(
+            f"{model} is an adapter store of tunesmith personalize; it refits over its shared model",
+            key="base",
+            hint="Give the shared model folder: --base MODEL",
+        )
+    champion = load(model) if base is None else load(model, base=base)
+    challenger = champion.refit(new_data, replay=replay, target=target, **settings)
     saved = challenger.save(output, overwrite=overwrite)
     print_refit_summary(getattr(challenger, "refit_info_", None) or {}, saved)
 

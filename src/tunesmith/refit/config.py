@@ -143,7 +143,7 @@ def load_loop_config(path: str | os.PathLike[str]) -> LoopConfig:
         raise ConfigError(f"loop config file {str(p)!r} does not exist", hint="Check the path (see examples/loop/)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"loop config file {str(p)!r} is not valid YAML: {exc}") from None
     return make_loop_config(data, base=p.resolve().parent, source=p.name)
 
@@ -153,8 +153,18 @@ def _is_uri(value: str) -> bool:
     return value.startswith(MLFLOW_SCHEME) or "://" in value
 
 
+SQLITE = f"{MLFLOW_SCHEME}sqlite:///"
+
+
 def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     def resolve(value: Any, allow_uri: bool = False) -> Any:
+        if allow_uri and isinstance(value, str) and value.startswith(SQLITE):
+            # mlflow:sqlite:///mlflow.db#name names a database file relative to the working
+            # directory, which a scheduler does not choose: read it from the config's folder too.
+            database = value[len(SQLITE) :]
+            if database and not database.startswith("/"):
+                return SQLITE + (base / database).as_posix()
+            return value
         if not isinstance(value, str) or not value or (allow_uri and _is_uri(value)):
             return value
         p = Path(value).expanduser()

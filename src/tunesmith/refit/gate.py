@@ -221,7 +221,9 @@ def gate_version(registry: Any, number: int, new_test: Any, old_test: Any, **opt
         raise ArtifactError(f"version {number} is the champion; gate another version against it", path=reg.location)
     decision = gate(champion.path, challenger.path, new_test, old_test, **options)
     record = {**decision.to_dict(), "champion": champion.number}
-    reg.annotate(number, gate=record)
     if not decision.accepted:
+        # Marked first: a kill between the two writes must not leave a candidate that a plain
+        # `tunesmith promote` (the newest candidate) would serve.
         reg.reject(number, "; ".join(decision.reasons))
+    reg.annotate(number, gate=record)
     return decision, reg.get(number)

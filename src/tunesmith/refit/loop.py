@@ -39,6 +39,7 @@ from typing import Any
 from tunesmith.data.io import file_sha256, read_table
 from tunesmith.data.replay import hold_out
 from tunesmith.errors import ArtifactError, ConfigError, DataError
+from tunesmith.estimators.base import NotSupportedError
 from tunesmith.kinds import load
 from tunesmith.monitor import monitor
 from tunesmith.refit.config import LoopConfig, load_loop_config, make_loop_config
@@ -128,6 +129,7 @@ def run_loop(
         ConfigError: a bad setting, or a ``server`` without a ``promoter``.
         DataError: a data file that is missing, unreadable or does not fit the model.
         ArtifactError: a registry without a champion, or another loop holding the lock.
+        NotSupportedError: a registry of recommenders (the gate compares models row by row).
     """
     cfg = _as_config(config)
     say = log or (lambda _line: None)
@@ -144,6 +146,13 @@ def run_loop(
             "has no champion to refit",
             path=cfg.registry,
             hint="Register a first model and promote it (tunesmith register, tunesmith promote)",
+        )
+    if (reg.identity() or {}).get("kind") == "recommender":
+        # Refused before anything trains: the gate could never judge the challenger, and each
+        # rerun would fail on the same registered version.
+        raise NotSupportedError(
+            "the refit loop gates classifiers and regressors row by row; this registry holds a recommender",
+            hint="Refit it with Recommender.refit and compare with evaluate() on a later interaction log",
         )
     root = state_root(cfg)
     with _exclusive(root):
@@ -197,16 +206,22 @@ def _run_locked(
             steps["refit"] = _refit_step(cfg, work.model(), train, target, challenger_dir)
             done.append("refit")
             _write_state(folder, state)
+        if not steps.get("refit"):
+            # Killed after the save, before the state recorded it: the saved model carries the record.
+            steps["refit"] = _saved_refit_info(challenger_dir) or None
         notes = {
             "loop_key": key,
             "loop_inputs": inputs["fingerprint"],
             "loop_parent": parent,
-            "refit": _summary(steps.get("refit") or _saved_refit_info(challenger_dir)),
+            "data": {"new_sha256": inputs["new_sha256"], "replay_sha256": inputs["replay_sha256"]},
+            "refit": _summary(steps.get("refit") or {}),
         }
         version = _register_step(reg, challenger_dir, notes)
         done.append("register")
         say(f"registered version {version.number}{_described(notes['refit'])}")
     steps["register"] = {"version": version.number, "model_version": version.model_version}
+    if not steps.get("refit") and version.path.is_dir():
+        steps["refit"] = _saved_refit_info(version.path) or None  # a state file lost: the registered copy's
     _write_state(folder, state)
     # The registry holds its own copy now; a kill before this line leaves a folder the next run removes.
     shutil.rmtree(folder / CHALLENGER_DIR, ignore_errors=True)
@@ -230,10 +245,17 @@ def _run_locked(
         decision = _gate_step(cfg, reg, version.number, new_test, work.target(state))
         done.append("gate")
     steps["gate"] = decision
-    if not decision.get("accepted"):
+    why = list(decision.get("reasons") or [])
+    # Rejected outside this gate (by hand, or before a killed gate wrote its record): a
+    # rejected version is never promoted, whatever the gate said.
+    overruled = bool(decision.get("accepted")) and version.status == "rejected"
+    if overruled:
+        steps["rejected"] = {"because": version.notes.get("rejected_because"), "at": _now()}
+        why = [f"marked rejected in the registry: {steps['rejected']['because']}"]
+    if not decision.get("accepted") or overruled:
         state["outcome"] = "rejected"
         _write_state(folder, state)
-        say(f"version {version.number} rejected: {'; '.join(decision.get('reasons') or [])}")
+        say(f"version {version.number} rejected: {'; '.join(why)}")
         return _result(state, folder, repeated=False, done=done)
     if not cfg.promote:
         state["outcome"] = "accepted"

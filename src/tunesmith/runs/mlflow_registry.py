@@ -26,7 +26,7 @@ In MLflow the registry is one *registered model*:
 name, the version and its weights hash, and renamed into place only once its weights hash, the
 digest of all its files and its identity match what was registered, so ``Version.path`` is a
 local folder that ``tunesmith.load`` opens (as untrusted input, like any folder). MLflow has no
-lock: changes are serialized between processes of one machine by a lock in the cache folder;
+lock: changes are serialized between processes that share the cache folder by a lock in it;
 moving the champion writes an intent into the tag before the alias and the final state after
 it, so a crash between the writes leaves a state that reads back as the old or the new champion.
 """
@@ -168,8 +168,9 @@ class MlflowRegistry:
         self._errors_type: type[Exception] = self._mlflow.exceptions.MlflowException
         self.name = name
         self.tracking_uri = tracking_uri or str(self._mlflow.get_tracking_uri())
-        self.client: MlflowClient = self._mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         self.location = f"{MLFLOW_SCHEME}{self.tracking_uri}#{name}"
+        with self._errors():  # an unsupported URI scheme is refused here, not at the first call
+            self.client: MlflowClient = self._mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         key = hashlib.sha256(f"{self.tracking_uri}#{name}".encode()).hexdigest()[:16]
         self.path = (Path(cache_dir) if cache_dir is not None else default_cache()) / key
         self.experiment = experiment or f"tunesmith-{name}"

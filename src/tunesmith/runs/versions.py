@@ -138,6 +138,14 @@ class Registry(Protocol):
 def model_identity(folder: Path) -> dict[str, Any]:
     """What a registry's versions must share: kind, task and labels of ``tunesmith.json``."""
     meta_file = folder / "tunesmith.json"
+    if not meta_file.is_file() and (folder / "personalize.json").is_file():
+        raise ArtifactError(
+            "is an adapter store of tunesmith personalize, which loads only over its shared model; "
+            "a registry holds models that load on their own",
+            path=folder,
+            hint="Register the shared model, keep the store beside it, and refit the store with "
+            "`tunesmith refit STORE NEW_DATA --base MODEL -o NEW_STORE`",
+        )
     if not meta_file.is_file():
         raise ArtifactError(
             "is not a tunesmith model folder (no tunesmith.json)", path=folder, hint="Give a folder written by save()"
