@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust bench-monitoring clean
+.PHONY: demo test setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust bench-monitoring bench-refit clean
 
 setup: $(STAMP)
 
@@ -65,6 +65,9 @@ bench-trust: setup
 
 bench-monitoring: setup
 	$(BIN)/python bench/monitoring.py
+
+bench-refit: setup
+	$(BIN)/python bench/refit.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
