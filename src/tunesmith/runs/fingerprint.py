@@ -30,3 +30,14 @@ def model_version(folder: Path) -> str:
     if not weights.is_file():
         raise ArtifactError("model.safetensors is missing", path=folder, hint="Give a folder written by save()")
     return file_sha256(weights)[:12]
+
+
+def saved_version(folder: str | os.PathLike[str] | None) -> str | None:
+    """:func:`model_version` of the folder a model was saved to or loaded from; None for a model
+    only in memory, or a folder that no longer holds its weights (a refit's parent record)."""
+    if folder is None:
+        return None
+    try:
+        return model_version(Path(folder))
+    except ArtifactError:
+        return None

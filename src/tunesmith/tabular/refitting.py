@@ -43,9 +43,9 @@ from tunesmith.config import validate_settings
 from tunesmith.data.replay import RefitData, check_new_data
 from tunesmith.data.schema import Schema, missing_mask
 from tunesmith.data.validate import encode_target
-from tunesmith.errors import ArtifactError, ConfigError, DataError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluate.metrics import compute_metrics
-from tunesmith.runs.fingerprint import model_version
+from tunesmith.runs.fingerprint import saved_version
 from tunesmith.tabular.boosting import fit_lightgbm, keep_trees, refit_lightgbm, scale_new_trees
 from tunesmith.tabular.columns import labeled_frame, with_rows
 from tunesmith.tabular.neural import TabularNet, fit_net
@@ -109,17 +109,6 @@ def model_fingerprint(est: Any) -> str:
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     digest.update(str(est.chosen_).encode())
     return digest.hexdigest()[:12]
-
-
-def _folder_version(est: Any) -> str | None:
-    """The content hash of the folder the model was saved to or loaded from (None for one only in memory)."""
-    folder = getattr(est, "model_path_", None)
-    if folder is None:
-        return None
-    try:
-        return model_version(Path(folder))
-    except ArtifactError:
-        return None
 
 
 def _parts_to_train(est: Any, model: str | None) -> tuple[list[str], list[str]]:
@@ -436,7 +425,7 @@ def refit_tabular(
         "data": {"new_sha256": new_sha, "replay_sha256": old_sha},
         "parent": {
             "fingerprint": model_fingerprint(est),
-            "model_version": _folder_version(est),
+            "model_version": saved_version(getattr(est, "model_path_", None)),
             "data_sha256": (getattr(est, "data_info_", None) or {}).get("sha256"),
         },
         "fingerprint": model_fingerprint(new),

@@ -39,12 +39,12 @@ from tunesmith.data.images import read_image_folder
 from tunesmith.data.io import read_table
 from tunesmith.data.replay import RefitData, check_new_data
 from tunesmith.data.schema import label_string
-from tunesmith.errors import ArtifactError, DataError
+from tunesmith.errors import DataError
 from tunesmith.estimators.base import unsupported
 from tunesmith.estimators.image.inputs import ImageInput, Loaded, load_images
 from tunesmith.estimators.image.model import ImageModel, model_logits, nhwc_to_tensor, recalibrate_batchnorm
 from tunesmith.estimators.image.settings import ImageConfig
-from tunesmith.runs.fingerprint import model_version
+from tunesmith.runs.fingerprint import saved_version
 from tunesmith.train.continual import (
     AnchorPenalty,
     PenalisedLoss,
@@ -140,17 +140,6 @@ def _weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _version_of(est: ImageEstimator) -> str | None:
-    """The content hash of the folder the model was saved to or loaded from (None for one only in memory)."""
-    folder = getattr(est, "model_path_", None)
-    if folder is None:
-        return None
-    try:
-        return model_version(Path(folder))
-    except ArtifactError:
-        return None
-
-
 def _moved_batchnorm(model: ImageModel, anchor: dict[str, torch.Tensor]) -> list[nn.modules.batchnorm._BatchNorm]:
     """BatchNorm layers whose statistics the refit changed (the others were frozen all along)."""
     name_of = {id(m): n for n, m in model.named_modules()}
@@ -163,56 +152,58 @@ def _moved_batchnorm(model: ImageModel, anchor: dict[str, torch.Tensor]) -> list
     return moved
 
 
+RECALIBRATION_IMAGES = 512
+"""Training images WiSE-FT re-estimates each interpolated network's BatchNorm statistics on: a
+few hundred images fix the statistics well, and every alpha tried costs one pass over them."""
+
+
 def _interpolate(
     est: ImageEstimator,
     anchor: dict[str, torch.Tensor],
     train_images: np.ndarray,
     held: list[tuple[np.ndarray, np.ndarray]],
     alphas: Sequence[float],
+    seed: int = 0,
 ) -> tuple[float, list[dict[str, Any]]]:
     """WiSE-FT: load the interpolation whose mean held-out accuracy is best; return it and every trial.
 
     ``held`` is the new and (when replay data was given) the old held-out rows. With
-    ``batchnorm="recalibrate"``, each interpolated network's statistics are re-estimated on
-    ``train_images`` and kept when the mean held-out accuracy does not drop.
+    ``batchnorm="recalibrate"``, an interpolated network's statistics are those of its own
+    weights, re-estimated on a sample of ``train_images`` (at most
+    :data:`RECALIBRATION_IMAGES`, the same for every alpha), as a fit re-estimates them;
+    ``alpha`` 1.0 is the refitted network, whose statistics were re-estimated after training.
+    With frozen statistics they are interpolated with the weights.
     """
     model: ImageModel = est.model_
     cfg: ImageConfig = est.config_
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
     layers = _moved_batchnorm(model, anchor) if cfg.batchnorm == "recalibrate" else []
+    if len(train_images) > RECALIBRATION_IMAGES:
+        pick = np.random.default_rng(seed).choice(len(train_images), size=RECALIBRATION_IMAGES, replace=False)
+        train_images = train_images[np.sort(pick)]
     images = nhwc_to_tensor(train_images)
     held_t = [(nhwc_to_tensor(x), y) for x, y in held]
     n_outputs = len(est.labels_)
-    bn_choice: dict[float, str] = {}
 
-    def accuracies() -> list[float]:
+    def batchnorm(alpha: float) -> str:
+        return "re-estimated" if layers and alpha < 1.0 else "interpolated" if alpha < 1.0 else "refitted"
+
+    def load(alpha: float) -> None:
+        model.load_state_dict(tuned if alpha >= 1.0 else interpolate_state(anchor, tuned, alpha))
+        if batchnorm(alpha) == "re-estimated":
+            recalibrate_batchnorm(model, layers, images, model.backbone.preprocessing, cfg.eval_batch_size)
+
+    def score(alpha: float) -> list[float]:
+        load(alpha)
         return [
             float(np.mean(model_logits(model, x, cfg.eval_batch_size, n_outputs).argmax(axis=1) == y))
             for x, y in held_t
         ]
 
-    def load(alpha: float, recalibrate: bool) -> None:
-        model.load_state_dict(interpolate_state(anchor, tuned, alpha))
-        if recalibrate:
-            recalibrate_batchnorm(model, layers, images, model.backbone.preprocessing, cfg.eval_batch_size)
-
-    def score(alpha: float) -> list[float]:
-        load(alpha, False)
-        blended = accuracies()
-        bn_choice[alpha] = "interpolated"
-        if not layers:
-            return blended
-        load(alpha, True)
-        fresh = accuracies()
-        if np.mean(fresh) >= np.mean(blended):
-            bn_choice[alpha] = "re-estimated"
-            return fresh
-        return blended
-
     alpha, trials = choose_alpha(score, alphas)
-    load(alpha, bn_choice[alpha] == "re-estimated")
+    load(alpha)
     for trial in trials:
-        trial["batchnorm"] = bn_choice[trial["alpha"]]
+        trial["batchnorm"] = batchnorm(trial["alpha"])
     return alpha, trials
 
 
@@ -300,7 +291,7 @@ def refit_image(
     trials: list[dict[str, Any]] = []
     held = [part for part in (new_valid, old_valid) if len(part[1])]
     if plan.interpolate and len(new_valid[1]):
-        alpha, trials = _interpolate(challenger, anchor, train_split[0], held, plan.alphas)
+        alpha, trials = _interpolate(challenger, anchor, train_split[0], held, plan.alphas, chosen.seed)
     challenger.training_info_ = {
         **training_summary(
             state, monitor=info["monitor"], train_seconds=train_seconds, loop_seconds=loop_seconds, started=started
@@ -332,7 +323,7 @@ def refit_image(
             "replay_sha256": sources[1].sha256 if replay is not None else None,
         },
         "parent": {
-            "model_version": _version_of(est),
+            "model_version": saved_version(getattr(est, "model_path_", None)),
             "weights_sha256": _weights_sha256(est.model_),
             "data_sha256": (getattr(est, "data_info_", None) or {}).get("sha256"),
         },

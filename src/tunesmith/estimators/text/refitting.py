@@ -22,12 +22,12 @@ from tunesmith.config import validate_settings
 from tunesmith.data.io import file_sha256
 from tunesmith.data.replay import RefitData, check_new_data
 from tunesmith.data.schema import label_string, missing_mask
-from tunesmith.errors import ArtifactError, ConfigError, DataError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators.base import FitArguments
 from tunesmith.estimators.text.fitting import WarmStart
 from tunesmith.estimators.text.inputs import frame_sha256, prediction_texts, read_frame
 from tunesmith.runs.artifacts import atomic_write_json, json_safe
-from tunesmith.runs.fingerprint import model_version
+from tunesmith.runs.fingerprint import saved_version
 from tunesmith.train.continual import RefitSettings, choose_alpha, interpolate_state
 
 TextEstimator = Any
@@ -83,17 +83,6 @@ def _held_out_score(est: TextEstimator, ids: list[list[int]], frame: pd.DataFram
         return -float(np.mean(np.abs(pred - y.to_numpy(dtype=float))))
     pred = est.classes_[outputs.argmax(axis=1)]
     return float(np.mean([label_string(a) == label_string(b) for a, b in zip(pred, y, strict=True)]))
-
-
-def _version_of(est: TextEstimator) -> str | None:
-    """The content hash of the folder the current model was loaded from (None for one in memory)."""
-    folder = getattr(est, "model_path_", None)
-    if folder is None:
-        return None
-    try:
-        return model_version(folder)
-    except ArtifactError:
-        return None
 
 
 def refit(
@@ -205,7 +194,7 @@ def refit(
             "replay_sha256": replay_sha,
         },
         "parent": {
-            "model_version": _version_of(est),
+            "model_version": saved_version(getattr(est, "model_path_", None)),
             "data_sha256": (getattr(est, "data_info_", None) or {}).get("sha256"),
         },
     }
