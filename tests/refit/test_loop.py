@@ -261,15 +261,14 @@ def test_a_version_rejected_by_hand_is_never_promoted_by_the_loop(
     assert run_loop(config).repeated
 
 
-def test_a_registry_of_recommenders_is_refused_before_anything_trains(tmp_path: Path) -> None:
+def test_a_registry_of_recommenders_needs_a_later_log_as_new_test(tmp_path: Path) -> None:
     from tests.runs.test_versions import fake_model
-    from tunesmith.estimators.base import NotSupportedError
 
-    config = make_setup(tmp_path)
+    config = make_setup(tmp_path)  # carves new_test_size: refused for interaction logs
     (tmp_path / "registry").rename(tmp_path / "tabular")
     reg = ModelRegistry(tmp_path / "registry")
     reg.promote(reg.register(fake_model(tmp_path / "rec", b"w", kind="recommender")).number)
-    with pytest.raises(NotSupportedError, match="gates classifiers and regressors row by row.*recommender"):
+    with pytest.raises(ConfigError, match="needs new_test, an interaction log later than new_data"):
         run_loop(config)
     assert not (tmp_path / "registry" / "loop").exists() and len(reg.versions()) == 1
 

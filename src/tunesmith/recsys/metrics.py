@@ -11,7 +11,7 @@ Metrics are computed per user, then averaged over users with at least one target
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -22,7 +22,14 @@ from scipy.stats import rankdata
 from tunesmith.errors import ConfigError
 from tunesmith.recsys.split import HoldOut
 
-__all__ = ["evaluate_ranking", "popularity_percentile", "ranking_metrics", "target_ranks", "top_k"]
+__all__ = [
+    "evaluate_ranking",
+    "ndcg_of_lists",
+    "popularity_percentile",
+    "ranking_metrics",
+    "target_ranks",
+    "top_k",
+]
 
 # Rank computations compare a target's score with a whole row of scores; this many scores
 # at a time keeps the temporary arrays near 32 MB whatever the catalogue size.
@@ -230,6 +237,40 @@ def ranking_metrics(
     pct = _percentiles(item_popularity, s.shape[1])
     values, top, _ = _per_user(s, targets, checked)
     return _summarise(values, top, checked, s.shape[1], pct)
+
+
+def ndcg_of_lists(
+    recommended: Sequence[Sequence[Any]], targets: Sequence[Collection[Any]], *, k: int = 10
+) -> np.ndarray:
+    """NDCG@``k`` of each ranked list against its own targets: one float64 value per list.
+
+    ``recommended[i]`` holds item ids best first (a top-k list such as
+    :meth:`~tunesmith.recsys.ranking.Ranking.recommend_batch` gives, history excluded);
+    ``targets[i]`` the ids to find. Relevance is binary and the ideal DCG is that of
+    ``min(len(targets[i]), k)`` targets at the top, as ``ndcg@k`` in :func:`ranking_metrics`:
+    the values average to its figure when the lists are :func:`top_k` of the same scores. A
+    target the list does not hold (or holds past ``k``) adds nothing; a row without targets is
+    NaN. Ids compare as given (use one type, e.g. strings, on both sides).
+    """
+    k = _check_k(k)
+    if len(recommended) != len(targets):
+        raise ConfigError(f"got {len(recommended)} ranked lists but targets for {len(targets)}", key="targets")
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discount)
+    out = np.full(len(targets), np.nan)
+    for i, (ranked, wanted) in enumerate(zip(recommended, targets, strict=True)):
+        want = set(wanted)
+        if not want:
+            continue
+        # A list repeating an id counts it once, at its best place.
+        seen: set[Any] = set()
+        dcg = 0.0
+        for place, item in enumerate(list(ranked)[:k]):
+            if item in want and item not in seen:
+                dcg += discount[place]
+            seen.add(item)
+        out[i] = dcg / ideal[min(len(want), k) - 1]
+    return out
 
 
 def _group_labels(groups: Sequence[int]) -> tuple[np.ndarray, list[str]]:

@@ -7,6 +7,11 @@ the lower end of its gain on the new test split is above zero (it is better, not
 the lower end of its gain on the old split is above ``-margin`` (it forgot at most ``margin``).
 The decision, every figure and the fingerprints of both test sets go into the result, ready for
 a run record or a registry version's notes.
+
+Recommenders are judged per user instead of per row: each test split is a later interaction
+log, and a user's score is NDCG@10 of each model's top-10 list (their stored history
+excluded) against their positive items in the log. Only users both models know, and only
+target items both models know, take part; the same paired bootstrap runs over those users.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import pandas as pd
 
 from tunesmith.data.schema import label_string
 from tunesmith.errors import ArtifactError, ConfigError, DataError
-from tunesmith.estimators.base import NotSupportedError
 from tunesmith.evaluate.intervals import bootstrap_mean_intervals
+from tunesmith.recsys.data import read_interactions
+from tunesmith.recsys.metrics import ndcg_of_lists
 from tunesmith.runs.mlflow_registry import open_registry
 
 
@@ -51,7 +57,14 @@ class GateDecision:
 
 
 MIN_TEST_ROWS = 30
-"""Fewest rows of a test split the gate judges on (fewer cannot tell two models apart)."""
+"""Fewest rows (users, for recommenders) of a test split the gate judges on (fewer cannot tell
+two models apart)."""
+
+RANKING_K = 10
+"""The cut-off of the recommenders' per-user metric (``ndcg@10``)."""
+
+_USERS_PER_CALL = 512
+"""Users ranked per model call: a dense users x items score matrix each, so a bounded one."""
 
 
 def _load(model: Any) -> Any:
@@ -99,13 +112,118 @@ def _row_scores(est: Any, frame: pd.DataFrame, target: str, task: str) -> np.nda
 
 def _task(est: Any) -> str:
     if hasattr(est, "recommend"):
-        raise NotSupportedError(
-            "the gate compares classifiers and regressors row by row",
-            hint="Compare recommenders with evaluate() on a later interaction log",
-        )
+        return "ranking"
     schema = getattr(est, "schema_", None) or getattr(getattr(est, "base", None), "schema_", None)
     task = getattr(schema, "task", None) or getattr(est, "task_", None)
     return "regression" if task == "regression" else "classification"
+
+
+def _positive_rule(est: Any) -> str:
+    rating = getattr(est, "min_rating", None)
+    return "0/1 labels (or every interaction)" if rating is None else f"ratings from {rating:g}"
+
+
+def _same_task(champ: Any, chall: Any) -> str:
+    task, other = _task(champ), _task(chall)
+    if task != other:
+        if "ranking" in (task, other):
+            raise ConfigError(
+                f"the champion is a {'recommender' if task == 'ranking' else task + ' model'} and the challenger "
+                f"a {'recommender' if other == 'ranking' else other + ' model'}; the gate compares two models "
+                "of the same kind",
+                key="challenger",
+                hint="Gate a recommender against a recommender (a registry holds one kind)",
+            )
+        raise ConfigError("the champion and the challenger do different tasks", key="challenger")
+    if task == "ranking" and getattr(champ, "min_rating", None) != getattr(chall, "min_rating", None):
+        raise ConfigError(
+            f"the champion's positives are {_positive_rule(champ)} and the challenger's {_positive_rule(chall)}; "
+            "they cannot be judged on the same target items",
+            key="challenger",
+            hint="Refit the champion (Recommender.refit keeps its settings)",
+        )
+    return task
+
+
+def _positives(est: Any, frame: pd.DataFrame, target: str | None, file: Any) -> pd.DataFrame:
+    """The log's rows as string ids with a ``positive`` flag, read with the champion's columns."""
+    # The fit's column names travel with the model (saved in tunesmith.json), as evaluate() reads them.
+    cols = {"user": "user_id", "item": "item_id", **(getattr(est, "_columns", None) or {})}
+    min_rating = getattr(est, "min_rating", None)
+    if target is not None:
+        cols["rating" if min_rating is not None else "label"] = target
+    # Time plays no part in a set of targets: a log without the fit's time column is still judged.
+    inter = read_interactions(
+        frame,
+        user=cols["user"],
+        item=cols["item"],
+        time=None,
+        rating=cols.get("rating"),
+        label=cols.get("label"),
+        duplicates="keep",
+        file=file,
+    )
+    codes = inter.frame
+    return pd.DataFrame(
+        {
+            "user": inter.users[codes["user"].to_numpy()].astype(str),
+            "item": inter.items[codes["item"].to_numpy()].astype(str),
+            "positive": inter.positive_mask(min_rating=min_rating),
+        }
+    )
+
+
+def _user_scores(
+    champ: Any, chall: Any, frame: pd.DataFrame, target: str | None, file: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Per user both models know: NDCG@10 of the champion and of the challenger, and what was left out."""
+    rows = _positives(champ, frame, target, file)
+    users = set(map(str, champ.users_)) & set(map(str, chall.users_))
+    items = set(map(str, champ.items_)) & set(map(str, chall.items_))
+    pos = rows["positive"].to_numpy()
+    known_user = rows["user"].isin(users).to_numpy()
+    known_item = rows["item"].isin(items).to_numpy()
+    kept = rows.loc[pos & known_user & known_item]
+    targets = kept.groupby("user", sort=True)["item"].agg(set)
+    with_positive = set(rows.loc[pos, "user"])
+    left_out = {
+        "rows_not_positive": int((~pos).sum()),
+        "rows_unknown_user": int((pos & ~known_user).sum()),
+        "rows_unknown_item": int((pos & known_user & ~known_item).sum()),
+        "users_without_positive": int(rows["user"].nunique() - len(with_positive)),
+        "users_unknown": len(with_positive - users),
+        "users_without_known_item": len((with_positive & users) - set(targets.index)),
+    }
+    ids, wanted = [str(u) for u in targets.index], list(targets)
+    scores = []
+    for model in (champ, chall):
+        parts = []
+        for start in range(0, len(ids), _USERS_PER_CALL):
+            batch = ids[start : start + _USERS_PER_CALL]
+            lists = model.recommend_batch(users=batch, k=RANKING_K)
+            ranked = [[str(r["item"]) for r in row] for row in lists]
+            parts.append(ndcg_of_lists(ranked, wanted[start : start + _USERS_PER_CALL], k=RANKING_K))
+        scores.append(np.concatenate(parts) if parts else np.zeros(0))
+    return scores[0], scores[1], left_out
+
+
+def _too_few_users(name: str, n: int, left_out: dict[str, int]) -> DataError:
+    why = (
+        f"{left_out['users_unknown']} users unknown to a model, "
+        f"{left_out['users_without_known_item']} with no positive item both models know, "
+        f"{left_out['users_without_positive']} with no positive interaction"
+    )
+    if n == 0:
+        what = f"no user of the {name} test log is known to both models with a positive item both know ({why})"
+    else:
+        what = (
+            f"the {name} test log has {n} users both models know with a positive item both know; the gate "
+            f"needs at least {MIN_TEST_ROWS} to tell two recommenders apart ({why})"
+        )
+    return DataError(
+        what,
+        hint="Judge on a later log of the users and items the models were trained on, or wait for more users",
+    )
 
 
 def gate(
@@ -124,38 +242,61 @@ def gate(
 
     Args:
         champion, challenger: fitted estimators or model folders (any kind with ``predict``
-            row by row: text, image tables with a path column, tabular, personalised).
-        new_test: labeled rows of the new period, held out from the challenger's training.
-        old_test: the old test split (what the champion was judged on).
-        target: the label column (default: the champion's).
+            row by row: text, image tables with a path column, tabular, personalised), or two
+            recommenders.
+        new_test: labeled rows of the new period, held out from the challenger's training
+            (for recommenders: an interaction log of the new period, later than what the
+            challenger was refitted on).
+        old_test: the old test split (what the champion was judged on; for recommenders an
+            interaction log of the old period that neither model was trained on).
+        target: the label column (default: the champion's); for recommenders the column that
+            decides positives, the rating column with ``min_rating`` set, else a 0/1 label
+            (default: the fit's; none: every interaction is positive).
         margin: the largest loss on the old split the challenger may have (accuracy points
-            as a fraction, or mean absolute error in target units for regression), judged
-            by the lower end of its interval.
+            as a fraction, mean absolute error in target units for regression, or NDCG@10
+            for recommenders), judged by the lower end of its interval.
+
+    Recommenders are compared per user (``rows`` counts users): each user both models know
+    with at least one positive item both models know in the log; both models rank the whole
+    catalogue for them, their stored history excluded, and score NDCG@10 against those items
+    (metric ``ndcg@10``). ``left_out`` on each split counts the users and rows that took no
+    part, by reason.
 
     Raises:
-        NotSupportedError: a recommender (compare them on later interactions instead).
-        DataError: a test split without the target or with unlabeled rows.
+        ConfigError: a recommender against a classifier or regressor, or two recommenders that
+            count different interactions as positive.
+        DataError: a test split without the target or with unlabeled rows, fewer than
+            ``MIN_TEST_ROWS`` rows, or (recommenders) fewer than ``MIN_TEST_ROWS`` users
+            both models know with a positive item both know.
     """
     if margin < 0:
         raise ConfigError(f"margin must be 0 or more, got {margin}", key="margin")
     champ, chall = _load(champion), _load(challenger)
-    task = _task(champ)
-    if _task(chall) != task:
-        raise ConfigError("the champion and the challenger do different tasks", key="challenger")
-    target = _target_of(champ, target)
-    metric = "accuracy" if task == "classification" else "mean absolute error"
+    task = _same_task(champ, chall)
+    if task != "ranking":
+        target = _target_of(champ, target)
+    metric = {"classification": "accuracy", "regression": "mean absolute error"}.get(task, f"ndcg@{RANKING_K}")
     splits: dict[str, dict[str, Any]] = {}
     prints: dict[str, str] = {}
     for name, data in (("new", new_test), ("old", old_test)):
         frame, prints[f"{name}_test"] = _frame(data, f"{name}_test")
-        if len(frame) < MIN_TEST_ROWS:
-            raise DataError(
-                f"the {name} test split has {len(frame)} rows; the gate needs at least {MIN_TEST_ROWS} "
-                "to tell two models apart",
-                hint="Wait for more labeled rows",
-            )
-        a = _row_scores(champ, frame, target, task)
-        b = _row_scores(chall, frame, target, task)
+        extra: dict[str, Any] = {}
+        if task == "ranking":
+            file = data if isinstance(data, (str, os.PathLike)) else None
+            a, b, left_out = _user_scores(champ, chall, frame, target, file)
+            if len(a) < MIN_TEST_ROWS:
+                raise _too_few_users(name, len(a), left_out)
+            extra = {"unit": "users", "left_out": left_out}
+        else:
+            if len(frame) < MIN_TEST_ROWS:
+                raise DataError(
+                    f"the {name} test split has {len(frame)} rows; the gate needs at least {MIN_TEST_ROWS} "
+                    "to tell two models apart",
+                    hint="Wait for more labeled rows",
+                )
+            assert target is not None
+            a = _row_scores(champ, frame, target, task)
+            b = _row_scores(chall, frame, target, task)
         boot = bootstrap_mean_intervals(
             {"score": b},
             baselines={"champion": {"score": a}},
@@ -165,15 +306,16 @@ def gate(
         )
         gain = boot["gains"].get("champion")
         if gain is None:
-            raise DataError(f"the {name} test split is too small to compare the models ({len(frame)} rows)")
-        sign = 1.0 if task == "classification" else -1.0  # report MAE as itself, gains as "better"
+            raise DataError(f"the {name} test split is too small to compare the models ({len(a)} rows)")
+        sign = -1.0 if task == "regression" else 1.0  # report MAE as itself, gains as "better"
         splits[name] = {
-            "rows": len(frame),
+            "rows": len(a),
             "champion": float(sign * a.mean()),
             "challenger": float(sign * b.mean()),
             "gain": float(gain["gain"]),
             "interval": [float(x) for x in gain["ci"]],
             "warnings": list(boot.get("warnings", [])),
+            **extra,
         }
     reasons = []
     better = splits["new"]["interval"][0] > 0

@@ -39,7 +39,6 @@ from typing import Any
 from tunesmith.data.io import file_sha256, read_table
 from tunesmith.data.replay import hold_out
 from tunesmith.errors import ArtifactError, ConfigError, DataError
-from tunesmith.estimators.base import NotSupportedError
 from tunesmith.kinds import load
 from tunesmith.monitor import monitor
 from tunesmith.refit.config import LoopConfig, load_loop_config, make_loop_config
@@ -129,7 +128,8 @@ def run_loop(
         ConfigError: a bad setting, or a ``server`` without a ``promoter``.
         DataError: a data file that is missing, unreadable or does not fit the model.
         ArtifactError: a registry without a champion, or another loop holding the lock.
-        NotSupportedError: a registry of recommenders (the gate compares models row by row).
+        ConfigError: a registry of recommenders with ``new_test_size`` instead of a
+            ``new_test`` log (an interaction log is not carved at random).
     """
     cfg = _as_config(config)
     say = log or (lambda _line: None)
@@ -147,20 +147,30 @@ def run_loop(
             path=cfg.registry,
             hint="Register a first model and promote it (tunesmith register, tunesmith promote)",
         )
-    if (reg.identity() or {}).get("kind") == "recommender":
-        # Refused before anything trains: the gate could never judge the challenger, and each
-        # rerun would fail on the same registered version.
-        raise NotSupportedError(
-            "the refit loop gates classifiers and regressors row by row; this registry holds a recommender",
-            hint="Refit it with Recommender.refit and compare with evaluate() on a later interaction log",
+    recommender = (reg.identity() or {}).get("kind") == "recommender"
+    if recommender and cfg.new_test is None:
+        # Refused before anything trains. Rows drawn at random from a log are interactions
+        # from the middle of the period the challenger is refitted on, with the user's later
+        # ones in its history: no test of what comes next. The gate needs a later log.
+        raise ConfigError(
+            "a registry of recommenders needs new_test, an interaction log later than new_data; "
+            "new_test_size would carve random interactions out of the log the challenger is refitted on",
+            key="new_test_size",
+            hint="Give new_test: the interactions after new_data's (split the new log by time), and drop new_test_size",
         )
     root = state_root(cfg)
     with _exclusive(root):
-        return _run_locked(cfg, reg, root, promoter, say)
+        return _run_locked(cfg, reg, root, promoter, say, recommender=recommender)
 
 
 def _run_locked(
-    cfg: LoopConfig, reg: Any, root: Path, promoter: Promoter | None, say: Callable[[str], None]
+    cfg: LoopConfig,
+    reg: Any,
+    root: Path,
+    promoter: Promoter | None,
+    say: Callable[[str], None],
+    *,
+    recommender: bool = False,
 ) -> LoopResult:
     champion = reg.champion()
     inputs = loop_inputs(cfg)
@@ -181,7 +191,7 @@ def _run_locked(
         say(f"loop {key} finished before: {state['outcome']}; nothing to do")
         return _result(state, folder, repeated=True, done=[])
     done: list[str] = []
-    work = _Work(cfg, reg, champion)
+    work = _Work(cfg, reg, champion, recommender=recommender)
 
     if cfg.when != "always" and not (steps.get("monitor") or {}).get("go"):
         say(f"monitoring version {champion.number} (refit when: {cfg.when})")
@@ -301,7 +311,7 @@ def _monitor_step(cfg: LoopConfig, model_path: Path) -> dict[str, Any]:
     }
 
 
-def _refit_step(cfg: LoopConfig, champion: Any, train: Any, target: str, out: Path) -> dict[str, Any]:
+def _refit_step(cfg: LoopConfig, champion: Any, train: Any, target: str | None, out: Path) -> dict[str, Any]:
     """Refit ``champion`` on ``train`` (+ replay) and save the challenger into ``out``."""
     challenger = champion.refit(train, replay=cfg.replay, target=target, **cfg.refit.model_dump())
     challenger.save(out)
@@ -314,7 +324,7 @@ def _register_step(reg: Any, folder: Path, notes: Mapping[str, Any]) -> Any:
     return reg.register(folder, notes=notes)
 
 
-def _gate_step(cfg: LoopConfig, reg: Any, number: int, new_test: Any, target: str) -> dict[str, Any]:
+def _gate_step(cfg: LoopConfig, reg: Any, number: int, new_test: Any, target: str | None) -> dict[str, Any]:
     """Judge version ``number`` against the champion; the registry records the decision first."""
     decision, _ = gate_version(reg, number, new_test, cfg.old_test, target=target, margin=cfg.margin)
     return dict(json_safe(decision.to_dict()))
@@ -511,8 +521,9 @@ class _Work:
     """What the steps share within one run, made only when a step needs it: the champion
     loaded, its target, the split of the new data."""
 
-    def __init__(self, cfg: LoopConfig, reg: Any, champion: Any) -> None:
+    def __init__(self, cfg: LoopConfig, reg: Any, champion: Any, *, recommender: bool = False) -> None:
         self.cfg, self.reg, self.champion = cfg, reg, champion
+        self.recommender = recommender
         self._model: Any = None
         self._split: tuple[Any, Any] | None = None
 
@@ -521,9 +532,14 @@ class _Work:
             self._model = load(self.champion.path)
         return self._model
 
-    def target(self, state: dict[str, Any]) -> str:
-        """The label column: the config's, the one recorded for this key, or the champion's."""
+    def target(self, state: dict[str, Any]) -> str | None:
+        """The label column: the config's, the one recorded for this key, or the champion's.
+
+        A recommender needs none: without one, the column its fit chose decides positives.
+        """
         found = self.cfg.target or state.get("target")
+        if self.recommender:
+            return str(found) if found else None
         if not found:
             model = self.model()
             schema = getattr(model, "schema_", None) or getattr(getattr(model, "base", None), "schema_", None)
@@ -533,7 +549,7 @@ class _Work:
         state["target"] = str(found)
         return str(found)
 
-    def split(self, target: str) -> tuple[Any, Any]:
+    def split(self, target: str | None) -> tuple[Any, Any]:
         """(rows to refit on, new test rows): the config's files, or ``new_test_size`` of the new
         rows held out with ``split_seed`` (the same rows on every rerun, never refitted on)."""
         if self._split is None:
@@ -542,7 +558,7 @@ class _Work:
                 self._split = (cfg.new_data, cfg.new_test)
             else:
                 frame = read_table(cfg.new_data)
-                assert cfg.new_test_size is not None
+                assert cfg.new_test_size is not None and target is not None
                 train, test = hold_out(frame, cfg.new_test_size, stratify=target, seed=cfg.split_seed)
                 if len(test) < MIN_TEST_ROWS:
                     raise DataError(
