@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from _monitoring_data import acs_ma
-from refit import WORK, Kind, Stream
+from refit import WORK, Kind, Stream, periods
 
 # --- tables: ACS employment, Massachusetts, 2015 then 2016-2018 --------------------------------------
 
@@ -29,15 +29,8 @@ def table_stream(quick: bool, seed: int) -> Stream:
     reference, analysis = acs_ma(WORK)
     old = reference.drop(columns=_ACS_DROP).sample(frac=1.0, random_state=seed).reset_index(drop=True)
     new = analysis.drop(columns=_ACS_DROP).sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    n_old, n_valid, n_new, n_test = (2000, 500, 600, 1000) if quick else (30000, 5000, 8000, 10000)
-    return Stream(
-        old_train=old.iloc[:n_old],
-        old_valid=old.iloc[n_old : n_old + n_valid],
-        old_test=old.iloc[n_old + n_valid : n_old + n_valid + n_test],
-        new_train=new.iloc[:n_new],
-        new_test=new.iloc[n_new : n_new + n_test],
-        notes={"split": "2015 (old) then 2016-2018 (new), random rows within each period"},
-    )
+    sizes = (2000, 500, 600, 1000) if quick else (30000, 5000, 8000, 10000)
+    return periods(old, new, sizes, {"split": "2015 (old) then 2016-2018 (new), random rows within each period"})
 
 
 def table_kind() -> Kind:
@@ -93,15 +86,9 @@ def image_stream(quick: bool, seed: int) -> Stream:
     half = len(labels) // 2
     old = Images(images[:half], labels[:half])
     new = Images(255 - images[half:], labels[half:])
-    n_old, n_valid, n_new, n_test = (300, 60, 120, 120) if quick else (1800, 200, 800, 1000)
-    return Stream(
-        old_train=old[:n_old],
-        old_valid=old[n_old : n_old + n_valid],
-        old_test=old[n_old + n_valid : n_old + n_valid + 500],
-        new_train=new[:n_new],
-        new_test=new[n_new : n_new + n_test],
-        notes={"split": "MNIST-5k halves; the new half inverted (dark digits on a light page)"},
-    )
+    # the old half's last 500 digits are its test split (what is left after train and valid)
+    sizes = (300, 60, 120, 120) if quick else (1800, 200, 800, 1000)
+    return periods(old, new, sizes, {"split": "MNIST-5k halves; the new half inverted (dark digits on a light page)"})
 
 
 def image_kind() -> Kind:

@@ -111,14 +111,21 @@ def text_stream(quick: bool, seed: int) -> Stream:
     is_old = rt["movie_name"].astype(str).isin(old_movies).to_numpy()
     old = rt[is_old].sample(frac=1.0, random_state=seed).reset_index(drop=True)[["text", "label"]]
     new = rt[~is_old].sample(frac=1.0, random_state=seed).reset_index(drop=True)[["text", "label"]]
-    n_old, n_valid, n_new, n_test = (240, 60, 120, 100) if quick else (6000, 600, 1500, 1000)
+    sizes = (240, 60, 120, 100) if quick else (6000, 600, 1500, 1000)
+    notes = {"split": "by movie: 70% of movies old, 30% new", "old_movies": len(old_movies)}
+    return periods(old, new, sizes, notes)
+
+
+def periods(old: Any, new: Any, sizes: tuple[int, int, int, int], notes: dict[str, Any]) -> Stream:
+    """A stream cut from the (shuffled) rows of each period: old train, valid and test, new train and test."""
+    n_old, n_valid, n_new, n_test = sizes
     return Stream(
-        old_train=old.iloc[:n_old],
-        old_valid=old.iloc[n_old : n_old + n_valid],
-        old_test=old.iloc[n_old + n_valid : n_old + n_valid + n_test],
-        new_train=new.iloc[:n_new],
-        new_test=new.iloc[n_new : n_new + n_test],
-        notes={"split": "by movie: 70% of movies old, 30% new", "old_movies": len(old_movies)},
+        old_train=old[:n_old],
+        old_valid=old[n_old : n_old + n_valid],
+        old_test=old[n_old + n_valid : n_old + n_valid + n_test],
+        new_train=new[:n_new],
+        new_test=new[n_new : n_new + n_test],
+        notes=notes,
     )
 
 

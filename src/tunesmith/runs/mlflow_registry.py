@@ -47,7 +47,15 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import ArtifactError, ConfigError
 from tunesmith.runs.fingerprint import file_sha256, model_version
-from tunesmith.runs.versions import MLFLOW_SCHEME, ModelRegistry, Registry, Version, locked, model_identity
+from tunesmith.runs.versions import (
+    MLFLOW_SCHEME,
+    ModelRegistry,
+    Registry,
+    Version,
+    check_identity,
+    locked,
+    model_identity,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -356,7 +364,7 @@ class MlflowRegistry:
                 )
             known = self.identity()
             if known is not None:
-                self._check_identity(known, model_identity(got), uri)
+                check_identity(known, model_identity(got), uri, self.location)
             try:
                 os.replace(got, version.path)
             except OSError:
@@ -371,16 +379,6 @@ class MlflowRegistry:
         return None if number is None else self.get(int(number))
 
     # --- changing --------------------------------------------------------------------------
-
-    def _check_identity(self, known: Mapping[str, Any], new: Mapping[str, Any], source: object) -> None:
-        for key in ("kind", "task", "labels"):
-            if known.get(key) != new.get(key):
-                raise ArtifactError(
-                    f"is a registry of {known.get('kind')} models ({key}: {known.get(key)!r}); "
-                    f"this model's {key} is {new.get(key)!r}",
-                    path=self.location,
-                    hint=f"Register {source} in a registry of its own",
-                )
 
     def register(
         self, model: str | os.PathLike[str], *, notes: Mapping[str, Any] | None = None, status: str = "candidate"
@@ -399,7 +397,7 @@ class MlflowRegistry:
             registered = self._registered_model()
             known = self._identity_or_refuse(registered)
             if known is not None:
-                self._check_identity(known, identity, source)
+                check_identity(known, identity, source, self.location)
             # Upload a copy, so that the hash recorded is that of what was uploaded even when
             # the source folder changes meanwhile; the copy then becomes the cached download.
             staged = Path(tempfile.mkdtemp(prefix=".register-", dir=self.path))

@@ -159,6 +159,18 @@ def model_identity(folder: Path) -> dict[str, Any]:
     }
 
 
+def check_identity(known: Mapping[str, Any], new: Mapping[str, Any], source: object, location: str) -> None:
+    """Refuse a model of another kind, task or label set than the registry at ``location`` holds."""
+    for key in ("kind", "task", "labels"):
+        if known.get(key) != new.get(key):
+            raise ArtifactError(
+                f"is a registry of {known.get('kind')} models ({key}: {known.get(key)!r}); "
+                f"this model's {key} is {new.get(key)!r}",
+                path=location,
+                hint=f"Register {source} in a registry of its own",
+            )
+
+
 class ModelRegistry:
     """The registry at ``path`` (created on the first :meth:`register`)."""
 
@@ -270,7 +282,7 @@ class ModelRegistry:
         with self._locked():
             known = self.identity()
             if known is not None:
-                self._check_identity(known, identity, source)
+                check_identity(known, identity, source, self.location)
             number = 1 + max((v.number for v in self.versions()), default=0)
             # A copy left by a killed writer under this number is not a version: start afresh.
             leftover = self.versions_dir / f"v{number:04d}"
@@ -295,16 +307,6 @@ class ModelRegistry:
             }
             atomic_write_json(self.versions_dir / f"v{number:04d}.json", record)
             return self.get(number)
-
-    def _check_identity(self, known: Mapping[str, Any], new: Mapping[str, Any], source: Path) -> None:
-        for key in ("kind", "task", "labels"):
-            if known.get(key) != new.get(key):
-                raise ArtifactError(
-                    f"is a registry of {known.get('kind')} models ({key}: {known.get(key)!r}); "
-                    f"this model's {key} is {new.get(key)!r}",
-                    path=self.path,
-                    hint=f"Register {source} in a registry of its own",
-                )
 
     def _write_record(self, number: int, *, rejected: bool | None = None, **notes: Any) -> None:
         record = self.versions_dir / f"v{number:04d}.json"
