@@ -254,3 +254,21 @@ def test_the_refit_loop_runs_on_an_mlflow_registry_and_a_kill_registers_once(
     assert reg.get(2).notes["gate"]["accepted"] and (tmp_path / "state" / result.key / "state.json").is_file()
     assert not (tmp_path / "registry" / "mlflow.db").exists()
     assert run_loop(config).repeated
+
+
+def test_a_local_mlflow_file_store_works_too(
+    models: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MLflow 3 keeps its plain-folder store behind a switch; teams that still use one set it.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("TUNESMITH_MLFLOW_CACHE", str(tmp_path / "cache"))
+    uri = (tmp_path / "mlruns").as_uri()
+    reg = open_registry(f"mlflow:{uri}#reviews")
+    assert isinstance(reg, MlflowRegistry)
+    one, two = reg.register(models[0]), reg.register(models[1])
+    reg.promote(one.number)
+    reg.promote(two.number)
+    assert reg.champion().model_version == model_version(models[1])
+    assert reg.rollback().number == 1 and reg.champion().model_version == model_version(models[0])
+    assert (tmp_path / "mlruns" / "models" / "reviews").is_dir()
+    assert reg.champion().path.is_relative_to(tmp_path / "cache")
