@@ -263,6 +263,10 @@ def test_a_local_mlflow_file_store_works_too(
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setenv("TUNESMITH_MLFLOW_CACHE", str(tmp_path / "cache"))
     uri = (tmp_path / "mlruns").as_uri()
+    # as a team with a file store runs it: MLflow's default store is that folder, not ./mlflow.db
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     reg = open_registry(f"mlflow:{uri}#reviews")
     assert isinstance(reg, MlflowRegistry)
     one, two = reg.register(models[0]), reg.register(models[1])
@@ -272,3 +276,4 @@ def test_a_local_mlflow_file_store_works_too(
     assert reg.rollback().number == 1 and reg.champion().model_version == model_version(models[0])
     assert (tmp_path / "mlruns" / "models" / "reviews").is_dir()
     assert reg.champion().path.is_relative_to(tmp_path / "cache")
+    assert not list((tmp_path / "work").iterdir())  # nothing written where it ran
