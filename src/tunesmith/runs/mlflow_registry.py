@@ -40,7 +40,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,7 @@ from tunesmith.errors import ArtifactError, ConfigError
 from tunesmith.runs.fingerprint import file_sha256, model_version
 from tunesmith.runs.versions import (
     MLFLOW_SCHEME,
+    AliasedRegistry,
     ModelRegistry,
     Registry,
     Version,
@@ -147,7 +148,7 @@ def _loads(text: str | None, default: Any = None) -> Any:
         return text  # a tag another tool wrote by hand: kept as it is
 
 
-class MlflowRegistry:
+class MlflowRegistry(AliasedRegistry):
     """The registered model ``name`` of the MLflow tracking server or database ``tracking_uri``.
 
     Offers the methods of :class:`~tunesmith.runs.versions.ModelRegistry` with the same
@@ -373,11 +374,6 @@ class MlflowRegistry:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def champion(self) -> Version | None:
-        """The version that serves now (the ``champion`` alias), or None before the first promotion."""
-        number = self.aliases().get("champion")
-        return None if number is None else self.get(int(number))
-
     # --- changing --------------------------------------------------------------------------
 
     def register(
@@ -389,8 +385,7 @@ class MlflowRegistry:
             ArtifactError: ``model`` is no model folder, or one of another kind, task or
                 label set than the registry holds (it says which); MLflow refused a call.
         """
-        if status not in ("candidate", "rejected"):
-            raise ArtifactError(f"a new version is a candidate or rejected, not {status!r}", path=self.location)
+        self._check_new_status(status)
         source = Path(model)
         identity = model_identity(source)
         with locked(self.path):
@@ -479,57 +474,9 @@ class MlflowRegistry:
                 self.client.set_model_version_tag(self.name, str(number), STATUS_TAG, "rejected")
             return self.get(number)
 
-    def _commit(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    def _write_aliases(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
         # Intent, alias, final state: _state() reads each crash point as the old or the new champion.
         with self._errors():
             self.client.set_registered_model_tag(self.name, ALIASES_TAG, json.dumps({**before, "next": after}))
             self.client.set_registered_model_alias(self.name, CHAMPION_ALIAS, str(after["champion"]))
             self.client.set_registered_model_tag(self.name, ALIASES_TAG, json.dumps(dict(after)))
-
-    def promote(self, number: int, *, before_commit: Callable[[Version], None] | None = None) -> Version:
-        """Point the ``champion`` alias at version ``number``; the one before goes into the history.
-
-        ``before_commit`` runs once the version is downloaded and checked, before the alias
-        moves (a server's hot reload): when it raises, nothing changes.
-
-        Raises:
-            ArtifactError: no such version, it was rejected, or its download does not match.
-        """
-        with locked(self.path):
-            v = self.get(number)
-            if v.status == "rejected":
-                raise ArtifactError(
-                    f"version {number} was rejected ({v.notes.get('rejected_because', 'no reason recorded')}) "
-                    "and is never served",
-                    path=self.location,
-                )
-            state = self.aliases()
-            current = state["champion"]
-            if before_commit is not None:
-                before_commit(v)
-            if current == number:
-                return v
-            history = [*state["history"], *([current] if current is not None else [])]
-            served = sorted({*state["served"], number})
-            self._commit(state, {"champion": number, "history": history, "served": served})
-            return self.get(number)
-
-    def rollback(self, *, before_commit: Callable[[Version], None] | None = None) -> Version:
-        """Point the ``champion`` alias at the latest earlier champion that is not rejected.
-
-        Raises:
-            ArtifactError: there is no earlier champion to go back to.
-        """
-        with locked(self.path):
-            state = self.aliases()
-            history = list(state["history"])
-            rejected = {v.number for v in self.versions() if v.status == "rejected"}
-            while history and history[-1] in rejected:
-                history.pop()  # a version rejected since it served is never served again
-            if not history:
-                raise ArtifactError("has no earlier champion to roll back to", path=self.location)
-            previous = self.get(history.pop())
-            if before_commit is not None:
-                before_commit(previous)
-            self._commit(state, {"champion": previous.number, "history": history, "served": state["served"]})
-            return self.get(previous.number)

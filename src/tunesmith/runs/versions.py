@@ -24,6 +24,7 @@ versions in an MLflow model registry (``open_registry`` there picks one from a l
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import datetime as dt
 import fcntl
@@ -171,7 +172,90 @@ def check_identity(known: Mapping[str, Any], new: Mapping[str, Any], source: obj
             )
 
 
-class ModelRegistry:
+class AliasedRegistry(abc.ABC):
+    """What both registries (a folder, MLflow) share: the champion alias, its history, promotion
+    and rollback. A registry keeps ``{"champion", "history", "served"}`` (:meth:`aliases`) and
+    writes a change with :meth:`_write_aliases`; changes run under the lock in ``path``.
+    """
+
+    path: Path
+    location: str
+
+    @abc.abstractmethod
+    def versions(self) -> list[Version]: ...
+
+    @abc.abstractmethod
+    def get(self, number: int) -> Version: ...
+
+    @abc.abstractmethod
+    def aliases(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def _write_aliases(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+        """Make ``after`` the aliases (``before`` is what :meth:`aliases` read under the lock)."""
+
+    def _check_new_status(self, status: str) -> None:
+        if status not in ("candidate", "rejected"):
+            raise ArtifactError(f"a new version is a candidate or rejected, not {status!r}", path=self.location)
+
+    def champion(self) -> Version | None:
+        """The version that serves now, or None before the first promotion."""
+        number = self.aliases().get("champion")
+        return None if number is None else self.get(int(number))
+
+    def promote(self, number: int, *, before_commit: Callable[[Version], None] | None = None) -> Version:
+        """Make version ``number`` the champion; the one before goes into the history.
+
+        ``before_commit`` runs under the lock once the version is checked, before the alias
+        changes (a server's hot reload): when it raises, nothing changes.
+
+        Raises:
+            ArtifactError: no such version, it was rejected, or (MLflow) its download does not match.
+        """
+        with locked(self.path):
+            v = self.get(number)
+            if v.status == "rejected":
+                raise ArtifactError(
+                    f"version {number} was rejected ({v.notes.get('rejected_because', 'no reason recorded')}) "
+                    "and is never served",
+                    path=self.location,
+                )
+            aliases = self.aliases()
+            current = aliases.get("champion")
+            if before_commit is not None:
+                before_commit(v)
+            if current == number:
+                return v
+            history = [int(n) for n in aliases.get("history") or []]
+            if current is not None:
+                history.append(int(current))
+            served = sorted({*(int(n) for n in aliases.get("served") or []), number})
+            self._write_aliases(aliases, {"champion": number, "history": history, "served": served})
+            return self.get(number)
+
+    def rollback(self, *, before_commit: Callable[[Version], None] | None = None) -> Version:
+        """Make the latest earlier champion that is not rejected the champion again.
+
+        Raises:
+            ArtifactError: there is no earlier champion to go back to.
+        """
+        with locked(self.path):
+            aliases = self.aliases()
+            history = [int(n) for n in aliases.get("history") or []]
+            rejected = {v.number for v in self.versions() if v.status == "rejected"}
+            while history and history[-1] in rejected:
+                history.pop()  # a version rejected since it served is never served again
+            if not history:
+                raise ArtifactError("has no earlier champion to roll back to", path=self.location)
+            previous = self.get(history.pop())
+            if before_commit is not None:
+                before_commit(previous)
+            served = aliases.get("served") or []
+            self._write_aliases(aliases, {"champion": previous.number, "history": history, "served": served})
+            return self.get(previous.number)
+
+
+class ModelRegistry(AliasedRegistry):
     """The registry at ``path`` (created on the first :meth:`register`)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -259,11 +343,6 @@ class ModelRegistry:
         file = self.path / ALIASES_FILE
         return _read_json(file) if file.is_file() else {"champion": None, "history": [], "served": []}
 
-    def champion(self) -> Version | None:
-        """The version that serves now, or None before the first promotion."""
-        number = self.aliases().get("champion")
-        return None if number is None else self.get(int(number))
-
     # --- changing --------------------------------------------------------------------------
 
     def register(
@@ -275,8 +354,7 @@ class ModelRegistry:
             ArtifactError: ``model`` is no model folder, or one of another kind, task or
                 label set than the registry holds (it says which).
         """
-        if status not in ("candidate", "rejected"):
-            raise ArtifactError(f"a new version is a candidate or rejected, not {status!r}", path=self.path)
+        self._check_new_status(status)
         source = Path(model)
         identity = model_identity(source)
         with self._locked():
@@ -333,55 +411,5 @@ class ModelRegistry:
             self._write_record(number, rejected=True, rejected_because=reason)
             return self.get(number)
 
-    def promote(self, number: int, *, before_commit: Callable[[Version], None] | None = None) -> Version:
-        """Make version ``number`` the champion; the one before goes into the history.
-
-        ``before_commit`` runs under the lock once the version is checked, before the alias
-        changes (a server's hot reload): when it raises, nothing changes.
-
-        Raises:
-            ArtifactError: no such version, or it was rejected.
-        """
-        with self._locked():
-            v = self.get(number)
-            if v.status == "rejected":
-                raise ArtifactError(
-                    f"version {number} was rejected ({v.notes.get('rejected_because', 'no reason recorded')}) "
-                    "and is never served",
-                    path=self.path,
-                )
-            aliases = self.aliases()
-            current = aliases.get("champion")
-            if before_commit is not None:
-                before_commit(v)
-            if current == number:
-                return v
-            history = [int(n) for n in aliases.get("history") or []]
-            if current is not None:
-                history.append(int(current))
-            served = sorted({*(int(n) for n in aliases.get("served") or []), number})
-            atomic_write_json(self.path / ALIASES_FILE, {"champion": number, "history": history, "served": served})
-            return self.get(number)
-
-    def rollback(self, *, before_commit: Callable[[Version], None] | None = None) -> Version:
-        """Make the latest earlier champion that is not rejected the champion again.
-
-        Raises:
-            ArtifactError: there is no earlier champion to go back to.
-        """
-        with self._locked():
-            aliases = self.aliases()
-            history = [int(n) for n in aliases.get("history") or []]
-            rejected = {v.number for v in self.versions() if v.status == "rejected"}
-            while history and history[-1] in rejected:
-                history.pop()  # a version rejected since it served is never served again
-            if not history:
-                raise ArtifactError("has no earlier champion to roll back to", path=self.path)
-            previous = self.get(history.pop())
-            if before_commit is not None:
-                before_commit(previous)
-            served = aliases.get("served") or []
-            atomic_write_json(
-                self.path / ALIASES_FILE, {"champion": previous.number, "history": history, "served": served}
-            )
-            return self.get(previous.number)
+    def _write_aliases(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+        atomic_write_json(self.path / ALIASES_FILE, dict(after))
