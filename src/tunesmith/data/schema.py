@@ -127,6 +127,19 @@ def label_string(value: Any) -> str:
     return str(value)
 
 
+def row_scores(predicted: Any, truth: Any, *, regression: bool) -> np.ndarray:
+    """Per row, larger is better: 1/0 for a right/wrong label, or minus the absolute error.
+
+    Labels are compared as training named them (:func:`label_string`: stripped strings,
+    whole-number floats without their ``.0``), so ``1.0`` predicted for a target read as ``1``
+    counts as right.
+    """
+    pred = np.asarray(predicted)
+    if regression:
+        return -np.abs(pred.astype(float) - np.asarray(truth, dtype=float))
+    return np.array([label_string(a) == label_string(b) for a, b in zip(pred, truth, strict=True)], dtype=float)
+
+
 def missing_mask(series: pd.Series) -> pd.Series:
     """True where a value is missing: None, NaN/NA, or a string that is empty or only spaces."""
     mask = series.isna()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.schema import label_string
+from tunesmith.data.schema import row_scores
 from tunesmith.errors import ArtifactError, ConfigError, DataError
 from tunesmith.evaluate.intervals import bootstrap_mean_intervals
 from tunesmith.recsys.data import read_interactions
@@ -103,11 +103,7 @@ def _row_scores(est: Any, frame: pd.DataFrame, target: str, task: str) -> np.nda
     if y.isna().any():
         row = int(np.flatnonzero(y.isna().to_numpy())[0]) + 1
         raise DataError("a test row has no label", row=row, column=target, hint="Drop unlabeled rows first")
-    pred = np.asarray(est.predict(frame.drop(columns=[target])))
-    if task == "regression":
-        return -np.abs(pred.astype(float) - y.to_numpy(dtype=float))
-    # The labels as training named them: stripped strings, whole-number floats without their .0.
-    return np.array([label_string(a) == label_string(b) for a, b in zip(pred, y, strict=True)], dtype=float)
+    return row_scores(est.predict(frame.drop(columns=[target])), y, regression=task == "regression")
 
 
 def _task(est: Any) -> str:

@@ -21,7 +21,7 @@ import torch
 from tunesmith.config import validate_settings
 from tunesmith.data.io import file_sha256
 from tunesmith.data.replay import RefitData, check_new_data
-from tunesmith.data.schema import label_string, missing_mask
+from tunesmith.data.schema import missing_mask, row_scores
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators.base import FitArguments
 from tunesmith.estimators.text.fitting import WarmStart
@@ -76,13 +76,13 @@ def _token_ids(est: TextEstimator, frames: list[pd.DataFrame]) -> list[list[list
 def _held_out_score(est: TextEstimator, ids: list[list[int]], frame: pd.DataFrame) -> float:
     """Accuracy (classifiers) or minus the mean absolute error (regression) on labeled rows."""
     outputs = est._outputs_from_ids(ids, progress=False)
-    y = frame[est.schema_.target]
-    if est.schema_.task == "regression":
+    regression = est.schema_.task == "regression"
+    if regression:
         s = est.target_scaling_ or {"mean": 0.0, "std": 1.0}
         pred = outputs[:, 0] * s["std"] + s["mean"]
-        return -float(np.mean(np.abs(pred - y.to_numpy(dtype=float))))
-    pred = est.classes_[outputs.argmax(axis=1)]
-    return float(np.mean([label_string(a) == label_string(b) for a, b in zip(pred, y, strict=True)]))
+    else:
+        pred = est.classes_[outputs.argmax(axis=1)]
+    return float(np.mean(row_scores(pred, frame[est.schema_.target], regression=regression)))
 
 
 def refit(
