@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import train_test_split
 
 from tunesmith.data.schema import label_string, missing_mask
 from tunesmith.errors import DataError
@@ -127,8 +128,6 @@ def hold_out(
     Stratified by ``stratify`` (the label column) when every label has at least two rows;
     at least one row is held out and one kept (a frame of one row is all kept).
     """
-    from sklearn.model_selection import train_test_split
-
     if len(frame) < 2:
         return frame.reset_index(drop=True), frame.iloc[:0].reset_index(drop=True)
     n_held = min(len(frame) - 1, max(1, round(len(frame) * share)))

@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunesmith.data.io import file_sha256, read_table
 from tunesmith.data.schema import row_scores
 from tunesmith.errors import ArtifactError, ConfigError, DataError
 from tunesmith.evaluate.intervals import bootstrap_mean_intervals
+from tunesmith.kinds import load
 from tunesmith.recsys.data import read_interactions
 from tunesmith.recsys.metrics import ndcg_of_lists
 from tunesmith.runs.mlflow_registry import open_registry
@@ -70,8 +72,6 @@ _USERS_PER_CALL = 512
 def _load(model: Any) -> Any:
     if hasattr(model, "predict"):
         return model
-    from tunesmith.kinds import load
-
     return load(model)
 
 
@@ -81,8 +81,6 @@ def _frame(data: Any, what: str) -> tuple[pd.DataFrame, str]:
         digest = hashlib.sha256(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes()).hexdigest()
         return data.reset_index(drop=True), f"frame:{digest}"
     if isinstance(data, (str, os.PathLike)):
-        from tunesmith.data.io import file_sha256, read_table
-
         return read_table(data), f"sha256:{file_sha256(data)}"
     raise ConfigError(f"must be a DataFrame or a data file, got {type(data).__name__}", key=what)
 
