@@ -21,6 +21,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -48,6 +49,7 @@ from tunesmith.data.io_readers import (
     _read_parquet,
 )
 from tunesmith.errors import DataError
+from tunesmith.runs.fingerprint import file_sha256 as safe_file_sha256
 
 # The readers, encoding sniffing and memory guard live in io_formats, io_encoding, io_memory
 # and io_readers; this module is the entry point and keeps the public names where they were.
@@ -156,6 +158,20 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, format: str |
     finally:
         tmp.unlink(missing_ok=True)
     return p
+
+
+def frame_sha256(df: pd.DataFrame) -> str:
+    """Hex SHA-256 of a DataFrame's values, row by row (its index left out)."""
+    hashed = pd.util.hash_pandas_object(df, index=False)
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
+
+
+def data_sha256(data: Any, df: pd.DataFrame) -> str:
+    """SHA-256 of the data file ``data``, or of ``df``'s values when the data came as a DataFrame."""
+    if isinstance(data, (str, os.PathLike)):
+        # read as a model folder's files are: never through a link, never blocking on a FIFO
+        return safe_file_sha256(Path(data))
+    return frame_sha256(df)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from tunesmith.config import validate_settings
-from tunesmith.data.io import read_table
+from tunesmith.data.io import data_sha256, read_table
 from tunesmith.data.replay import RefitData, check_new_data
 from tunesmith.data.schema import label_string, missing_mask, require_column
 from tunesmith.errors import ArtifactError, ConfigError, DataError
@@ -56,7 +56,6 @@ from tunesmith.personalize.head import (
     validate_head_adapter,
 )
 from tunesmith.personalize.lora import LoraAdapter, LoraAdapterSettings, last_ffn_output, lora_logits, rows_between
-from tunesmith.personalize.report import data_sha256
 from tunesmith.personalize.settings import time_ordered_holdout
 from tunesmith.personalize.store import AdapterStore, adapter_key
 from tunesmith.progress import progress

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from tunesmith.data.io import data_sha256
 from tunesmith.runs.artifacts import atomic_write_json, json_safe
-from tunesmith.runs.fingerprint import file_sha256
 from tunesmith.runs.plots import plot_metric_by_group, plot_per_user_comparison
 
 
@@ -53,14 +52,6 @@ def write_report(result: dict[str, Any], folder: str | os.PathLike[str]) -> dict
         title=f"mean per-user {shown} by training rows",
     )
     return paths
-
-
-def data_sha256(data: Any, df: pd.DataFrame) -> str:
-    """SHA-256 of the data file, or of a DataFrame's values (index left out)."""
-    if isinstance(data, (str, os.PathLike)):
-        return file_sha256(Path(data))
-    hashed = pd.util.hash_pandas_object(df, index=False)
-    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
 
 
 def fit_info(

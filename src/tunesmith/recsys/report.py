@@ -8,7 +8,6 @@ per-epoch metrics, plots and the report.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.io import file_sha256
+from tunesmith.data.io import file_sha256, frame_sha256
 from tunesmith.evaluate.intervals import add_intervals, bootstrap_mean_intervals
 from tunesmith.runs.plots import plot_learning_curves, plot_metric_by_group, plot_ranking_at_k
 from tunesmith.runs.record import RunRecord
@@ -181,8 +180,7 @@ def save_plots(model: str, test_metrics: Mapping[str, Any], baselines: Mapping[s
 def data_sha256(data: Any) -> str:
     """SHA-256 of a data file's bytes, or of a DataFrame's values (index left out)."""
     if isinstance(data, pd.DataFrame):
-        hashed = pd.util.hash_pandas_object(data.drop(columns=["__row__"], errors="ignore"), index=False)
-        return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
+        return frame_sha256(data.drop(columns=["__row__"], errors="ignore"))
     return file_sha256(data)
 
 

@@ -16,7 +16,6 @@ target items both models know, take part; the same paired bootstrap runs over th
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.io import file_sha256, read_table
+from tunesmith.data.io import file_sha256, frame_sha256, read_table
 from tunesmith.data.schema import row_scores
 from tunesmith.errors import ArtifactError, ConfigError, DataError
 from tunesmith.evaluate.intervals import bootstrap_mean_intervals
@@ -78,8 +77,7 @@ def _load(model: Any) -> Any:
 def _frame(data: Any, what: str) -> tuple[pd.DataFrame, str]:
     """The test rows and a fingerprint of them (the file's SHA-256, or a hash of the frame)."""
     if isinstance(data, pd.DataFrame):
-        digest = hashlib.sha256(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes()).hexdigest()
-        return data.reset_index(drop=True), f"frame:{digest}"
+        return data.reset_index(drop=True), f"frame:{frame_sha256(data)}"
     if isinstance(data, (str, os.PathLike)):
         return read_table(data), f"sha256:{file_sha256(data)}"
     raise ConfigError(f"must be a DataFrame or a data file, got {type(data).__name__}", key=what)

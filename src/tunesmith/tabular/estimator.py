@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from tunesmith.config import validate_settings
+from tunesmith.data.io import data_sha256
 from tunesmith.data.schema import Schema, label_values, missing_mask, require_column, restore_label_values
 from tunesmith.data.split import split_frame
 from tunesmith.data.targets import check_target_classes
@@ -35,7 +36,7 @@ from tunesmith.runs.record import RunRecord
 from tunesmith.runs.trust import SafeFolder, open_model
 from tunesmith.tabular.boosting import fit_lightgbm, refit_lightgbm
 from tunesmith.tabular.columns import check_compatible, infer_schema, labeled_frame, read_frame, with_rows
-from tunesmith.tabular.folder import data_sha256, finish_record, open_folder, save_folder
+from tunesmith.tabular.folder import finish_record, open_folder, save_folder
 from tunesmith.tabular.lightgbm_check import MAX_LIGHTGBM_BYTES, check_lightgbm_text, load_lightgbm
 from tunesmith.tabular.neural import TabularNet, fit_net, predict_outputs
 from tunesmith.tabular.preprocess import TabularFeatures, TabularPreprocessor
@@ -468,9 +469,7 @@ class TabularFineTuner(Estimator):
         self._check_fitted()
         if settings.get("method") == "lora":
             raise unsupported(self, "refit method 'lora'", LORA_HINT)
-        challenger: TabularFineTuner = refit_tabular(
-            self, data, y, replay=replay, target=target, settings=settings, sha256=data_sha256
-        )
+        challenger: TabularFineTuner = refit_tabular(self, data, y, replay=replay, target=target, settings=settings)
         return challenger
 
     # --- prediction ------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import pandas as pd
 import torch
 
 from tunesmith.backbones import is_registered
@@ -26,7 +25,6 @@ from tunesmith.estimators.record import record_intervals, write_fit_record
 from tunesmith.evaluate.baselines import majority_baseline
 from tunesmith.evaluate.intervals import TestPredictions
 from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json, atomic_write_text, json_safe, save_tensors
-from tunesmith.runs.fingerprint import file_sha256
 from tunesmith.runs.meta import READABLE_VERSIONS, model_meta, read_model_meta
 from tunesmith.runs.record import RunRecord
 from tunesmith.runs.report import render_report
@@ -40,7 +38,6 @@ __all__ = [
     "KIND",
     "LIGHTGBM_FILE",
     "MAX_OUTPUTS",
-    "data_sha256",
     "finish_record",
     "model_card",
     "open_folder",
@@ -165,14 +162,6 @@ def _baselines(est: Any) -> dict[str, Any]:
 def model_card(est: Any) -> str:
     """The model card: the chosen model's test metrics beside every other candidate's."""
     return render_report(_report_info(est))
-
-
-def data_sha256(data: Any, df: pd.DataFrame) -> str:
-    """SHA-256 of the data file, or of a DataFrame's values when the data came as one."""
-    if isinstance(data, (str, os.PathLike)):
-        return file_sha256(Path(data))
-    hashed = pd.util.hash_pandas_object(df, index=False)
-    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
 
 
 def finish_record(

@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 
 from tunesmith.config import validate_settings
+from tunesmith.data.io import data_sha256
 from tunesmith.data.replay import RefitData, check_new_data
 from tunesmith.data.schema import Schema, missing_mask
 from tunesmith.data.validate import encode_target
@@ -142,12 +143,8 @@ def _parts_to_train(est: Any, model: str | None) -> tuple[list[str], list[str]]:
     return names, parts
 
 
-Fingerprint = Callable[[Any, pd.DataFrame], str]
-"""SHA-256 of data as given (a file's bytes, or a DataFrame's values) and as read."""
-
-
 def _labeled(
-    source: Any, y: Any, schema: Schema, target: str | None, what: str, sha256: Fingerprint
+    source: Any, y: Any, schema: Schema, target: str | None, what: str
 ) -> tuple[pd.DataFrame, str | None, str, int]:
     """Rows of ``source`` checked against the model, the label under the model's target name.
 
@@ -156,7 +153,7 @@ def _labeled(
     """
     name = target or schema.target
     df, file = labeled_frame(source, y, name, what)
-    sha = sha256(source, df)
+    sha = data_sha256(source, df)
     check_new_data(
         df, columns=schema.feature_columns, target=name, labels=schema.labels, file=file, what=what
     )  # fmt: skip
@@ -295,14 +292,11 @@ def refit_tabular(
     replay: Any = None,
     target: str | None = None,
     settings: Mapping[str, Any] | None = None,
-    sha256: Fingerprint,
 ) -> Any:
     """The refitted copy of the fitted tabular estimator ``est`` (see :meth:`TabularFineTuner.refit`).
 
     ``settings`` are :class:`~tunesmith.train.continual.RefitSettings` fields and ``model``
     (``None``: the candidate ``est`` serves; ``"auto"``: choose again; or a candidate's name).
-    ``sha256`` fingerprints the new and replay data for the record (the estimator passes the
-    one its fits use).
     """
     started = time.perf_counter()
     given = dict(settings or {})
@@ -316,7 +310,7 @@ def refit_tabular(
     schema: Schema = est.schema_
     task = schema.task
 
-    new_df, new_file, new_sha, new_dropped = _labeled(data, y, schema, target, "new data", sha256)
+    new_df, new_file, new_sha, new_dropped = _labeled(data, y, schema, target, "new data")
     if len(new_df) < 2:
         raise DataError(
             "the new data has one labeled row; refit holds some new rows out to stop training early",
@@ -324,7 +318,7 @@ def refit_tabular(
             hint="Refit on at least two labeled new rows (a few dozen or more to learn anything)",
         )
     old_df, old_file, old_sha, old_dropped = (
-        _labeled(replay, None, schema, target, "replay data", sha256) if replay is not None else (None, None, None, 0)
+        _labeled(replay, None, schema, target, "replay data") if replay is not None else (None, None, None, 0)
     )
     rows = RefitData(
         new_df, old_df, target=schema.target, stratify=task != "regression",

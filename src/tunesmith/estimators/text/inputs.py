@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunesmith.data.io import frame_sha256 as data_frame_sha256
 from tunesmith.data.io import read_table
 from tunesmith.data.quality import Preprocessing
 from tunesmith.data.schema import Schema
@@ -101,5 +101,4 @@ def prediction_texts(X: DataLike, schema: Schema, preprocessing: Preprocessing) 
 
 def frame_sha256(df: pd.DataFrame) -> str:
     """A content hash of a DataFrame's rows (the row numbers left out), for data given in memory."""
-    hashed = pd.util.hash_pandas_object(df.drop(columns=["__row__"], errors="ignore"), index=False)
-    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
+    return data_frame_sha256(df.drop(columns=["__row__"], errors="ignore"))
