@@ -146,6 +146,9 @@ def test_trainable_refit_record(refitted, fitted):
     assert info["alpha"] in {t["alpha"] for t in info["alpha_trials"]}
     assert [t["alpha"] for t in info["alpha_trials"]] == [0.25, 0.5, 0.75, 1.0]
     assert all(len(t["scores"]) == 2 for t in info["alpha_trials"])  # new and old held-out
+    # the served model's hold-out scores are the chosen trial's (measured once, on that model)
+    chosen = next(t for t in info["alpha_trials"] if t["alpha"] == info["alpha"])
+    assert chosen["scores"] == [info["scores"]["new_valid"]["refit"], info["scores"]["old_valid"]["refit"]]
     # Fewer epochs than the fit, from the fit's learning rate.
     assert info["epochs"] == 10 and info["lr"] == 0.05 and not info["closed_form"]
     assert 0 < info["train_seconds"] <= info["seconds"]

@@ -187,9 +187,11 @@ def refit_model(
                 torch.set_num_threads(cfg.threads)
             model, run, mix = _train(parent, cfg, s, plan, split, pool, replayed, train_matrix, seen, reporter)
     train_seconds = time.perf_counter() - started
+    scored: dict[str, float] = {}  # the served model's hold-out scores WiSE-FT already measured
     if not closed_form:
-        alpha, trials = _choose(mix, plan, split.valid, old_valid, n_items)
+        alpha, trials, by_alpha = _choose(mix, plan, split.valid, old_valid, n_items)
         model = mix(alpha) if alpha is not None else model
+        scored = by_alpha.get(alpha, {}) if alpha is not None else {}
 
     indptr, indices = _histories(stored, new, old, n_users)
     # A closed-form solve takes every old row; a trainable model the replayed sample.
@@ -218,7 +220,7 @@ def refit_model(
         "data": {"new_sha256": data_sha256(data), "replay_sha256": data_sha256(replay) if replay is not None else None},
         "closed_form": closed_form,
         **run,
-        "scores": _scores(parent, model, split, old_valid, n_items),
+        "scores": _scores(parent, model, split, old_valid, n_items, scored),
         "parent": {
             "fingerprint": model_fingerprint(parent, current.users_, current.items_),
             "model_version": (getattr(current, "saved_info_", None) or {}).get("model_version"),
@@ -463,11 +465,14 @@ def _ndcg(model: Any, holdout: HoldOut | None, n_items: int) -> float | None:
     return float(res["overall"]["ndcg@10"])
 
 
-def _scores(parent: Any, model: Any, split: RecSplit, old_valid: HoldOut | None, n_items: int) -> dict[str, Any]:
-    """NDCG@10 of the refitted model and of its parent on each hold-out (the parent ranks new items last)."""
+def _scores(
+    parent: Any, model: Any, split: RecSplit, old_valid: HoldOut | None, n_items: int, known: Mapping[str, float]
+) -> dict[str, Any]:
+    """NDCG@10 of the refitted model and of its parent on each hold-out (the parent ranks new items last);
+    ``known`` holds the refitted model's scores measured already (by WiSE-FT's choice)."""
     holdouts = {"new_valid": split.valid, "new_test": split.test, "old_valid": old_valid}
     return {
-        name: {"refit": _ndcg(model, h, n_items), "parent": _ndcg(parent, h, n_items)}
+        name: {"refit": known[name] if name in known else _ndcg(model, h, n_items), "parent": _ndcg(parent, h, n_items)}
         for name, h in holdouts.items()
         if h is not None and len(h)
     }
@@ -475,17 +480,21 @@ def _scores(parent: Any, model: Any, split: RecSplit, old_valid: HoldOut | None,
 
 def _choose(
     mix: Callable[[float], Any], plan: RefitPlan, valid: HoldOut, old_valid: HoldOut | None, n_items: int
-) -> tuple[float | None, list[dict[str, Any]]]:
-    """WiSE-FT's alpha, by the mean NDCG@10 on the new and old validation targets (None: no interpolation)."""
+) -> tuple[float | None, list[dict[str, Any]], dict[float, dict[str, float]]]:
+    """WiSE-FT's alpha, by the mean NDCG@10 on the new and old validation targets (None: no interpolation),
+    its trials, and each alpha's scores by hold-out name."""
+    by_alpha: dict[float, dict[str, float]] = {}
     if not plan.interpolate:
-        return None, []
+        return None, [], by_alpha
 
     def score(alpha: float) -> list[float]:
         candidate = mix(alpha)
-        found = [_ndcg(candidate, valid, n_items), _ndcg(candidate, old_valid, n_items)]
-        return [v for v in found if v is not None]
+        found = {"new_valid": _ndcg(candidate, valid, n_items), "old_valid": _ndcg(candidate, old_valid, n_items)}
+        by_alpha[alpha] = {k: v for k, v in found.items() if v is not None}
+        return list(by_alpha[alpha].values())
 
-    return choose_alpha(score, plan.alphas)
+    alpha, trials = choose_alpha(score, plan.alphas)
+    return alpha, trials, by_alpha
 
 
 # --- continuing the trainable models ---------------------------------------------------------------
