@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -29,8 +29,40 @@ def personalize(
     adapter_kind: Annotated[
         str | None,
         typer.Option(
-            help="head (cheap, over cached features) or lora (on the encoder's last block); "
-            "default: the store's kind, else head."
+            "--adapter-kind",
+            "--kind",
+            help="joint (user vectors learned across all users), head (cheap, over cached features), lora (on the "
+            "encoder's last block), or several joined by commas (joint,head: each user gets the best on its "
+            "validation rows); default: the store's kind, else head.",
+        ),
+    ] = None,
+    item_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Column naming each row's item: joint adapters learn a vector per item (default: the store's)."
+        ),
+    ] = None,
+    joint_rank: Annotated[
+        int | None,
+        typer.Option(help="Rank of the joint adapters' user and item vectors (default: the store's, else 16)."),
+    ] = None,
+    joint_l2: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Penalty on joint vectors; repeat it or give a comma list to pick the best on validation rows "
+            "(default: the store's, else 0.1)."
+        ),
+    ] = None,
+    local_min_rows: Annotated[
+        int | None,
+        typer.Option(
+            help="Rows a user needs for a head or LoRA adapter beside joint ones (default: the store's, else 50)."
+        ),
+    ] = None,
+    feature_dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Precision of the feature pass over training rows: float32 or bfloat16 (default: the store's)."
         ),
     ] = None,
     test: Annotated[
@@ -43,23 +75,58 @@ def personalize(
     """Train an adapter per user (and per segment) on top of a shared model.
 
     An adapter is kept only if it beats the shared model on the user's latest rows; users
-    without one fall back to their segment's adapter, then to the shared model.
+    without one fall back to their segment's adapter, then to the shared model. Joint adapters
+    (--kind joint) learn every user's vector together; with --users, those users are folded in
+    against the store's shared part and nobody else changes.
     """
     import pandas as pd
 
     from tunesmith.data.io import read_table
     from tunesmith.data.schema import require_column
     from tunesmith.personalize.personalizer import SETTINGS_FILE, Personalizer, load_settings
+    from tunesmith.personalize.settings import adapter_kinds
 
+    chosen = [u.strip() for u in users.split(",") if u.strip()] if users else None
+    if adapter_kind is not None:
+        adapter_kinds(adapter_kind)  # a misspelt kind is named before the store is compared with it
+    settings = load_settings(output) if os.path.lexists(output / SETTINGS_FILE) else None
     # An update keeps the store's kind: retraining some users of a LoRA store as head adapters
-    # would leave a store of two kinds nobody asked for.
-    stored = load_settings(output).get("adapter_kind", "head") if os.path.lexists(output / SETTINGS_FILE) else None
-    if adapter_kind is not None and stored is not None and adapter_kind != stored:
+    # would leave a store of two kinds nobody asked for. "joint,head" and "head,joint" are one kind.
+    stored = settings.get("adapter_kind", "head") if settings is not None else None
+    if (
+        adapter_kind is not None
+        and stored is not None
+        and set(adapter_kinds(adapter_kind)) != set(adapter_kinds(stored))
+    ):
         raise ConfigError(
             f"the store at {output} holds {stored} adapters, not {adapter_kind}",
             key="adapter_kind",
             hint="Write the other kind to a new store (-o)",
         )
+    kind = adapter_kind or stored or "head"
+    # The joint settings not given default to the store's: folded-in users must be placed as
+    # the store's shared part was trained (the same items, penalty and rank).
+    carried = _stored_joint_settings(settings)
+    if (
+        chosen is not None
+        and settings is not None
+        and "joint" in adapter_kinds(kind)
+        and item_column is not None
+        and item_column != settings.get("item_column")
+    ):
+        raise ConfigError(
+            f"the store's joint adapters learned the items of column {settings.get('item_column')!r}, not "
+            f"{item_column!r}; users are folded in against them",
+            key="item_column",
+            hint="Leave --item-column out to use the store's, or fit every user again without --users",
+        )
+    given: dict[str, Any] = {
+        "item_column": item_column,
+        "joint_rank": joint_rank,
+        "joint_l2": _l2_values(joint_l2),
+        "local_min_rows": local_min_rows,
+        "feature_dtype": feature_dtype,
+    }
     p = Personalizer(
         base,
         output,
@@ -70,7 +137,8 @@ def personalize(
         valid_fraction=valid_fraction,
         rank=rank,
         lora_rank=rank,
-        adapter_kind=adapter_kind or stored or "head",
+        adapter_kind=kind,
+        **{**carried, **{k: v for k, v in given.items() if v is not None}},
     )
     assert p.base.schema_ is not None
     wanted = p.base.schema_.target
@@ -79,7 +147,6 @@ def personalize(
         frame = read_table(data)
         require_column(frame, target, "target", data)
         rows = frame.assign(**{wanted: frame[target]})
-    chosen = [u.strip() for u in users.split(",") if u.strip()] if users else None
     p.fit(rows, users=chosen)
     absent = [u for u in chosen or [] if u not in p.report_["user"]]
     if absent:
@@ -118,3 +185,31 @@ def personalize(
             table.add_row(str(name), str(values.get("users", 0)), *cells)
         console.print(table)
         console.print(f"report written to {paths['json'].parent} (evaluation.json, per_user.csv, plots)")
+
+
+def _l2_values(values: list[str] | None) -> float | list[float] | None:
+    """``--joint-l2`` given once or more, each a number or a comma list: one number, or the list to choose from."""
+    if not values:
+        return None
+    out: list[float] = []
+    for part in (v.strip() for text in values for v in text.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise ConfigError(f"must be a number or a comma list of numbers, got {part!r}", key="joint_l2") from None
+    if not out:
+        raise ConfigError("needs at least one number", key="joint_l2")
+    return out[0] if len(out) == 1 else out
+
+
+def _stored_joint_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The item column and joint adapter settings a store was built with (none for a new store)."""
+    if settings is None:
+        return {}
+    from tunesmith.personalize.settings import store_params
+
+    params = store_params(settings)
+    names = ("item_column", "local_min_rows", "feature_dtype", "joint_rank", "joint_l2", "joint_steps", "joint_lr")
+    return {k: params[k] for k in names if k in params and params[k] is not None}

@@ -24,9 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 
-from tunesmith.backbones.embed import run_batches
 from tunesmith.data.io import read_table
 from tunesmith.data.schema import label_string, require_column
 from tunesmith.errors import ArtifactError, ConfigError, DataError
@@ -34,12 +32,15 @@ from tunesmith.estimators.base import Estimator, fit_arguments, unsupported
 from tunesmith.estimators.record import write_fit_record
 from tunesmith.estimators.registry import Kind, register
 from tunesmith.estimators.text import FineTuner
+from tunesmith.personalize.evaluation import evaluate_personalizer
 from tunesmith.personalize.head import (
     HeadAdapter,
     apply_head_adapter,
     fit_head_adapter,
     validate_head_adapter,
 )
+from tunesmith.personalize.joint import JointAdapterSettings, JointVector, item_ids
+from tunesmith.personalize.joint_training import best_kind, joint_candidates, log_loss_of
 from tunesmith.personalize.lora import (
     LoraAdapter,
     last_ffn_output,
@@ -52,7 +53,9 @@ from tunesmith.personalize.settings import (
     MAX_STEPS,
     SETTINGS_FILE,
     PersonalizerSettings,
+    adapter_kinds,
     check_settings,
+    joint_settings,
     load_settings,
     settings_record,
     softmax,
@@ -134,16 +137,20 @@ class Personalizer(AdapterRouting, Estimator):
     ) -> None:
         given = {k: v for k, v in (("base", base), ("store", store)) if v is not None}
         self._config, self.settings, self.lora_settings = check_settings({**given, **settings})
+        self.joint_settings: JointAdapterSettings = joint_settings(self._config)
         super().__init__(**given, **settings)
         # Not a setting: an optimisation shared between Personalizers of one shared model, so a
         # clone starts with an empty cache of its own (same results, computed again).
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = feature_cache if feature_cache is not None else {}
-        self._adapters: dict[str, HeadAdapter | LoraAdapter] = {}
+        self._adapters: dict[str, HeadAdapter | LoraAdapter | JointVector] = {}
         self._refresh_error: str | None = None
+        self._joint_part = None
+        self._joint_id: str | None = None
 
     def set_params(self, **params: Any) -> Personalizer:
         """Change settings (checked as a whole first); the shared model and store open again on next use."""
         self._config, self.settings, self.lora_settings = check_settings({**self._params, **params})
+        self.joint_settings = joint_settings(self._config)
         super().set_params(**params)
         for name in ("store_", "store_folder_", "base_model_", "labels_", "base_fingerprint_"):
             self.__dict__.pop(name, None)
@@ -152,6 +159,10 @@ class Personalizer(AdapterRouting, Estimator):
 
     # The settings, read as attributes.
     adapter_kind = property(lambda self: self._config.adapter_kind)
+    adapter_kinds = property(lambda self: adapter_kinds(self._config.adapter_kind))
+    item_column = property(lambda self: self._config.item_column)
+    local_min_rows = property(lambda self: self._config.local_min_rows)
+    feature_dtype = property(lambda self: self._config.feature_dtype)
     user_column = property(lambda self: self._config.user_column)
     segment_column = property(lambda self: self._config.segment_column)
     time_column = property(lambda self: self._config.time_column)
@@ -197,7 +208,7 @@ class Personalizer(AdapterRouting, Estimator):
         ft = FineTuner.load(self.base_path)
         if ft.schema_ is None or ft.schema_.task == "regression":
             raise ConfigError("personalisation needs a classification model as the shared model", key="base")
-        if self.adapter_kind == "lora":
+        if "lora" in self.adapter_kinds:
             last_ffn_output(ft.backbone_)  # refused now, before fit removes anything
         self.base_model_ = ft
         self.labels_ = list(ft.schema_.labels or [])
@@ -222,35 +233,6 @@ class Personalizer(AdapterRouting, Estimator):
         return AdapterDims(int(ft.backbone_.hidden_size), outputs, int(dense.in_features), int(dense.out_features))
 
     # --- shared model ------------------------------------------------------------------------
-
-    def shared_outputs(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Encoder features ``(n, d)`` and shared logits ``(n, k)`` of each row.
-
-        Each distinct input text is run through the encoder once per cache (see ``feature_cache``).
-        """
-        ft = self.base
-        assert ft.model_ is not None
-        texts, _, _ = ft._texts_for_prediction(df)
-        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        missing = [str(t) for t in unique if t not in self._cache]
-        if missing:
-            ids = ft.backbone_.tokenize(missing, ft.config_.max_length)
-            features = run_batches(
-                ft.backbone_,
-                ids,
-                ft.config_.eval_batch_size,
-                ft.backbone_.pad_id,
-                progress=self.progress,
-                description="shared model features",
-            )
-            with torch.inference_mode():
-                logits = ft.model_.head(torch.as_tensor(features)).float().numpy()
-            for text, f, z in zip(missing, features, logits, strict=True):
-                self._cache[text] = (f.astype(np.float32), z.astype(np.float32))
-        feats = np.stack([self._cache[str(t)][0] for t in unique])
-        outs = np.stack([self._cache[str(t)][1] for t in unique])
-        inv = inverse.reshape(-1)
-        return feats[inv], outs[inv]
 
     def _targets(self, df: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
         """Class indices and a mask of rows whose label the shared model knows (others are dropped, counted)."""
@@ -307,7 +289,11 @@ class Personalizer(AdapterRouting, Estimator):
         y, known = self._targets(df, target)
         self.dropped_ = {"unknown_or_missing_label": int((~known).sum())}
         df, y = df.loc[known].reset_index(drop=True), y[known]
-        features, logits = self.shared_outputs(df) if self.adapter_kind == "head" else (None, None)
+        kinds = self.adapter_kinds
+        if self.item_column and "joint" in kinds:
+            require_column(df, self.item_column, "item", file)
+        cached = "head" in kinds or "joint" in kinds
+        features, logits = self.shared_outputs(df, training=True) if cached else (None, None)
         report: dict[str, Any] = {"user": {}, "segment": {}}
         wanted = None if users is None else {str(u) for u in users}
         groups: list[tuple[str, str | None]] = [("user", self.user_column)]
@@ -315,9 +301,13 @@ class Personalizer(AdapterRouting, Estimator):
             groups.append(("segment", self.segment_column))
         plan: list[tuple[str, str, str, np.ndarray, np.ndarray]] = []
         trained: dict[str, dict[str, Any]] = {}
+        by_user = time_ordered_holdout(df, self.user_column, self.valid_fraction, self.time_column)
         for level, column in groups:
             assert column is not None
-            held = time_ordered_holdout(df, column, self.valid_fraction, self.time_column)
+            # Joint adapters of users and segments are trained together, so both validate on the
+            # same rows: each user's latest.
+            joint = "joint" in kinds or level == "user"
+            held = by_user if joint else time_ordered_holdout(df, column, self.valid_fraction, self.time_column)
             keys = df[column].astype(str).to_numpy()
             for value in pd.unique(keys):
                 if wanted is not None and value not in wanted:
@@ -331,43 +321,79 @@ class Personalizer(AdapterRouting, Estimator):
                         self.store.delete(key)  # too few rows now: the stale adapter must not answer
                     continue
                 plan.append((level, str(value), key, np.flatnonzero(train), np.flatnonzero(valid)))
-        bar = progress(
-            f"{self.adapter_kind} adapters", len(plan), unit="adapters", enabled=self.progress and len(plan) > 2
-        )
-        with self.store.deferred(), bar as advance:
-            for level, value, key, train_idx, valid_idx in plan:
-                if features is not None and logits is not None:
-                    head = fit_head_adapter(
-                        features[train_idx], logits[train_idx], y[train_idx], self.settings, seed=self.seed
-                    )
-                    check = validate_head_adapter(head, features[valid_idx], logits[valid_idx], y[valid_idx])
-                    tensors, settings = head.tensors(), self.settings.__dict__
-                else:
-                    lora, check = self._fit_lora(df, y, train_idx, valid_idx)
-                    tensors, settings = lora.tensors(), self.lora_settings.__dict__
-                meta = {
-                    "level": level,
-                    "kind": self.adapter_kind,
-                    "rows_train": len(train_idx),
-                    "rows_valid": len(valid_idx),
-                    "used": bool(check["used"]),
-                    "validation": check,
-                    "settings": settings,
-                }
-                self.store.put(key, tensors, meta)
-                trained[key] = {k: meta[k] for k in ("level", "rows_train", "rows_valid", "used", "validation")}
-                self._adapters.pop(key, None)
-                report[level][value] = {
-                    "rows": len(train_idx) + len(valid_idx),
-                    "adapter": True,
-                    "used": bool(check["used"]),
-                }
-                advance()
+        with self.store.deferred():
+            joint_candidates = self._joint_candidates(df, y, features, logits, by_user, plan, fold=users is not None)
+            bar = progress(f"{self.adapter_kind} adapters", len(plan), unit="adapters",
+                           enabled=self.progress and len(plan) > 2)  # fmt: skip
+            with bar as advance:
+                for level, value, key, train_idx, valid_idx in plan:
+                    candidates: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]] = {}
+                    if key in joint_candidates:
+                        c = joint_candidates[key]
+                        candidates["joint"] = (c.tensors, c.check, c.settings)
+                    # Beside joint adapters, a user's own head or LoRA adapter is tried only with
+                    # rows enough to learn more than the shared taste vector already says.
+                    local = len(kinds) == 1 or len(train_idx) + len(valid_idx) >= self.local_min_rows
+                    if "head" in kinds and local and features is not None and logits is not None:
+                        head = fit_head_adapter(
+                            features[train_idx], logits[train_idx], y[train_idx], self.settings, seed=self.seed
+                        )
+                        check = validate_head_adapter(head, features[valid_idx], logits[valid_idx], y[valid_idx])
+                        candidates["head"] = (head.tensors(), check, self.settings.__dict__)
+                    if "lora" in kinds and local:
+                        lora, check = self._fit_lora(df, y, train_idx, valid_idx)
+                        candidates["lora"] = (lora.tensors(), check, self.lora_settings.__dict__)
+                    if not candidates:
+                        report[level][value] = {"rows": len(train_idx) + len(valid_idx), "adapter": False}
+                        if key in self.store:
+                            self.store.delete(key)
+                        advance()
+                        continue
+                    kind = best_kind(candidates)
+                    tensors, check, settings = candidates[kind]
+                    meta = {
+                        "level": level,
+                        "kind": kind,
+                        "rows_train": len(train_idx),
+                        "rows_valid": len(valid_idx),
+                        "used": bool(check["used"]),
+                        "validation": check,
+                        "settings": settings,
+                    }
+                    if len(candidates) > 1:
+                        meta["candidates"] = {k: log_loss_of(c[1]) for k, c in candidates.items()}
+                    if kind == "joint":
+                        meta["joint"] = self._joint_id
+                    self.store.put(key, tensors, meta)
+                    fields = ("level", "kind", "rows_train", "rows_valid", "used", "validation")
+                    trained[key] = {k: meta[k] for k in fields}
+                    self._adapters.pop(key, None)
+                    report[level][value] = {
+                        "rows": len(train_idx) + len(valid_idx),
+                        "adapter": True,
+                        "kind": kind,
+                        "used": bool(check["used"]),
+                    }
+                    advance()
+        self._joint_part = None
         self.report_ = report
         self._write_settings()
         self.store_folder_ = Path(self.store.folder)
         self.run_dir_ = self._write_record(args.data, read, len(df), args.target or target, trained, started)
         return self
+
+    def _joint_candidates(
+        self, df: pd.DataFrame, y: np.ndarray, features: np.ndarray | None, logits: np.ndarray | None,
+        held: np.ndarray, plan: list[tuple[str, str, str, np.ndarray, np.ndarray]], *, fold: bool,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Joint adapters of the keys in ``plan`` (:func:`~tunesmith.personalize.joint_training.joint_candidates`)."""
+        if "joint" not in self.adapter_kinds:
+            return {}
+        assert features is not None and logits is not None
+        candidates, self._joint_id, summary = joint_candidates(self, df, y, features, logits, held, plan, fold=fold)
+        if summary is not None:
+            self.joint_info_ = summary
+        return candidates
 
     def refit(
         self, data: Any, y: Any = None, *, replay: Any = None, target: str | None = None,
@@ -394,6 +420,12 @@ class Personalizer(AdapterRouting, Estimator):
             NotSupportedError: ``method='lora'`` (each adapter already is a low-rank update).
         """
         self._check_fitted()
+        if "joint" in self.adapter_kinds:
+            raise unsupported(
+                self,
+                "refit of joint adapters",
+                "Fold in the users whose rows changed with fit(data, users=[...]), or fit all users again",
+            )
         if settings.get("method") == "lora":
             raise unsupported(self, "refit method 'lora'", "Use method='auto' or 'l2sp': adapters are low-rank already")
         folder, scratch = refit_folder(self.store.folder, store)
@@ -500,6 +532,8 @@ class Personalizer(AdapterRouting, Estimator):
         out = logits.copy()
         users = df[self.user_column].astype(str).tolist()
         segments = df[self.segment_column].astype(str).tolist() if self.segment_column in df.columns else None
+        named = self.item_column and self.item_column in df.columns
+        items = list(item_ids(df[self.item_column])) if named else None
         found, routes = self._routes(users, segments)
         levels = [r.level for r in found]
         ft = self.base
@@ -515,6 +549,9 @@ class Personalizer(AdapterRouting, Estimator):
                     with torch.no_grad():
                         mine = lora_logits(adapter, self._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
                     out[part] = mine.numpy()
+            elif isinstance(adapter, JointVector):
+                named = None if items is None else [items[i] for i in rows]
+                out[rows] = self.joint_rows(adapter, features[rows], logits[rows], named)
             else:
                 out[rows] = apply_head_adapter(adapter, features[rows], logits[rows])
         return softmax(out).astype(np.float32), levels
@@ -569,58 +606,21 @@ class Personalizer(AdapterRouting, Estimator):
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         return final
 
-    def evaluate(self, data: pd.DataFrame | str | os.PathLike[str]) -> dict[str, Any]:
-        """Per-user accuracy and ROC AUC (binary), personalised vs shared, on labeled rows.
+    def evaluate(
+        self, data: pd.DataFrame | str | os.PathLike[str], *, train: pd.DataFrame | str | os.PathLike[str] | None = None
+    ) -> dict[str, Any]:
+        """Per-user accuracy and ROC AUC (binary): personalised, shared, collaborative filtering.
 
-        ``users`` holds one record per user; ``summary`` the means over users, overall and by
-        the number of training rows the user's adapter had (``<20``, ``20-49``, ``50+``,
-        ``none`` for users without an adapter); ``dropped`` counts rows left out for a missing
-        label or one the shared model does not know.
+        ``users`` holds one record per user (with the adapter kind that answered it);
+        ``summary`` the means over users, overall and by the number of training rows the user's
+        adapter had (``<20``, ``20-49``, ``50+``, ``none`` for users without an adapter);
+        ``dropped`` counts rows left out for a missing label or one the shared model does not
+        know. With ``train`` (the rows the adapters were trained on) and an ``item_column``, a
+        collaborative-filtering baseline is fitted on those rows and labels
+        (:class:`~tunesmith.personalize.baselines.CollaborativeBaseline`: the best of matrix
+        factorisation, EASE and BPR on the same validation rows) and scored beside (``auc_cf``).
         """
-        self._open()
-        df, file = self._read(data)
-        assert self.base.schema_ is not None
-        require_column(df, self.user_column, "user", file)
-        require_column(df, self.base.schema_.target, "target", file)
-        y, known = self._targets(df, self.base.schema_.target)
-        df, y = df.loc[known].reset_index(drop=True), y[known]
-        if not len(df):
-            raise DataError("no labeled rows to evaluate", file=file, hint="Give rows with the target column filled")
-        personal, levels = self.predict_routed(df)
-        _, logits = self.shared_outputs(df)
-        shared = softmax(logits)
-        binary = len(self.labels) == 2
-        records = []
-        for user, idx in df.groupby(df[self.user_column].astype(str)).indices.items():
-            yt = y[idx]
-            rec: dict[str, Any] = {"user": user, "rows": len(idx), "level": levels[idx[0]]}
-            key = adapter_key("user", user)
-            rec["train_rows"] = int(self.store.info(key).get("rows_train", 0)) if key in self.store else 0
-            for name, proba in (("shared", shared), ("personal", personal)):
-                rec[f"accuracy_{name}"] = float(np.mean(proba[idx].argmax(axis=1) == yt))
-                if binary and len(np.unique(yt)) == 2:
-                    rec[f"auc_{name}"] = float(roc_auc_score(yt, proba[idx, 1]))
-            records.append(rec)
-        table = pd.DataFrame(records)
-
-        def means(frame: pd.DataFrame) -> dict[str, Any]:
-            out: dict[str, Any] = {"users": len(frame)}
-            for col in ("accuracy_shared", "accuracy_personal", "auc_shared", "auc_personal"):
-                if col in frame.columns and frame[col].notna().any():
-                    out[col] = float(frame[col].mean())
-            return out
-
-        bins = pd.cut(table["train_rows"], [-1, 0, 19, 49, np.inf], labels=["none", "<20", "20-49", "50+"])
-        summary = {
-            "all": means(table),
-            "by_train_rows": {str(b): means(g) for b, g in table.groupby(bins, observed=True)},
-        }
-        return {
-            "users": table,
-            "summary": summary,
-            "levels": pd.Series(levels).value_counts().to_dict(),
-            "dropped": {"unknown_or_missing_label": int((~known).sum())},
-        }
+        return evaluate_personalizer(self, data, train=train)
 
 
 def _open_store(

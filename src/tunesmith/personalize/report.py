@@ -19,7 +19,7 @@ def write_report(result: dict[str, Any], folder: str | os.PathLike[str]) -> dict
 
     ``per_user.png``: each user's shared vs personalised ROC AUC (accuracy for more than two
     classes). ``by_train_rows.png``: the mean per group of users by training rows, shared vs
-    personalised.
+    personalised (and collaborative filtering, when the evaluation fitted it).
     """
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -42,7 +42,8 @@ def write_report(result: dict[str, Any], folder: str | os.PathLike[str]) -> dict
     groups = result["summary"]["by_train_rows"]
     models = {
         name: {g: {shown: v.get(f"{metric}_{key}"), "n_users": v.get("users", 0)} for g, v in groups.items()}
-        for name, key in (("shared", "shared"), ("personalised", "personal"))
+        for name, key in (("shared", "shared"), ("personalised", "personal"), ("collaborative filtering", "cf"))
+        if any(v.get(f"{metric}_{key}") is not None for v in groups.values())
     }
     paths["by_train_rows"] = plot_metric_by_group(
         models,

@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tunesmith.backbones.embed import run_batches
 from tunesmith.errors import ArtifactError, ConfigError
 from tunesmith.personalize.head import HeadAdapter, apply_head_adapter, compare_logits
+from tunesmith.personalize.joint import JointModel, JointVector, index_of, joint_logits
+from tunesmith.personalize.joint_training import load_joint
 from tunesmith.personalize.lora import (
     LoraAdapter,
     LoraAdapterSettings,
@@ -27,7 +30,7 @@ from tunesmith.personalize.lora import (
     subset,
     tap_last_ffn,
 )
-from tunesmith.personalize.store import AdapterStore, Route
+from tunesmith.personalize.store import JOINT_KEY, AdapterStore, Route
 from tunesmith.train.batching import Collator
 
 logger = logging.getLogger("tunesmith.personalize")
@@ -36,8 +39,9 @@ logger = logging.getLogger("tunesmith.personalize")
 class AdapterRouting:
     """The LoRA tap, routing and the serving batch path of a Personalizer (mixed into it)."""
 
-    _adapters: dict[str, HeadAdapter | LoraAdapter]
+    _adapters: dict[str, HeadAdapter | LoraAdapter | JointVector]
     _refresh_error: str | None
+    _joint_part: tuple[JointModel, dict[str, int], str | None] | None
     lora_settings: LoraAdapterSettings
 
     if TYPE_CHECKING:  # given by the estimator this class is mixed into
@@ -53,6 +57,49 @@ class AdapterRouting:
 
         @property
         def segment_column(self) -> str | None: ...
+
+        @property
+        def progress(self) -> bool: ...
+
+        @property
+        def feature_dtype(self) -> str: ...
+
+        _cache: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def shared_outputs(self, df: pd.DataFrame, *, training: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Encoder features ``(n, d)`` and shared logits ``(n, k)`` of each row.
+
+        Each distinct input text is run through the encoder once per cache (see ``feature_cache``).
+        With ``training`` the pass runs in ``feature_dtype`` (bfloat16 halves its time on CPUs
+        with bfloat16 units; prediction always runs in float32, as the server does).
+        """
+        ft = self.base
+        assert ft.model_ is not None
+        texts, _, _ = ft._texts_for_prediction(df)
+        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        low = training and self.feature_dtype == "bfloat16"
+        # Outputs of the two precisions are kept apart: a prediction never reads a bfloat16 one.
+        prefix = "bfloat16\0" if low else ""
+        missing = [str(t) for t in unique if prefix + str(t) not in self._cache]
+        if missing:
+            ids = ft.backbone_.tokenize(missing, ft.config_.max_length)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+                features = run_batches(
+                    ft.backbone_,
+                    ids,
+                    ft.config_.eval_batch_size,
+                    ft.backbone_.pad_id,
+                    progress=self.progress,
+                    description="shared model features",
+                )
+            with torch.inference_mode():
+                logits = ft.model_.head(torch.as_tensor(features)).float().numpy()
+            for text, f, z in zip(missing, features, logits, strict=True):
+                self._cache[prefix + text] = (f.astype(np.float32), z.astype(np.float32))
+        feats = np.stack([self._cache[prefix + str(t)][0] for t in unique])
+        outs = np.stack([self._cache[prefix + str(t)][1] for t in unique])
+        inv = inverse.reshape(-1)
+        return feats[inv], outs[inv]
 
     def tap(self, df: pd.DataFrame, project: torch.Tensor | None = None) -> tuple[Tapped, torch.Tensor]:
         """The last feed-forward block's inputs for ``df``'s rows (one padded batch) and their shared logits.
@@ -137,12 +184,14 @@ class AdapterRouting:
         attention_mask: torch.Tensor,
         users: Sequence[Any],
         segments: Sequence[Any] | None = None,
+        items: Sequence[Any] | None = None,
     ) -> tuple[np.ndarray, list[Route]]:
         """Adapted logits ``(n, k)`` and the route of each row of one padded token batch.
 
         Rows of different users share the encoder pass; each adapter then corrects only
         its own rows. A user without a (used) adapter falls back to the segment's, then to
-        the shared model; ``None`` as a user or segment means unknown.
+        the shared model; ``None`` as a user or segment means unknown. ``items`` name each
+        row's item for joint adapters (``None``, or an item they never saw: the item's text alone).
         """
         ft = self.base
         assert ft.model_ is not None
@@ -166,9 +215,31 @@ class AdapterRouting:
                 if isinstance(adapter, LoraAdapter):
                     part = subset(tapped, rows)
                     out[rows] = lora_logits(adapter, self._ffn, ft.model_.head, part, ft.backbone_.pooling).numpy()
+                elif isinstance(adapter, JointVector):
+                    mine = None if items is None else [items[i] for i in rows]
+                    out[rows] = self.joint_rows(adapter, f_np[rows], out[rows], mine)
                 else:
                     out[rows] = apply_head_adapter(adapter, f_np[rows], out[rows])
         return out, routes
+
+    def _joint(self) -> tuple[JointModel, dict[str, int], str | None]:
+        """The store's shared part of joint adapters, its item index and id (read once per store version)."""
+        if self._joint_part is None:
+            model, items = load_joint(self.store)
+            self._joint_part = (model, items, self.store.info(JOINT_KEY).get("id"))
+        return self._joint_part
+
+    def joint_rows(
+        self, adapter: JointVector, features: np.ndarray, logits: np.ndarray, items: Sequence[Any] | None
+    ) -> np.ndarray:
+        """Logits of one user's rows by its joint adapter; the shared logits if the adapter belongs to
+        another version of the shared part (a store rewritten while it was read)."""
+        model, index, joint_id = self._joint()
+        if adapter.joint != joint_id or tuple(adapter.u.shape) != (model.rank, logits.shape[1]):
+            logger.warning("tunesmith: a joint adapter of another joint model was skipped (the store is changing)")
+            return logits
+        idx = index_of(items, index) if items is not None else np.full(len(logits), -1, dtype=np.int64)
+        return joint_logits(model, features, logits, idx, adapter.u, adapter.c)
 
     def refresh_store(self) -> bool:
         """Re-read the store if another process changed it; ``True`` if the new one is in force.
@@ -191,6 +262,7 @@ class AdapterRouting:
             # Another process rewrote the store (tunesmith personalize --users): read adapters anew.
             self._refresh_error = None
             self._adapters.clear()
+            self._joint_part = None
         return changed
 
     def _routes(self, users: Sequence[Any], segments: Sequence[Any] | None) -> tuple[list[Route], dict[str, list[int]]]:
@@ -202,16 +274,18 @@ class AdapterRouting:
                 groups.setdefault(r.key, []).append(i)
         return routes, groups
 
-    def _adapter(self, key: str) -> HeadAdapter | LoraAdapter:
+    def _adapter(self, key: str) -> HeadAdapter | LoraAdapter | JointVector:
         adapter = self._adapters.get(key)
         if adapter is None:
             tensors = self.store.load(key)
             # The kind is read from the tensors themselves: the file is what will run, even if
             # the index this process read is older than it.
-            loaded: HeadAdapter | LoraAdapter = (
-                LoraAdapter.from_tensors(tensors) if "scale" in tensors else HeadAdapter.from_tensors(tensors)
-            )
-            loaded.eval()
+            loaded: HeadAdapter | LoraAdapter | JointVector
+            if "u" in tensors:
+                loaded = JointVector(tensors["u"].float(), tensors["c"].float(), self.store.info(key).get("joint"))
+            else:
+                loaded = LoraAdapter.from_tensors(tensors) if "scale" in tensors else HeadAdapter.from_tensors(tensors)
+                loaded.eval()
             adapter = self._adapters[key] = loaded
         return adapter
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from tunesmith.config import validate_settings
 from tunesmith.errors import ArtifactError, ConfigError
 from tunesmith.personalize.head import HeadAdapterSettings
+from tunesmith.personalize.joint import JointAdapterSettings
 from tunesmith.personalize.lora import LoraAdapterSettings
 from tunesmith.personalize.store import ADAPTER_KINDS, MAX_ADAPTER_RANK, open_store
 from tunesmith.runs.trust import field
@@ -45,7 +46,22 @@ class PersonalizerSettings(BaseModel):
     steps: StrictInt = Field(100, description="Head adapter training steps.")
     lr: float = Field(0.05, description="Head adapter learning rate.")
     seed: StrictInt = Field(0, description="Random seed.")
-    adapter_kind: str = Field("head", description="head (over cached features) or lora (last encoder block).")
+    adapter_kind: str = Field(
+        "head",
+        description="joint (low-rank user vectors learned across users), head (over cached features), lora (last "
+        "encoder block), or several joined by commas (each user gets the best on its validation rows).",
+    )
+    item_column: str | None = Field(None, description="Column naming each row's item (joint adapters learn items).")
+    joint_rank: StrictInt = Field(16, description="Rank of the joint adapters' user and item vectors.")
+    joint_l2: float | list[float] = Field(0.1, description="Penalty on joint vectors; several: the best on validation.")
+    joint_steps: StrictInt = Field(300, description="Full-batch training steps of the joint adapters.")
+    joint_lr: float = Field(0.05, description="Joint adapters' learning rate.")
+    local_min_rows: StrictInt = Field(
+        50, description="Rows a user needs for a head or LoRA adapter when joint adapters are trained beside them."
+    )
+    feature_dtype: str = Field(
+        "float32", description="Precision of the shared model's pass over training rows: float32 or bfloat16."
+    )
     lora_rank: StrictInt = Field(4, description="LoRA rank.")
     lora_alpha: float = Field(8.0, description="LoRA scale numerator.")
     lora_steps: StrictInt = Field(40, description="LoRA training steps.")
@@ -62,11 +78,37 @@ def check_settings(params: dict[str, Any]) -> tuple[PersonalizerSettings, HeadAd
         raise ConfigError(f"must be at least 2, got {s.min_rows}", key="min_rows")
     if not 0 < s.valid_fraction < 1:
         raise ConfigError(f"must be between 0 and 1, got {s.valid_fraction}", key="valid_fraction")
-    if s.adapter_kind not in ADAPTER_KINDS:
-        raise ConfigError(f"must be one of {', '.join(ADAPTER_KINDS)}, got {s.adapter_kind!r}", key="adapter_kind")
+    adapter_kinds(s.adapter_kind)
+    if s.feature_dtype not in FEATURE_DTYPES:
+        raise ConfigError(f"must be one of {', '.join(FEATURE_DTYPES)}, got {s.feature_dtype!r}", key="feature_dtype")
+    if s.local_min_rows < 2:
+        raise ConfigError(f"must be at least 2, got {s.local_min_rows}", key="local_min_rows")
     head = HeadAdapterSettings(rank=s.rank, l2=s.l2, steps=s.steps, lr=s.lr)
     lora = LoraAdapterSettings(rank=s.lora_rank, alpha=s.lora_alpha, l2=s.l2, steps=s.lora_steps, lr=s.lora_lr)
     return s, head, lora
+
+
+FEATURE_DTYPES = ("float32", "bfloat16")
+
+
+def adapter_kinds(value: str) -> tuple[str, ...]:
+    """The adapter kinds an ``adapter_kind`` setting names (``"joint,head"``: both), each checked."""
+    kinds = tuple(part.strip() for part in str(value).split(","))
+    for kind in kinds:
+        if kind not in ADAPTER_KINDS:
+            raise ConfigError(
+                f"must be one of {', '.join(ADAPTER_KINDS)} or several joined by commas, got {value!r}",
+                key="adapter_kind",
+            )
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(f"names a kind twice: {value!r}", key="adapter_kind")
+    return kinds
+
+
+def joint_settings(s: PersonalizerSettings) -> JointAdapterSettings:
+    """The joint adapter settings of a Personalizer's settings."""
+    l2 = tuple(s.joint_l2) if isinstance(s.joint_l2, list) else (s.joint_l2,)
+    return JointAdapterSettings(rank=s.joint_rank, l2=l2, steps=s.joint_steps, lr=s.joint_lr)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -135,7 +177,27 @@ def load_settings(store: str | os.PathLike[str]) -> dict[str, Any]:
     out["valid_fraction"] = field(data, "valid_fraction", float, default=0.2, file=file)
     if not 0 < out["valid_fraction"] < 1:
         raise ArtifactError(f"field 'valid_fraction' must be between 0 and 1, got {out['valid_fraction']!r}", path=file)
-    out["adapter_kind"] = field(data, "adapter_kind", str, default="head", choices=ADAPTER_KINDS, file=file)
+    out["adapter_kind"] = field(data, "adapter_kind", str, default="head", file=file)
+    try:
+        adapter_kinds(out["adapter_kind"])
+    except ConfigError as exc:
+        raise ArtifactError(f"field 'adapter_kind' {exc.message}", path=file) from None
+    out["item_column"] = field(data, "item_column", str, default=None, file=file) or None
+    out["local_min_rows"] = field(data, "local_min_rows", int, default=50, low=2, file=file)
+    out["feature_dtype"] = field(data, "feature_dtype", str, default="float32", choices=FEATURE_DTYPES, file=file)
+    joint = field(data, "joint", dict, default={}, file=file)
+    view = {"joint": joint}
+    checked_joint: dict[str, Any] = {
+        "rank": field(view, "joint.rank", int, default=None, low=1, high=MAX_ADAPTER_RANK, file=file),
+        "steps": field(view, "joint.steps", int, default=None, low=1, high=MAX_STEPS, file=file),
+        "lr": _finite(view, "joint.lr", file, zero=False),
+    }
+    l2s = field(view, "joint.l2", list, default=None, file=file)
+    if l2s is not None:
+        if not l2s or len(l2s) > 64:
+            raise ArtifactError("field 'joint.l2' must list 1 to 64 numbers", path=file)
+        checked_joint["l2"] = [_finite({"v": v}, "v", file, zero=True) for v in l2s]
+    out["joint"] = {k: v for k, v in checked_joint.items() if v is not None}
     for kind, low_rank in (("head", 0), ("lora", 1)):
         given = field(data, kind, dict, default={}, file=file)
         view = {kind: given}  # null stands for {}: every field its default
@@ -167,6 +229,10 @@ def settings_record(
         **{k: getattr(config, k) for k in ("user_column", "segment_column", "time_column", "min_rows")},
         "valid_fraction": config.valid_fraction,
         "adapter_kind": config.adapter_kind,
+        "item_column": config.item_column,
+        "local_min_rows": config.local_min_rows,
+        "feature_dtype": config.feature_dtype,
+        "joint": joint_settings(config).record(),
         "head": head.__dict__,
         "lora": lora.__dict__,
         "seed": config.seed,
@@ -181,6 +247,8 @@ def store_params(s: dict[str, Any]) -> dict[str, Any]:
         **{k: s[k] for k in ("user_column", "segment_column", "time_column", "min_rows", "valid_fraction")},
         "seed": s["seed"],
         "adapter_kind": s["adapter_kind"],
+        **{k: s[k] for k in ("item_column", "local_min_rows", "feature_dtype")},
+        **{f"joint_{k}": s["joint"][k] for k in ("rank", "l2", "steps", "lr") if k in s["joint"]},
         **{k: head[k] for k in ("rank", "l2", "steps", "lr") if k in head},
         **{f"lora_{k}": lora[k] for k in ("rank", "alpha", "steps", "lr") if k in lora},
     }
@@ -196,10 +264,13 @@ def _finite(data: dict[str, Any], name: str, file: Path, *, zero: bool) -> float
 
 
 __all__ = [
+    "FEATURE_DTYPES",
     "MAX_STEPS",
     "SETTINGS_FILE",
     "PersonalizerSettings",
+    "adapter_kinds",
     "check_settings",
+    "joint_settings",
     "load_settings",
     "settings_record",
     "softmax",

@@ -43,14 +43,24 @@ import torch
 
 from tunesmith.errors import ArtifactError, ConfigError
 from tunesmith.personalize.head import MAX_ADAPTER_RANK
+from tunesmith.personalize.shapes import (
+    ADAPTER_KINDS,
+    JOINT_KEY,
+    MAX_ITEMS,
+    STORE_HINT,
+    AdapterDims,
+    adapter_shapes,
+)
 from tunesmith.runs.artifacts import atomic_write_json, json_safe, save_tensors
-from tunesmith.runs.trust import SafeFolder, TensorInfo, field, read_limited, safe_relative
+from tunesmith.runs.trust import SafeFolder, field, read_limited, safe_relative
 
 __all__ = [
     "ADAPTER_KINDS",
     "INDEX",
+    "JOINT_KEY",
     "LEVELS",
     "MAX_ADAPTER_RANK",
+    "MAX_ITEMS",
     "MAX_STORE_FILES",
     "AdapterDims",
     "AdapterStore",
@@ -63,7 +73,6 @@ __all__ = [
 INDEX = "index.json"
 STORE_FORMAT = 1
 LEVELS = ("user", "segment")
-ADAPTER_KINDS = ("head", "lora")
 ADAPTER_DIR = "adapters"
 
 MAX_STORE_FILES = 250_000
@@ -72,14 +81,12 @@ MAX_STORE_FILES = 250_000
 RETRY_SECONDS = 1.0
 """How long :meth:`AdapterStore.refresh` waits before reading again an index it refused."""
 
-STORE_HINT = "Retrain the adapter (tunesmith personalize --users) or rebuild the store with tunesmith personalize"
 _OPEN_HINT = "Give a folder written by tunesmith personalize"
 _SCAN_HINT = (
     "An adapter store holds only index.json, personalize.json and adapters/*.safetensors written by "
     "tunesmith personalize; remove the entry or rebuild the store"
 )
 _FILE_NAME = re.compile(r"adapters/[0-9a-f]{24}\.safetensors")
-_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 _READ_TRIES = 4
 _MAX_ADAPTER_HEADER = 1 << 20  # names, dtypes, shapes and the key: a few hundred bytes in practice
 
@@ -104,93 +111,6 @@ class Route:
 
     def to_dict(self) -> dict[str, Any]:
         return {"level": self.level, "key": self.key}
-
-
-@dataclass(frozen=True)
-class AdapterDims:
-    """The widths an adapter of one shared model must have.
-
-    ``features`` and ``outputs``: a head adapter's ``A`` is ``features x r``, its ``B``
-    ``r x outputs``. ``inner`` and ``hidden``: a LoRA adapter's ``A`` is ``inner x r``, its
-    ``B`` ``r x hidden`` (``None`` when the shared model has no block a LoRA adapter fits).
-    """
-
-    features: int
-    outputs: int
-    inner: int | None = None
-    hidden: int | None = None
-
-
-def adapter_shapes(
-    header: Mapping[str, TensorInfo], dims: AdapterDims | None, *, file: str | os.PathLike[str]
-) -> tuple[str, dict[str, tuple[int, ...]]]:
-    """The kind of the adapter a safetensors header describes and the shapes its tensors must have.
-
-    Checks the header alone (names, floating-point dtypes, rank within ``[0 or 1,
-    MAX_ADAPTER_RANK]``) and, with ``dims``, every width against the shared model's; without
-    ``dims`` the tensors need only agree with each other.
-
-    Raises:
-        ArtifactError: naming ``file`` and the tensor that does not fit.
-    """
-    names = set(header)
-    if names == {"A", "B", "c"}:
-        kind = "head"
-    elif names == {"A", "B", "scale"}:
-        kind = "lora"
-    else:
-        raise ArtifactError(
-            f"holds the tensors {sorted(names)[:8]}; an adapter holds A, B and c (head) or A, B and scale (LoRA)",
-            path=file,
-            hint=STORE_HINT,
-        )
-    for name in sorted(names):
-        if header[name].dtype not in _FLOAT_DTYPES:
-            raise ArtifactError(
-                f"tensor {name!r} is {header[name].dtype}; adapter tensors are floating point",
-                path=file,
-                hint=STORE_HINT,
-            )
-    for name in ("A", "B"):
-        if len(header[name].shape) != 2:
-            raise ArtifactError(
-                f"tensor {name!r} has shape {list(header[name].shape)}; an adapter's {name} is a matrix",
-                path=file,
-                hint=STORE_HINT,
-            )
-    a, b = header["A"].shape, header["B"].shape
-    rank = a[1]
-    low = 0 if kind == "head" else 1
-    if not low <= rank <= MAX_ADAPTER_RANK:
-        raise ArtifactError(
-            f"tensor 'A' declares rank {rank:,}; a {kind} adapter's rank is {low} to {MAX_ADAPTER_RANK}",
-            path=file,
-            hint=STORE_HINT,
-        )
-    expected: dict[str, tuple[int, ...]]
-    if kind == "head":
-        d, k = (dims.features, dims.outputs) if dims is not None else (a[0], b[1])
-        expected = {"A": (d, rank), "B": (rank, k), "c": (k,)}
-    else:
-        if dims is not None and (dims.inner is None or dims.hidden is None):
-            raise ArtifactError(
-                "holds a LoRA adapter, but the shared model has no BERT-like feed-forward block for it",
-                path=file,
-                hint=STORE_HINT,
-            )
-        inner, hidden = (dims.inner, dims.hidden) if dims is not None else (a[0], b[1])
-        assert inner is not None and hidden is not None
-        expected = {"A": (inner, rank), "B": (rank, hidden), "scale": ()}
-    for name, shape in expected.items():
-        got = tuple(header[name].shape)
-        if got != shape:
-            whose = "for this shared model " if dims is not None else ""
-            raise ArtifactError(
-                f"tensor {name!r} has shape {list(got)}, but a {kind} adapter of rank {rank} {whose}has {list(shape)}",
-                path=file,
-                hint=STORE_HINT,
-            )
-    return kind, expected
 
 
 def open_store(path: str | os.PathLike[str], *, marker: str | None = None) -> SafeFolder:
@@ -356,6 +276,27 @@ class AdapterStore:
             )
         adapters = field(data, "adapters", dict, file=file)
         entries = {key: self._check_entry(key, entry, safe, file) for key, entry in adapters.items()}
+        vectors = [k for k, e in entries.items() if k != JOINT_KEY and "u" in safe.header(e["file"])]
+        if vectors and JOINT_KEY not in entries:
+            raise ArtifactError(
+                f"field 'adapters[{_shown_key(vectors[0])!r}]' holds a joint adapter, but the store has no "
+                f"{JOINT_KEY!r} entry (what joint adapters share)",
+                path=file,
+                hint=STORE_HINT,
+            )
+        if JOINT_KEY in entries:
+            # Every joint vector must fit the store's shared part: one that does not would fail
+            # the whole batch its rows are served in.
+            rank = safe.header(entries[JOINT_KEY]["file"])["W"].shape[1]
+            for key, entry in entries.items():
+                header = safe.header(entry["file"])
+                if "u" in header and header["u"].shape[0] != rank:
+                    raise ArtifactError(
+                        f"field 'adapters[{_shown_key(key)!r}]': tensor 'u' has rank {header['u'].shape[0]}, but the "
+                        f"store's joint model has rank {rank}",
+                        path=safe.root / entry["file"],
+                        hint=STORE_HINT,
+                    )
         return safe, {**data, "format": STORE_FORMAT, "base_fingerprint": fingerprint, "adapters": entries}
 
     def _check_entry(self, key: str, entry: Any, safe: SafeFolder, file: Path) -> dict[str, Any]:
@@ -367,7 +308,8 @@ class AdapterStore:
             )
         raw = _entry_field(entry, "file", str, where=where, file=file)
         rel = safe_relative(raw, file=file, field=f"{where}.file").as_posix()
-        own = self._file_name(key)
+        version = _entry_field(entry, "id", str, where=where, file=file) if key == JOINT_KEY else None
+        own = self._file_name(key, version)
         if rel != own:
             # Only the store's own name for the key: an index cannot point one user at another's
             # file, nor a delete at anything the store did not write.
@@ -380,8 +322,23 @@ class AdapterStore:
             raise ArtifactError(
                 f"field {where + '.file'!r} names {own}, which is not in the store", path=file, hint=STORE_HINT
             )
-        adapter_shapes(safe.header(own), self.dims, file=safe.root / own)
+        kind, shapes = adapter_shapes(safe.header(own), self.dims, file=safe.root / own)
         kw: dict[str, Any] = {"where": where, "file": file}
+        if (kind == "joint_shared") != (key == JOINT_KEY):
+            raise ArtifactError(
+                f"field {where!r} holds {'what joint adapters share' if key != JOINT_KEY else 'a single adapter'}; "
+                f"only {JOINT_KEY!r} holds the shared part of joint adapters",
+                path=file,
+                hint=STORE_HINT,
+            )
+        if key == JOINT_KEY:
+            items = _entry_field(entry, "items", list, **kw)
+            if len(items) != shapes["Q"][0] or not all(isinstance(v, str) for v in items):
+                raise ArtifactError(
+                    f"field {where + '.items'!r} must list {shapes['Q'][0]:,} item ids (strings), one per row of Q",
+                    path=file,
+                    hint=STORE_HINT,
+                )
         _entry_field(entry, "kind", str, default=None, choices=ADAPTER_KINDS, **kw)
         _entry_field(entry, "level", str, default=None, choices=LEVELS, **kw)
         _entry_field(entry, "used", bool, default=True, **kw)
@@ -403,10 +360,12 @@ class AdapterStore:
         return key in self._index["adapters"]
 
     def __len__(self) -> int:
-        return len(self._index["adapters"])
+        """Adapters of users and segments (the shared part of joint adapters is not one)."""
+        return len(self._index["adapters"]) - (JOINT_KEY in self._index["adapters"])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._index["adapters"]))
+        """Keys of the users' and segments' adapters, sorted (``JOINT_KEY in store`` says if it has a shared part)."""
+        return iter(sorted(k for k in self._index["adapters"] if k != JOINT_KEY))
 
     def info(self, key: str) -> dict[str, Any]:
         """What the index records about ``key`` (kind, bytes, rows, validation scores, whether it is used)."""
@@ -496,17 +455,28 @@ class AdapterStore:
             candidates.append(("user", adapter_key("user", user)))
         if segment is not None and segment_column:
             candidates.append(("segment", adapter_key("segment", segment, segment_column)))
+        shared = self._index["adapters"].get(JOINT_KEY, {}).get("id")
         for level, key in candidates:
             entry = self._index["adapters"].get(key)
-            if entry is not None and entry.get("used", True):
+            # A joint vector of another shared part (left by an earlier fit) is not used: the
+            # row falls back as if the user had none.
+            stale = entry is not None and entry.get("kind") == "joint" and entry.get("joint") != shared
+            if entry is not None and entry.get("used", True) and not stale:
                 return Route(level, key)
         return Route("shared")
 
     # --- writing ---------------------------------------------------------------------------
 
     @staticmethod
-    def _file_name(key: str) -> str:
-        return f"{ADAPTER_DIR}/" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".safetensors"
+    def _file_name(key: str, version: str | None = None) -> str:
+        """The one file the store names for ``key``; what joint adapters share gets a file per version.
+
+        A new shared part is written beside the old one, not over it: a reader of the old index
+        keeps reading the shared part its user vectors were trained with until the new index names
+        the new file (the old one is removed after that).
+        """
+        name = key if version is None else f"{key}\0{version}"
+        return f"{ADAPTER_DIR}/" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:24] + ".safetensors"
 
     def _writable(self) -> SafeFolder:
         """The store's folder and its ``adapters/`` folder, created; refused if either is not a plain folder."""
@@ -536,14 +506,22 @@ class AdapterStore:
         The entry is checked as a reader would check it, so the store never writes an index
         it would refuse to read.
         """
-        rel = self._file_name(key)
+        version = meta.get("id") if key == JOINT_KEY else None
+        if key == JOINT_KEY and not isinstance(version, str):
+            raise ConfigError("what joint adapters share needs its id", key="id")
+        rel = self._file_name(key, version)
+        old = self._index["adapters"].get(key, {}).get("file")
         safe = self._writable()
         path = self.folder / rel
         save_tensors(path, tensors, {"format": "tunesmith-adapter", "key": key})
         safe.files[rel] = os.lstat(path).st_size
         entry = {**json_safe(dict(meta)), "file": rel, "bytes": safe.files[rel], "updated": _now()}
         self._index["adapters"][key] = self._check_entry(key, entry, safe, self.folder / INDEX)
+        if old is not None and old != rel:
+            self._unlink.append(old)  # the previous shared part, once no index names it
         self._write_index()
+        if not self._deferred:
+            self._flush_unlinks()
 
     def delete(self, key: str) -> None:
         """Remove one adapter; the others are untouched.
@@ -553,7 +531,7 @@ class AdapterStore:
         entry = self._index["adapters"].pop(key, None)
         if entry is None:
             raise KeyError(f"no adapter {key!r} in the store")
-        rel = self._file_name(key)
+        rel = self._file_name(key, entry.get("id") if key == JOINT_KEY else None)
         if self._deferred:
             self._unlink.append(rel)  # after the index stops naming it
         else:
@@ -610,11 +588,15 @@ class AdapterStore:
         finally:
             self._deferred = False
             self._write_index()
-            named = {e["file"] for e in self._index["adapters"].values()}
-            for rel in self._unlink:
-                if rel not in named:
-                    self._remove(rel)
-            self._unlink.clear()
+            self._flush_unlinks()
+
+    def _flush_unlinks(self) -> None:
+        """Remove the files waiting for the index to stop naming them."""
+        named = {e["file"] for e in self._index["adapters"].values()}
+        for rel in self._unlink:
+            if rel not in named:
+                self._remove(rel)
+        self._unlink.clear()
 
     def _write_index(self) -> None:
         if self._deferred:
@@ -631,8 +613,11 @@ class AdapterStore:
 
     def summary(self) -> dict[str, Any]:
         """Counts by level and whether used, and the mean adapter size in bytes."""
-        entries = list(self._index["adapters"].values())
+        entries = [e for k, e in self._index["adapters"].items() if k != JOINT_KEY]
         out: dict[str, Any] = {"adapters": len(entries)}
+        joint = self._index["adapters"].get(JOINT_KEY)
+        if joint is not None:
+            out["joint_shared_bytes"] = joint.get("bytes", 0)
         for level in LEVELS:
             mine = [e for e in entries if e.get("level") == level]
             out[level] = {"total": len(mine), "used": sum(1 for e in mine if e.get("used", True))}

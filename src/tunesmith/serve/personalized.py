@@ -3,7 +3,8 @@
 :class:`PersonalizedPredictor` is the shared text classifier's
 :class:`~tunesmith.export.runtime.TorchPredictor` plus an adapter store written by
 ``tunesmith personalize``. Each request row names its user in the store's user column (and
-its segment in the segment column, when the store has one); the batcher mixes the rows of
+its segment in the segment column, when the store has one, and, for joint adapters, its item
+in the item column, when the store has one); the batcher mixes the rows of
 many users in one model call, so the route is chosen per row, never per request. The rows are
 validated, turned into text and tokenised exactly as for the shared model, and each
 length-sorted padded batch goes through
@@ -30,7 +31,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -51,12 +52,27 @@ BASE_KIND = "text"
 _WARMUP_USER = "__tunesmith_warmup__"
 
 
+class RoutedRows(NamedTuple):
+    """Request rows split for personalised prediction (:meth:`PersonalizedPredictor.split_routed`).
+
+    ``model_rows``: each row without its routing-only columns. ``users``, ``segments`` and
+    ``items``: each row's ids (``None``: unknown); ``segments`` and ``items`` are ``None`` when
+    the store has no such column.
+    """
+
+    model_rows: list[Mapping[str, Any] | str]
+    users: list[Any]
+    segments: list[Any] | None
+    items: list[Any] | None
+
+
 class PersonalizedPredictor(TorchPredictor):
     """The shared model with per-user and per-segment adapters; build it with :func:`load_personalized_predictor`.
 
-    Rows are those of the shared model plus, optionally, ``user_column`` and
-    ``segment_column`` (string or integer ids; absent or ``null``: unknown). Those columns
-    route the row and are not read by the model unless it was trained on them too.
+    Rows are those of the shared model plus, optionally, ``user_column``, ``segment_column``
+    and ``item_column`` (string or integer ids; absent or ``null``: unknown). Those columns
+    route the row (the item id goes to the user's joint adapter; an unknown item is answered
+    from the row's text alone) and are not read by the model unless it was trained on them too.
     Call it from one thread at a time, as every predictor.
     """
 
@@ -78,10 +94,12 @@ class PersonalizedPredictor(TorchPredictor):
         self.store_path = Path(personalizer.store.folder)
         self.user_column: str = personalizer.user_column
         self.segment_column: str | None = personalizer.segment_column
+        self.item_column: str | None = personalizer.item_column
         features = set(self.schema.feature_columns)
         # Routing columns the model does not read are taken out of the row before the model's
         # own validation, which refuses fields it does not know.
-        self._routing_only = frozenset(c for c in (self.user_column, self.segment_column) if c and c not in features)
+        routing = (self.user_column, self.segment_column, self.item_column)
+        self._routing_only = frozenset(c for c in routing if c and c not in features)
 
     def _p(self) -> Personalizer:
         if self.personalizer is None:
@@ -90,34 +108,47 @@ class PersonalizedPredictor(TorchPredictor):
 
     # --- rows --------------------------------------------------------------------------------
 
-    def split_rows(
-        self, rows: Sequence[Mapping[str, Any] | str], *, where: str = "inputs"
-    ) -> tuple[list[Mapping[str, Any] | str], list[Any], list[Any] | None]:
-        """``(model rows, users, segments)``: each row without its routing-only columns, and its ids.
+    def split_routed(self, rows: Sequence[Mapping[str, Any] | str], *, where: str = "inputs") -> RoutedRows:
+        """Each row without its routing-only columns, and its user, segment and item ids.
 
-        ``segments`` is ``None`` when the store has no segment column. A bare string row has
-        no user.
+        ``segments`` (``items``) is ``None`` when the store has no segment (item) column. A
+        bare string row names no user, segment or item.
 
         Raises:
-            DataError: a user or segment id that is not a string or an integer, naming the row.
+            DataError: a user, segment or item id that is not a string or an integer, naming the row.
         """
         model_rows: list[Mapping[str, Any] | str] = []
         users: list[Any] = []
         segments: list[Any] | None = [] if self.segment_column else None
+        items: list[Any] | None = [] if self.item_column else None
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 model_rows.append(row)
                 users.append(None)
-                if segments is not None:
-                    segments.append(None)
+                for ids in (segments, items):
+                    if ids is not None:
+                        ids.append(None)
                 continue
             users.append(_route_id(row, self.user_column, i, where))
             if segments is not None and self.segment_column:
                 segments.append(_route_id(row, self.segment_column, i, where))
+            if items is not None and self.item_column:
+                items.append(_route_id(row, self.item_column, i, where))
             if self._routing_only and not self._routing_only.isdisjoint(row):
                 row = {k: v for k, v in row.items() if k not in self._routing_only}
             model_rows.append(row)
-        return model_rows, users, segments
+        return RoutedRows(model_rows, users, segments, items)
+
+    def split_rows(
+        self, rows: Sequence[Mapping[str, Any] | str], *, where: str = "inputs"
+    ) -> tuple[list[Mapping[str, Any] | str], list[Any], list[Any] | None]:
+        """``(model rows, users, segments)`` of :meth:`split_routed` (the item ids left out).
+
+        Raises:
+            DataError: a user, segment or item id that is not a string or an integer, naming the row.
+        """
+        routed = self.split_routed(rows, where=where)
+        return routed.model_rows, routed.users, routed.segments
 
     def rows_to_texts(self, rows: Sequence[Mapping[str, Any] | str], *, where: str = "inputs") -> list[str]:
         """The shared model's input text per row; the routing columns are accepted, not read."""
@@ -127,12 +158,16 @@ class PersonalizedPredictor(TorchPredictor):
     # --- prediction ----------------------------------------------------------------------------
 
     def routed_logits(
-        self, texts: Sequence[str], users: Sequence[Any], segments: Sequence[Any] | None = None
+        self,
+        texts: Sequence[str],
+        users: Sequence[Any],
+        segments: Sequence[Any] | None = None,
+        items: Sequence[Any] | None = None,
     ) -> tuple[np.ndarray, list[Route]]:
         """Adapted logits ``(n, k)`` and the route of each text, in input order.
 
         The padded batches are those of the shared model (:meth:`padded_batches`); each is one
-        ``run_batch`` call with the ids of its rows.
+        ``run_batch`` call with the ids of its rows (``items``: each row's item, for joint adapters).
         """
         import torch
 
@@ -146,6 +181,7 @@ class PersonalizedPredictor(TorchPredictor):
                 torch.from_numpy(mask),
                 [users[j] for j in idx],
                 None if segments is None else [segments[j] for j in idx],
+                items=None if items is None else [items[j] for j in idx],
             )
             if out is None:
                 out = np.empty((n, logits.shape[1]), dtype=np.float32)
@@ -159,9 +195,9 @@ class PersonalizedPredictor(TorchPredictor):
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any] | str], *, probabilities: bool = True) -> list[Prediction]:
         """One :class:`~tunesmith.export.runtime.Prediction` per row, with ``served_by`` (and ``user_known``)."""
-        model_rows, users, segments = self.split_rows(rows)
+        model_rows, users, segments, items = self.split_routed(rows)
         texts = super().rows_to_texts(model_rows)
-        logits, routes = self.routed_logits(texts, users, segments)
+        logits, routes = self.routed_logits(texts, users, segments, items)
         out = []
         for pred, user, route in zip(self.predictions(logits, probabilities), users, routes, strict=True):
             served_by = {"level": route.level, "adapter": route.key}
@@ -183,7 +219,10 @@ class PersonalizedPredictor(TorchPredictor):
         self.predict_rows(rows)
 
     def metadata(self) -> dict[str, Any]:
-        """The shared model's metadata plus ``personalization``: the store, its adapters and routing columns."""
+        """The shared model's metadata plus ``personalization``: the store, its adapters and routing columns.
+
+        ``item_column`` is reported only for a store that has one (joint adapters with items).
+        """
         out = super().metadata()
         summary = self._p().store.summary()
         out["personalization"] = {
@@ -194,6 +233,9 @@ class PersonalizedPredictor(TorchPredictor):
             "user_column": self.user_column,
             "segment_column": self.segment_column,
         }
+        if self.item_column:
+            # Left out otherwise: clients reading the report of stores without items see it unchanged.
+            out["personalization"]["item_column"] = self.item_column
         return out
 
     def close(self) -> None:
@@ -202,7 +244,7 @@ class PersonalizedPredictor(TorchPredictor):
 
 
 def _route_id(row: Mapping[str, Any], column: str, i: int, where: str) -> Any:
-    """A row's user or segment id: a string, an integer or ``None`` (absent or null)."""
+    """A row's user, segment or item id: a string, an integer or ``None`` (absent or null)."""
     value = row.get(column)
     if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return value

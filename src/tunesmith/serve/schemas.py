@@ -223,7 +223,7 @@ class RowSpec:
         text, numeric, categorical = columns("text_columns"), columns("numeric_columns"), columns("categorical_columns")
         known = {*text, *numeric, *categorical}
         # Personalised servers accept the store's routing columns in every row.
-        routing = [getattr(predictor, "user_column", None), getattr(predictor, "segment_column", None)]
+        routing = [getattr(predictor, c, None) for c in ("user_column", "segment_column", "item_column")]
         ids = tuple(c for c in routing if isinstance(c, str) and c and c not in known)
         # A text model has a token budget; a tabular one reads any subset of its columns.
         shape: Literal["text", "tabular"] = "text" if "max_tokens" in schema and text else "tabular"
