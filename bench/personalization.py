@@ -1,28 +1,42 @@
-"""Personalisation on MovieLens-100K: one shared classifier vs per-user and per-segment adapters.
+"""Personalisation: one shared classifier vs per-user adapters vs collaborative filtering.
 
-Task: will the user rate the movie >= 4, from the movie's text ("title (year): genres") and
-the user's features (age, gender, occupation). Each user's ratings are split in time order:
-the last 20% are that user's test rows. All in one run:
+Two data sets, each split per user in time order (the last 20% of each user's rows are that
+user's test rows), all contenders in one run:
 
-* shared: all-MiniLM-L6-v2 fine-tuned on a sample of every user's training rows (the same
-  model serves every user);
-* user_head: a head adapter per user (bias + rank-4 correction of the shared logits over the
-  shared model's features), trained on the user's earlier training rows, kept only where it
-  beats the shared model on the user's latest training rows;
-* user_lora: a LoRA adapter per user on the last feed-forward projection of the shared
-  encoder, validated the same way;
-* segment: head adapters per occupation.
+* ``movielens``: will the user rate the movie >= 4, from the movie's text ("title (year):
+  genres") and the user's features (age, gender, occupation); MovieLens-100K.
+* ``reviewers``: Rotten Tomatoes snippets labeled by simulated reviewers whose groups label the
+  same kind of review by different rules (critics, contrarians, comedy fans, drama fans; see
+  ``bench/_reviewers.py``): a single model can at best learn the majority's rule.
+
+Contenders, on the same training rows and labels:
+
+* shared: all-MiniLM-L6-v2 fine-tuned on (a sample of) every user's training rows;
+* user_head: a head adapter per user, each trained alone on its user's rows;
+* user_lora: a LoRA adapter per user on the encoder's last block (every third user: they need
+  each user's rows through the encoder again);
+* joint: one rank-16 vector per user and per item learned together across all users on the
+  shared model's features (collaborative filtering on top of the shared model), users placed
+  near users who behave alike; penalty chosen on validation;
+* joint_head: joint adapters, plus a head adapter for users with 50+ rows, the better kind
+  per user on its own validation rows (``adapter_kind="joint,head"``);
+* segment (movielens): head adapters per occupation;
+* cf: the best of logistic matrix factorisation of like/dislike, EASE and BPR on the liked
+  items, chosen on the same validation rows (:class:`tunesmith.personalize.baselines.CollaborativeBaseline`).
 
 Per-user ROC AUC on each user's test rows (users whose test rows hold both classes), the mean
-over users, and by the number of training rows; plots per variant in
-``bench/results/personalization/``. Serving: the shared model and the same model with adapter
-routing behind ``tunesmith serve``, one user per request, same load, p99 ratio. Run with
-``python bench/personalization.py``; results in ``bench/results/personalization.json``.
+over users, and by the number of training rows. Adapter training time counts the shared
+model's pass over every training row (bfloat16) and the adapters. Serving (movielens): the
+shared model and the same model with the best variant's store behind ``tunesmith serve``, one user
+per request, same load, p99 ratio. Run with ``python bench/personalization.py`` (about 45
+minutes on 2 cores; ``--only movielens|reviewers``); results in
+``bench/results/personalization.json``, report plots in ``bench/results/personalization/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -58,21 +72,24 @@ SHARED = {
     "test_size": 0.0,
 }
 SHARED_TRAIN_ROWS = 16_000
-HEAD = {"rank": 4, "l2": 1e-2, "steps": 100, "lr": 0.05, "min_rows": 10, "valid_fraction": 0.2}
+COMMON = {"min_rows": 10, "valid_fraction": 0.2, "seed": SEED, "feature_dtype": "bfloat16", "progress": False}
+HEAD = {"rank": 4, "l2": 1e-2, "steps": 100, "lr": 0.05}
 LORA = {"lora_rank": 4, "lora_alpha": 8.0, "lora_steps": 40, "lora_lr": 0.02}
-# LoRA adapters need each user's rows through the encoder again (about 15 minutes for all 943
-# users here), so the run trains them for every third user and compares on those users.
+JOINT = {"joint_rank": 16, "joint_l2": [0.05, 0.1, 0.2], "joint_steps": 300, "joint_lr": 0.05, "local_min_rows": 50}
 LORA_USER_STEP = 3
+SMALL_USER_ROWS = 20
 TARGETS = {
     "auc_gain_best_points": (">=", 3.0),
+    "auc_gain_vs_cf_points": (">=", 1.0),
     "auc_gain_small_users": (">=", 0.0),
+    "train_seconds_all_users": ("<=", 300.0),
     "adapter_kb_per_user": ("<=", 64.0),
-    "train_seconds_all_users": ("<=", 600.0),
     "p99_ratio_adapter_vs_shared": ("<=", 1.25),
 }
+DATASETS = ("movielens", "reviewers")
 
 
-def load() -> Any:
+def load_movielens() -> tuple[Any, Any, dict[str, Any]]:
     import pandas as pd
 
     from tunesmith.datasets import movielens_100k
@@ -84,6 +101,7 @@ def load() -> Any:
     frame = pd.DataFrame(
         {
             "user": df["user_id"].astype(str),
+            "item": df["item_id"].astype(str),
             "timestamp": df["timestamp"],
             "movie": df["title"].astype(str) + " (" + df["year"].astype(str) + "): " + genres,
             "age": pd.to_numeric(df["age"], errors="coerce"),
@@ -93,120 +111,204 @@ def load() -> Any:
         }
     )
     held = time_ordered_holdout(frame, "user", 0.2, "timestamp")
-    return frame.loc[~held].reset_index(drop=True), frame.loc[held].reset_index(drop=True)
+    spec = {"text": "movie", "features": ["movie", "age", "gender", "occupation"], "segment": "occupation"}
+    return frame.loc[~held].reset_index(drop=True), frame.loc[held].reset_index(drop=True), spec
 
 
-def measure_serving(args: argparse.Namespace, test: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Serving latency, shared vs adapter routing, for the head and the LoRA stores in ``args.work``."""
+def load_reviewers() -> tuple[Any, Any, dict[str, Any]]:
+    from _reviewers import GROUPS, reviewer_panel
+
+    train, test = reviewer_panel(seed=SEED)
+    return train, test, {"text": "review", "features": ["review"], "segment": None, "groups": GROUPS}
+
+
+def measure_serving(
+    args: argparse.Namespace, work: Path, test: Any, spec: dict[str, Any], variant: str
+) -> dict[str, Any]:
+    """Serving latency, shared vs adapter routing (the store of ``variant``), same load."""
     from personalization_serving import measure
 
     print("serving: shared vs adapter routing", flush=True)
     rows = test.sample(n=min(2000, len(test)), random_state=SEED)
-    records = rows[["movie", "age", "gender", "occupation", "user"]].to_dict("records")
-    results = {}
-    for name in ("user_head", "user_lora"):
-        results[f"serving_{name}"] = measure(
-            args.work / "shared",
-            args.work / f"store_{name}",
-            records,
-            threads=args.threads,
-            seconds=args.serve_seconds,
-            rounds=args.serve_rounds,
-            work=args.work / f"serving_{name}",
-        )
-    summary = {
-        "p99_ratio_adapter_vs_shared": results["serving_user_head"].get("p99_ratio_adapter_vs_shared"),
-        "p99_ratio_lora_vs_shared": results["serving_user_lora"].get("p99_ratio_adapter_vs_shared"),
-    }
-    return results, summary
-
-
-def serving_only(args: argparse.Namespace, test: Any) -> int:
-    """Re-measure serving on the last full run's model and stores; keep its other figures."""
-    import json
-
-    previous = json.loads(args.out.read_text(encoding="utf-8"))
-    serving_results, serving_summary = measure_serving(args, test)
-    results = {**previous["results"], **serving_results}
-    summary = {**previous["summary"], **serving_summary}
-    results["targets_met"] = check_targets(summary, TARGETS)
-    settings = {
-        **previous["settings"],
-        "serving": {"seconds": args.serve_seconds, "rounds": args.serve_rounds, "measured": now_iso()},
-    }
-    path = write_results(
-        args.out,
-        benchmark=BENCHMARK,
-        environment=environment_info(args.threads),
-        settings=settings,
-        results=results,
-        summary=summary,
+    records = rows[[*spec["features"], "user", "item"]].to_dict("records")
+    return measure(
+        work / "shared",
+        work / f"store_{variant}",
+        records,
+        threads=args.threads,
+        seconds=args.serve_seconds,
+        rounds=args.serve_rounds,
+        work=work / "serving",
     )
-    for key in ("p99_ratio_adapter_vs_shared", "p99_ratio_lora_vs_shared"):
-        print(f"{key}: {summary[key]}")
-    print(f"results written to {path}")
-    return 0
 
 
-def retime_head(args: argparse.Namespace, train: Any) -> int:
-    """Time the head variant's training again (features of every row + all adapters) on the last
-    full run's shared model, into a new store; check that every adapter equals the one that run
-    wrote, and update ``train_seconds_all_users``. The other figures stay those of that run."""
-    import json
+def per_user_auc(test: Any, score: np.ndarray) -> dict[str, float]:
+    """ROC AUC of ``score`` on each user's test rows (users whose rows hold both classes)."""
+    from sklearn.metrics import roc_auc_score
 
-    import torch
+    y = (test["liked"] == "yes").to_numpy()
+    out = {}
+    for user, idx in test.groupby("user").indices.items():
+        if len(np.unique(y[idx])) == 2:
+            out[str(user)] = float(roc_auc_score(y[idx], score[idx]))
+    return out
 
-    from tunesmith.personalize.personalizer import Personalizer
-    from tunesmith.personalize.store import AdapterStore
 
-    previous = json.loads(args.out.read_text(encoding="utf-8"))
-    torch.set_num_threads(args.threads)
-    folder = args.work / "store_user_head_retimed"
-    shutil.rmtree(folder, ignore_errors=True)
-    head = {k: HEAD[k] for k in ("rank", "l2", "steps", "lr")}
-    pers = Personalizer(
-        args.work / "shared",
-        folder,
-        user_column="user",
-        time_column="timestamp",
-        min_rows=HEAD["min_rows"],
-        valid_fraction=HEAD["valid_fraction"],
-        seed=SEED,
-        **head,
+FULL_VARIANTS = ("user_head", "joint", "joint_head")
+"""Variants trained for every user: the best personalised model is one of them (LoRA covers every third user)."""
+
+
+def summarize(frame: Any, results: dict[str, Any]) -> dict[str, Any]:
+    """The summary figures of one data set from its per-user table (also fills ``results["by_train_rows"]``)."""
+    import pandas as pd
+
+    full = frame.dropna(subset=["shared", *FULL_VARIANTS, "cf"])
+    on_lora = full.dropna(subset=["user_lora"])
+    summary: dict[str, Any] = {
+        "auc_shared": float(full["shared"].mean()),
+        "auc_user_head": float(full["user_head"].mean()),
+        "auc_user_lora": float(on_lora["user_lora"].mean()),
+        "auc_joint": float(full["joint"].mean()),
+        "auc_joint_head": float(full["joint_head"].mean()),
+        "auc_cf": float(full["cf"].mean()),
+        "cf_chosen": results.get("cf_chosen") or results.get("cf", {}).get("chosen"),
+        # LoRA is trained for every third user: its comparison is on those users only.
+        "auc_shared_on_lora_users": float(on_lora["shared"].mean()),
+        "auc_gain_lora_points": 100 * float((on_lora["user_lora"] - on_lora["shared"]).mean()),
+        "users_scored": len(full),
+        "users_scored_lora": len(on_lora),
+    }
+    gains = {v: 100 * float((full[v] - full["shared"]).mean()) for v in FULL_VARIANTS}
+    if "segment" in frame:
+        summary["auc_segment"] = float(full["segment"].mean())
+        summary["auc_gain_segment_points"] = 100 * float((full["segment"] - full["shared"]).mean())
+    best = max(gains, key=lambda k: gains[k])
+    small = full[full["train_rows"] < SMALL_USER_ROWS]
+    summary.update(
+        best_variant=best,
+        auc_gain_best_points=gains[best],
+        auc_gain_vs_cf_points=100 * float((full[best] - full["cf"]).mean()),
+        auc_gain_small_users=100 * float((small[best] - small["shared"]).mean()) if len(small) else None,
+        auc_gain_small_users_vs_cf=100 * float((small[best] - small["cf"]).mean()) if len(small) else None,
+        small_users=len(small),
+        train_seconds_all_users=results[best]["train_seconds_all_users"],
+        adapter_kb_per_user=results[best]["store"]["mean_bytes"] / 1024.0,
+        joint_shared_kb=results["joint_head"]["store"].get("joint_shared_bytes", 0) / 1024.0,
+        p99_ratio_adapter_vs_shared=(results.get("serving") or {}).get("p99_ratio_adapter_vs_shared"),
+        gains_points=gains,
     )
+    bins = pd.cut(full["train_rows"], [0, 19, 49, 99, np.inf], labels=["<20", "20-49", "50-99", "100+"])
+    columns = [c for c in ("shared", *FULL_VARIANTS, "cf", "segment") if c in full]
+    results["by_train_rows"] = {
+        str(b): {"users": len(g), **{c: float(g[c].mean()) for c in columns}}
+        for b, g in full.groupby(bins, observed=True)
+    }
+    return summary
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Every contender on one data set; its results and summary."""
+    import pandas as pd
+
+    from tunesmith import FineTuner
+    from tunesmith.personalize.baselines import CollaborativeBaseline
+    from tunesmith.personalize.personalizer import Personalizer, write_report
+
+    train, test, spec = load_movielens() if name == "movielens" else load_reviewers()
+    if args.max_users:
+        # A smoke run on a few users; the committed figures always use all of them.
+        keep = sorted(train["user"].unique())[: args.max_users]
+        train, test = train[train["user"].isin(keep)], test[test["user"].isin(keep)]
+    work = args.work / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    sample = train.sample(n=min(args.shared_rows, len(train)), random_state=SEED)[[*spec["features"], "liked"]]
+    print(f"[{name}] shared model: fine-tuning on {len(sample)} of {len(train)} training rows", flush=True)
     started = time.perf_counter()
-    pers.shared_outputs(train)
-    feature_seconds = time.perf_counter() - started
-    pers.fit(train)
-    seconds = time.perf_counter() - started
-    old = AdapterStore(args.work / "store_user_head", pers.base_fingerprint)
-    same = sum(
-        1
-        for key in pers.store
-        if all(torch.equal(a, b) for a, b in zip(pers.store.load(key).values(), old.load(key).values(), strict=True))
-    )
-    print(f"head adapters: {seconds:.1f} s ({feature_seconds:.1f} s features); {same}/{len(pers.store)} identical")
-    results = {
-        **previous["results"],
-        "user_head_retimed": {
-            "fit_seconds": seconds,
-            "feature_seconds": feature_seconds,
-            "adapters_identical_to_full_run": same,
-            "adapters": len(pers.store),
-        },
+    shared_ft = FineTuner(**SHARED, seed=SEED, num_threads=args.threads, text_column=spec["text"])
+    shared_ft.fit(sample, target="liked").save(work / "shared")
+    results: dict[str, Any] = {
+        "rows": {"train": len(train), "test": len(test), "shared_train": len(sample)},
+        "users": {"train": int(train["user"].nunique()), "test": int(test["user"].nunique())},
+        "shared_train_seconds": time.perf_counter() - started,
     }
-    summary = {**previous["summary"], "train_seconds_all_users": seconds}
+    cache: dict[str, Any] = {}
+    lora_users = sorted(train["user"].unique())[::LORA_USER_STEP]
+    variants: dict[str, dict[str, Any]] = {
+        "user_head": {"user_column": "user", "adapter_kind": "head"},
+        "joint": {"user_column": "user", "adapter_kind": "joint", "item_column": "item", **JOINT},
+        "joint_head": {"user_column": "user", "adapter_kind": "joint,head", "item_column": "item", **JOINT},
+        "user_lora": {"user_column": "user", "adapter_kind": "lora", **LORA},
+    }
+    if spec["segment"]:
+        variants["segment"] = {"user_column": spec["segment"], "adapter_kind": "head"}
+    personalizers: dict[str, Any] = {}
+    print(f"[{name}] shared model's pass over {len(train)} training rows (bfloat16)", flush=True)
+    first = Personalizer(work / "shared", work / "store_features", user_column="user", feature_cache=cache, **COMMON)
+    started = time.perf_counter()
+    first.shared_outputs(train, training=True)
+    feature_seconds = time.perf_counter() - started
+    results["feature_seconds"] = feature_seconds
+    for variant, cols in variants.items():
+        print(f"[{name}] {variant}: training adapters", flush=True)
+        pers = Personalizer(
+            work / "shared", work / f"store_{variant}", time_column="timestamp", feature_cache=cache,
+            **COMMON, **HEAD, **cols,
+        )  # fmt: skip
+        started = time.perf_counter()
+        pers.fit(train, users=lora_users if variant == "user_lora" else None)
+        seconds = time.perf_counter() - started
+        personalizers[variant] = pers
+        results[variant] = {
+            "fit_seconds": seconds,
+            # The shared model's pass is counted once in each full variant's time (all of them use it).
+            "train_seconds_all_users": seconds + (feature_seconds if variant != "user_lora" else 0.0),
+            "store": pers.store.summary(),
+            "joint": getattr(pers, "joint_info_", None),
+        }
+    print(f"[{name}] collaborative filtering baseline", flush=True)
+    cf = CollaborativeBaseline("user", "item", "liked", "yes", time_column="timestamp", seed=SEED)
+    cf.fit(train)
+    results["cf"] = {"chosen": cf.chosen_, "validation": cf.validation_, "fit_seconds": cf.fit_seconds_}
+    scores: dict[str, dict[str, float]] = {"cf": per_user_auc(test, cf.score_rows(test))}
+    reports = {}
+    for variant, pers in personalizers.items():
+        print(f"[{name}] {variant}: evaluating", flush=True)
+        rows = test[test["user"].isin(lora_users)] if variant == "user_lora" else test
+        if variant == "segment":
+            proba, _ = pers.predict_routed(rows)
+            scores[variant] = per_user_auc(rows, proba[:, 1])
+            continue
+        report = pers.evaluate(rows)
+        reports[variant] = report
+        write_report(report, args.plots / name / variant)
+        table = report["users"].dropna(subset=["auc_personal"])
+        scores[variant] = dict(zip(table["user"].astype(str), table["auc_personal"], strict=True))
+        if variant == "user_head":
+            scores["shared"] = dict(zip(table["user"].astype(str), table["auc_shared"], strict=True))
+    train_rows = train.groupby("user").size()
+    frame = pd.DataFrame({k: pd.Series(v) for k, v in scores.items()})
+    frame.index.name = "user"
+    frame["train_rows"] = frame.index.map(train_rows).astype(int)
+    frame = frame.reset_index()
+    results["cf_chosen"] = cf.chosen_
+    summary = summarize(frame, results)
+    results["per_user"] = frame.to_dict("records")
+    if name == "movielens" and not args.skip_serving:
+        results["serving"] = {**measure_serving(args, work, test, spec, summary["best_variant"]),
+                              "variant": summary["best_variant"]}  # fmt: skip
+        summary["p99_ratio_adapter_vs_shared"] = results["serving"].get("p99_ratio_adapter_vs_shared")
+    if spec.get("groups"):
+        columns = [c for c in ("shared", "user_head", "joint", "joint_head", "cf", "user_lora") if c in frame]
+        full = frame.dropna(subset=["shared", "user_head", "joint", "joint_head", "cf"])
+        results["groups"] = spec["groups"]
+        groups = test.groupby("user")["group"].first()
+        results["by_group"] = {
+            str(g): {c: float(part[c].mean()) for c in columns}
+            for g, part in full.assign(group=full["user"].map(groups)).groupby("group")
+        }
     results["targets_met"] = check_targets(summary, TARGETS)
-    path = write_results(
-        args.out,
-        benchmark=BENCHMARK,
-        environment=environment_info(args.threads),
-        settings={**previous["settings"], "head_retimed": now_iso()},
-        results=results,
-        summary=summary,
-    )
-    print(f"results written to {path}")
-    return 0
+    return {"results": results, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,182 +318,110 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plots", type=Path, default=RESULTS_DIR / "personalization")
     p.add_argument("--shared-rows", type=int, default=SHARED_TRAIN_ROWS, help="Training rows of the shared model.")
     p.add_argument("--max-users", type=int, default=0, help="Only the first N users (a smoke run; 0: all).")
+    p.add_argument("--only", choices=DATASETS, action="append", help="Run only this data set (repeatable).")
     p.add_argument("--skip-serving", action="store_true", help="Do not measure serving latency.")
     p.add_argument("--serve-seconds", type=float, default=40.0, help="Load per server, over all rounds.")
     p.add_argument("--serve-rounds", type=int, default=4, help="Alternating load windows per server.")
-    p.add_argument(
-        "--retime-head",
-        action="store_true",
-        help="Train the head adapters again on the last full run's shared model (in --work), check they are "
-        "identical, and update train_seconds_all_users in --out.",
-    )
-    p.add_argument(
-        "--serving-only",
-        action="store_true",
-        help="Measure serving again on the shared model and stores of the last full run (in --work) and "
-        "update --out; the accuracy figures stay those of that run.",
-    )
     p.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "_work" / "personalization")
+    p.add_argument(
+        "--summarize",
+        action="store_true",
+        help="Recompute the summaries of --out from its per-user tables (no training); rewrites --out.",
+    )
     args = p.parse_args(argv)
+    if args.summarize:
+        return resummarize(args)
     import torch
 
-    from tunesmith import FineTuner
-    from tunesmith.personalize.personalizer import Personalizer
-
     torch.set_num_threads(args.threads)
-    train, test = load()
-    if args.serving_only:
-        return serving_only(args, test)
-    if args.retime_head:
-        return retime_head(args, train)
-    if args.max_users:
-        # A smoke run on a few users; the committed figures always use all of them.
-        keep = sorted(train["user"].unique(), key=int)[: args.max_users]
-        train, test = train[train["user"].isin(keep)], test[test["user"].isin(keep)]
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    features = ["movie", "age", "gender", "occupation", "liked"]
-    sample = train.sample(n=min(args.shared_rows, len(train)), random_state=SEED)[features]
-    print(f"shared model: fine-tuning on {len(sample)} of {len(train)} training rows", flush=True)
-    started = time.perf_counter()
-    FineTuner(**SHARED, seed=SEED, num_threads=args.threads, text_column="movie").fit(sample, target="liked").save(
-        args.work / "shared"
+    chosen = args.only or list(DATASETS)
+    previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() and args.only else {}
+    done: dict[str, Any] = dict(previous.get("results", {}).get("datasets", {})) if "datasets" in previous.get(
+        "results", {}
+    ) else {}  # fmt: skip
+    for name in chosen:
+        done[name] = {**run_dataset(name, args), "created": now_iso()}
+        plot_contenders(name, done[name]["results"], args.plots)
+        # Written after each data set: a long run that stops later keeps what it measured.
+        write(args, done)
+    summary = write(args, done)
+    rows = []
+    for name, d in done.items():
+        s = d["summary"]
+        for key in ("auc_shared", "auc_user_head", "auc_user_lora", "auc_joint", "auc_joint_head", "auc_cf"):
+            rows.append({"data": name, "model": key.removeprefix("auc_"), "auc": s[key]})
+    print()
+    print(format_table(rows, [("data", "data", ""), ("model", "model", ""), ("auc", "mean per-user ROC AUC", ".4f")]))
+    print()
+    print_summary(summary, TARGETS, check_targets(summary, TARGETS))
+    return 0
+
+
+def plot_contenders(name: str, results: dict[str, Any], folder: Path) -> Path:
+    """Mean per-user ROC AUC of every contender by the user's training rows, one bar per contender."""
+    from tunesmith.runs.plots import plot_metric_by_group
+
+    groups = results["by_train_rows"]
+    names = {"shared": "shared", "user_head": "head", "joint": "joint", "joint_head": "joint+head", "cf": "CF"}
+    models = {
+        shown: {g: {"ROC AUC": v.get(key), "n_users": v["users"]} for g, v in groups.items()}
+        for key, shown in names.items()
+    }
+    return plot_metric_by_group(
+        models,
+        folder / name / "contenders_by_train_rows.png",
+        metric="ROC AUC",
+        xlabel="training rows of the user",
+        title=f"{name}: mean per-user ROC AUC by training rows",
     )
-    shared_seconds = time.perf_counter() - started
-    results: dict[str, Any] = {"rows": {"train": len(train), "test": len(test), "shared_train": len(sample)}}
-    results["shared_train_seconds"] = shared_seconds
 
-    head = {k: HEAD[k] for k in ("rank", "l2", "steps", "lr")}
-    variants = {
-        "user_head": {"user_column": "user", "adapter_kind": "head"},
-        "user_lora": {"user_column": "user", "adapter_kind": "lora", **LORA},
-        "segment": {"user_column": "occupation", "adapter_kind": "head"},
-    }
-    personalizers: dict[str, Any] = {}
-    # The shared model's features are computed once per run and reused by the head variants.
-    cache: dict[str, Any] = {}
-    for name, cols in variants.items():
-        print(f"{name}: training adapters", flush=True)
-        pers = Personalizer(
-            args.work / "shared",
-            args.work / f"store_{name}",
-            time_column="timestamp",
-            min_rows=HEAD["min_rows"],
-            valid_fraction=HEAD["valid_fraction"],
-            seed=SEED,
-            feature_cache=cache,
-            **cols,
-            **head,
-        )
-        if cols["adapter_kind"] == "head":
-            # Counted in the head variant's training time: the shared model's features of every row.
-            started = time.perf_counter()
-            pers.shared_outputs(train)
-            feature_seconds = time.perf_counter() - started if name == "user_head" else 0.0
-        else:
-            feature_seconds = 0.0
-        started = time.perf_counter()
-        chosen = None
-        if cols["adapter_kind"] == "lora":
-            chosen = sorted(train["user"].unique(), key=int)[::LORA_USER_STEP]
-        pers.fit(train, users=chosen)
-        fit_seconds = time.perf_counter() - started + feature_seconds
-        personalizers[name] = pers
-        results[name] = {"fit_seconds": fit_seconds, "feature_seconds": feature_seconds, "store": pers.store.summary()}
-    # Per-user scores of every variant on the same users and rows. The segment variant (grouped by
-    # occupation) is scored per user from its routed probabilities.
-    from sklearn.metrics import roc_auc_score
 
-    from tunesmith.personalize.personalizer import write_report
+def resummarize(args: argparse.Namespace) -> int:
+    """Recompute every data set's summary from the per-user table it saved, and write --out again."""
+    import pandas as pd
 
-    y = (test["liked"] == "yes").to_numpy()
-    reports = {}
-    lora_users = set(sorted(train["user"].unique(), key=int)[::LORA_USER_STEP])
-    for name in ("user_head", "user_lora"):
-        print(f"{name}: evaluating", flush=True)
-        rows = test if name == "user_head" else test[test["user"].isin(lora_users)]
-        reports[name] = personalizers[name].evaluate(rows)
-        write_report(reports[name], args.plots / name)
-    user_eval = reports["user_head"]["users"].rename(columns={"auc_personal": "auc_user_head"})
-    lora_auc = reports["user_lora"]["users"].set_index("user")["auc_personal"]
-    proba_seg, _ = personalizers["segment"].predict_routed(test)
-    seg_auc = {}
-    for user, idx in test.groupby("user").indices.items():
-        if len(np.unique(y[idx])) == 2:
-            seg_auc[user] = float(roc_auc_score(y[idx], proba_seg[idx, 1]))
-    user_eval = user_eval.assign(
-        auc_user_lora=user_eval["user"].map(lora_auc), auc_segment=user_eval["user"].map(seg_auc)
-    )
-    valid = user_eval.dropna(subset=["auc_shared", "auc_user_head"])
-    on_lora = valid.dropna(subset=["auc_user_lora"])
-    summary: dict[str, Any] = {
-        "auc_shared": float(valid["auc_shared"].mean()),
-        "auc_user_head": float(valid["auc_user_head"].mean()),
-        "auc_user_lora": float(on_lora["auc_user_lora"].mean()),
-        "auc_segment": float(valid["auc_segment"].mean()),
-        # LoRA is trained for every third user: its comparison is on those users only.
-        "auc_shared_on_lora_users": float(on_lora["auc_shared"].mean()),
-        "auc_user_head_on_lora_users": float(on_lora["auc_user_head"].mean()),
-        "auc_gain_lora_points": 100 * float((on_lora["auc_user_lora"] - on_lora["auc_shared"]).mean()),
-        "users_scored_lora": len(on_lora),
-        "adapter_kb_per_user": results["user_head"]["store"]["mean_bytes"] / 1024.0,
-        "adapter_kb_per_user_lora": results["user_lora"]["store"]["mean_bytes"] / 1024.0,
-        "train_seconds_all_users": results["user_head"]["fit_seconds"],
-        "train_seconds_lora_users": results["user_lora"]["fit_seconds"],
-        "p99_ratio_adapter_vs_shared": None,
-        "users_scored": len(valid),
-        "users_with_used_adapter": int(results["user_head"]["store"]["user"]["used"]),
-        "users_with_used_lora_adapter": int(results["user_lora"]["store"]["user"]["used"]),
+    previous = json.loads(args.out.read_text(encoding="utf-8"))
+    done = previous["results"]["datasets"]
+    for d in done.values():
+        d["summary"] = summarize(pd.DataFrame(d["results"]["per_user"]), d["results"])
+        d["results"]["targets_met"] = check_targets(d["summary"], TARGETS)
+    for name, d in done.items():
+        print(f"plot written to {plot_contenders(name, d['results'], args.plots)}")
+    summary = write(args, done, settings=previous["settings"])
+    print_summary(summary, TARGETS, check_targets(summary, TARGETS))
+    return 0
+
+
+def write(args: argparse.Namespace, done: dict[str, Any], settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """bench/results/personalization.json: movielens' summary at the top (the targets), reviewers' beside it."""
+    summary: dict[str, Any] = dict(done["movielens"]["summary"]) if "movielens" in done else {}
+    if "reviewers" in done:
+        summary["reviewers"] = done["reviewers"]["summary"]
+    results = {"datasets": done, "targets_met": check_targets(summary, TARGETS) if "movielens" in done else {}}
+    if "reviewers" in done:
+        results["targets_met_reviewers"] = check_targets(done["reviewers"]["summary"], TARGETS)
+    settings = settings or {
+        "seed": SEED,
+        "shared": SHARED,
+        "shared_train_rows": args.shared_rows,
+        "max_users": args.max_users,
+        "common": COMMON,
+        "head": HEAD,
+        "lora": LORA,
+        "lora_user_step": LORA_USER_STEP,
+        "joint": JOINT,
+        "serving": {"seconds": args.serve_seconds, "rounds": args.serve_rounds},
     }
-    gains = {
-        "auc_user_head": 100 * (summary["auc_user_head"] - summary["auc_shared"]),
-        "auc_segment": 100 * (summary["auc_segment"] - summary["auc_shared"]),
-        "auc_user_lora": summary["auc_gain_lora_points"],
-    }
-    best_name = max(gains, key=lambda k: gains[k])
-    summary["best_variant"] = best_name
-    summary["auc_gain_best_points"] = gains[best_name]
-    scored = on_lora if best_name == "auc_user_lora" else valid
-    small = scored[scored["train_rows"] < 20]
-    summary["auc_gain_small_users"] = float((small[best_name] - small["auc_shared"]).mean()) if len(small) else None
-    summary["small_users"] = len(small)
-    if not args.skip_serving:
-        serving_results, serving_summary = measure_serving(args, test)
-        results.update(serving_results)
-        summary.update(serving_summary)
-    checks = check_targets(summary, TARGETS)
-    results["by_train_rows"] = {name: r["summary"]["by_train_rows"] for name, r in reports.items()}
-    results["per_user"] = valid.to_dict("records")
-    results["targets_met"] = checks
     path = write_results(
         args.out,
         benchmark=BENCHMARK,
         environment=environment_info(args.threads),
-        settings={
-            "seed": SEED,
-            "shared": SHARED,
-            "shared_train_rows": args.shared_rows,
-            "max_users": args.max_users,
-            "head": HEAD,
-            "lora": LORA,
-            "created": now_iso(),
-            "serving": {"seconds": args.serve_seconds, "rounds": args.serve_rounds},
-        },
+        settings=settings,
         results=results,
         summary=summary,
     )
-    rows = [
-        {"model": "shared (fine-tuned on all users)", "auc": summary["auc_shared"]},
-        {"model": "per-user head adapters", "auc": summary["auc_user_head"]},
-        {"model": "per-user LoRA adapters", "auc": summary["auc_user_lora"]},
-        {"model": "per-occupation head adapters", "auc": summary["auc_segment"]},
-    ]
-    print()
-    print(format_table(rows, [("model", "model", ""), ("auc", "mean per-user ROC AUC", ".4f")]))
-    print()
-    print_summary(summary, TARGETS, checks)
-    print(f"results written to {path}")
-    return 0
+    print(f"results written to {path}", flush=True)
+    return summary
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def store_info(shared: Path, store: Path) -> dict[str, Any]:
         "adapters": len(adapters),
         "user_column": settings["user_column"],
         "segment_column": settings.get("segment_column"),
+        "item_column": settings.get("item_column"),
         "features": list(schema.feature_columns),
     }
 
@@ -93,8 +94,9 @@ def request_bodies(
         shared.append(json.dumps({"inputs": inputs}).encode())
         mine = dict(inputs)
         mine[user_col] = UNKNOWN_USER if rng.random() < unknown_fraction else rng.choice(users)
-        if seg_col and seg_col in row and seg_col not in mine:
-            mine[seg_col] = _plain(row[seg_col])
+        for col in (seg_col, info.get("item_column")):
+            if col and col in row and col not in mine:
+                mine[col] = _plain(row[col])
         adapted.append(json.dumps({"inputs": mine}).encode())
     return shared, adapted
 
