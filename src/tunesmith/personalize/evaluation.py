@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from tunesmith.data.schema import require_column
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.personalize.baselines import CollaborativeBaseline
 from tunesmith.personalize.settings import softmax
 from tunesmith.personalize.store import adapter_key
 
@@ -84,8 +85,6 @@ def evaluate_personalizer(
 
 def _baseline(host: Any, train: Any, rows: pd.DataFrame, target: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Collaborative-filtering scores of ``rows`` (probability of the positive class), fitted on ``train``."""
-    from tunesmith.personalize.baselines import CollaborativeBaseline
-
     if not host.item_column:
         raise ConfigError(
             "a collaborative-filtering baseline needs the items: this Personalizer has no item_column",

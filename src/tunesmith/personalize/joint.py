@@ -118,10 +118,11 @@ class JointModel(nn.Module):
     def outputs(
         self, features: torch.Tensor, logits: torch.Tensor, items: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`factors` and :meth:`population` of rows together.
+        """The rows' taste factors ``h = f @ W + Q[i]`` and population logits ``z + b + f @ G + E[i]``.
 
-        One product with ``[W | G]`` instead of two: over many rows the features are read from
-        memory once per pass, which is what training time is made of.
+        An unknown item (index -1) has no item vector nor bias. One product with ``[W | G]``
+        instead of two: over many rows the features are read from memory once per pass, which
+        is what training time is made of.
         """
         r = self.rank
         both = features @ torch.cat([self.W, self.G], dim=1)
@@ -132,22 +133,6 @@ class JointModel(nn.Module):
             h = h + torch.where(known, self.Q[idx], 0.0)
             out = out + torch.where(known, self.E[idx], 0.0)
         return h, out
-
-    def factors(self, features: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``h = f @ W + Q[i]`` per row; an unknown item (index -1) has no item vector."""
-        h = features @ self.W
-        if len(self.Q):
-            known = items >= 0
-            h = h + torch.where(known[:, None], self.Q[items.clamp(min=0)], 0.0)
-        return h
-
-    def population(self, features: torch.Tensor, logits: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """The shared logits plus what every user shares: ``z + b + f @ G + E[i]``."""
-        out = logits + self.b + features @ self.G
-        if len(self.E):
-            known = items >= 0
-            out = out + torch.where(known[:, None], self.E[items.clamp(min=0)], 0.0)
-        return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What the store saves."""
@@ -178,7 +163,8 @@ def joint_logits(
         f = torch.as_tensor(np.asarray(features, dtype=np.float32))
         z = torch.as_tensor(np.asarray(logits, dtype=np.float32))
         i = torch.as_tensor(np.asarray(items, dtype=np.int64))
-        out = model.population(f, z, i) + bias + model.factors(f, i) @ vector
+        h, pop = model.outputs(f, z, i)
+        out = pop + bias + h @ vector
     return np.asarray(out.numpy(), dtype=np.float32)
 
 
@@ -215,7 +201,8 @@ class JointFit:
             f, z = torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(logits, dtype=torch.float32)
             i, u, s = (torch.as_tensor(np.asarray(a, dtype=np.int64)) for a in (items, users, segments))
             vec, bias = _row_vectors(self, u, s)
-            out = self.model.population(f, z, i) + bias + (self.model.factors(f, i)[:, :, None] * vec).sum(1)
+            h, pop = self.model.outputs(f, z, i)
+            out = pop + bias + (h[:, :, None] * vec).sum(1)
         return np.asarray(out.numpy(), dtype=np.float32)
 
 
@@ -365,9 +352,7 @@ def fold_in(
     with torch.no_grad():
         p_vec = p_vec.float() + model.implicit(i)
         p_bias = p_bias.float()
-    with torch.no_grad():
-        h = model.factors(f, i)
-        base = model.population(f, z, i)
+        h, base = model.outputs(f, z, i)
     vec = nn.Parameter(p_vec.detach().clone().float())
     bias = nn.Parameter(p_bias.detach().clone().float())
     opt = torch.optim.LBFGS([vec, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -406,6 +391,6 @@ def item_ids(values: Any) -> np.ndarray:
     return out
 
 
-def index_of(values: Sequence[Any], known: dict[str, int]) -> np.ndarray:
+def index_of(values: Sequence[Any] | np.ndarray, known: dict[str, int]) -> np.ndarray:
     """Index of each value in ``known`` (by its string), -1 for values not in it or missing."""
     return np.array([known.get(str(v), -1) if v is not None else -1 for v in values], dtype=np.int64)

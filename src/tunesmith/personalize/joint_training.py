@@ -26,6 +26,7 @@ from tunesmith.personalize.joint import (
     JointModel,
     fit_joint,
     fold_in,
+    index_of,
     item_ids,
     joint_logits,
 )
@@ -94,9 +95,8 @@ def _fit(
 
 
 def _index(values: np.ndarray | None, index: dict[str, int], n: int) -> np.ndarray:
-    if values is None:
-        return np.full(n, -1, dtype=np.int64)
-    return np.array([index.get(v, -1) for v in values], dtype=np.int64)
+    """:func:`~tunesmith.personalize.joint.index_of` of ``values``; all -1 when there are none."""
+    return np.full(n, -1, dtype=np.int64) if values is None else index_of(values, index)
 
 
 def train_joint(
@@ -122,7 +122,7 @@ def train_joint(
         fit, user_index, item_index, seg_index = _fit(data, train, settings, l2, seed, on_step)
         if len(valid):
             out = _valid_logits(fit, data, valid, user_index, item_index, seg_index, level="user")
-            loss = float(torch.nn.functional.cross_entropy(torch.as_tensor(out), torch.as_tensor(data.y[valid])))
+            loss = _log_loss(out, data.y[valid])
         else:
             loss = float("nan")
         tried[l2] = loss
@@ -208,10 +208,11 @@ def _valid_logits(
 ) -> np.ndarray:  # fmt: skip
     """Logits of validation ``rows`` as a route of ``level`` answers them (a user's vector, or the segment's)."""
     n = len(rows)
-    users = _index(data.users[rows], user_index, n) if level == "user" else np.full(n, -1, dtype=np.int64)
-    segs = _index(None if data.segments is None else data.segments[rows], seg_index, n)
-    if level == "user":
-        segs = np.full(n, -1, dtype=np.int64)  # a user's vector already holds its segment's
+    none = np.full(n, -1, dtype=np.int64)
+    if level == "user":  # a user's vector already holds its segment's
+        users, segs = _index(data.users[rows], user_index, n), none
+    else:
+        users, segs = none, _index(None if data.segments is None else data.segments[rows], seg_index, n)
     items = _index(None if data.items is None else data.items[rows], item_index, n)
     return fit.logits(data.features[rows], data.logits[rows], items, users, segs)
 
@@ -282,13 +283,12 @@ def fold_in_users(
 def joint_candidates(
     host: Any, df: pd.DataFrame, y: np.ndarray, features: np.ndarray, logits: np.ndarray, held: np.ndarray,
     plan: list[tuple[str, str, str, np.ndarray, np.ndarray]], *, fold: bool,
-) -> tuple[dict[str, JointCandidate], str | None, dict[str, Any] | None]:  # fmt: skip
+) -> tuple[dict[str, JointCandidate], dict[str, Any] | None]:  # fmt: skip
     """A Personalizer's joint adapters of the keys in ``plan``: all trained together, or (``fold``) folded in.
 
-    Returns the candidates, the id of the shared part they belong to, and the training summary
-    (``None`` for a fold-in). A full fit writes the shared part to the store first; its id goes
-    into every joint adapter's entry, so a vector is never served with a shared part it was not
-    trained with.
+    Returns the candidates and the training summary (``None`` for a fold-in). A full fit writes
+    the shared part to the store first; its id (``store.info(JOINT_KEY)["id"]``) goes into every
+    joint adapter's entry, so a vector is never served with a shared part it was not trained with.
     """
     data = JointInputs(
         features=features,
@@ -307,8 +307,7 @@ def joint_candidates(
     store: AdapterStore = host.store
     settings: JointAdapterSettings = host.joint_settings
     if fold:
-        candidates = fold_in_users(store, data, keys, settings, segment_column=host.segment_column)
-        return candidates, store.info(JOINT_KEY).get("id"), None
+        return fold_in_users(store, data, keys, settings, segment_column=host.segment_column), None
     total = settings.steps * (len(settings.l2) + 1)
     bar = progress("joint adapters (all users together)", total, unit="steps", enabled=host.progress)
     with bar as advance:
@@ -326,7 +325,7 @@ def joint_candidates(
         # Vectors of users absent from these rows belong to the shared part just replaced.
         if key not in candidates and store.info(key).get("kind") == "joint":
             store.delete(key)
-    return candidates, joint_id, summary
+    return candidates, summary
 
 
 def log_loss_of(check: dict[str, Any]) -> float | None:

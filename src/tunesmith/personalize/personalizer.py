@@ -35,7 +35,6 @@ from tunesmith.estimators.text import FineTuner
 from tunesmith.personalize.evaluation import evaluate_personalizer
 from tunesmith.personalize.head import (
     HeadAdapter,
-    apply_head_adapter,
     fit_head_adapter,
     validate_head_adapter,
 )
@@ -62,7 +61,7 @@ from tunesmith.personalize.settings import (
     store_params,
     time_ordered_holdout,
 )
-from tunesmith.personalize.store import ADAPTER_KINDS, AdapterDims, AdapterStore, adapter_key
+from tunesmith.personalize.store import ADAPTER_KINDS, JOINT_KEY, AdapterDims, AdapterStore, adapter_key
 from tunesmith.progress import progress
 from tunesmith.runs.artifacts import AtomicDirectory, atomic_write_json
 from tunesmith.runs.fingerprint import model_version
@@ -145,7 +144,6 @@ class Personalizer(AdapterRouting, Estimator):
         self._adapters: dict[str, HeadAdapter | LoraAdapter | JointVector] = {}
         self._refresh_error: str | None = None
         self._joint_part = None
-        self._joint_id: str | None = None
 
     def set_params(self, **params: Any) -> Personalizer:
         """Change settings (checked as a whole first); the shared model and store open again on next use."""
@@ -363,7 +361,7 @@ class Personalizer(AdapterRouting, Estimator):
                     if len(candidates) > 1:
                         meta["candidates"] = {k: log_loss_of(c[1]) for k, c in candidates.items()}
                     if kind == "joint":
-                        meta["joint"] = self._joint_id
+                        meta["joint"] = self.store.info(JOINT_KEY)["id"]  # the shared part it belongs to
                     self.store.put(key, tensors, meta)
                     fields = ("level", "kind", "rows_train", "rows_valid", "used", "validation")
                     trained[key] = {k: meta[k] for k in fields}
@@ -390,7 +388,7 @@ class Personalizer(AdapterRouting, Estimator):
         if "joint" not in self.adapter_kinds:
             return {}
         assert features is not None and logits is not None
-        candidates, self._joint_id, summary = joint_candidates(self, df, y, features, logits, held, plan, fold=fold)
+        candidates, summary = joint_candidates(self, df, y, features, logits, held, plan, fold=fold)
         if summary is not None:
             self.joint_info_ = summary
         return candidates
@@ -532,8 +530,8 @@ class Personalizer(AdapterRouting, Estimator):
         out = logits.copy()
         users = df[self.user_column].astype(str).tolist()
         segments = df[self.segment_column].astype(str).tolist() if self.segment_column in df.columns else None
-        named = self.item_column and self.item_column in df.columns
-        items = list(item_ids(df[self.item_column])) if named else None
+        has_items = self.item_column and self.item_column in df.columns
+        items = list(item_ids(df[self.item_column])) if has_items else None
         found, routes = self._routes(users, segments)
         levels = [r.level for r in found]
         ft = self.base
@@ -549,11 +547,8 @@ class Personalizer(AdapterRouting, Estimator):
                     with torch.no_grad():
                         mine = lora_logits(adapter, self._ffn, ft.model_.head, tapped, ft.backbone_.pooling)
                     out[part] = mine.numpy()
-            elif isinstance(adapter, JointVector):
-                named = None if items is None else [items[i] for i in rows]
-                out[rows] = self.joint_rows(adapter, features[rows], logits[rows], named)
             else:
-                out[rows] = apply_head_adapter(adapter, features[rows], logits[rows])
+                out[rows] = self.corrected(adapter, features[rows], logits[rows], items, rows)
         return softmax(out).astype(np.float32), levels
 
     @classmethod

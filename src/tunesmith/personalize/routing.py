@@ -215,12 +215,26 @@ class AdapterRouting:
                 if isinstance(adapter, LoraAdapter):
                     part = subset(tapped, rows)
                     out[rows] = lora_logits(adapter, self._ffn, ft.model_.head, part, ft.backbone_.pooling).numpy()
-                elif isinstance(adapter, JointVector):
-                    mine = None if items is None else [items[i] for i in rows]
-                    out[rows] = self.joint_rows(adapter, f_np[rows], out[rows], mine)
                 else:
-                    out[rows] = apply_head_adapter(adapter, f_np[rows], out[rows])
+                    out[rows] = self.corrected(adapter, f_np[rows], out[rows], items, rows)
         return out, routes
+
+    def corrected(
+        self,
+        adapter: HeadAdapter | JointVector,
+        features: np.ndarray,
+        logits: np.ndarray,
+        items: Sequence[Any] | None,
+        rows: Sequence[int],
+    ) -> np.ndarray:
+        """The shared logits of ``rows`` corrected by a head or joint adapter over their cached features.
+
+        ``features`` and ``logits`` are those rows' already; ``items`` is every row's item (or
+        ``None``), picked out here for a joint adapter.
+        """
+        if isinstance(adapter, JointVector):
+            return self.joint_rows(adapter, features, logits, None if items is None else [items[i] for i in rows])
+        return apply_head_adapter(adapter, features, logits)
 
     def _joint(self) -> tuple[JointModel, dict[str, int], str | None]:
         """The store's shared part of joint adapters, its item index and id (read once per store version)."""

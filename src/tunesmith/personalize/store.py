@@ -146,6 +146,32 @@ def _positive_number(entry: Any, name: str, *, where: str, file: Path, zero: boo
         raise ArtifactError(f"field {where + '.' + name!r} must be a finite number {bound}, got {value!r}", path=file)
 
 
+def _check_joint(
+    entries: Mapping[str, Any], shapes: Mapping[str, Mapping[str, tuple[int, ...]]], safe: SafeFolder, file: Path
+) -> None:
+    """Joint vectors need the store's shared part, of their rank: one that does not fit it would fail
+    the whole batch its rows are served in."""
+    vectors = [k for k in entries if k != JOINT_KEY and "u" in shapes[k]]
+    if vectors and JOINT_KEY not in entries:
+        raise ArtifactError(
+            f"field 'adapters[{_shown_key(vectors[0])!r}]' holds a joint adapter, but the store has no "
+            f"{JOINT_KEY!r} entry (what joint adapters share)",
+            path=file,
+            hint=STORE_HINT,
+        )
+    if not vectors:
+        return
+    rank = shapes[JOINT_KEY]["W"][1]
+    for key in vectors:
+        if shapes[key]["u"][0] != rank:
+            raise ArtifactError(
+                f"field 'adapters[{_shown_key(key)!r}]': tensor 'u' has rank {shapes[key]['u'][0]}, but the "
+                f"store's joint model has rank {rank}",
+                path=safe.root / entries[key]["file"],
+                hint=STORE_HINT,
+            )
+
+
 def _shown_key(key: str) -> str:
     return key if len(key) <= 60 else key[:57] + "..."
 
@@ -275,32 +301,21 @@ class AdapterStore:
                 hint="Use the shared model they were built for, or retrain them with tunesmith personalize",
             )
         adapters = field(data, "adapters", dict, file=file)
-        entries = {key: self._check_entry(key, entry, safe, file) for key, entry in adapters.items()}
-        vectors = [k for k, e in entries.items() if k != JOINT_KEY and "u" in safe.header(e["file"])]
-        if vectors and JOINT_KEY not in entries:
-            raise ArtifactError(
-                f"field 'adapters[{_shown_key(vectors[0])!r}]' holds a joint adapter, but the store has no "
-                f"{JOINT_KEY!r} entry (what joint adapters share)",
-                path=file,
-                hint=STORE_HINT,
-            )
-        if JOINT_KEY in entries:
-            # Every joint vector must fit the store's shared part: one that does not would fail
-            # the whole batch its rows are served in.
-            rank = safe.header(entries[JOINT_KEY]["file"])["W"].shape[1]
-            for key, entry in entries.items():
-                header = safe.header(entry["file"])
-                if "u" in header and header["u"].shape[0] != rank:
-                    raise ArtifactError(
-                        f"field 'adapters[{_shown_key(key)!r}]': tensor 'u' has rank {header['u'].shape[0]}, but the "
-                        f"store's joint model has rank {rank}",
-                        path=safe.root / entry["file"],
-                        hint=STORE_HINT,
-                    )
+        entries: dict[str, Any] = {}
+        shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+        for key, entry in adapters.items():
+            entries[key], shapes[key] = self._checked_entry(key, entry, safe, file)
+        _check_joint(entries, shapes, safe, file)
         return safe, {**data, "format": STORE_FORMAT, "base_fingerprint": fingerprint, "adapters": entries}
 
     def _check_entry(self, key: str, entry: Any, safe: SafeFolder, file: Path) -> dict[str, Any]:
         """One index entry, every field typed and its file the store's own, present and of the right shapes."""
+        return self._checked_entry(key, entry, safe, file)[0]
+
+    def _checked_entry(
+        self, key: str, entry: Any, safe: SafeFolder, file: Path
+    ) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+        """:meth:`_check_entry` and the shapes its file's header gives its tensors."""
         where = f"adapters[{_shown_key(key)!r}]"
         if not isinstance(entry, dict):
             raise ArtifactError(
@@ -352,7 +367,7 @@ class AdapterStore:
             for name in ("alpha", "lr"):
                 _positive_number(entry, f"settings.{name}", **kw)
             _positive_number(entry, "settings.l2", zero=True, **kw)
-        return {**entry, "file": own}
+        return {**entry, "file": own}, shapes
 
     # --- reading ---------------------------------------------------------------------------
 
