@@ -74,7 +74,7 @@ def cpu_seconds() -> float:
 
 
 def interleaved(
-    contenders: Mapping[str, Callable[[], float]],
+    contenders: Mapping[str, Callable[[], float | tuple[float, float]]],
     *,
     baseline: str,
     rounds: int = 3,
@@ -89,8 +89,11 @@ def interleaved(
     runs of a round in the same moment, and the median over rounds drops the round a slow spell
     hit. Each callable runs one round of one contender (in this process or a child it waits
     for) and returns the units of work it did (examples, requests); its rate is units per
-    wall-clock second. Processor seconds (this process and waited-for children) are measured
-    beside wall time: a contender that waits is told from one that computes.
+    wall-clock second of the call. A callable may instead return ``(units, seconds)``: the
+    seconds its own timer gave the measured work alone (a training pass without a child
+    process's start-up and model loading); the rate is then units per those seconds.
+    Processor seconds (this process and waited-for children, always the whole call) are
+    measured beside wall time: a contender that waits is told from one that computes.
 
     Returns ``{"rounds", "baseline", "contenders": {name: {...}}, "ratios": {name: {...}}}``:
     per contender the rates, wall and processor seconds of every round and their medians; per
@@ -110,16 +113,19 @@ def interleaved(
     for r in range(rounds):
         for name in order if r % 2 == 0 else order[::-1]:
             wall0, cpu0 = clock(), cpu_clock()
-            units = float(contenders[name]())
+            done = contenders[name]()
             wall, cpu = clock() - wall0, cpu_clock() - cpu0
-            if not (units > 0 and wall > 0):
-                raise ValueError(f"{name} round {r + 1}: {units} units in {wall} s; a round must do work")
-            runs[name].append({"units": units, "wall_seconds": wall, "cpu_seconds": cpu, "rate": units / wall})
+            units, timed = (float(done[0]), float(done[1])) if isinstance(done, tuple) else (float(done), wall)
+            if not (units > 0 and wall > 0 and timed > 0):
+                raise ValueError(f"{name} round {r + 1}: {units} units in {timed} s; a round must do work")
+            run = {"units": units, "wall_seconds": wall, "timed_seconds": timed, "cpu_seconds": cpu}
+            runs[name].append({**run, "rate": units / timed})
     out: dict[str, Any] = {"rounds": rounds, "baseline": baseline, "contenders": {}, "ratios": {}}
     for name, mine in runs.items():
         out["contenders"][name] = {
             "rates": [m["rate"] for m in mine],
             "wall_seconds": [m["wall_seconds"] for m in mine],
+            "timed_seconds": [m["timed_seconds"] for m in mine],
             "cpu_seconds": [m["cpu_seconds"] for m in mine],
             "median_rate": _median([m["rate"] for m in mine]),
             "median_wall_seconds": _median([m["wall_seconds"] for m in mine]),
@@ -137,6 +143,12 @@ def interleaved(
             "spread": (max(per_round) - min(per_round)) / median,
         }
     return out
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    """The median of the values that are not None (None when there are none)."""
+    kept = [v for v in values if v is not None]
+    return _median(kept) if kept else None
 
 
 def _median(values: Sequence[float]) -> float:

@@ -39,7 +39,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH_DIR, RESULTS_DIR, default_threads, environment_info, format_table, ratio, write_results
+from _common import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    default_threads,
+    environment_info,
+    format_table,
+    median,
+    ratio,
+    write_results,
+)
 from serving import closed_loop, free_port, open_loop, start, stop
 
 BENCHMARK = "personalization_serving"
@@ -207,8 +216,8 @@ def measure(
         results[name] = {
             "startup_seconds": round(startup[name], 2),
             "rate_rps": rate,
-            "p50_ms": _median([w["p50_ms_ok"] for w in loads]),
-            "p99_ms": _median([w["p99_ms_ok"] for w in loads]),
+            "p50_ms": median([w["p50_ms_ok"] for w in loads]),
+            "p99_ms": median([w["p99_ms_ok"] for w in loads]),
             "p99_ms_per_round": [w["p99_ms_ok"] for w in loads],
             "ok": sum(w["ok"] for w in loads),
             "requests": sum(w["requests"] for w in loads),
@@ -226,14 +235,6 @@ def measure(
         "calibration": calibration,
         "store": {k: v for k, v in info.items() if k != "users"} | {"user_adapters_used": len(info["users"])},
     }
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    kept = sorted(v for v in values if v is not None)
-    if not kept:
-        return None
-    mid = len(kept) // 2
-    return kept[mid] if len(kept) % 2 else (kept[mid - 1] + kept[mid]) / 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -75,3 +75,22 @@ def test_real_clocks_measure_work_and_bad_calls_are_refused() -> None:
         interleaved({"a": busy}, baseline="a", rounds=0)
     with pytest.raises(ValueError, match="a round 1: 0.0 units"):
         interleaved({"a": lambda: 0.0}, baseline="a")
+
+
+def test_a_contender_may_time_its_own_work_without_start_up() -> None:
+    clock = FakeClock()
+
+    def child() -> tuple[float, float]:
+        clock.now += 10.0  # start-up and loading (8 s) around 2 s of measured training
+        return 100.0, 2.0
+
+    def peer() -> float:
+        clock.now += 4.0
+        return 100.0
+
+    out = interleaved({"child": child, "peer": peer}, baseline="peer", rounds=1, clock=clock, cpu_clock=FakeClock())
+    mine = out["contenders"]["child"]
+    assert mine["median_rate"] == pytest.approx(50.0) and mine["timed_seconds"] == [2.0]
+    assert mine["wall_seconds"] == [10.0] and out["ratios"]["child"]["median"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="child round 1: 100.0 units in 0.0 s"):
+        interleaved({"child": lambda: (100.0, 0.0)}, baseline="child", clock=clock, cpu_clock=FakeClock())
