@@ -56,6 +56,12 @@ class FitConfig(BaseModel):
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
     grad_clip: float | None = Field(1.0, gt=0.0, description="Clip the gradient norm to this; null disables.")
     grad_accum_steps: int = Field(1, ge=1, description="Batches accumulated before each optimizer step.")
+    ema_decay: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Moving average of the weights, used for validation and the final model; 0 turns it off.",
+    )
 
     # --- loss --------------------------------------------------------------------------
     loss: LossName = Field("auto", description="auto: cross_entropy for classes, mse for regression.")
@@ -131,7 +137,12 @@ class FitConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seed for splits, initialisation, shuffling and dropout.")
     deterministic: bool = Field(True, description="Use deterministic algorithms (same seed, same weights).")
     num_threads: int | None = Field(None, gt=0, description="CPU threads for PyTorch; default: all cores.")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Mixed precision on GPUs.")
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="Attention kernel of text encoders; auto: eager on CPUs in bf16 (faster there), else sdpa."
+    )
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast where the CPU or GPU computes bf16 natively; fp16 on CUDA only."
+    )
     baselines: bool = Field(True, description="Score the majority, TF-IDF and frozen-embedding baselines.")
     feature_cache: bool = Field(
         True, description="Reuse frozen-backbone features across fits in this process (head_only, baselines)."

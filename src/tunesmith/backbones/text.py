@@ -120,6 +120,22 @@ class TextBackbone(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
+    def use_attention(self, implementation: str) -> str:
+        """Switch the encoder's attention kernel (``eager`` or ``sdpa``); returns the one in effect.
+
+        An encoder that does not offer the requested kernel keeps its own.
+        """
+        base = self.base_model()
+        current = str(getattr(base.config, "_attn_implementation", "") or "")
+        setter = getattr(base, "set_attn_implementation", None)
+        if implementation == current or not callable(setter):
+            return current
+        try:
+            setter(implementation)
+        except (ValueError, ImportError, NotImplementedError):
+            return current
+        return str(getattr(base.config, "_attn_implementation", implementation))
+
     def base_model(self) -> nn.Module:
         """The plain encoder, looking through a peft wrapper if there is one."""
         inner = self.model

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunesmith.train.batching import LengthGroupedBatchSampler
 from tunesmith.train.callbacks import Callback, StopTraining, TrainState
+from tunesmith.train.precision import autocast
 
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
 
@@ -34,6 +35,8 @@ class LoopSettings:
     grad_clip: float | None = 1.0
     seed: int = 0
     length_bucketing: bool = True
+    # bfloat16 autocast of the forward passes (training and validation); None is float32.
+    autocast_dtype: torch.dtype | None = None
 
 
 def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,12 +64,13 @@ def predict_outputs(
     loader: DataLoader[Any],
     accelerator: Any,
     n: int,
+    autocast_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Model outputs for every example of ``loader``'s dataset, in dataset order."""
     model.eval()
     outs: list[torch.Tensor] = []
     idxs: list[torch.Tensor] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(accelerator.device, autocast_dtype):
         for batch in loader:
             logits = model(**_model_inputs(batch))
             logits, index = accelerator.gather_for_metrics((logits.float(), batch["index"]))
@@ -138,6 +142,7 @@ def train(
         steps_per_epoch=steps_per_epoch,
         is_main_process=accelerator.is_main_process,
     )
+    state.extra["updates"] = 0  # optimizer updates so far (weight averaging counts them)
     ordered = sorted(callbacks, key=lambda c: c.order)
     for cb in ordered:
         cb.on_fit_start(state)
@@ -160,10 +165,11 @@ def train(
                 # Skip the gradient all-reduce on accumulation steps: it is only needed before an update.
                 context = accelerator.no_sync(model) if not last_of_group else _nullcontext()
                 with context:
-                    output = model(**inputs)
-                    if output.shape[-1] == 1 and target.dtype.is_floating_point:
-                        output = output.squeeze(-1)
-                    loss = loss_fn(output, target)
+                    with autocast(accelerator.device, settings.autocast_dtype):
+                        output = model(**inputs)
+                        if output.shape[-1] == 1 and target.dtype.is_floating_point:
+                            output = output.squeeze(-1)
+                        loss = loss_fn(output.float(), target)
                     accelerator.backward(loss / group_size)
                 if last_of_group:
                     if settings.grad_clip:
@@ -171,6 +177,8 @@ def train(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    # Callbacks that act per weight update (weight averaging) read this.
+                    state.extra["updates"] = state.extra.get("updates", 0) + 1
                 n = int(target.shape[0])
                 total_loss += float(loss.detach()) * n
                 total_n += n
@@ -190,7 +198,7 @@ def train(
             if valid_loader is not None and valid_targets is not None:
                 for cb in ordered:
                     cb.on_validation_start(state)
-                outputs = predict_outputs(model, valid_loader, accelerator, len(valid_targets))
+                outputs = predict_outputs(model, valid_loader, accelerator, len(valid_targets), settings.autocast_dtype)
                 with torch.no_grad():
                     out_t = torch.as_tensor(outputs).to(accelerator.device)
                     tgt_t = torch.as_tensor(valid_targets).to(accelerator.device)

@@ -55,6 +55,7 @@ from tunesmith.train.continual import (
     interpolate_state,
 )
 from tunesmith.train.loop import training_summary
+from tunesmith.train.precision import accelerate_precision, autocast_dtype
 from tunesmith.train.threads import default_threads
 
 # The ImageFineTuner being refitted; typed loosely because its module imports this one.
@@ -263,7 +264,11 @@ def refit_image(
     challenger.label_values_ = list(est.label_values_)
     challenger.classes_ = np.asarray(challenger.label_values_, dtype=object)
     torch.set_num_threads(cfg.num_threads or default_threads())
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Checked before Accelerate fixes its precision for the whole process.
+    autocast_dtype(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=accelerate_precision(cfg.mixed_precision)
+    )
     anchor = anchor_state(est.model_)
     # On the training device before the penalty pairs each weight with its anchor.
     model = copy.deepcopy(est.model_).to(accelerator.device)

@@ -59,6 +59,12 @@ class ImageConfig(BaseModel):
     baselines: bool = Field(True, description="Score majority and frozen-feature baselines on the test split.")
     seed: int = 0
     num_threads: int | None = Field(None, ge=1)
+    channels_last: bool = Field(
+        True, description="Train with channels-last tensors (NHWC in memory): faster convolutions on CPUs."
+    )
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "no", description="auto: bf16 autocast where the CPU or GPU computes bf16 natively; fp16 on CUDA only."
+    )
     progress: bool = True
     runs_dir: str | None = Field("runs", description="Where run records are written; null or '' writes none.")
     run_name: str | None = Field(None, description="Name of the run folder (after the timestamp).")

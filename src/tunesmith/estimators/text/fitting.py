@@ -39,6 +39,7 @@ from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, 
 from tunesmith.evaluate.metrics import metric_direction
 from tunesmith.model import FeatureModel, TextModel
 from tunesmith.runs.record import RunRecord
+from tunesmith.train.averaging import WeightAverage
 from tunesmith.train.batching import Collator, TokenDataset
 from tunesmith.train.callbacks import Callback, EarlyStopping, EpochHook, HistoryLogger, ProgressBar, TrainState
 from tunesmith.train.callbacks import snapshot as state_snapshot
@@ -46,6 +47,7 @@ from tunesmith.train.continual import AnchorPenalty, PenalisedLoss, anchor_state
 from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import class_weights, make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
+from tunesmith.train.precision import accelerate_precision, attention_kernel, autocast_dtype
 from tunesmith.train.threads import set_trainable_all
 
 # The FineTuner being fitted, saved or loaded; typed loosely because its module imports this one.
@@ -249,8 +251,13 @@ def build(
     # Gradual unfreezing changes which parameters get gradients after DDP has wrapped the
     # model; DDP must then look for unused parameters every step instead of waiting on them.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.gradual_unfreeze else []
+    # Resolved before Accelerate is built: it fixes its precision once per process, so a
+    # setting this machine cannot run must fail before it does.
+    autocast_dtype(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, kwargs_handlers=handlers
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=accelerate_precision(cfg.mixed_precision),
+        kwargs_handlers=handlers,
     )
     set_seed(cfg.seed)
     # A folder is stored resolved, so a head-only or LoRA model loads from any working directory.
@@ -380,6 +387,8 @@ class Trained:
     train_seconds: float
     loop_seconds: float
     parameters: dict[str, int]
+    # What the steps ran in: {"precision": "bfloat16" | "float32", "attention": kernel}.
+    compute: dict[str, str]
 
 
 def train_model(
@@ -406,6 +415,8 @@ def train_model(
     n_outputs = 1 if regression else len(labels)
     if warm is not None and warm.base_state is not None:
         backbone.load_state_dict(warm.base_state)
+    dtype = autocast_dtype(cfg.mixed_precision, accelerator.device)
+    kernel = backbone.use_attention(attention_kernel(cfg.attention, accelerator.device, dtype))
     if cfg.strategy == "lora":
         add_lora(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
     set_seed(cfg.seed)
@@ -490,6 +501,8 @@ def train_model(
                 load_fn=lambda s: accelerator.unwrap_model(trained).load_state_dict(s, strict=False),
             )
         )
+    if cfg.ema_decay > 0:
+        loop_callbacks.append(WeightAverage(cfg.ema_decay))
     if cfg.gradual_unfreeze and cfg.strategy == "full":
         unfreezer = GradualUnfreezer(backbone, frozen_prefix=prefix)
 
@@ -513,6 +526,7 @@ def train_model(
         grad_clip=cfg.grad_clip,
         seed=cfg.seed,
         length_bucketing=cfg.length_bucketing,
+        autocast_dtype=dtype,
     )
     train_started = time.perf_counter()
     with _deterministic(cfg.deterministic):
@@ -538,7 +552,9 @@ def train_model(
     train_seconds = sum(float(h.get("epoch_seconds") or 0.0) for h in state.history) or loop_seconds
     model.eval()
     set_trainable_all(model, False)
-    return Trained(model, state, monitor, mode, train_seconds, loop_seconds, {"trainable": trainable, "total": total})
+    counts = {"trainable": trainable, "total": total}
+    compute = {"precision": "bfloat16" if dtype == torch.bfloat16 else "float32", "attention": kernel}
+    return Trained(model, state, monitor, mode, train_seconds, loop_seconds, counts, compute)
 
 
 def keep(est: TextEstimator, cfg: FitConfig, built: Built, run: Trained, splits: Splits) -> None:
@@ -614,6 +630,8 @@ def describe(
             started=started,
         ),
         "parameters": run.parameters,
+        # Training and validation ran in this; predictions run in float32.
+        "compute": run.compute,
     }
 
 
