@@ -93,6 +93,27 @@ def test_onnx_predictions_equal_the_estimator(trained, model_copy):
     assert onnx_pred.version == torch_pred.version == onnx_pred.metadata()["model_version"]
 
 
+def test_small_batches_run_on_one_thread_with_the_same_outputs(trained, model_copy):
+    export_onnx(model_copy)
+    frame = make_reviews(40, seed=3)
+    texts = [str(t) for t in frame["text"]] + [" ".join(["a long and winding review"] * 6)]
+    predictor = load_predictor(model_copy, precision="fp32", threads=2)
+    single = load_predictor(model_copy, precision="fp32", threads=1)
+    assert predictor._small_session is not predictor._session and single._small_session is single._session
+    calls: list[int] = []
+    for session in (predictor._small_session, predictor._session):
+        run = session.run
+        session.run = lambda names, feed, run=run: (calls.append(feed["input_ids"].size), run(names, feed))[1]
+    together = predictor.logits(texts)
+    batch_calls = list(calls)
+    alone = np.concatenate([predictor.logits([t]) for t in texts[:3]])
+    # Whole batches and lone rows, on either session, give the same outputs in input order.
+    assert np.allclose(together[:3], alone, atol=1e-5) and np.allclose(together, single.logits(texts), atol=1e-5)
+    assert min(calls) <= 128 < max(calls)  # both sessions were used
+    # Rows are cut into calls by length: the long review is a call of its own, padding nobody.
+    assert len(batch_calls) >= 2 and sum(batch_calls) < len(texts) * 36
+
+
 def test_tokenizer_truncates_like_training(trained, model_copy):
     export_onnx(model_copy)
     predictor = load_predictor(model_copy, precision="fp32", threads=1)

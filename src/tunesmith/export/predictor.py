@@ -29,6 +29,7 @@ from tunesmith.estimators.text_meta import (
     saved_preprocessing,
     saved_schema,
 )
+from tunesmith.export.chunking import length_chunks
 from tunesmith.runs.fingerprint import model_version
 from tunesmith.runs.trust import SafeFolder, field, open_model
 
@@ -251,9 +252,11 @@ class Predictor:
     def padded_batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Tokenize ``texts`` and yield ``(rows, input_ids, attention_mask)`` per padded batch.
 
-        ``rows`` are the positions in ``texts`` of the batch's rows. Batches are sorted by
-        length so similar lengths share padding and short texts stay cheap; every caller that
-        runs the model (:meth:`logits`, personalised serving) batches the same way.
+        ``rows`` are the positions in ``texts`` of the batch's rows. Rows are sorted by length
+        and cut where the padded tokens saved pay for another model call
+        (:func:`~tunesmith.export.chunking.length_chunks`), at most ``batch_size`` rows per
+        batch; every caller that runs the model (:meth:`logits`, personalised serving) batches
+        the same way.
         """
         if not texts:
             return
@@ -261,8 +264,8 @@ class Predictor:
             ids = self._tokenize(texts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for start, stop in length_chunks(lengths[order], self.batch_size):
+            idx = order[start:stop]
             width = int(lengths[idx].max())
             batch = np.full((len(idx), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
