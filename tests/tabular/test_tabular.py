@@ -159,7 +159,9 @@ def test_arrays_work_as_in_scikit_learn(cancer: tuple[pd.DataFrame, pd.DataFrame
     np.testing.assert_array_equal(again.predict_proba(Xt), est.predict_proba(Xt))  # same seed, same model
 
 
-def test_lightgbm_and_neural_are_accurate_and_auto_picks_best(cancer_model: TabularFineTuner) -> None:
+def test_lightgbm_and_neural_are_accurate_and_auto_picks_best(
+    cancer_model: TabularFineTuner, cancer: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
     m = cancer_model
     assert set(m.candidates_) == {"lightgbm", "neural", "ensemble"}
     for name in ("lightgbm", "neural"):
@@ -168,7 +170,12 @@ def test_lightgbm_and_neural_are_accurate_and_auto_picks_best(cancer_model: Tabu
     best = max(m.candidates_, key=lambda n: _selection_key("binary", m.candidates_[n]["valid"]))
     assert m.chosen_ == best
     assert m.test_metrics_ == m.candidates_[m.chosen_]["test"]
-    assert m.training_info_["lightgbm"]["refit_full_rounds"] >= m.training_info_["lightgbm"]["best_iteration"]
+    info = m.training_info_["lightgbm"]
+    # bagged by default: the average of eight fold boosters, no refit on train + validation
+    assert info["bagging_folds"] == 8 and info["trees"] == 8 * info["new_trees"] and "refit_full_rounds" not in info
+    one = TabularFineTuner(model="lightgbm", bagging_folds=0, **FAST).fit(cancer[0], target="target")
+    info = one.training_info_["lightgbm"]
+    assert info["refit_full_rounds"] >= info["best_iteration"] == info["new_trees"]
 
 
 def test_save_load_round_trip(cancer_model: TabularFineTuner, cancer: tuple, tmp_path) -> None:
@@ -340,7 +347,7 @@ def test_callbacks_see_boosting_steps_and_network_epochs(cancer: tuple[pd.DataFr
 def test_a_callback_stops_boosting_and_other_errors_propagate(cancer: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     train, _ = cancer
     stop = _Seen(stop_at=2)
-    m = TabularFineTuner(model="lightgbm", rounds_per_step=10, refit_full=False, **FAST).fit(
+    m = TabularFineTuner(model="lightgbm", rounds_per_step=10, refit_full=False, bagging_folds=0, **FAST).fit(
         train, target="target", callbacks=[stop]
     )
     info = m.training_info_["lightgbm"]

@@ -26,9 +26,11 @@ from tunesmith.tabular.settings import TabularConfig
 from tunesmith.train.callbacks import Callback, StopTraining, TrainState, epoch_line
 
 __all__ = [
+    "cv_boosters",
     "fit_lightgbm",
     "keep_trees",
     "lgb_dataset",
+    "lgb_outputs",
     "lgb_params",
     "refit_lightgbm",
     "refit_rounds",
@@ -83,19 +85,34 @@ def lgb_dataset(features: TabularFeatures, y: np.ndarray, categorical: Sequence[
     )
 
 
+def lgb_outputs(task: str, raw: np.ndarray) -> np.ndarray:
+    """A booster's predictions as the estimator's outputs: ``(n, k)`` probabilities, or ``(n,)`` values."""
+    if task == "binary":
+        return np.column_stack([1.0 - raw, raw])
+    return raw
+
+
 class _Steps:
     """A LightGBM callback: progress per round, the training callbacks per step of rounds."""
 
     order = 25  # before LightGBM's early stopping (30), so the round it stops at is seen too
 
     def __init__(
-        self, callbacks: Sequence[Callback], state: TrainState, step: int, loss_scale: float, bar: Progress
+        self,
+        callbacks: Sequence[Callback],
+        state: TrainState,
+        step: int,
+        loss_scale: float,
+        bar: Progress,
+        first_round: int = 0,
     ) -> None:
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.state = state
         self.step = step
         self.loss_scale = loss_scale
         self.bar = bar
+        # lgb.cv counts its rounds from 0 even on top of an earlier model; lgb.train does not
+        self.first_round = first_round
         self.best: tuple[float, int, list[Any]] | None = None
         self.noted = -math.inf
 
@@ -112,7 +129,7 @@ class _Steps:
         self.bar.advance(1, info=f"valid_loss {loss:.4f}" if results else None)
         if done % self.step and done != env.end_iteration - env.begin_iteration:
             return
-        metrics: dict[str, Any] = {"epoch": math.ceil(done / self.step), "round": env.iteration + 1}
+        metrics: dict[str, Any] = {"epoch": math.ceil(done / self.step), "round": self.first_round + env.iteration + 1}
         if results:
             metrics["valid_loss"] = loss
         self.state.epoch = metrics["epoch"] - 1
@@ -187,6 +204,57 @@ def train_booster(
                     cb.on_fit_end(state)
         bar.set_total(bar.done)
     return booster, state
+
+
+def cv_boosters(
+    params: dict[str, Any],
+    data: Any,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    rounds: int,
+    init_model: Any = None,
+    early_stopping_rounds: int,
+    callbacks: Sequence[Callback] = (),
+    rounds_per_step: int = 10,
+    loss_scale: float = 1.0,
+    show_progress: bool = False,
+) -> tuple[list[Any], int, TrainState]:
+    """One booster per fold of ``data``, boosted in lockstep and stopped together on their mean held-out loss.
+
+    ``folds`` are (train positions, held-out positions) pairs. ``callbacks`` get the steps as
+    in :func:`train_booster`, ``valid_loss`` the mean over the folds. Returns the boosters
+    (every tree grown, the rounds past the best ones included), the best number of new
+    rounds (the trees to keep beyond ``init_model``'s) and the :class:`TrainState`.
+    """
+    import lightgbm as lgb
+
+    step = max(1, int(rounds_per_step))
+    start = int(init_model.current_iteration()) if init_model is not None else 0
+    state = TrainState(model=init_model, epochs=math.ceil(rounds / step), steps_per_epoch=step)
+    ordered = sorted(callbacks, key=lambda c: c.order)
+    with progress(f"boosting LightGBM on {len(folds)} folds", rounds, unit="rounds", enabled=show_progress) as bar:
+        steps = _Steps(ordered, state, step, loss_scale, bar, first_round=start)
+        for cb in ordered:
+            cb.on_fit_start(state)
+        try:
+            found = lgb.cv(
+                params,
+                data,
+                num_boost_round=int(rounds),
+                folds=list(folds),
+                init_model=init_model,
+                callbacks=[lgb.early_stopping(int(early_stopping_rounds), verbose=False), steps],
+                return_cvbooster=True,
+            )
+            cv: Any = found["cvbooster"]
+            state.model = cv
+        finally:
+            for cb in ordered:
+                cb.on_fit_end(state)
+        bar.set_total(bar.done)
+    grown = int(cv.boosters[0].current_iteration()) - start
+    best = int(cv.best_iteration) if int(cv.best_iteration) > 0 else grown
+    return list(cv.boosters), min(best, grown), state
 
 
 def refit_rounds(new_trees: int, n_train: int, n_valid: int) -> int:

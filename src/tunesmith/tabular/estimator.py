@@ -34,7 +34,8 @@ from tunesmith.estimators.registry import Kind, register
 from tunesmith.evaluate.metrics import compute_metrics
 from tunesmith.runs.record import RunRecord
 from tunesmith.runs.trust import SafeFolder, open_model
-from tunesmith.tabular.boosting import fit_lightgbm, refit_lightgbm
+from tunesmith.tabular.bagging import fit_trees
+from tunesmith.tabular.boosting import lgb_outputs, refit_lightgbm
 from tunesmith.tabular.columns import check_compatible, infer_schema, labeled_frame, read_frame, with_rows
 from tunesmith.tabular.folder import finish_record, open_folder, save_folder
 from tunesmith.tabular.lightgbm_check import MAX_LIGHTGBM_BYTES, check_lightgbm_text, load_lightgbm
@@ -74,8 +75,13 @@ class TabularFineTuner(Estimator):
         anything else regression), ``"binary"``, ``"multiclass"`` or ``"regression"``.
     model:
         ``"auto"`` trains both and keeps whichever of LightGBM, the net and their
-        probability average scores best on validation (classification: accuracy, ties broken
-        by log loss; regression: MAE); ``"lightgbm"``, ``"neural"`` or ``"ensemble"`` force one.
+        probability average scores best on validation (classification: ``selection_metric``,
+        ties broken by the other of log loss and accuracy; regression: MAE); ``"lightgbm"``,
+        ``"neural"`` or ``"ensemble"`` force one.
+    selection_metric:
+        ``"log_loss"`` (default) or ``"accuracy"``: what ``model="auto"`` (and a refit with
+        ``model="auto"``) compares classifiers on. Log loss scores every probability, so it
+        tells candidates apart on a few thousand rows where accuracy turns on a handful.
     numeric_columns, categorical_columns, text_columns:
         The feature columns of each role; ``None`` infers them
         (:func:`~tunesmith.data.schema.column_role`; ID-like, date and empty columns are ignored).
@@ -93,9 +99,14 @@ class TabularFineTuner(Estimator):
         better validation loss.
     rounds_per_step:
         Boosting rounds that count as one step for the callbacks (see below).
+    bagging_folds:
+        ``k >= 2`` (default 8): train ``k`` LightGBM boosters on ``k`` folds of train +
+        validation, stopped together on their held-out folds' mean loss, and average them into
+        one booster (:mod:`tunesmith.tabular.bagging`); validation rows are scored out of fold.
+        ``0`` trains one booster on the training rows.
     refit_full:
-        After choosing the number of trees on validation, retrain LightGBM on train +
-        validation with that number scaled by the row ratio (AutoGluon's ``refit_full``).
+        Without bagging: after choosing the number of trees on validation, retrain LightGBM on
+        train + validation with that number scaled by the row ratio (AutoGluon's ``refit_full``).
     epochs, batch_size, lr, weight_decay, dropout, hidden, patience:
         Neural net settings (AdamW, one-cycle schedule, early stopping on validation loss).
     init_model:
@@ -119,12 +130,13 @@ class TabularFineTuner(Estimator):
     ``train_loss``, ``valid_loss`` and (classification) ``valid_accuracy``. LightGBM calls it
     every ``rounds_per_step`` boosting rounds, with ``state.epoch`` the step (0-based) and
     ``metrics`` holding ``valid_loss`` (log loss; for regression the mean squared error of the
-    standardised target, as the net reports it) and ``round``: the key to prune on is
-    ``"valid_loss"``, and boosting rounds are the pruning steps. With ``model="auto"`` or
-    ``"ensemble"`` the callbacks see LightGBM's steps first, then the network's epochs, each
-    phase numbered from 0 (``on_fit_start``/``on_fit_end`` once per phase). A callback raising
-    :class:`~tunesmith.train.callbacks.StopTraining` ends that phase with its best model so
-    far; any other exception (``optuna.TrialPruned``) ends the fit.
+    standardised target, as the net reports it; bagged, the mean over the held-out folds) and
+    ``round``: the key to prune on is ``"valid_loss"``, and boosting rounds are the pruning
+    steps. With ``model="auto"`` or ``"ensemble"`` the callbacks see LightGBM's steps first,
+    then the network's epochs, each phase numbered from 0 (``on_fit_start``/``on_fit_end``
+    once per phase). A callback raising :class:`~tunesmith.train.callbacks.StopTraining` ends
+    that phase with its best model so far (every fold's, when bagged); any other exception
+    (``optuna.TrialPruned``) ends the fit.
     """
 
     kind = "tabular"
@@ -330,12 +342,13 @@ class TabularFineTuner(Estimator):
         self.training_info_ = {"num_threads": torch.get_num_threads()}
         valid_out: dict[str, np.ndarray] = {}
         if want_lgb:
-            self.booster_, self.training_info_["lightgbm"] = fit_lightgbm(
+            self.booster_, self.training_info_["lightgbm"], oof = fit_trees(
                 cfg, schema.task, self.n_outputs_, pre.raw_categorical_indices, (f_train, y_train), (f_valid, y_valid),
                 init_booster=old.booster_ if old is not None else None, target_scaling=self.target_scaling_,
                 callbacks=callbacks_for("lightgbm"),
             )  # fmt: skip
-            valid_out["lightgbm"] = self._outputs(f_valid, "lightgbm")
+            # a bagged booster saw the validation rows: each is scored by the fold booster that did not
+            valid_out["lightgbm"] = self._outputs(f_valid, "lightgbm") if oof is None else lgb_outputs(schema.task, oof)
         if want_net:
             self.net_, self.training_info_["neural"] = fit_net(
                 cfg, schema.task, self.n_outputs_, pre.cardinalities, (f_train, y_train), (f_valid, y_valid),
@@ -352,12 +365,13 @@ class TabularFineTuner(Estimator):
         }
         if cfg.model == "auto":
             self.chosen_ = max(
-                self.candidates_, key=lambda n: _selection_key(schema.task, self.candidates_[n]["valid"])
+                self.candidates_,
+                key=lambda n: _selection_key(schema.task, self.candidates_[n]["valid"], cfg.selection_metric),
             )
         else:
             self.chosen_ = str(cfg.model)
-        # The network alone needs no trees: refitting them would be wasted work.
-        if want_lgb and cfg.refit_full and self.chosen_ != "neural":
+        # The network alone needs no trees: refitting them would be wasted work; bagged trees saw every row.
+        if want_lgb and cfg.refit_full and not cfg.bagging_folds and self.chosen_ != "neural":
             self.booster_ = refit_lightgbm(
                 cfg, schema.task, self.n_outputs_, pre.raw_categorical_indices, (f_train, y_train), (f_valid, y_valid),
                 booster=self.booster_, info=self.training_info_["lightgbm"],
@@ -483,10 +497,7 @@ class TabularFineTuner(Estimator):
         if name == "lightgbm":
             if self.booster_ is None:
                 raise ArtifactError("this model holds no LightGBM booster")
-            raw = np.asarray(self.booster_.predict(features.raw), dtype=np.float64)
-            if task == "binary":
-                return np.column_stack([1.0 - raw, raw])
-            return raw
+            return lgb_outputs(task, np.asarray(self.booster_.predict(features.raw), dtype=np.float64))
         if self.net_ is None:
             raise ArtifactError("this model holds no neural net")
         out = predict_outputs(self.net_, features.numeric, features.categorical).astype(np.float64)

@@ -353,6 +353,9 @@ def _from_folder(cls: type, folder: SafeFolder, meta: dict[str, Any], backbone: 
     config = field(meta, "config", dict, file=file, default={})
     names = set(TabularConfig.model_fields) - {"target"}
     params = {k: v for k, v in config.items() if k in names}
+    if config:
+        # settings newer than the folder: a model saved before them was fitted the old way
+        params = {**_BEFORE_SETTING, **params}
     for key in ("hidden", "ignore_columns"):
         if isinstance(params.get(key), list):
             params[key] = tuple(params[key])
@@ -401,6 +404,9 @@ def _from_folder(cls: type, folder: SafeFolder, meta: dict[str, Any], backbone: 
             raise ArtifactError(f"the chosen model {chosen!r} is missing from the folder", path=folder.root)
     return est
 
+
+_BEFORE_SETTING = {"bagging_folds": 0, "selection_metric": "accuracy"}
+"""What a tabular model saved before each of these settings existed was fitted with."""
 
 MAX_OUTPUTS = 100_000
 """Most classes a loaded tabular model may declare."""

@@ -18,6 +18,10 @@ What :class:`~tunesmith.train.continual.RefitSettings`' plan asks for, per part:
 * **LoRA** needs a pre-trained backbone to adapt, which a table's model has not: the
   estimator refuses it (``NotSupportedError``) before calling :func:`refit_tabular`.
 
+A bagged booster (``bagging_folds``) is one booster, the average of its folds': a refit grows
+one set of new trees on top of it, early-stopped on the held-out new rows like any other (the
+held-out rows must stay unseen to choose ``alpha`` and the candidate), then ``refit_full``.
+
 The challenger serves the candidate the current model chose (``chosen_``); ``model="auto"``
 trains every part the model holds and chooses as ``fit`` does (:func:`selection_key`), but
 on the mean over the held-out new and old rows, so a candidate that forgets loses.
@@ -70,26 +74,26 @@ LORA_HINT = (
 )
 
 
-def selection_key(task: str, metrics: Mapping[str, Any]) -> tuple[float, float]:
-    """Larger is better: (accuracy, -log loss) for classification, (-MAE, 0) for regression.
+def selection_key(task: str, metrics: Mapping[str, Any], by: str = "log_loss") -> tuple[float, float]:
+    """Larger is better: (-log loss, accuracy) for classification, (-MAE, 0) for regression.
 
     The rule by which ``fit`` (on validation rows) and ``refit`` (on held-out new and old rows)
-    choose among LightGBM, the network and their average.
+    choose among LightGBM, the network and their average. ``by="accuracy"`` (the
+    ``selection_metric`` setting) ranks classifiers by (accuracy, -log loss) instead.
     """
     if task == "regression":
         mae = metrics.get("mae")
         return (-float(mae) if mae is not None else -math.inf, 0.0)
     acc = metrics.get("accuracy")
     loss = metrics.get("log_loss")
-    return (
-        float(acc) if acc is not None else -math.inf,
-        -float(loss) if loss is not None else -math.inf,
-    )
+    accuracy = float(acc) if acc is not None else -math.inf
+    fit = -float(loss) if loss is not None else -math.inf
+    return (accuracy, fit) if by == "accuracy" else (fit, accuracy)
 
 
-def joint_key(task: str, periods: Sequence[Mapping[str, Any]]) -> tuple[float, ...]:
+def joint_key(task: str, periods: Sequence[Mapping[str, Any]], by: str = "log_loss") -> tuple[float, ...]:
     """:func:`selection_key` averaged over the held-out periods (new rows, old rows when held out)."""
-    keys = [selection_key(task, m) for m in periods]
+    keys = [selection_key(task, m, by) for m in periods]
     return tuple(sum(k[i] for k in keys) / len(keys) for i in range(2))
 
 
@@ -375,7 +379,10 @@ def refit_tabular(
     held_out = ("valid", "old_valid")
     if model == "auto":
         new.chosen_ = max(
-            names, key=lambda n: joint_key(task, [new.candidates_[n][k] for k in held_out if k in new.candidates_[n]])
+            names,
+            key=lambda n: joint_key(
+                task, [new.candidates_[n][k] for k in held_out if k in new.candidates_[n]], fit_cfg.selection_metric
+            ),
         )
     else:
         new.chosen_ = names[0]

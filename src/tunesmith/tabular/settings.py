@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 __all__ = ["MODEL_CHOICES", "TabularConfig"]
 
 MODEL_CHOICES = ("auto", "lightgbm", "neural", "ensemble")
+MAX_BAGGING_FOLDS = 50
+"""Most folds ``bagging_folds`` may ask for (each fold trains a booster)."""
 
 
 class TabularConfig(BaseModel):
@@ -31,6 +33,9 @@ class TabularConfig(BaseModel):
     model: Literal["auto", "lightgbm", "neural", "ensemble"] = Field(
         "auto", description="auto keeps the best of LightGBM, the network and their average on validation."
     )
+    selection_metric: Literal["log_loss", "accuracy"] = Field(
+        "log_loss", description="What model='auto' compares classifiers on (ties: the other); regression uses MAE."
+    )
     numeric_columns: list[str] | tuple[str, ...] | None = Field(None, description="Numeric features; None infers.")
     categorical_columns: list[str] | tuple[str, ...] | None = Field(
         None, description="Categorical features; None infers."
@@ -50,7 +55,15 @@ class TabularConfig(BaseModel):
     rounds_per_step: int = Field(
         10, ge=1, description="Boosting rounds per step reported to callbacks (the pruning step of a search)."
     )
-    refit_full: bool = Field(True, description="Retrain LightGBM on train + validation with the rounds found.")
+    refit_full: bool = Field(
+        True, description="Without bagging: retrain LightGBM on train + validation with the rounds found."
+    )
+    bagging_folds: int = Field(
+        8,
+        ge=0,
+        le=MAX_BAGGING_FOLDS,
+        description="LightGBM boosters trained on k folds of train + validation and averaged; 0 trains one.",
+    )
     epochs: int = Field(50, ge=1, description="Most epochs of the network.")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0, description="Network learning rate (AdamW, one-cycle).")
@@ -64,3 +77,10 @@ class TabularConfig(BaseModel):
     progress: bool = Field(True, description="Show progress (a bar on a terminal, plain lines in a log).")
     runs_dir: str | None = Field("runs", description="Where run records are written; null or '' writes none.")
     run_name: str | None = Field(None, description="Name of the run folder (after the timestamp).")
+
+    @field_validator("bagging_folds")
+    @classmethod
+    def _folds(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("bagging_folds is 0 (one booster) or at least 2 folds; one fold has no rows to hold out")
+        return value
