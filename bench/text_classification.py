@@ -1,21 +1,28 @@
-"""Benchmark: fine-tuning MiniLM on Rotten Tomatoes (fresh vs rotten), four ways, one command.
+"""Benchmark: fine-tuning MiniLM on Rotten Tomatoes (fresh vs rotten), against Hugging Face
+``Trainer`` set up as its users would, one command.
 
-Contenders, all on the same split (``tunesmith.datasets.rotten_tomatoes_split(seed=0)``),
-the same backbone (all-MiniLM-L6-v2) and the same hyperparameters:
+Contenders, all on the same split (``tunesmith.datasets.rotten_tomatoes_split(seed=0)``) and
+the same backbone (all-MiniLM-L6-v2):
 
-* ``full``   tunesmith ``FineTuner(strategy="full")``
-* ``lora``   tunesmith ``FineTuner(strategy="lora")`` (lr 5e-4, rank 8)
-* ``frozen`` frozen mean-pooled MiniLM embeddings + scikit-learn logistic regression
-* ``hf``     Hugging Face ``Trainer``, set up as its ``run_glue.py`` example does
+* ``full``        tunesmith ``FineTuner()`` with its default recipe (nothing tuned)
+* ``lora``        tunesmith ``FineTuner(strategy="lora")`` (lr 5e-4, rank 8)
+* ``frozen``      frozen mean-pooled MiniLM embeddings + scikit-learn logistic regression
+* ``hf``          Hugging Face ``Trainer``, set up as its ``run_glue.py`` example does
+* ``hf_grouped``  the same with length-grouped batches (``train_sampling_strategy="group_by_length"``)
 
-Each contender runs in a fresh child process (this script with ``--contender NAME``), so
-peak memory and thread pools are its own. Results go to
-``bench/results/text_classification.json``; see ``bench/README.md``.
+Accuracy: each contender trains once on the whole training split (``--epochs`` for the
+Trainer runs; tunesmith's own default for ``full``). Speed: the speed contenders (``full``,
+``hf``, ``hf_grouped`` and ``hf_grouped_bf16``, the last with ``bf16=True``) train one epoch
+on ``--speed-rows`` rows in ``--rounds`` interleaved rounds (A B C D, then D C B A, ...);
+each ratio is the median of the per-round ratios, with its spread. Every run is a fresh
+child process (this script with ``--contender NAME``), so peak memory and thread pools are
+its own. Results go to ``bench/results/text_classification.json``; see ``bench/README.md``.
 
 Usage::
 
-    python bench/text_classification.py                       # everything (~30 min on 2 cores)
+    python bench/text_classification.py                       # everything (~50 min on 2 cores)
     python bench/text_classification.py --only hf,frozen --max-train 256 --epochs 1
+    python bench/text_classification.py --only speed --rounds 3
 """
 
 from __future__ import annotations
@@ -30,14 +37,16 @@ from typing import Any
 from _common import (
     RESULTS_DIR,
     Stopwatch,
+    check_targets,
     default_threads,
     environment_info,
     format_table,
+    interleaved,
     metric,
     now_iso,
     peak_rss_mb,
     points,
-    ratio,
+    print_summary,
     read_results,
     run_child,
     write_json,
@@ -45,15 +54,25 @@ from _common import (
 )
 
 BENCHMARK = "text_classification"
-CONTENDERS = ("full", "lora", "frozen", "hf")
+CONTENDERS = ("full", "lora", "frozen", "hf", "hf_grouped")
 # Ablations run only when named with --only (they would double the default run time).
-ABLATIONS = ("full_unbucketed",)
+ABLATIONS = ("full_unbucketed", "full_fp32")
+# Timed in interleaved rounds; "speed" in --only names the whole set.
+SPEED = ("full", "hf", "hf_grouped", "hf_grouped_bf16")
 TITLES = {
     "full": "tunesmith full",
     "full_unbucketed": "tunesmith full, random batches",
+    "full_fp32": "tunesmith full, float32",
     "lora": "tunesmith LoRA",
     "frozen": "frozen emb + LR",
     "hf": "HF Trainer",
+    "hf_grouped": "HF Trainer, length-grouped",
+    "hf_grouped_bf16": "HF Trainer, length-grouped, bf16",
+}
+TARGETS = {
+    "throughput_ratio_vs_hf_grouped": (">=", 1.5),
+    "acc_full": (">=", 0.85),
+    "acc_gain_vs_hf_trainer_points": (">=", 0.5),
 }
 DEFAULT_OUT = RESULTS_DIR / f"{BENCHMARK}.json"
 
@@ -109,50 +128,74 @@ def scores(y_true: Any, y_pred: Any) -> dict[str, float]:
 # --- contenders (each runs in its own child process) -----------------------------------------
 
 
-def run_tunesmith(strategy: str, data: tuple[Any, Any, Any], epochs: int, threads: int) -> dict[str, Any]:
-    """tunesmith's ``FineTuner`` with the shared settings (``full`` or ``lora``)."""
+def run_tunesmith(
+    strategy: str, data: tuple[Any, Any, Any], epochs: int, threads: int, *, speed_round: bool = False
+) -> dict[str, Any]:
+    """tunesmith's ``FineTuner``: its default recipe (``full`` and its ablations) or LoRA.
+
+    The training split's own validation part is ``valid``; a speed round validates on a few
+    rows only (validation is not timed).
+    """
     try:
         from tunesmith import FineTuner
     except (ImportError, AttributeError) as exc:
         raise SystemExit(f"tunesmith.FineTuner is not available yet: {exc}") from exc
 
     train, valid, test = data
-    # "full_unbucketed" is full fine-tuning with randomly drawn batches (no length grouping).
-    unbucketed = strategy == "full_unbucketed"
-    strategy = "full" if unbucketed else strategy
-    params: dict[str, Any] = {
-        "backbone": "minilm-l6",
-        "strategy": strategy,
-        "length_bucketing": not unbucketed,
-        "epochs": epochs,
-        "lr": LORA_LR if strategy == "lora" else LR,
-        "batch_size": BATCH_SIZE,
-        "max_length": MAX_LENGTH,
-        "weight_decay": WEIGHT_DECAY,
-        "scheduler": "linear",
-        "warmup_ratio": WARMUP_RATIO,
-        "seed": SEED,
-        "early_stopping": False,
-        "baselines": False,
-        "progress": False,
-        # FineTuner.fit sets torch's thread count itself; pin it to the shared value.
-        "num_threads": threads,
-        # No run folder: writing records is not what is measured.
-        "runs_dir": "",
-    }
-    if strategy == "lora":
-        params["lora_r"] = LORA_R
+    # "full_unbucketed" is full fine-tuning with randomly drawn batches (no length grouping),
+    # "full_fp32" the default recipe in float32 (no bfloat16 autocast).
+    variant, strategy = strategy, "lora" if strategy == "lora" else "full"
+    params: dict[str, Any] = {"backbone": "minilm-l6", "strategy": strategy, "seed": SEED}
+    if variant == "full_unbucketed":
+        params["length_bucketing"] = False
+    if variant == "full_fp32":
+        params["mixed_precision"] = "no"
+    if speed_round:
+        # One timed epoch at the Trainer runs' settings; accuracy is not judged here.
+        params.update(
+            {
+                "epochs": 1,
+                "early_stopping": False,
+                "lr": LR,
+                "warmup_ratio": 0.0,
+                "batch_size": BATCH_SIZE,
+                "max_length": MAX_LENGTH,
+            }
+        )
+    elif strategy == "lora":
+        params.update(
+            {
+                "epochs": epochs,
+                "lr": LORA_LR,
+                "lora_r": LORA_R,
+                "batch_size": BATCH_SIZE,
+                "weight_decay": WEIGHT_DECAY,
+                "early_stopping": False,
+            }
+        )
+    params.update(
+        {
+            "baselines": False,
+            "progress": False,
+            # FineTuner.fit sets torch's thread count itself; pin it to the shared value.
+            "num_threads": threads,
+            # No run folder: writing records is not what is measured.
+            "runs_dir": "",
+        }
+    )
 
     load = Stopwatch()
     with load.measure():
         ft = FineTuner(**params)
     fit_watch = Stopwatch()
     with fit_watch.measure():
-        ft.fit(train, target="label", text_column="text", eval_set=valid)
+        ft.fit(train, target="label", text_column="text", eval_set=valid.iloc[:64] if speed_round else valid)
     # FineTuner.train_seconds_ is the epochs' training passes alone; the validation that
     # follows each epoch (the HF Trainer here does none) is reported apart.
     train_seconds = float(ft.train_seconds_)
     timing = "FineTuner.train_seconds_ (training passes; per-epoch validation excluded)"
+    if speed_round:
+        return {"train_seconds": train_seconds, "train_examples": int(ft.train_examples_), "timing": timing}
     eval_watch = Stopwatch()
     with eval_watch.measure():
         predicted = ft.predict(test[["text"]])
@@ -163,6 +206,8 @@ def run_tunesmith(strategy: str, data: tuple[Any, Any, Any], epochs: int, thread
         "train_seconds_incl_validation": train_seconds + float(ft.training_info_["validation_seconds"]),
         "train_examples": int(ft.train_examples_),
         "timing": timing,
+        "epochs_run": int(ft.training_info_["epochs_run"]),
+        "best_epoch": ft.training_info_.get("best_epoch"),
         "fit_seconds": fit_watch.seconds,
         "eval_seconds": eval_watch.seconds,
         "parameters": n_params,
@@ -232,8 +277,20 @@ def run_frozen(data: tuple[Any, Any, Any], epochs: int, threads: int) -> dict[st
     }
 
 
-def run_hf(data: tuple[Any, Any, Any], epochs: int, threads: int) -> dict[str, Any]:
-    """Hugging Face ``Trainer`` configured like transformers' run_glue.py text-classification example."""
+def run_hf(
+    data: tuple[Any, Any, Any],
+    epochs: int,
+    threads: int,
+    *,
+    grouped: bool = False,
+    bf16: bool = False,
+    speed_round: bool = False,
+) -> dict[str, Any]:
+    """Hugging Face ``Trainer`` configured like transformers' run_glue.py text-classification example.
+
+    ``grouped`` batches examples of similar length (``train_sampling_strategy="group_by_length"``),
+    ``bf16`` trains in bfloat16 autocast (``bf16=True``): what a user of Trainer reaches for first.
+    """
     import tempfile
 
     import numpy as np
@@ -243,6 +300,7 @@ def run_hf(data: tuple[Any, Any, Any], epochs: int, threads: int) -> dict[str, A
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
+        TrainerCallback,
         TrainingArguments,
         set_seed,
     )
@@ -277,6 +335,21 @@ def run_hf(data: tuple[Any, Any, Any], epochs: int, threads: int) -> dict[str, A
         train_set = Encoded(train["text"].tolist(), [label_to_id[v] for v in train["label"]])
         test_set = Encoded(test["text"].tolist(), None)
 
+    class LoopClock(TrainerCallback):
+        """Seconds from ``on_train_begin`` to ``on_train_end``: Trainer's training loop alone."""
+
+        def __init__(self) -> None:
+            self.started: float | None = None
+            self.seconds: float | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.started is not None:
+                self.seconds = time.perf_counter() - self.started
+
+    clock = LoopClock()
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as output_dir:
         args = TrainingArguments(
             output_dir=output_dir,
@@ -295,6 +368,8 @@ def run_hf(data: tuple[Any, Any, Any], epochs: int, threads: int) -> dict[str, A
             dataloader_num_workers=0,
             use_cpu=True,
             disable_tqdm=True,
+            train_sampling_strategy="group_by_length" if grouped else "random",
+            bf16=bf16,
         )
         trainer = Trainer(
             model=model,
@@ -305,9 +380,22 @@ def run_hf(data: tuple[Any, Any, Any], epochs: int, threads: int) -> dict[str, A
         )
         # Trainer/accelerate may touch torch's thread pool; pin it right before training.
         torch.set_num_threads(threads)
+        trainer.add_callback(clock)
         train_watch = Stopwatch()
         with train_watch.measure():
             output = trainer.train()
+        # The training loop alone (from on_train_begin, after the optimizer and the data loader
+        # are built, to on_train_end), as tunesmith's epochs are timed.
+        loop_seconds = clock.seconds if clock.seconds is not None else train_watch.seconds
+        if speed_round:
+            return {
+                "train_seconds": loop_seconds,
+                "train_examples": len(train) * epochs,
+                "timing": "Trainer's loop, on_train_begin to on_train_end",
+            }
+        # With length grouping, Trainer's evaluation sampler groups by length too, and
+        # predict() returns the predictions in that shuffled order: score them in test order.
+        trainer.args.train_sampling_strategy = "random"
         eval_watch = Stopwatch()
         with eval_watch.measure():
             logits = trainer.predict(test_set).predictions
@@ -318,13 +406,16 @@ def run_hf(data: tuple[Any, Any, Any], epochs: int, threads: int) -> dict[str, A
     total = sum(p.numel() for p in model.parameters())
     return {
         **scores(test["label"], predicted),
-        "train_seconds": train_watch.seconds,
+        "train_seconds": loop_seconds,
+        "train_call_seconds": train_watch.seconds,
         "train_runtime_hf": float(output.metrics.get("train_runtime", float("nan"))),
         "train_examples": len(train) * epochs,
-        "timing": "wall time of trainer.train()",
+        "timing": "Trainer's training loop, on_train_begin to on_train_end (trainer.train(): train_call_seconds)",
         "load_seconds": load.seconds,
         "eval_seconds": eval_watch.seconds,
         "optimizer": str(args.optim),
+        "train_sampling_strategy": "group_by_length" if grouped else "random",
+        "bf16": bf16,
         "parameters": {"trainable": int(trainable), "total": int(total)},
     }
 
@@ -335,17 +426,18 @@ def child_main(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    data = load_data(args.max_train)
+    data = load_data(args.speed_rows if args.speed_rows is not None else args.max_train)
     data_seconds = time.perf_counter() - started
-    if args.contender in ("full", "lora", "full_unbucketed"):
-        result = run_tunesmith(args.contender, data, args.epochs, args.threads)
+    speed_round = args.speed_rows is not None
+    if args.contender in ("full", "lora", "full_unbucketed", "full_fp32"):
+        result = run_tunesmith(args.contender, data, args.epochs, args.threads, speed_round=speed_round)
     elif args.contender == "frozen":
         result = run_frozen(data, args.epochs, args.threads)
     else:
-        result = run_hf(data, args.epochs, args.threads)
+        grouped, bf16 = args.contender in ("hf_grouped", "hf_grouped_bf16"), args.contender == "hf_grouped_bf16"
+        epochs = 1 if speed_round else args.epochs
+        result = run_hf(data, epochs, args.threads, grouped=grouped, bf16=bf16, speed_round=speed_round)
     n_train = len(data[0])
-    # Frozen embeddings see each training text once; the others once per epoch.
-    passes = 1 if args.contender == "frozen" else args.epochs
     seconds = result["train_seconds"]
     result.update(
         {
@@ -354,7 +446,8 @@ def child_main(args: argparse.Namespace) -> int:
             "created": now_iso(),
             "n_train": n_train,
             "n_test": len(data[2]),
-            "train_examples_per_s": n_train * passes / seconds if seconds > 0 else None,
+            # Examples actually trained on (each epoch that ran; each text once when frozen).
+            "train_examples_per_s": result["train_examples"] / seconds if seconds > 0 else None,
             "data_seconds": data_seconds,
             "peak_rss_mb": peak_rss_mb(),
             "torch_threads": torch.get_num_threads(),
@@ -388,34 +481,80 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "frozen_batch_size": FROZEN_BATCH_SIZE,
         "frozen_c_grid": list(FROZEN_C_GRID),
+        "full_recipe": "FineTuner defaults (seed 0); the Trainer runs use the settings above",
+        "speed_rounds": args.rounds,
+        "speed_rows": getattr(args, "speed_rows_setting", None) or args.speed_rows or 1024,
+        "speed_settings": "one epoch, batch 32, lr 5e-5, max_length 128, for every speed contender",
     }
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """Headline figures; a contender that did not run (or failed) gives null."""
+    """Headline figures; a contender that did not run (or failed) gives null.
+
+    Speed ratios are the medians of the interleaved rounds (``results["speed"]``), never two
+    single runs compared.
+    """
     acc_full = metric(results, "full", "accuracy")
     acc_frozen = metric(results, "frozen", "accuracy")
     acc_hf = metric(results, "hf", "accuracy")
-    speed_full = metric(results, "full", "train_examples_per_s")
-    speed_hf = metric(results, "hf", "train_examples_per_s")
+    speed = results.get("speed") if isinstance(results.get("speed"), dict) else {}
+    ratios = speed.get("ratios", {}) if speed.get("status") == "ok" else {}
+
+    def speed_ratio(peer: str, key: str = "median") -> float | None:
+        # ratios are peer/full per round (full is the baseline): invert to full/peer.
+        entry = ratios.get(peer)
+        if not entry:
+            return None
+        return 1.0 / entry["median"] if key == "median" else entry["spread"]
+
+    spreads = [speed_ratio(p, "spread") for p in ("hf", "hf_grouped")]
     return {
         "acc_full": acc_full,
         "acc_lora": metric(results, "lora", "accuracy"),
         "acc_frozen_lr": acc_frozen,
         "acc_hf_trainer": acc_hf,
+        "acc_hf_grouped": metric(results, "hf_grouped", "accuracy"),
+        "acc_gain_vs_hf_trainer_points": points(acc_full, acc_hf),
         "f1_full": metric(results, "full", "f1_macro"),
-        "train_examples_per_s_full": speed_full,
-        "train_examples_per_s_hf_trainer": speed_hf,
-        "throughput_ratio_vs_hf": ratio(speed_full, speed_hf),
+        "throughput_ratio_vs_hf_grouped": speed_ratio("hf_grouped"),
+        "throughput_ratio_vs_hf": speed_ratio("hf"),
+        "throughput_ratio_vs_hf_grouped_bf16": speed_ratio("hf_grouped_bf16"),
+        # Largest (highest - lowest) / median of the per-round ratios against the two Trainer set-ups.
+        "throughput_ratio_spread": max((v for v in spreads if v is not None), default=None),
+        "speed_rounds": speed.get("rounds") if ratios else None,
+        "train_examples_per_s_full": metric(results, "full", "train_examples_per_s"),
+        "train_examples_per_s_hf_trainer": metric(results, "hf", "train_examples_per_s"),
         "peak_rss_mb_full": metric(results, "full", "peak_rss_mb"),
         "peak_rss_mb_hf_trainer": metric(results, "hf", "peak_rss_mb"),
         "gain_full_vs_frozen_points": points(acc_full, acc_frozen),
-        "gap_full_vs_hf_points": points(acc_full, acc_hf),
-        # Ablation (only when run): how much of the speed comes from length-grouped batches.
-        "train_examples_per_s_full_unbucketed": metric(results, "full_unbucketed", "train_examples_per_s"),
-        "bucketing_speedup": ratio(speed_full, metric(results, "full_unbucketed", "train_examples_per_s")),
+        # Ablations (only when run): length-grouped batches, and bfloat16 autocast.
         "acc_full_unbucketed": metric(results, "full_unbucketed", "accuracy"),
+        "acc_full_fp32": metric(results, "full_fp32", "accuracy"),
     }
+
+
+def speed_rounds(args: argparse.Namespace) -> dict[str, Any]:
+    """The speed contenders, one epoch on ``--speed-rows`` rows each, in interleaved rounds."""
+    child_args = ["--threads", str(args.threads), "--speed-rows", str(args.speed_rows)]
+    failures: dict[str, str] = {}
+
+    def contender(name: str) -> Any:
+        def one_round() -> tuple[float, float]:
+            print(f"[speed] {name} ...", flush=True)
+            result = run_child(Path(__file__), name, child_args, threads=args.threads, verbose=args.verbose)
+            if result.get("status") != "ok":
+                failures[name] = f"{result['error']}\n{result.get('log_tail', '')}"
+                raise RuntimeError(failures[name])
+            print(f"[speed] {name}: {result['train_examples_per_s']:.1f} examples/s", flush=True)
+            return float(result["train_examples"]), float(result["train_seconds"])
+
+        return one_round
+
+    try:
+        out = interleaved({name: contender(name) for name in SPEED}, baseline="full", rounds=args.rounds)
+    except RuntimeError as exc:
+        return {"status": "failed", "error": str(exc)[:4000], "created": now_iso()}
+    return {"status": "ok", "created": now_iso(), "speed_rows": args.speed_rows, **out}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -448,15 +587,41 @@ def table(results: dict[str, Any]) -> str:
     )
 
 
+def speed_table(speed: dict[str, Any]) -> str:
+    """The interleaved rounds: each contender's median examples/s and its ratio to tunesmith."""
+    rows = []
+    for name, entry in speed["contenders"].items():
+        ratio_entry = speed["ratios"].get(name)
+        rows.append(
+            {
+                "model": TITLES[name],
+                "rate": entry["median_rate"],
+                "cpu": entry["median_cpu_seconds"],
+                "ratio": 1.0 / ratio_entry["median"] if ratio_entry else 1.0,
+                "spread": ratio_entry["spread"] if ratio_entry else None,
+            }
+        )
+    return format_table(
+        rows,
+        [
+            ("model", f"speed ({speed['rounds']} rounds, {speed['speed_rows']} rows)", ""),
+            ("rate", "median ex/s", ".1f"),
+            ("cpu", "median CPU s", ".1f"),
+            ("ratio", "tunesmith / it", ".2f"),
+            ("spread", "spread", ".2f"),
+        ],
+    )
+
+
 def parse_only(value: str) -> list[str]:
     """``--only full,hf`` -> ``["full", "hf"]`` in the canonical order; rejects unknown names."""
     names = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = sorted(set(names) - set(CONTENDERS) - set(ABLATIONS))
+    unknown = sorted(set(names) - set(CONTENDERS) - set(ABLATIONS) - {"speed"})
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown contender(s) {', '.join(unknown) or '(none given)'}; choose among {','.join(CONTENDERS)}"
+            f"unknown contender(s) {', '.join(unknown) or '(none given)'}; choose among {','.join(CONTENDERS)},speed"
         )
-    return [c for c in (*CONTENDERS, *ABLATIONS) if c in names]
+    return [c for c in (*CONTENDERS, *ABLATIONS, "speed") if c in names]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -484,11 +649,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="result JSON (default bench/results/text_classification.json)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds (default 3)")
+    parser.add_argument("--speed-rows", type=int, default=None, help="training rows of each speed round (default 1024)")
     parser.add_argument("--verbose", action="store_true", help="show the contenders' own output")
-    parser.add_argument("--contender", choices=(*CONTENDERS, *ABLATIONS), help=argparse.SUPPRESS)
+    parser.add_argument("--contender", choices=(*CONTENDERS, *ABLATIONS, "hf_grouped_bf16"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.threads < 1 or (args.max_train is not None and args.max_train < 2):
-        parser.error("--epochs and --threads must be at least 1, --max-train at least 2")
+    if args.epochs < 1 or args.threads < 1 or args.rounds < 1 or (args.max_train is not None and args.max_train < 2):
+        parser.error("--epochs, --threads and --rounds must be at least 1, --max-train at least 2")
+    if args.speed_rows is not None and args.speed_rows < 64:
+        parser.error("--speed-rows must be at least 64")
     return args
 
 
@@ -497,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.contender:
         return child_main(args)
 
-    chosen = args.only or list(CONTENDERS)
+    chosen = args.only or [*CONTENDERS, "speed"]
     # Merge only for partial reruns: a full run replaces the file, so stale figures cannot survive.
     results: dict[str, Any] = read_results(args.out, BENCHMARK) if args.only else {}
     child_args = ["--epochs", str(args.epochs), "--threads", str(args.threads)]
@@ -510,7 +679,14 @@ def main(argv: list[str] | None = None) -> int:
         estimator_available = False
     failed = False
     for name in chosen:
-        if name in ("full", "lora", "full_unbucketed") and not estimator_available:
+        if name == "speed":
+            args.speed_rows = args.speed_rows_setting = args.speed_rows or 1024
+            print(f"[speed] {args.rounds} interleaved rounds of {', '.join(SPEED)} ...", flush=True)
+            results["speed"] = speed_rounds(args)
+            failed = failed or results["speed"]["status"] != "ok"
+            args.speed_rows = None
+            continue
+        if name in ("full", "lora", "full_unbucketed", "full_fp32") and not estimator_available:
             print(f"[{name}] skipped: tunesmith.estimators.text is not available", flush=True)
             results[name] = {
                 "status": "skipped",
@@ -538,8 +714,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"note: kept {name!r} from an earlier run with different settings (see results.{name}.settings)",
                 flush=True,
             )
-    ordered = {name: results[name] for name in (*CONTENDERS, *ABLATIONS) if name in results}
+    ordered = {name: results[name] for name in (*CONTENDERS, *ABLATIONS, "speed") if name in results}
     summary = summarise(ordered)
+    checks = check_targets(summary, TARGETS)
+    summary["targets_met"] = checks
     path = write_results(
         args.out,
         benchmark=BENCHMARK,
@@ -550,10 +728,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(table(ordered))
+    if isinstance(ordered.get("speed"), dict) and ordered["speed"].get("status") == "ok":
+        print()
+        print(speed_table(ordered["speed"]))
     print()
-    for key in ("throughput_ratio_vs_hf", "gain_full_vs_frozen_points", "gap_full_vs_hf_points"):
-        value = summary[key]
-        print(f"{key}: {'-' if value is None else f'{value:.2f}'}")
+    print_summary({k: v for k, v in summary.items() if k != "targets_met"}, TARGETS, checks)
     print(f"results written to {path}")
     return 1 if failed else 0
 
