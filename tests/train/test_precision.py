@@ -55,20 +55,13 @@ def test_the_loop_autocasts_training_and_validation_passes() -> None:
             seen.append((self.training, out.dtype))
             return out
 
-    class Rows(torch.utils.data.Dataset[int]):
-        def __len__(self) -> int:
-            return 16
-
-        def __getitem__(self, i: int) -> int:
-            return i
-
     def collate(items: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(items)
         return {"x": x[idx], "target": y[idx], "index": idx}
 
     net = Net()
     state = train(
-        net, train_set=Rows(), train_lengths=np.ones(16, dtype=np.int64), valid_set=Rows(),
+        net, train_set=list(range(16)), train_lengths=np.ones(16, dtype=np.int64), valid_set=list(range(16)),
         valid_lengths=np.ones(16, dtype=np.int64), valid_targets=y.numpy(), collate=collate,
         loss_fn=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
         make_scheduler=lambda opt, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
