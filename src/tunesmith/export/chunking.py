@@ -19,52 +19,29 @@ for MiniLM on a CPU core) against about 20 µs per token in a batch."""
 def length_chunks(lengths: np.ndarray, max_rows: int, call_tokens: int = CALL_TOKENS) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` cutting ascending ``lengths`` into chunks of at most ``max_rows``.
 
-    The cuts minimise ``sum(rows * longest + call_tokens)`` over the chunks (dynamic
-    programming over the sorted rows, vectorised per row): equal lengths stay together,
-    a long tail gets its own call.
+    The cuts minimise ``sum(rows * longest + call_tokens)`` over the chunks: equal lengths
+    stay together, a long tail gets its own call. Dynamic programming over the sorted rows,
+    ``best[stop]`` being the cheapest cutting of the first ``stop`` rows; plain Python is as
+    fast as a numpy version at 256 rows or more and four times faster at a served batch's 32.
     """
     n = len(lengths)
     if n == 0:
         return []
-    sorted_lengths = np.asarray(lengths, dtype=np.float64)
-    if np.any(np.diff(sorted_lengths) < 0):
+    ordered = np.asarray(lengths, dtype=np.float64)
+    if np.any(np.diff(ordered) < 0):
         raise ValueError("lengths must be sorted in ascending order")
-    cut = (
-        _cuts_small(sorted_lengths.tolist(), max_rows, call_tokens)
-        if n <= 96
-        else _cuts(sorted_lengths, max_rows, call_tokens)
-    )
-    chunks: list[tuple[int, int]] = []
-    stop = n
-    while stop > 0:
-        chunks.append((int(cut[stop]), stop))
-        stop = int(cut[stop])
-    return chunks[::-1]
-
-
-def _cuts(lengths: np.ndarray, max_rows: int, call_tokens: int) -> list[int]:
-    """``cut[stop]``: where the last chunk of the best cutting of the first ``stop`` rows starts."""
-    n = len(lengths)
-    best = np.full(n + 1, np.inf)
-    best[0] = 0.0
-    cut = [0] * (n + 1)
-    for stop in range(1, n + 1):
-        starts = np.arange(max(0, stop - max_rows), stop)
-        costs = best[starts] + call_tokens + (stop - starts) * lengths[stop - 1]
-        k = int(np.argmin(costs))
-        best[stop], cut[stop] = costs[k], int(starts[k])
-    return cut
-
-
-def _cuts_small(lengths: list[float], max_rows: int, call_tokens: int) -> list[int]:
-    """:func:`_cuts` in plain Python: faster than numpy's per-call cost for a served batch."""
-    n = len(lengths)
+    values = ordered.tolist()
     best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
+    cut = [0] * (n + 1)  # where the last chunk of best[stop] starts
     for stop in range(1, n + 1):
-        longest = lengths[stop - 1]
+        longest = values[stop - 1]
         for start in range(max(0, stop - max_rows), stop):
             cost = best[start] + call_tokens + (stop - start) * longest
             if cost < best[stop]:
                 best[stop], cut[stop] = cost, start
-    return cut
+    chunks: list[tuple[int, int]] = []
+    stop = n
+    while stop > 0:
+        chunks.append((cut[stop], stop))
+        stop = cut[stop]
+    return chunks[::-1]
