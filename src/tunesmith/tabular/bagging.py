@@ -30,11 +30,11 @@ import numpy as np
 
 from tunesmith.tabular.boosting import (
     Split,
+    booster_params,
     cv_boosters,
     fit_lightgbm,
     keep_trees,
     lgb_dataset,
-    lgb_params,
     scale_new_trees,
 )
 from tunesmith.tabular.preprocess import TabularFeatures
@@ -136,12 +136,8 @@ def bag_lightgbm(
     folds = fold_indices(task, y, cfg.bagging_folds, cfg.seed)
     start = int(init_booster.current_iteration()) if init_booster is not None else 0
     std = (target_scaling or {}).get("std", 1.0)
-    params = lgb_params(
-        task, n_outputs, learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
-        min_child_samples=cfg.min_child_samples, seed=cfg.seed,
-    )  # fmt: skip
     boosters, rounds, state = cv_boosters(
-        params,
+        booster_params(cfg, task, n_outputs),
         lgb_dataset(features, y, categorical),
         folds,
         rounds=cfg.n_estimators,

@@ -26,6 +26,7 @@ from tunesmith.tabular.settings import TabularConfig
 from tunesmith.train.callbacks import Callback, StopTraining, TrainState, epoch_line
 
 __all__ = [
+    "booster_params",
     "cv_boosters",
     "fit_lightgbm",
     "keep_trees",
@@ -295,7 +296,8 @@ def scale_new_trees(booster: Any, first: int, alpha: float) -> Any:
 Split = tuple[TabularFeatures, np.ndarray]
 
 
-def _params(cfg: TabularConfig, task: str, n_outputs: int) -> dict[str, Any]:
+def booster_params(cfg: TabularConfig, task: str, n_outputs: int) -> dict[str, Any]:
+    """LightGBM's parameters for a fit with settings ``cfg`` (:func:`lgb_params` of its fields)."""
     return lgb_params(
         task,
         n_outputs,
@@ -329,7 +331,7 @@ def fit_lightgbm(
     start = int(init_booster.current_iteration()) if init_booster is not None else 0
     std = (target_scaling or {}).get("std", 1.0)
     booster, state = train_booster(
-        _params(cfg, task, n_outputs),
+        booster_params(cfg, task, n_outputs),
         dtrain,
         rounds=cfg.n_estimators,
         valid=dvalid,
@@ -377,7 +379,7 @@ def refit_lightgbm(
     )
     init = keep_trees(booster, info["init_trees"]) if info["init_trees"] else None
     refit, _ = train_booster(
-        _params(cfg, task, n_outputs),
+        booster_params(cfg, task, n_outputs),
         lgb_dataset(full, np.concatenate([train[1], valid[1]]), categorical),
         rounds=rounds,
         init_model=init,
