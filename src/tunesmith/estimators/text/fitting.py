@@ -92,6 +92,8 @@ class Built:
     std: float = 1.0
     regression: bool = False
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The dtype training autocasts to (None: float32), resolved from mixed_precision once.
+    autocast: torch.dtype | None = None
 
     def scale(self, v: np.ndarray | None) -> np.ndarray | None:
         """Regression targets standardised for training (a stable loss scale whatever the units)."""
@@ -253,7 +255,7 @@ def build(
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.gradual_unfreeze else []
     # Resolved before Accelerate is built: it fixes its precision once per process, so a
     # setting this machine cannot run must fail before it does.
-    autocast_dtype(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = autocast_dtype(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=accelerate_precision(cfg.mixed_precision),
@@ -266,7 +268,7 @@ def build(
         name: backbone.tokenize(part.texts, cfg.max_length) if part.texts else []
         for name, part in (("train", splits.train), ("valid", splits.valid), ("test", splits.test))
     }
-    built = Built(backbone, accelerator, ids, regression=regression)
+    built = Built(backbone, accelerator, ids, regression=regression, autocast=dtype)
     # Predictions are mapped back from the standardised scale the model trains on.
     if regression and warm is not None and warm.target_scaling:
         # the head's outputs keep the scale they were trained on
@@ -415,7 +417,7 @@ def train_model(
     n_outputs = 1 if regression else len(labels)
     if warm is not None and warm.base_state is not None:
         backbone.load_state_dict(warm.base_state)
-    dtype = autocast_dtype(cfg.mixed_precision, accelerator.device)
+    dtype = built.autocast
     kernel = backbone.use_attention(attention_kernel(cfg.attention, accelerator.device, dtype))
     if cfg.strategy == "lora":
         add_lora(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
