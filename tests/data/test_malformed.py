@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import random
 import warnings
 from pathlib import Path
@@ -430,3 +431,71 @@ def test_cli_process_prints_no_traceback(tmp_path: Path, name: str) -> None:
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and name in lines[0]
+
+
+# --- found by fuzzing (tests/data/test_fuzz_readers.py) -------------------------------------
+
+
+def test_a_corrupt_parquet_page_header_is_one_printable_line(tmp_path: Path) -> None:
+    # pyarrow's thrift errors span lines and can hold the raw byte they choked on.
+    buffer = io.BytesIO()
+    pd.DataFrame({"text": ["a", "b"], "label": [1, 2]}).to_parquet(buffer, index=False)
+    raw = buffer.getvalue()
+    err = _error(_write(tmp_path, "p.parquet", raw[:4] + b"\xff" * 4 + raw[8:]))
+    assert "p.parquet" in str(err) and "cannot read the file as Parquet" in err.message
+    assert str(err).isprintable(), repr(str(err))
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "row", "column"),
+    [
+        ("s.jsonl", '{"text": "ok", "label": 1}\n{"text": "bad \\ud800 half", "label": 2}\n', 2, "text"),
+        ("s.json", '[{"text": "ok"}, {"text": "ok"}, {"text": "\\udc00"}]', 3, "text"),
+        # a column of mixed types, where pandas would have kept the string for later to fail on
+        ("m.jsonl", '{"x": 1}\n{"x": "\\ud83d"}\n', 2, "x"),
+        ("k.jsonl", '{"\\ud800": 1}\n', 1, None),
+    ],
+)
+def test_an_unpaired_surrogate_escape_in_json(tmp_path: Path, name: str, data: str, row: int, column: str) -> None:
+    err = _error(_write(tmp_path, name, data))
+    assert name in str(err) and "unpaired surrogate" in err.message
+    assert (err.row, err.column) == (row, column)
+    # a pair of escapes is one character beyond U+FFFF, and reads
+    ok = read_table(_write(tmp_path, "ok.jsonl", '{"text": "\\ud83d\\ude00"}\n'))
+    assert ok["text"].tolist() == ["\U0001f600"]
+
+
+def test_a_quoted_empty_line_is_a_row_not_a_blank_line(tmp_path: Path) -> None:
+    # pandas skips a line of spaces but keeps "" (a quoted empty value); the row checks used to
+    # skip both, so a short "" row was padded with missing values without a word.
+    err = _error(_write(tmp_path, "q.csv", 'a,b\n1,2\n""\n3,4\n'))
+    assert err.row == 2 and "1 fields but the header has 2" in err.message
+    df = read_table(_write(tmp_path, "one.csv", 'a\n""\n  \n"  "\n1\n'))
+    assert df["a"].tolist()[1:] == ["  ", "1"] and pd.isna(df["a"].iloc[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        sample = read_table(_write(tmp_path, "two.csv", 'a\n""\n \n1\n2\n'), max_rows=2)
+    assert len(sample) == 2 and sample["a"].iloc[1] == 1
+    err = _error(_write(tmp_path, "later.csv", 'a\n""\n1,2\n'))
+    assert err.row == 2  # the "" row counts, so the rows after it are numbered as pandas numbers them
+
+
+def test_a_line_of_tabs_in_a_tsv_is_a_row_of_empty_values(tmp_path: Path) -> None:
+    # pandas skips a line of spaces, but in a TSV a tab separates (empty) values: such a line is
+    # a row. It used to be skipped by the row checks, so its missing fields went unreported.
+    err = _error(_write(tmp_path, "t.tsv", "a\tb\tc\n1\t2\t3\n \t \n"))
+    assert err.row == 2 and "2 fields but the header has 3" in err.message
+    df = read_table(_write(tmp_path, "ok.tsv", "a\tb\n1\t2\n\t\n  \n3\t4\n"))
+    assert len(df) == 3 and df["a"].isna().tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("max_rows", [None, 1])
+def test_parquet_text_that_is_not_utf8_names_the_column(tmp_path: Path, max_rows: int | None) -> None:
+    # pyarrow reads Parquet strings without checking their UTF-8; pandas then failed on them
+    # with an ArrowException from inside the mixed-type check.
+    buffer = io.BytesIO()
+    pd.DataFrame({"n": [1, 2], "text": ["naïve", "fine"]}).to_parquet(buffer, index=False, compression=None)
+    raw = buffer.getvalue()
+    at = raw.index("naïve".encode()) + 3  # the second byte of ï
+    err = _error(_write(tmp_path, "u.parquet", raw[:at] + b"\xff" + raw[at + 1 :]), max_rows=max_rows)
+    assert "u.parquet" in str(err) and err.column == "text" and "UTF-8" in str(err)

@@ -224,9 +224,14 @@ def _csv_reader(lines: Iterator[str] | io.StringIO, sep: str) -> Any:
     return csv.reader(lines, delimiter=sep)
 
 
-def _is_blank(record: list[str]) -> bool:
-    # pandas skips empty lines and lines of only spaces/tabs; so do we, to number rows alike.
-    return not record or (len(record) == 1 and not record[0].strip(" \t"))
+def _is_blank(raw: str, sep: str) -> bool:
+    """Whether the raw text of a record is a blank line, which pandas skips.
+
+    Judged on the text, not the parsed fields: pandas skips a line of nothing but spaces and
+    tabs (spaces only when tab is the separator: a tab there separates empty values), yet
+    keeps ``""`` or ``"  "`` (a quoted value), which the csv module parses alike.
+    """
+    return not raw.strip(" \t\r\n".replace(sep, ""))
 
 
 def _csv_records(text: str, sep: str, path: Path | None = None) -> Iterator[tuple[int, list[str]]]:
@@ -234,12 +239,21 @@ def _csv_records(text: str, sep: str, path: Path | None = None) -> Iterator[tupl
 
     The same quoting rules and blank-line skipping as pandas; line numbers are 1-based file lines.
     """
-    reader = _csv_reader(io.StringIO(text, newline=""), sep)
+    consumed: list[str] = []
+
+    def lines() -> Iterator[str]:
+        # csv reads no further than the record it returns, so these are exactly its lines.
+        for line in io.StringIO(text, newline=""):
+            consumed.append(line)
+            yield line
+
+    reader = _csv_reader(lines(), sep)
     start = 1
     try:
         for record in reader:
-            if not _is_blank(record):
+            if not _is_blank("".join(consumed), sep):
                 yield start, record
+            consumed.clear()
             start = reader.line_num + 1
     except csv.Error as e:
         raise DataError(

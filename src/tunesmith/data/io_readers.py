@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,10 +61,12 @@ def _head_bytes(path: Path, compression: Compression | None, fmt: str, max_rows:
                     consumed.append(line)
                     yield line
 
-            count, end = 0, 0
+            count, end, begin = 0, 0, 0
             try:
-                for record in _csv_reader(tracked(), _SEPARATOR[fmt]):
-                    if _is_blank(record):
+                for _record in _csv_reader(tracked(), _SEPARATOR[fmt]):
+                    raw = "".join(consumed[begin:])
+                    begin = len(consumed)
+                    if _is_blank(raw, _SEPARATOR[fmt]):
                         continue
                     if count == wanted:
                         return "".join(consumed[:end]).encode("latin-1"), True
@@ -152,6 +155,9 @@ def _ragged_error(text: str, sep: str, header: list[str], path: Path, detail: st
     return DataError(f"cannot parse the file: {detail.strip()}", file=path, hint="Check its separator and quoting")
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -191,7 +197,7 @@ def _read_json(text: str, path: Path, fmt: str) -> pd.DataFrame:
                     row=row,
                     hint='Each record must be an object like {"text": ..., "label": ...}',
                 )
-        return pd.DataFrame(records)
+        return _frame(records, text, path)
     rows: list[dict[str, Any]] = []
     last_line = max((number for number, _ in _json_lines(text)), default=0)
     # The file was cut mid-line (an interrupted download or write) when its last line has no newline.
@@ -230,7 +236,35 @@ def _read_json(text: str, path: Path, fmt: str) -> pd.DataFrame:
                 hint='Each line must be an object like {"text": ..., "label": ...}',
             )
         rows.append(record)
-    return pd.DataFrame(rows)
+    return _frame(rows, text, path)
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= ch <= "\udfff" for ch in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def _frame(records: list[dict[str, Any]], text: str, path: Path) -> pd.DataFrame:
+    """The records as a frame; a string that is not valid Unicode is an error at its row and key."""
+    # JSON can escape one half of a surrogate pair ("\\ud800"): no text encoding holds that
+    # string, so pandas fails on it (or keeps it, in a column of mixed types, for later to fail).
+    if _SURROGATE_ESCAPE.search(text):
+        for row, record in enumerate(records, start=1):
+            for key, value in record.items():
+                if _has_surrogate([key, value]):
+                    raise DataError(
+                        "a string holds an unpaired surrogate escape (like \\ud800), which is not valid Unicode",
+                        file=path,
+                        row=row,
+                        column=key if not _has_surrogate(key) else None,
+                        hint="Escapes of characters beyond U+FFFF come in pairs; fix the program that wrote the file",
+                    )
+    return pd.DataFrame(records)
 
 
 def _check_parquet_file(path: Path) -> None:
@@ -272,7 +306,7 @@ def _read_parquet(path: Path, max_rows: int | None = None) -> tuple[pd.DataFrame
         raise DataError("reading Parquet needs pyarrow", file=path, hint="pip install pyarrow") from e
     try:
         if max_rows is None:
-            return pd.read_parquet(path), False
+            return _valid(pq.read_table(path), path).to_pandas(), False
         pf = pq.ParquetFile(path)
         batches = []
         count = 0
@@ -282,14 +316,34 @@ def _read_parquet(path: Path, max_rows: int | None = None) -> tuple[pd.DataFrame
             if count >= max_rows:
                 break
         table = pa.Table.from_batches(batches, schema=pf.schema_arrow).slice(0, max_rows)
-        return table.to_pandas(), pf.metadata.num_rows > max_rows
+        return _valid(table, path).to_pandas(), pf.metadata.num_rows > max_rows
+    except DataError:
+        raise
     except Exception as e:
-        # pyarrow raises a handful of unrelated types (ArrowInvalid, OSError, ...) for one cause.
+        # pyarrow raises a handful of unrelated types (ArrowInvalid, OSError, ...) for one cause,
+        # some with a multi-line message (thrift's) that would break the one-line error.
+        detail = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in " ".join(str(e).split()))
         raise DataError(
-            f"cannot read the file as Parquet: {e}",
+            f"cannot read the file as Parquet: {detail or type(e).__name__}",
             file=path,
             hint="The file may be truncated or not Parquet; export it again",
         ) from e
+
+
+def _valid(table: Any, path: Path) -> Any:
+    """``table``, once every column is checked in full (pyarrow reads text without checking its UTF-8)."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        try:
+            column.validate(full=True)
+        except Exception as e:
+            detail = " ".join(str(e).split())
+            raise DataError(
+                f"the column holds invalid data ({detail})",
+                file=path,
+                column=name,
+                hint="The file is corrupt (text that is not valid UTF-8); export it again",
+            ) from e
+    return table
 
 
 def _finish(df: pd.DataFrame, path: Path, fmt: str) -> pd.DataFrame:
