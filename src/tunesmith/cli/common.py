@@ -45,9 +45,12 @@ FIT_ELSEWHERE = {
 }
 
 
-def text_settings(config: Path | None, overrides: list[str] | None, **flags: Any) -> dict[str, Any]:
-    """Text estimator settings: the config file, then ``key=value`` overrides, then flags; validated."""
-    params: dict[str, Any] = load_config_file(config) if config else {}
+def text_settings(
+    config: Path | None, overrides: list[str] | None, base: dict[str, Any] | None = None, **flags: Any
+) -> dict[str, Any]:
+    """Text estimator settings: the config file (or ``base``, a resumed run's), then ``key=value`` overrides,
+    then flags; validated."""
+    params: dict[str, Any] = dict(base) if base else (load_config_file(config) if config else {})
     for text in overrides or []:
         key, value = parse_override(text)
         params[key] = value
@@ -57,11 +60,18 @@ def text_settings(config: Path | None, overrides: list[str] | None, **flags: Any
 
 
 def plain_settings(
-    fields: Sequence[str], config: Path | None, overrides: list[str] | None, **flags: Any
+    fields: Sequence[str],
+    config: Path | None,
+    overrides: list[str] | None,
+    base: dict[str, Any] | None = None,
+    **flags: Any,
 ) -> dict[str, Any]:
     """Settings of another kind (``fields``: the names its settings model accepts); the
-    estimator's constructor validates them."""
-    params: dict[str, Any] = load_config_file(config, fields) if config else {}
+    estimator's constructor validates them. ``base`` (a resumed run's settings) replaces the file."""
+    if base:
+        params: dict[str, Any] = {k: v for k, v in base.items() if k in fields}
+    else:
+        params = load_config_file(config, fields) if config else {}
     for text in overrides or []:
         key, value = parse_override(text, fields)
         params[key] = value

@@ -140,6 +140,10 @@ def fit(
     cv: Annotated[int | None, typer.Option(help="First cross-validate with K folds and print the spread.")] = None,
     cv_strategy: Annotated[str, typer.Option(help="stratified, group or time folds.")] = "stratified",
     time_column: Annotated[str | None, typer.Option(help="Order of rows for --cv-strategy time.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Run folder of a killed fit: continue it from its last checkpoint (same DATA)."),
+    ] = None,
 ) -> None:
     """Fine-tune a backbone on DATA, compare with baselines, save the model and a run record.
 
@@ -147,9 +151,12 @@ def fit(
     fine-tunes an image CNN; a table without text trains the tabular models (LightGBM and a
     neural network, the better on validation kept). --kind tabular also takes tables that mix
     text with numbers and categories. --cv K first cross-validates the same settings (any kind).
+    --resume RUN continues a killed fit from its run folder with the settings it was started with
+    (and ends with the same weights as a fit never stopped).
     """
     # Imported here: --help and the other commands must not load every estimator (and torch).
     from tunesmith.estimators import registry
+    from tunesmith.estimators.resume import read_run_config
     from tunesmith.kinds import names as kind_names
     from tunesmith.search.cv import cross_validate
 
@@ -158,6 +165,22 @@ def fit(
         raise ArtifactError(
             "the output folder already exists", path=output, hint="Pass --overwrite or choose another -o"
         )
+    base: dict[str, Any] | None = None
+    if resume is not None:
+        if config is not None or cv is not None:
+            flag = "--config" if config is not None else "--cv"
+            raise typer.BadParameter("cannot be combined with --resume (the run's settings are used)", param_hint=flag)
+        base = read_run_config(resume)
+        target = target or base.pop("target", None)
+        base.pop("target", None)
+        if kind == "auto":
+            # The kind whose settings the run holds (a table fit as tabular must not resume as text).
+            fits = [
+                k
+                for k in kind_names()
+                if k not in FIT_ELSEWHERE and set(base) <= set(setting_names(registry.estimator(k)))
+            ]
+            kind = fits[0] if len(fits) == 1 else kind
     chosen = detect_kind(data, kind, image_column, backbone, target, kind_names())
     if chosen in FIT_ELSEWHERE:
         raise typer.BadParameter(f"{chosen} models are trained by: {FIT_ELSEWHERE[chosen]}", param_hint="--kind")
@@ -178,7 +201,7 @@ def fit(
     estimator_class = registry.estimator(chosen)
     if chosen == "text":
         params = text_settings(
-            config, overrides, task=task, backbone=backbone, group_column=group_column, split_column=split_column
+            config, overrides, base, task=task, backbone=backbone, group_column=group_column, split_column=split_column
         )
         fit_options: dict[str, Any] = {"target": target, "text_column": text_column}
     elif chosen == "image":
@@ -186,6 +209,7 @@ def fit(
             setting_names(estimator_class),
             config,
             overrides,
+            base,
             backbone=backbone,
             path_column=image_column,
             root=str(root) if root else None,
@@ -196,6 +220,7 @@ def fit(
             setting_names(estimator_class),
             config,
             overrides,
+            base,
             task=task,
             text_columns=[text_column] if text_column else None,
         )
@@ -214,7 +239,7 @@ def fit(
             seed=int(params.get("seed", 0)),
         )
         print_cv(result, cv, cv_strategy)
-    fitted = estimator.fit(data, **fit_options)
+    fitted = estimator.fit(data, **fit_options, **({"resume": resume} if resume is not None else {}))
     SUMMARIES[chosen](fitted)
     run_dir = getattr(fitted, "run_dir_", None) if chosen == "text" else None
     out = output or (Path(run_dir) / "model" if run_dir else Path("model"))

@@ -45,6 +45,7 @@ class FitArguments(NamedTuple):
     eval_set: Any
     test_set: Any
     callbacks: list[Any]
+    resume: Path | None = None
 
 
 def unsupported(estimator: Any, what: str, instead: str) -> NotSupportedError:
@@ -76,6 +77,7 @@ def fit_arguments(
     test_set: Any = None,
     callbacks: Sequence[Any] | None = None,
     deprecated: dict[str, Any] | None = None,
+    resume: Any = None,
 ) -> FitArguments:
     """Normalise ``fit``'s arguments: map the old keywords (``valid``, ``test``) with a warning.
 
@@ -107,7 +109,21 @@ def fit_arguments(
         given[new] = value
     if data is None:
         raise ConfigError("fit needs data: a file path, a DataFrame or arrays", key="data")
-    return FitArguments(data, y, target, given["eval_set"], given["test_set"], list(callbacks or []))
+    if resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise ConfigError(
+            f"resume must be a run folder path, got {type(resume).__name__}",
+            key="resume",
+            hint="Pass the run folder `tunesmith fit` printed (runs/<time>-<name>)",
+        )
+    return FitArguments(
+        data,
+        y,
+        target,
+        given["eval_set"],
+        given["test_set"],
+        list(callbacks or []),
+        Path(resume) if resume is not None else None,
+    )
 
 
 class Estimator(SettingsEstimator):

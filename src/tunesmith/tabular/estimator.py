@@ -29,6 +29,7 @@ from tunesmith.data.split import split_frame
 from tunesmith.data.targets import check_target_classes
 from tunesmith.data.validate import encode_target, row_numbers
 from tunesmith.errors import ArtifactError, ConfigError, DataError
+from tunesmith.estimators import resume as resume_run
 from tunesmith.estimators.base import Estimator, FitArguments, fit_arguments, unsupported
 from tunesmith.estimators.registry import Kind, register
 from tunesmith.evaluate.metrics import compute_metrics
@@ -44,7 +45,7 @@ from tunesmith.tabular.preprocess import TabularFeatures, TabularPreprocessor
 from tunesmith.tabular.refitting import LORA_HINT, refit_tabular
 from tunesmith.tabular.refitting import selection_key as _selection_key
 from tunesmith.tabular.settings import MODEL_CHOICES, TabularConfig
-from tunesmith.train.callbacks import Callback, HistoryLogger
+from tunesmith.train.callbacks import Callback
 
 __all__ = [
     "FORMAT_VERSION",
@@ -230,6 +231,7 @@ class TabularFineTuner(Estimator):
         eval_set: DataLike | None = None,
         test_set: DataLike | None = None,
         callbacks: Sequence[Callback] | None = None,
+        resume: str | os.PathLike[str] | None = None,
         **deprecated: Any,
     ) -> TabularFineTuner:
         """Train on ``data``: a DataFrame, a CSV/Parquet/JSONL path, or a 2-D array with labels ``y``.
@@ -243,10 +245,12 @@ class TabularFineTuner(Estimator):
         (``<metric>_ci``); ``baseline_metrics_`` holds the majority baseline's and
         ``uncertainty_`` whether each gain is larger than the noise. ``valid=``/``test=`` are the deprecated
         spellings of ``eval_set=``/``test_set=``. See the class docstring for ``callbacks``.
+        ``resume`` is the run folder of a killed fit to continue: the neural net resumes from its
+        newest checkpoint (see :mod:`tunesmith.estimators.resume`); LightGBM trains again.
         """
         args = fit_arguments(
             self, data, y, target=target, eval_set=eval_set, test_set=test_set, callbacks=callbacks,
-            deprecated=deprecated,
+            deprecated=deprecated, resume=resume,
         )  # fmt: skip
         try:
             return self._fit(args)
@@ -298,7 +302,8 @@ class TabularFineTuner(Estimator):
             target=target,
             rows={"train": len(train_df), "valid": len(valid_df), "test": len(test_df) if test_df is not None else 0},
         )
-        record = self._start_record(cfg, target, file)
+        stem = Path(file).stem if file else "tabular"
+        record = resume_run.open_run(cfg, stem, resume=args.resume, extra={"target": target})
 
         # build the features
         self.schema_ = schema
@@ -350,10 +355,15 @@ class TabularFineTuner(Estimator):
             # a bagged booster saw the validation rows: each is scored by the fold booster that did not
             valid_out["lightgbm"] = self._outputs(f_valid, "lightgbm") if oof is None else lgb_outputs(schema.task, oof)
         if want_net:
+            features = [f.numeric for f in (f_train, f_valid)] + [f.categorical for f in (f_train, f_valid)]
+            ckpt = resume_run.checkpointer(
+                record, cfg, lambda: resume_run.fingerprint(cfg.model_dump(mode="json"), [*features, y_train, y_valid]),
+                resume=args.resume, part="neural",
+            )  # fmt: skip
             self.net_, self.training_info_["neural"] = fit_net(
                 cfg, schema.task, self.n_outputs_, pre.cardinalities, (f_train, y_train), (f_valid, y_valid),
                 init_net=old.net_ if old is not None else None, target_scaling=self.target_scaling_,
-                callbacks=callbacks_for("neural"),
+                callbacks=callbacks_for("neural"), checkpointer=ckpt,
             )  # fmt: skip
             valid_out["neural"] = self._outputs(f_valid, "neural")
         if want_lgb and want_net:
@@ -393,6 +403,8 @@ class TabularFineTuner(Estimator):
         # record: 95% intervals on the test metrics, and the run record when runs_dir is set
         finish_record(self, record, test_outputs=test_outputs, y_train=y_train, y_test=y_test)
         self.run_dir_ = record.path if record is not None else None
+        if want_net:
+            resume_run.finish(ckpt, cfg)  # only now: a fit killed before here resumes the trained net
         return self
 
     def _split(
@@ -420,14 +432,6 @@ class TabularFineTuner(Estimator):
             test_df = self._drop_missing_target(with_rows(tdf), schema_target, test_file, "test")
         return train_df, valid_df, valid_file, test_df, test_file
 
-    def _start_record(self, cfg: TabularConfig, target: str, file: str | None) -> RunRecord | None:
-        """The run folder of this fit (``config.yaml`` written now), or None without ``runs_dir``."""
-        if not cfg.runs_dir:
-            return None
-        record = RunRecord.create(cfg.runs_dir, cfg.run_name or (Path(file).stem if file else "tabular"))
-        record.write_config({**cfg.model_dump(mode="json"), "target": target})
-        return record
-
     @staticmethod
     def _callbacks(given: Sequence[Callback], record: RunRecord | None) -> Any:
         """The callbacks of one training phase: the caller's, and the run record's epoch log."""
@@ -435,7 +439,7 @@ class TabularFineTuner(Estimator):
         def phase(name: str) -> list[Callback]:
             out = list(given)
             if record is not None:
-                out.append(HistoryLogger(lambda metrics: record.log_epoch({"model": name, **metrics})))
+                out.append(resume_run.history_logger(lambda metrics: record.log_epoch({"model": name, **metrics})))
             return out
 
         return phase

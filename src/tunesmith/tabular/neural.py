@@ -24,6 +24,7 @@ from tunesmith.runs.trust import field as meta_field
 from tunesmith.tabular.preprocess import TabularFeatures
 from tunesmith.tabular.settings import TabularConfig
 from tunesmith.train.callbacks import Callback, EarlyStopping, ProgressBar
+from tunesmith.train.checkpoint import Checkpointer
 from tunesmith.train.continual import AnchorPenalty, PenalisedLoss, anchor_state
 from tunesmith.train.loop import LocalAccelerator, LoopSettings
 from tunesmith.train.loop import train as train_loop
@@ -211,6 +212,7 @@ def train_tabular_net(
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
     penalty: AnchorPenalty | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
     """Train ``net`` in place with AdamW through the shared loop, keeping the best validation epoch.
 
@@ -310,6 +312,7 @@ def train_tabular_net(
             accelerator=LocalAccelerator("cpu"),
             valid_metrics=valid_metrics,
             callbacks=loop_callbacks,
+            checkpointer=checkpointer,
         )
     net.eval()
     best = state.best_epoch if has_valid and state.best_epoch is not None else len(state.history)
@@ -334,6 +337,7 @@ def fit_net(
     target_scaling: dict[str, float] | None = None,
     callbacks: Sequence[Callback] = (),
     l2sp: float = 0.0,
+    checkpointer: Checkpointer | None = None,
 ) -> tuple[TabularNet, dict[str, Any]]:
     """The network candidate of a fit (a copy of ``init_net`` trained on, or a new one) and what training did.
 
@@ -371,6 +375,7 @@ def fit_net(
         callbacks=callbacks,
         progress=cfg.progress,
         penalty=penalty,
+        checkpointer=checkpointer,
     )
     info = {
         "best_epoch": result.best_epoch,

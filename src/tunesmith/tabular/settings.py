@@ -77,6 +77,13 @@ class TabularConfig(BaseModel):
     progress: bool = Field(True, description="Show progress (a bar on a terminal, plain lines in a log).")
     runs_dir: str | None = Field("runs", description="Where run records are written; null or '' writes none.")
     run_name: str | None = Field(None, description="Name of the run folder (after the timestamp).")
+    checkpoints: bool = Field(
+        True, description="Write checkpoints into the run folder so a killed fit resumes (fit --resume RUN)."
+    )
+    checkpoint_every_steps: int = Field(
+        200, ge=0, description="Also checkpoint every this many batches (besides epoch ends); 0: epoch ends only."
+    )
+    keep_checkpoints: bool = Field(False, description="Keep the checkpoints once the fit succeeded (else removed).")
 
     @field_validator("bagging_folds")
     @classmethod

@@ -8,6 +8,8 @@ weights; validation, early stopping's snapshots and the returned model use the a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from tunesmith.train.callbacks import Callback, TrainState
@@ -37,6 +39,7 @@ class WeightAverage(Callback):
         self._average: list[torch.Tensor] = []
         self._raw: list[torch.Tensor] | None = None
         self._seen_updates: int | None = None
+        self._model: torch.nn.Module | None = None
 
     def _track(self, model: torch.nn.Module) -> None:
         known = {id(p) for p in self._params}
@@ -46,6 +49,7 @@ class WeightAverage(Callback):
                 self._average.append(p.detach().clone())
 
     def on_fit_start(self, state: TrainState) -> None:
+        self._model = state.model
         self._seen_updates = state.extra.get("updates")
         self._track(state.model)
 
@@ -73,6 +77,30 @@ class WeightAverage(Callback):
         self._swap_in()
         # The model keeps the average: the raw weights are not needed any more.
         self._raw = None
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        # Parameters are named by the model's own names, so a resumed fit matches them up
+        # whatever order gradual unfreezing added them in.
+        names = self._names()
+        tensors = {f"average.{names[id(p)]}": a for p, a in zip(self._params, self._average, strict=True)}
+        if self._raw is not None:
+            tensors.update({f"raw.{names[id(p)]}": r for p, r in zip(self._params, self._raw, strict=True)})
+        meta = {"updates": self.updates, "seen_updates": self._seen_updates, "swapped_in": self._raw is not None}
+        return tensors, meta
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        assert self._model is not None, "load_checkpoint_state runs after on_fit_start"
+        by_name = dict(self._model.named_parameters())
+        order = [k[len("average.") :] for k in tensors if k.startswith("average.")]
+        self._params = [by_name[n] for n in order]
+        self._average = [tensors[f"average.{n}"].to(by_name[n].device) for n in order]
+        self._raw = [tensors[f"raw.{n}"].to(by_name[n].device) for n in order] if meta.get("swapped_in") else None
+        self.updates = int(meta["updates"])
+        self._seen_updates = meta.get("seen_updates")
+
+    def _names(self) -> dict[int, str]:
+        assert self._model is not None
+        return {id(p): n for n, p in self._model.named_parameters()}
 
     @torch.no_grad()
     def _swap_in(self) -> None:

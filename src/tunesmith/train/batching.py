@@ -87,6 +87,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.window = window
         self.drop_last = drop_last
         self.epoch = 0
+        # Batches the next pass leaves out (a resumed fit already trained on them); one pass only.
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -118,7 +120,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+        skip, self.skip = self.skip, 0
+        yield from self._batches()[skip:]
 
     def __len__(self) -> int:
         n = len(self.lengths)

@@ -63,6 +63,16 @@ class Callback:
     def on_epoch_end(self, state: TrainState, metrics: dict[str, Any]) -> None: ...
     def on_fit_end(self, state: TrainState) -> None: ...
 
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """What this callback must keep for a resumed fit to continue exactly: tensors and JSON.
+
+        None (the default) for a callback without state of its own across epochs.
+        """
+        return None
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Take back what :meth:`checkpoint_state` returned (called once, after ``on_fit_start``)."""
+
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs; keep the best weights.
@@ -128,6 +138,14 @@ class EarlyStopping(Callback):
     def on_fit_end(self, state: TrainState) -> None:
         if self.restore_best and self.best_state is not None and self.load_fn is not None:
             self.load_fn(self.best_state)
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return dict(self.best_state or {}), {"best": self.best, "wait": self.wait, "has_state": bool(self.best_state)}
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.best = meta["best"]
+        self.wait = int(meta["wait"])
+        self.best_state = dict(tensors) if meta.get("has_state") else None
 
 
 class EpochHook(Callback):

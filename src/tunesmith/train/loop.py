@@ -17,8 +17,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tunesmith.errors import ArtifactError
 from tunesmith.train.batching import LengthGroupedBatchSampler
 from tunesmith.train.callbacks import Callback, StopTraining, TrainState
+from tunesmith.train.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    callback_key,
+    load_optimizer_state,
+    optimizer_state,
+    random_state,
+    set_random_state,
+)
 from tunesmith.train.precision import autocast
 
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
@@ -56,7 +66,11 @@ def make_loader(
     sampler = LengthGroupedBatchSampler(
         lengths, batch_size, shuffle=shuffle, group_by_length=group_by_length, seed=seed
     )
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0), sampler
+    # A loader draws a base seed from its generator at every pass; its own generator keeps that
+    # draw off the global one dropout uses, so a fit resumed mid-epoch draws the same masks.
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0, generator=generator)
+    return loader, sampler
 
 
 def predict_outputs(
@@ -104,8 +118,15 @@ def train(
     accelerator: Any,
     valid_metrics: MetricsFn,
     callbacks: Sequence[Callback] = (),
+    checkpointer: Checkpointer | None = None,
 ) -> TrainState:
-    """Fit ``model`` and return the final :class:`TrainState` (history, best epoch, stop reason)."""
+    """Fit ``model`` and return the final :class:`TrainState` (history, best epoch, stop reason).
+
+    With a ``checkpointer`` the loop saves a checkpoint at every epoch end and every
+    ``checkpointer.every_steps`` batches (at an optimizer update), and, when it is told to
+    resume, first continues from the newest usable one: the final weights are then the same,
+    bit for bit on a CPU, as those of a run that was never stopped.
+    """
     train_loader, train_sampler = make_loader(
         train_set,
         train_lengths,
@@ -146,17 +167,51 @@ def train(
     ordered = sorted(callbacks, key=lambda c: c.order)
     for cb in ordered:
         cb.on_fit_start(state)
+    start_epoch, skip = 0, 0
+    resumed: Checkpoint | None = None
+    if checkpointer is not None and checkpointer.resume:
+        shapes = {k: tuple(v.shape) for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        resumed = checkpointer.latest(expected=shapes)
+        if resumed is None and checkpointer.names():
+            reasons = "; ".join(f"{s['checkpoint']}: {s['reason']}" for s in checkpointer.skipped[:3])
+            raise ArtifactError(f"no checkpoint of this run can be resumed ({reasons})", path=checkpointer.folder)
+        if resumed is not None:
+            start_epoch, skip = _restore(resumed, model, optimizer, scheduler, state, ordered, accelerator)
+    last_saved = state.step
+
+    def save(epoch: int, batch: int, progress: dict[str, Any]) -> None:
+        nonlocal last_saved
+        assert checkpointer is not None
+        last_saved = state.step
+        # Only the main process writes; the others go on (they may hold no checkpointer at all).
+        if accelerator.is_main_process:
+            _save(checkpointer, model, optimizer, scheduler, state, ordered, accelerator, epoch, batch, progress)
 
     try:
-        for epoch in range(settings.epochs):
+        for epoch in range(start_epoch, settings.epochs):
             state.epoch = epoch
+            first = skip if epoch == start_epoch else 0
+            # Accelerate's loader sets its sampler's epoch from its own count of passes, which
+            # starts at 0 in a resumed process: tell it the epoch too.
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
             train_sampler.set_epoch(epoch)
+            # Sharded over processes, each step of a process takes one batch per process.
+            train_sampler.skip = first * accelerator.num_processes
+            if hasattr(collate, "set_epoch"):
+                collate.set_epoch(epoch)
             for cb in ordered:
                 cb.on_epoch_start(state)
             model.train()
-            started = time.perf_counter()
-            total_loss, total_n, epoch_examples = 0.0, 0, 0
-            for i, batch in enumerate(train_loader):
+            total_loss, total_n, epoch_examples, before = 0.0, 0, 0, 0.0
+            if resumed is not None and epoch == start_epoch:
+                carried = resumed.meta["epoch_progress"]
+                total_loss, total_n = float(carried["loss_sum"]), int(carried["n"])
+                epoch_examples, before = int(carried["examples"]), float(carried["seconds"])
+                # Last, so nothing between here and the first batch draws from them.
+                set_random_state(resumed.tensors, resumed.meta["random"])
+            started = time.perf_counter() - before
+            for i, batch in enumerate(train_loader, start=first):
                 inputs = _model_inputs(batch)
                 target = batch["target"]
                 last_of_group = (i + 1) % accum == 0 or i + 1 == steps_per_epoch
@@ -186,6 +241,19 @@ def train(
                 state.step += 1
                 for cb in ordered:
                     cb.on_step_end(state, float(loss.detach()))
+                if (
+                    checkpointer is not None
+                    and last_of_group
+                    and i + 1 < steps_per_epoch
+                    and checkpointer.due(state.step, last_saved)
+                ):
+                    progress = {
+                        "loss_sum": total_loss,
+                        "n": total_n,
+                        "examples": epoch_examples,
+                        "seconds": time.perf_counter() - started,
+                    }
+                    save(epoch, i + 1, progress)
             seconds = time.perf_counter() - started
             state.examples_seen += epoch_examples
             metrics: dict[str, Any] = {
@@ -219,11 +287,117 @@ def train(
             if stop is not None:
                 state.stop_reason = stop.reason
                 break
+            if checkpointer is not None and epoch + 1 < settings.epochs:
+                save(epoch + 1, 0, {"loss_sum": 0.0, "n": 0, "examples": 0, "seconds": 0.0})
     finally:
         for cb in ordered:
             cb.on_fit_end(state)
     accelerator.wait_for_everyone()
     return state
+
+
+def _save(
+    checkpointer: Checkpointer,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainState,
+    callbacks: Sequence[Callback],
+    accelerator: Any,
+    epoch: int,
+    batch: int,
+    progress: dict[str, Any],
+) -> None:
+    """One checkpoint: training resumes at batch ``batch`` of epoch ``epoch`` (0-based)."""
+    tensors = {f"model.{k}": v for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    opt_tensors, opt_meta = optimizer_state(optimizer)
+    tensors.update(opt_tensors)
+    callback_meta: dict[str, Any] = {}
+    for index, cb in enumerate(callbacks):
+        kept = cb.checkpoint_state()
+        if kept is not None:
+            key = callback_key(index, cb)
+            tensors.update({f"callback.{key}.{k}": v for k, v in kept[0].items()})
+            callback_meta[key] = kept[1]
+    rng_tensors, rng_meta = random_state()
+    tensors.update(rng_tensors)
+    meta = {
+        "step": state.step,
+        "epoch": epoch,
+        "batch": batch,
+        "optimizer": opt_meta,
+        # Older PyTorch keeps functions in some schedulers' state (OneCycleLR's anneal_func); the
+        # scheduler rebuilds them itself.
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if not callable(v)},
+        "processes": accelerator.num_processes,
+        "random": rng_meta,
+        "callbacks": callback_meta,
+        "epoch_progress": progress,
+        "train_state": {
+            "examples_seen": state.examples_seen,
+            "history": state.history,
+            "best_epoch": state.best_epoch,
+            "best_value": state.best_value,
+            "extra": state.extra,
+        },
+    }
+    checkpointer.save(tensors, meta)
+
+
+def _restore(
+    found: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainState,
+    callbacks: Sequence[Callback],
+    accelerator: Any,
+) -> tuple[int, int]:
+    """Put the run back where ``found`` left it; returns (epoch, batches of it already trained)."""
+    meta = found.meta
+    if meta.get("processes", 1) != accelerator.num_processes:
+        raise ArtifactError(
+            f"was written by a fit on {meta.get('processes')} process(es); "
+            f"this one runs on {accelerator.num_processes}",
+            path=found.folder,
+            hint="Resume with as many processes as the run had",
+        )
+    try:
+        _restore_parts(found, model, optimizer, scheduler, state, callbacks, accelerator)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise ArtifactError(
+            f"does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            path=found.folder,
+            hint="Resume with the run's own settings and data, or start a new run",
+        ) from None
+    return int(meta["epoch"]), int(meta["batch"])
+
+
+def _restore_parts(
+    found: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainState,
+    callbacks: Sequence[Callback],
+    accelerator: Any,
+) -> None:
+    meta = found.meta
+    accelerator.unwrap_model(model).load_state_dict(found.part("model"), strict=True)
+    load_optimizer_state(optimizer, found.tensors, meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    saved = meta["train_state"]
+    state.step = int(meta["step"])
+    state.examples_seen = int(saved["examples_seen"])
+    state.history = list(saved["history"])
+    state.best_epoch = saved["best_epoch"]
+    state.best_value = saved["best_value"]
+    state.extra.update(saved["extra"])
+    state.extra["resumed_from"] = found.folder.name
+    for index, cb in enumerate(callbacks):
+        key = callback_key(index, cb)
+        if key in meta["callbacks"]:
+            cb.load_checkpoint_state(found.part(f"callback.{key}"), meta["callbacks"][key])
 
 
 def training_summary(

@@ -29,6 +29,7 @@ from tunesmith.backbones.image import ImageBackbone, rebuild
 from tunesmith.data.schema import label_string, sorted_labels
 from tunesmith.data.targets import check_target_classes
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.estimators import resume as resume_run
 from tunesmith.estimators.base import Estimator, fit_arguments, row_limit
 from tunesmith.estimators.image.folder import open_image_folder, write_image_folder
 from tunesmith.estimators.image.inputs import (
@@ -60,15 +61,8 @@ from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline
 from tunesmith.evaluate.intervals import TestPredictions
 from tunesmith.evaluate.metrics import compute_metrics, metric_direction
 from tunesmith.runs.trust import SafeFolder, open_model
-from tunesmith.train.callbacks import (
-    Callback,
-    EarlyStopping,
-    EpochHook,
-    HistoryLogger,
-    ProgressBar,
-    TrainState,
-    snapshot,
-)
+from tunesmith.train.callbacks import Callback, EarlyStopping, EpochHook, ProgressBar, TrainState, snapshot
+from tunesmith.train.checkpoint import Checkpointer
 from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import make_loss
 from tunesmith.train.optim import make_optimizer, make_scheduler
@@ -140,6 +134,7 @@ class ImageFineTuner(Estimator):
         eval_set: tuple[ImageInput, Any] | ImageInput | None = None,
         test_set: tuple[ImageInput, Any] | ImageInput | None = None,
         callbacks: Sequence[Callback] | None = None,
+        resume: str | os.PathLike[str] | None = None,
         valid: tuple[ImageInput, Any] | ImageInput | None = None,
         test: tuple[ImageInput, Any] | ImageInput | None = None,
     ) -> ImageFineTuner:
@@ -149,7 +144,8 @@ class ImageFineTuner(Estimator):
         Without ``eval_set``/``test_set``, stratified validation and test splits of
         ``valid_size`` and ``test_size`` are carved out (seeded); given, they take the same
         forms as ``data``, as ``(X, y)`` pairs for arrays. ``valid=``/``test=`` are the
-        deprecated spellings of ``eval_set=``/``test_set=``.
+        deprecated spellings of ``eval_set=``/``test_set=``. ``resume`` is the run folder of a
+        killed fit to continue (see :mod:`tunesmith.estimators.resume`).
         """
         args = fit_arguments(
             self,
@@ -160,6 +156,7 @@ class ImageFineTuner(Estimator):
             test_set=test_set,
             callbacks=callbacks,
             deprecated={"valid": valid, "test": test},
+            resume=resume,
         )
         cfg = self.config
         started = time.perf_counter()
@@ -175,13 +172,19 @@ class ImageFineTuner(Estimator):
         accelerator = Accelerator(
             cpu=not torch.cuda.is_available(), mixed_precision=accelerate_precision(cfg.mixed_precision)
         )
-        record = None
-        if accelerator.is_main_process:
-            source = splits.data.file
-            record = start_record(cfg.runs_dir, cfg.run_name, source, cfg.model_dump(mode="json"))
+        main = accelerator.is_main_process
+        record, checkpointer = start_record(cfg, splits.data.file, args.resume, main, splits.train)
         baselines = self._baselines(cfg, backbone, splits)
         state, loop_seconds, info = self._train(
-            cfg, backbone, splits.labels, splits.train, splits.valid, accelerator, args.callbacks, record
+            cfg,
+            backbone,
+            splits.labels,
+            splits.train,
+            splits.valid,
+            accelerator,
+            args.callbacks,
+            record,
+            ckpt=checkpointer,
         )
         predictions = self._evaluate(splits, baselines)
         train_seconds = sum(float(h.get("epoch_seconds") or 0.0) for h in state.history) or loop_seconds
@@ -193,6 +196,7 @@ class ImageFineTuner(Estimator):
             "batchnorm": info["batchnorm"],
         }
         finish_record(self, record, predictions)
+        resume_run.finish(checkpointer, cfg)
         return self
 
     def _build_backbone(self, cfg: ImageConfig) -> ImageBackbone:
@@ -295,6 +299,7 @@ class ImageFineTuner(Estimator):
         *,
         start: ImageModel | None = None,
         wrap_loss: Callable[[nn.Module], nn.Module] | None = None,
+        ckpt: Checkpointer | None = None,
     ) -> tuple[TrainState, float, dict[str, Any]]:
         """Build the network, freeze, train with the shared loop, then settle BatchNorm statistics.
 
@@ -376,7 +381,7 @@ class ImageFineTuner(Estimator):
         if cfg.progress:
             loop_callbacks.append(ProgressBar(f"fine-tuning {cfg.backbone} ({cfg.strategy})"))
         if record is not None:
-            loop_callbacks.append(HistoryLogger(record.log_epoch))
+            loop_callbacks.append(resume_run.history_logger(record.log_epoch))
         loop_callbacks.extend(callbacks)
         trainable, total = count_parameters(model)
         settings = LoopSettings(
@@ -417,6 +422,7 @@ class ImageFineTuner(Estimator):
             accelerator=accelerator,
             valid_metrics=valid_metrics,
             callbacks=loop_callbacks,
+            checkpointer=ckpt,
         )
         loop_seconds = time.perf_counter() - loop_started
         model = accelerator.unwrap_model(model)

@@ -179,7 +179,12 @@ class Collate:
         self.pre = pre
         self.aug = aug
         self.n_classes = n_classes
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training loop says which epoch the next batches belong to."""
+        self.epoch = epoch
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         index = torch.tensor([b["index"] for b in batch], dtype=torch.long)
@@ -190,9 +195,14 @@ class Collate:
         x = source[index].float().div_(255.0)
         out_target: torch.Tensor = target
         if training and self.aug.enabled:
-            x = augment_batch(x, self.aug, self.generator)
+            # Each batch draws from its own generator, seeded by the epoch and its first example
+            # (an example is in one batch an epoch): the draws do not depend on how many batches
+            # were collated before, so a fit resumed mid-epoch augments exactly as before.
+            key = np.random.SeedSequence([self.seed, self.epoch, int(index[0])]).generate_state(1)[0]
+            generator = torch.Generator().manual_seed(int(key))
+            x = augment_batch(x, self.aug, generator)
             if self.aug.needs_soft_targets:
-                x, out_target = mix_batch(x, target, self.n_classes, self.aug, self.generator)
+                x, out_target = mix_batch(x, target, self.n_classes, self.aug, generator)
         return {"pixels": self.pre.normalize(x), "target": out_target, "index": index}
 
 

@@ -12,21 +12,21 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.estimators import resume as resume_run
 from tunesmith.estimators.image.folder import report_info
 from tunesmith.estimators.record import record_intervals, write_fit_record
 from tunesmith.evaluate.intervals import TestPredictions
 from tunesmith.runs.record import RunRecord
+from tunesmith.train.checkpoint import Checkpointer
 
 
 def start_record(
-    runs_dir: str | None, run_name: str | None, source: str | None, config: dict[str, Any]
-) -> RunRecord | None:
-    """A new run folder under ``runs_dir`` holding the resolved ``config``; None when records are off."""
-    if not runs_dir:
-        return None
-    record = RunRecord.create(runs_dir, run_name or (Path(source).stem if source else "fit"))
-    record.write_config(config)
-    return record
+    cfg: Any, source: str | None, resume: Path | None, main_process: bool, train: tuple[np.ndarray, np.ndarray]
+) -> tuple[RunRecord | None, Checkpointer | None]:
+    """The run folder (new under ``runs_dir``, or ``resume`` reopened) and the fit's checkpointer."""
+    record = resume_run.open_run(cfg, Path(source).stem if source else "fit", resume=resume, main_process=main_process)
+    print_ = lambda: resume_run.fingerprint(cfg.model_dump(mode="json"), list(train))  # noqa: E731
+    return record, resume_run.checkpointer(record, cfg, print_, resume=resume)
 
 
 def test_predictions(

@@ -68,6 +68,13 @@ class ImageConfig(BaseModel):
     progress: bool = True
     runs_dir: str | None = Field("runs", description="Where run records are written; null or '' writes none.")
     run_name: str | None = Field(None, description="Name of the run folder (after the timestamp).")
+    checkpoints: bool = Field(
+        True, description="Write checkpoints into the run folder so a killed fit resumes (fit --resume RUN)."
+    )
+    checkpoint_every_steps: int = Field(
+        200, ge=0, description="Also checkpoint every this many batches (besides epoch ends); 0: epoch ends only."
+    )
+    keep_checkpoints: bool = Field(False, description="Keep the checkpoints once the fit succeeded (else removed).")
 
     @field_validator("augment", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from tunesmith.data.schema import Schema, label_values
 from tunesmith.data.validate import encode_target, prepare_frame, texts_of
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators import registry
+from tunesmith.estimators import resume as resume_run
 from tunesmith.estimators.base import Estimator, FitArguments, NotSupportedError, fit_arguments, row_limit
 from tunesmith.estimators.text.inputs import DataLike, prediction_texts, read_frame
 from tunesmith.estimators.text.record import write_record
@@ -113,6 +114,7 @@ class FineTuner(Estimator):
         eval_set: DataLike | None = None,
         test_set: DataLike | None = None,
         callbacks: Sequence[Callback] | None = None,
+        resume: str | os.PathLike[str] | None = None,
     ) -> FineTuner:
         """Fine-tune on ``X`` and score the result and the baselines on a held-out test split.
 
@@ -144,8 +146,14 @@ class FineTuner(Estimator):
         (``head_only`` training, the frozen-embedding baseline) are computed once per process
         and reused by later fits of the same backbone, pooling, ``max_length`` and texts; see
         :mod:`tunesmith.backbones.cache`.
+
+        ``resume`` is the run folder of a fit that was killed: training continues from its
+        newest checkpoint with the same data and settings and ends with the same weights, bit
+        for bit on a CPU, as a run never stopped (see :mod:`tunesmith.estimators.resume`).
         """
-        args = fit_arguments(self, X, y, target=target, eval_set=eval_set, test_set=test_set, callbacks=callbacks)
+        args = fit_arguments(
+            self, X, y, target=target, eval_set=eval_set, test_set=test_set, callbacks=callbacks, resume=resume
+        )
         return self._fit(args, text_column)
 
     def _fit(
@@ -167,13 +175,28 @@ class FineTuner(Estimator):
         self.schema_ = data.schema
         splits = fitting.split(data, inputs, cfg)  # cleaning before the split, then the split
         built = fitting.build(self, cfg, data, splits, warm)
-        record = fitting.open_record(cfg, inputs.file, built)
+        record = resume_run.open_run(
+            cfg,
+            Path(inputs.file).stem if inputs.file else "fit",
+            resume=args.resume,
+            main_process=built.accelerator.is_main_process,
+        )
+        built.checkpointer = resume_run.checkpointer(
+            record,
+            cfg,
+            lambda: resume_run.fingerprint(
+                cfg.model_dump(mode="json"),
+                [built.ids["train"], splits.train.y, built.ids["valid"], splits.valid.y],
+            ),
+            resume=args.resume,
+        )
         found_baselines = fitting.baselines(self, cfg, data.schema, splits, built)
         trained = fitting.train_model(self, cfg, data.schema, splits, built, record, args.callbacks, warm)
         fitting.keep(self, cfg, built, trained, splits)
         fitting.evaluate(self, cfg, data.schema, splits, built)
         fitting.describe(self, data, splits, trained, found_baselines, started)
         write_record(self, record)
+        resume_run.finish(built.checkpointer, cfg)
         self.run_dir_ = record.path if record is not None else None
         built.accelerator.wait_for_everyone()
         return self

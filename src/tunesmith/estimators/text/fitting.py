@@ -33,6 +33,7 @@ from tunesmith.data.split import split_frame
 from tunesmith.data.targets import check_target_classes
 from tunesmith.data.validate import EncodedSplit, PreparedData, encode_split, prepare_frame, resolve_data, row_numbers
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.estimators import resume as resume_run
 from tunesmith.estimators.base import FitArguments
 from tunesmith.estimators.text.inputs import frame_sha256, read_frame
 from tunesmith.evaluate.baselines import embedding_baseline, majority_baseline, tfidf_baseline
@@ -41,8 +42,9 @@ from tunesmith.model import FeatureModel, TextModel
 from tunesmith.runs.record import RunRecord
 from tunesmith.train.averaging import WeightAverage
 from tunesmith.train.batching import Collator, TokenDataset
-from tunesmith.train.callbacks import Callback, EarlyStopping, EpochHook, HistoryLogger, ProgressBar, TrainState
+from tunesmith.train.callbacks import Callback, EarlyStopping, EpochHook, ProgressBar, TrainState
 from tunesmith.train.callbacks import snapshot as state_snapshot
+from tunesmith.train.checkpoint import Checkpointer
 from tunesmith.train.continual import AnchorPenalty, PenalisedLoss, anchor_state
 from tunesmith.train.loop import LoopSettings, train, training_summary
 from tunesmith.train.losses import class_weights, make_loss
@@ -94,6 +96,7 @@ class Built:
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)
     # The dtype training autocasts to (None: float32), resolved from mixed_precision once.
     autocast: torch.dtype | None = None
+    checkpointer: Checkpointer | None = None  # set once the run folder is known
 
     def scale(self, v: np.ndarray | None) -> np.ndarray | None:
         """Regression targets standardised for training (a stable loss scale whatever the units)."""
@@ -281,15 +284,6 @@ def build(
     else:
         est.target_scaling_ = None
     return built
-
-
-def open_record(cfg: FitConfig, file: str | None, built: Built) -> RunRecord | None:
-    """The run folder (main process only, when ``runs_dir`` is set), with the resolved config."""
-    if not (cfg.runs_dir and built.accelerator.is_main_process):
-        return None
-    record = RunRecord.create(cfg.runs_dir, cfg.run_name or f"{Path(file).stem if file else 'fit'}")
-    record.write_config(cfg.model_dump(mode="json"))
-    return record
 
 
 def baselines(
@@ -515,7 +509,7 @@ def train_model(
     if cfg.progress and accelerator.is_main_process:
         loop_callbacks.append(ProgressBar(f"fine-tuning {cfg.backbone} ({cfg.strategy})"))
     if record is not None:
-        loop_callbacks.append(HistoryLogger(record.log_epoch))
+        loop_callbacks.append(resume_run.history_logger(record.log_epoch))
     # The caller's callbacks join the built-in ones; the loop runs them all by ``order``.
     loop_callbacks.extend(callbacks)
 
@@ -547,6 +541,7 @@ def train_model(
             accelerator=accelerator,
             valid_metrics=valid_metrics,
             callbacks=loop_callbacks,
+            checkpointer=built.checkpointer,
         )
     loop_seconds = time.perf_counter() - train_started
     # Training time proper: the epochs' passes over the training split, without the
