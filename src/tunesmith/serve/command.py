@@ -6,6 +6,12 @@ or ONNX graph fails at once with the :class:`~tunesmith.errors.TunesmithError` t
 one process per worker from an import string and a factory; the settings travel to them as
 JSON in an environment variable (not on a command line, where ``ps`` would show the keys),
 and each process loads its own model with ``cores // workers`` threads.
+
+uvicorn's supervisor replaces a worker that exits after it started, whether it was killed
+(SIGKILL, the out-of-memory killer) or stopped gracefully (SIGTERM): only a worker that fails
+before it serves (exit status 3) stops the whole server. A worker told to stop reports
+not-ready but still answers the predictions that reach it in the moment before uvicorn closes
+its connections (see :func:`create_worker_app`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -148,8 +154,8 @@ def _run_single(model: Path, settings: ServeSettings) -> None:
 
 class _Server(uvicorn.Server):
     """uvicorn's Server, told to drain (not-ready, 503 for new predictions) the moment a
-    shutdown signal arrives. Worker processes of ``--workers N`` get the same from
-    :func:`~tunesmith.serve.app.create_app_from_env`.
+    shutdown signal arrives. Worker processes of ``--workers N`` only report not-ready, since
+    another worker can serve (see :func:`create_worker_app`).
     """
 
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
@@ -245,6 +251,50 @@ def _check_model(folder: Path, settings: ServeSettings) -> None:
             )
 
 
+WORKER_FACTORY = "tunesmith.serve.command:create_worker_app"
+
+
+def create_worker_app() -> Any:
+    """App factory of each ``--workers N`` process: model and settings come from the environment.
+
+    On SIGTERM or SIGINT the worker reports not-ready (``/ready`` 503 ``draining``) at once,
+    then uvicorn's own handler (installed before it calls the factory) stops the server: the
+    listener closes, so new connections go to the other workers (or the replacement the
+    supervisor starts), idle kept-alive connections close, and each in-flight request gets
+    its answer with ``Connection: close``. Unlike a lone server, the worker does not refuse
+    the predictions it reads in the tenth of a second before uvicorn acts on the signal:
+    they would be 503s, though another worker can serve their client's next connection, and
+    the drain waits for them like for any admitted request. A rolling restart (SIGHUP to the
+    parent, or SIGTERM to one worker) so refuses nothing.
+    """
+    raw = os.environ.get(SETTINGS_ENV)
+    model = os.environ.get(MODEL_ENV)
+    if not raw or not model:
+        raise RuntimeError(f"{SETTINGS_ENV} and {MODEL_ENV} must be set (run_server sets them)")
+    app = create_app(Path(model), ServeSettings.from_json(raw), owns_process=True)
+    _unready_on_signals(app.state.tunesmith)
+    return app
+
+
+def _unready_on_signals(state: ServerState) -> None:
+    """Report not-ready on SIGTERM and SIGINT, then call the handler that was there (uvicorn's)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):  # SIG_DFL or SIG_IGN: nobody to chain to, leave it
+            continue
+
+        def handler(signum: int, frame: Any, previous: Callable[[int, Any], Any] = previous) -> None:
+            # Not begin_drain(): that also refuses new predictions; the lifespan's shutdown
+            # (ServerState.stop) does so once uvicorn has closed the connections.
+            state.draining = True
+            state.ready = False
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def _run_workers(model: Path, settings: ServeSettings) -> None:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -257,9 +307,7 @@ def _run_workers(model: Path, settings: ServeSettings) -> None:
     os.environ[SETTINGS_ENV] = settings.to_json()
     os.environ[MODEL_ENV] = str(model.resolve())
     try:
-        config = _uvicorn_config(
-            "tunesmith.serve.app:create_app_from_env", settings, factory=True, workers=settings.workers
-        )
+        config = _uvicorn_config(WORKER_FACTORY, settings, factory=True, workers=settings.workers)
         supervisor = Multiprocess(config, sockets=[sock])
         with sock:
             supervisor.run()
