@@ -26,20 +26,32 @@ def tune(
     ] = "auto",
     trials: Annotated[int | None, typer.Option(help="Finished trials to reach (the study's total).")] = None,
     time_budget: Annotated[str | None, typer.Option(help="Stop after this long: 90s, 30m, 2h.")] = None,
+    epoch_budget: Annotated[
+        int | None, typer.Option(help="Stop once the trials trained this many epochs in all (pruned ones count).")
+    ] = None,
     space: Annotated[Path | None, typer.Option(help="Search space YAML (default: one for the task).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of fixed settings.")] = None,
     sampler: Annotated[str, typer.Option(help="tpe, random or grid.")] = "tpe",
     pruner: Annotated[str, typer.Option(help="median, halving or none.")] = "median",
+    startup_trials: Annotated[
+        int | None, typer.Option(help="Random trials before TPE models the results (default 10).")
+    ] = None,
     cv: Annotated[int | None, typer.Option(help="Score each trial by K-fold cross-validation.")] = None,
     cv_strategy: Annotated[str, typer.Option(help="stratified, group or time.")] = "stratified",
     group_column: Annotated[str | None, typer.Option(help="Groups for --cv-strategy group.")] = None,
     time_column: Annotated[str | None, typer.Option(help="Order for --cv-strategy time.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column (inferred if omitted).")] = None,
     storage: Annotated[
-        str | None, typer.Option(help="Journal file or database URL (default: OUT/study.journal).")
+        str | None,
+        typer.Option(
+            help="Journal file or database URL, e.g. postgresql://user:pass@host/db: run the same command on "
+            "several machines with one URL to share the study (default: OUT/study.journal)."
+        ),
     ] = None,
     study_name: Annotated[str, typer.Option(help="Study name in the storage.")] = "tunesmith",
-    workers: Annotated[int, typer.Option(help="Processes sharing the study on this machine.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Processes sharing the study on this machine (each gets cores / workers threads).")
+    ] = 1,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for results and plots.")] = Path("tuning"),
     refit: Annotated[bool, typer.Option(help="Refit the best settings on train + validation and save it.")] = False,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
@@ -63,7 +75,7 @@ def tune(
         base = plain_settings(setting_names(registry.estimator(chosen)), config, overrides)
     if target is None and chosen in ("text", "tabular"):
         raise typer.BadParameter("is required for a table (the column holding the labels)", param_hint="--target")
-    if trials is None and time_budget is None and sampler != "grid":
+    if trials is None and time_budget is None and epoch_budget is None and sampler != "grid":
         trials = 20
     result = run_search(
         str(data),
@@ -73,8 +85,10 @@ def tune(
         space=str(space) if space else None,
         n_trials=trials,
         time_budget=time_budget,
+        epoch_budget=epoch_budget,
         sampler=sampler,
         pruner=pruner,
+        startup_trials=startup_trials,
         cv=cv,
         cv_strategy=cv_strategy,
         group_column=group_column,

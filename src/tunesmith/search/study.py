@@ -4,7 +4,8 @@ callback and the result of a search.
 A study lives in an Optuna storage: a journal file by default (several processes on one
 machine or a shared file system may append to it), or any database URL
 (``sqlite:///study.db``, ``postgresql://...``) for many machines. A trial that was running when
-its process died is marked failed and queued again with the same settings.
+its process died is marked failed and queued again with the same settings: found by its
+process id on this machine, and in a database by its heartbeat, whichever machine ran it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import re
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,8 @@ PRUNERS: tuple[str, ...] = ("median", "halving", "none")
 CV_STRATEGIES: tuple[str, ...] = ("stratified", "group", "time")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)", re.I)
 _RDB_PREFIXES = ("sqlite://", "postgresql", "postgres://", "mysql", "oracle", "mssql")
+# Seconds between heartbeats of a running trial in a database storage (see make_storage).
+HEARTBEAT_SECONDS = 60
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -171,15 +175,19 @@ class TuneResult:
 # --- building blocks ------------------------------------------------------------------------
 
 
-def make_sampler(name: str, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    """Optuna sampler for ``tpe``, ``random`` or ``grid``."""
+def make_sampler(
+    name: str, space: SearchSpace, seed: int, *, startup_trials: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """Optuna sampler for ``tpe`` (after ``startup_trials`` random trials, default 10), ``random`` or ``grid``."""
     import optuna
 
     if name == "tpe":
         # Multivariate TPE models parameters jointly; group handles the conditional ones.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, n_startup_trials=startup_trials or 10
+            )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -201,8 +209,18 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise ConfigError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}", key="pruner")
 
 
-def make_storage(storage: str | os.PathLike[str] | None) -> tuple[Any, str]:
-    """(Optuna storage, its description). A path is a journal file; a URL is a database."""
+def make_storage(
+    storage: str | os.PathLike[str] | None, *, heartbeat: int | None = None, grace: int | None = None
+) -> tuple[Any, str]:
+    """(Optuna storage, its description). A path is a journal file; a URL is a database.
+
+    A database storage records a heartbeat of every running trial each ``heartbeat`` seconds
+    (default :data:`HEARTBEAT_SECONDS`);
+    a trial whose heartbeat is older than ``grace`` seconds (default: three beats) belongs to a
+    worker that died, on any machine: the next trial any worker starts marks it failed and
+    queues its settings again. The description hides the URL's password (it goes into
+    reports); pass the original ``storage`` to other processes.
+    """
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
@@ -210,7 +228,8 @@ def make_storage(storage: str | os.PathLike[str] | None) -> tuple[Any, str]:
         return optuna.storages.InMemoryStorage(), "memory"
     text = str(storage)
     if text.startswith(_RDB_PREFIXES):
-        return text, text
+        url = database_url(text)
+        return _open_database(url, heartbeat or HEARTBEAT_SECONDS, grace), _hide_password(text)
     if "://" in text:
         raise ConfigError(
             f"unknown storage URL {text!r}", key="storage", hint="Give a journal file path or a database URL"
@@ -218,6 +237,77 @@ def make_storage(storage: str | os.PathLike[str] | None) -> tuple[Any, str]:
     path = Path(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path))), str(path)
+
+
+def _open_database(url: str, heartbeat: int, grace: int | None) -> Any:
+    """An RDBStorage on ``url`` with heartbeats (see make_storage); errors say which database and why."""
+    import optuna
+    from sqlalchemy import exc as sa_exc
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    # A connection idle through a long trial may have been closed by the server or a proxy.
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace or 3 * heartbeat,
+                    heartbeat_stale_trial_callback=requeue_failed_trial,
+                )
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+            # Workers on several machines started at once on an empty database race to create
+            # Optuna's tables and types; the losers find them made a moment later.
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+        except sa_exc.SQLAlchemyError as exc:
+            # The driver's own message (connection refused, no such database), not a traceback.
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"cannot open the database {_hide_password(url)}: {reason}",
+                key="storage",
+                hint="Check that the database server is up and the URL (host, port, user, database) is right",
+            ) from exc
+    raise AssertionError("unreachable")
+
+
+def database_url(text: str) -> str:
+    """``text`` as SQLAlchemy reads it, with a PostgreSQL driver that is installed.
+
+    ``postgres://`` (the scheme many hosting services hand out) becomes ``postgresql://``,
+    which SQLAlchemy 2 requires; a URL that names no driver gets ``psycopg`` (3) or, failing
+    that, ``psycopg2``: SQLAlchemy's own default differs between its versions and fails
+    deep inside with a bare ModuleNotFoundError when that one driver is missing.
+    """
+    import importlib.util
+
+    url = "postgresql://" + text.removeprefix("postgres://") if text.startswith("postgres://") else text
+    if not url.startswith("postgresql://"):
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://" + url.removeprefix("postgresql://")
+    raise ConfigError(
+        "a postgresql:// storage needs a PostgreSQL driver",
+        key="storage",
+        hint="pip install 'psycopg[binary]' (or psycopg2-binary)",
+    )
+
+
+def _hide_password(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is refused later, by the storage itself
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def requeue_failed_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue the settings of a trial whose worker died again (heartbeat callback of database storages)."""
+    study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
 
 
 def _worker_id() -> str:
@@ -250,7 +340,7 @@ def recover_stale_trials(study: optuna.Study) -> int:
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
+        requeue_failed_trial(study, trial)
         recovered += 1
     return recovered
 
@@ -278,6 +368,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "seconds": t.user_attrs.get("seconds"),
                 "error": t.user_attrs.get("error"),
                 "worker": t.user_attrs.get("worker"),
+                "threads": t.user_attrs.get("threads"),
             }
         )
     return rows

@@ -28,7 +28,6 @@ import contextlib
 import math
 import multiprocessing as mp
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -84,6 +83,8 @@ CV_STRATEGIES: tuple[str, ...] = ("stratified", "group", "time")
 _REPORTED = {"tabular": "valid_loss", "recommender": "valid_ndcg@10"}
 # Steps of a kind with no epoch setting (a recommender's phases): each fold gets this many.
 _DEFAULT_STRIDE = 1000
+# Seconds the workers of a search wait for each other to start.
+_START_TIMEOUT = 300.0
 
 
 @dataclass
@@ -118,15 +119,22 @@ def _step_budget(settings: Mapping[str, Any]) -> int | None:
     return steps or None
 
 
-def _trial_estimator(problem: _Problem, drawn: Mapping[str, Any]) -> Any:
-    """A clone of the base estimator with the drawn settings, quiet (no baselines, runs, bars)."""
+def _trial_estimator(problem: _Problem, drawn: Mapping[str, Any], threads: int | None = None) -> Any:
+    """A clone of the base estimator with the drawn settings, quiet (no baselines, runs, bars).
+
+    ``threads`` is the worker's share of the cores: a kind that sets its own thread count when
+    it fits (text, images: all cores unless ``num_threads`` is set) gets it too, or every
+    worker would use every core.
+    """
     est = clone(problem.estimator)
     current = est.get_params()
     quiet = {k: v for k, v in {**QUIET_SETTINGS, "progress": False}.items() if k in current}
+    if threads and "num_threads" in current and not current["num_threads"] and "num_threads" not in drawn:
+        quiet["num_threads"] = threads
     return est.set_params(**nest(drawn, current), **quiet)
 
 
-def _objective(problem: _Problem) -> Callable[[optuna.Trial], float]:
+def _objective(problem: _Problem, threads: int | None = None) -> Callable[[optuna.Trial], float]:
     settings = type(problem.estimator).settings_model
     space = SearchSpace.from_dict(problem.space, settings=settings)
 
@@ -134,7 +142,7 @@ def _objective(problem: _Problem) -> Callable[[optuna.Trial], float]:
         trial.set_user_attr("worker", _worker_id())
         started = time.perf_counter()
         try:
-            est = _trial_estimator(problem, space.suggest(trial))
+            est = _trial_estimator(problem, space.suggest(trial), threads)
         except ConfigError as exc:
             trial.set_user_attr("error", str(exc))
             raise
@@ -164,8 +172,11 @@ def _objective(problem: _Problem) -> Callable[[optuna.Trial], float]:
                 value, metric = _fit_once(problem, est, fold_callbacks(0))
             trial.set_user_attr("metric", metric)
         finally:
+            import torch
+
             trial.set_user_attr("epochs_run", sum(p.epochs for p in pruners))
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+            trial.set_user_attr("threads", torch.get_num_threads())
         return value
 
     return objective
@@ -206,6 +217,8 @@ class _Run:
     n_trials: int | None
     timeout: float | None
     progress: bool
+    epoch_budget: int | None = None
+    startup_trials: int | None = None
 
 
 def _run_worker(problem: _Problem, storage: Any, run: _Run, worker_index: int, threads: int | None) -> None:
@@ -219,7 +232,7 @@ def _run_worker(problem: _Problem, storage: Any, run: _Run, worker_index: int, t
     study = optuna.load_study(
         study_name=run.study_name,
         storage=storage,
-        sampler=make_sampler(run.sampler, space, problem.seed + worker_index),
+        sampler=make_sampler(run.sampler, space, problem.seed + worker_index, startup_trials=run.startup_trials),
         pruner=make_pruner(run.pruner),
     )
     n_trials = run.n_trials
@@ -236,6 +249,10 @@ def _run_worker(problem: _Problem, storage: Any, run: _Run, worker_index: int, t
             study.stop()
 
     callbacks.append(stop_on_failures)
+    if run.epoch_budget is not None:
+        if _epochs_spent(study) >= run.epoch_budget:
+            return
+        callbacks.append(_EpochBudget(run.epoch_budget))
     # tunesmith's own progress, not Optuna's bar: it also prints plain lines (one per trial)
     # where output goes to a log, and counts trials of every worker sharing the study.
     shown = run.progress and worker_index == 0
@@ -248,13 +265,30 @@ def _run_worker(problem: _Problem, storage: Any, run: _Run, worker_index: int, t
             bar.note(f"trial {trial.number} {trial.state.name.lower()}: {value}")
 
         study.optimize(
-            _objective(problem),
+            _objective(problem, threads),
             n_trials=None,
             timeout=run.timeout,
             callbacks=[*callbacks, report],
             catch=(ConfigError,),
             show_progress_bar=False,
         )
+
+
+def _epochs_spent(study: optuna.Study) -> int:
+    """Epochs trained by the study's finished trials (pruned and failed ones count what they ran)."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(int(t.user_attrs.get("epochs_run") or 0) for t in study.get_trials(deepcopy=False, states=done))
+
+
+class _EpochBudget:
+    """Stops the study once its trials trained ``budget`` epochs in all (the trial that crosses it ends first)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if _epochs_spent(study) >= self.budget:
+            study.stop()
 
 
 def _check_options(
@@ -308,8 +342,10 @@ def tune(
     space: SearchSpace | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     n_trials: int | None = 20,
     time_budget: str | float | None = None,
+    epoch_budget: int | None = None,
     sampler: str = "tpe",
     pruner: str = "median",
+    startup_trials: int | None = None,
     cv: int | None = None,
     cv_strategy: str = "stratified",
     group_column: str | None = None,
@@ -343,12 +379,17 @@ def tune(
         A :class:`SearchSpace`, its dict/YAML form, or a YAML file path, naming settings of
         the kind's ``settings_model``. Default: the kind's space
         (:func:`~tunesmith.search.space.space_for`), less the settings the caller fixed.
-    n_trials, time_budget:
-        Stop after this many finished (complete or pruned) trials in the study, or after
-        this long (``"30m"``); whichever comes first. Grid search also stops when the
-        grid is exhausted.
+    n_trials, time_budget, epoch_budget:
+        Stop after this many finished (complete or pruned) trials in the study, after this
+        long (``"30m"``), or once the study's trials trained ``epoch_budget`` epochs in all
+        (folds included; a pruned trial counts the epochs it ran), whichever comes first. A
+        budget in epochs is one in compute, the same for every sampler and machine; the trial
+        that crosses it is finished, not cut. Grid search also stops when the grid is exhausted.
     sampler, pruner:
         ``tpe`` | ``random`` | ``grid``; ``median`` | ``halving`` | ``none``.
+    startup_trials:
+        Random trials TPE draws before it models the results (default 10): a short search
+        wants fewer, or it is mostly random.
     cv, cv_strategy, group_column, time_column:
         Score each trial by ``cv``-fold cross-validation (``stratified``, ``group`` or
         ``time``-ordered folds) instead of one split.
@@ -371,8 +412,12 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _check_options(sampler, pruner, cv, cv_strategy, eval_set, n_trials, workers)
     timeout = parse_duration(time_budget) if time_budget is not None else None
-    if n_trials is None and timeout is None and sampler != "grid":
-        raise ConfigError("give a number of trials or a time budget", key="trials")
+    if epoch_budget is not None and epoch_budget < 1:
+        raise ConfigError(f"must be at least 1, got {epoch_budget}", key="epoch_budget")
+    if startup_trials is not None and startup_trials < 1:
+        raise ConfigError(f"must be at least 1, got {startup_trials}", key="startup_trials")
+    if n_trials is None and timeout is None and epoch_budget is None and sampler != "grid":
+        raise ConfigError("give a number of trials, a time budget or an epoch budget", key="trials")
     base_est, kind, fixed = _base_estimator(kind, estimator, base_params)
     settings_cls = type(base_est).settings_model
     settings = base_est.get_params()
@@ -417,13 +462,14 @@ def tune(
         space=search_space.to_dict(), key=key, direction=mode, cv=cv, cv_strategy=cv_strategy,
         group_column=group_column, time_column=time_column, stride=_stride(search_space, settings), seed=seed,
     )  # fmt: skip
-    run = _Run(study_name, sampler, pruner, n_trials, timeout, progress)
+    run = _Run(study_name, sampler, pruner, n_trials, timeout, progress, epoch_budget, startup_trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if workers == 1:
             _run_worker(problem, store, run, 0, None)
         else:
-            _spawn_workers(problem, store_text, run, workers)
+            # The storage as given: store_text hides a database password, which workers need.
+            _spawn_workers(problem, str(storage), run, workers, store)
     study = optuna.load_study(study_name=study_name, storage=store)
     rows = trial_rows(study)
     best_value: float | None = None
@@ -458,6 +504,7 @@ def tune(
             "space": search_space.to_dict(),
             "recovered_trials": recovered,
             "workers": workers,
+            "epoch_budget": epoch_budget,
         },
     )
     if out is not None:
@@ -520,30 +567,49 @@ def _refit(
     return path
 
 
-def _spawn_workers(problem: _Problem, storage: str, run: _Run, workers: int) -> None:
+def _spawn_workers(problem: _Problem, storage: str, run: _Run, workers: int, store: Any) -> None:
+    """Run ``workers`` workers: this process is worker 0, the others are spawned processes.
+
+    This process has imported torch and the estimators already: spawning a process in its
+    place would cost seconds of imports (a core's worth, on a small machine) for nothing.
+    """
+    import torch
+
     threads = max(1, default_threads() // workers)
     ctx = mp.get_context("spawn")
-    # Every worker imports torch and the estimators first (seconds each); they start trials
-    # together so that one whose imports ran faster does not take a short search alone.
-    ready = ctx.Barrier(workers)
-    procs = [ctx.Process(target=_spawned, args=(problem, storage, run, i, threads, ready)) for i in range(workers)]
+    ready, go = ctx.Value("i", 0), ctx.Event()
+    procs = [
+        ctx.Process(target=_spawned, args=(problem, storage, run, i, threads, ready, go)) for i in range(1, workers)
+    ]
     for p in procs:
         p.start()
+    before = torch.get_num_threads()
     try:
+        # Every spawned worker imports torch and the estimators first (seconds each); all start
+        # trials together so that this one does not take a short search alone. A worker that
+        # died while starting holds nobody back.
+        deadline = time.monotonic() + _START_TIMEOUT
+        while ready.value < len(procs) and time.monotonic() < deadline and all(p.is_alive() for p in procs):
+            time.sleep(0.05)
+        go.set()
+        torch.set_num_threads(threads)
+        _run_worker(problem, store, run, 0, threads)
         for p in procs:
             p.join()
-    except KeyboardInterrupt:
+    except BaseException:
         for p in procs:
             with contextlib.suppress(Exception):
                 p.terminate()
         raise
+    finally:
+        torch.set_num_threads(before)
 
 
-def _spawned(problem: _Problem, storage: str, run: _Run, index: int, threads: int, ready: Any = None) -> None:
+def _spawned(problem: _Problem, storage: str, run: _Run, index: int, threads: int, ready: Any, go: Any) -> None:
     store, _ = make_storage(storage)
-    if ready is not None:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            ready.wait(timeout=300)  # a worker that failed to start does not hold the others back for long
+    with ready.get_lock():
+        ready.value += 1
+    go.wait(timeout=_START_TIMEOUT)
     _run_worker(problem, store, run, index, threads)
 
 
