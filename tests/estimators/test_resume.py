@@ -10,24 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.train.test_checkpoint import KillAt, Killed
 from tunesmith import FineTuner
 from tunesmith.errors import ArtifactError, ConfigError
-from tunesmith.train.callbacks import Callback, TrainState
-
-
-class Killed(Exception):
-    """Stands for the process dying at that moment."""
-
-
-class KillAt(Callback):
-    order = 99
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state: TrainState, loss: float) -> None:
-        if state.step == self.step:
-            raise Killed
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

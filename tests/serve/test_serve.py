@@ -1228,8 +1228,9 @@ def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert again == s
 
 
-def test_a_worker_begins_draining_when_sigterm_arrives(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tunesmith.serve.app import MODEL_ENV, create_app_from_env
+def test_a_worker_reports_not_ready_when_sigterm_arrives(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.serve.app import MODEL_ENV
+    from tunesmith.serve.command import create_worker_app
     from tunesmith.serve.settings import SETTINGS_ENV
 
     monkeypatch.setenv(SETTINGS_ENV, _settings().to_json())
@@ -1239,9 +1240,11 @@ def test_a_worker_begins_draining_when_sigterm_arrives(model_dir: Path, monkeypa
     # Stands in for uvicorn's handler, which a worker installs before it calls the factory.
     signal.signal(signal.SIGTERM, lambda sig, frame: seen.append(sig))
     try:
-        state = create_app_from_env().state.tunesmith
+        state = create_worker_app().state.tunesmith
         assert not state.draining
         signal.raise_signal(signal.SIGTERM)
+        # Not ready at once (a load balancer stops sending); the connections it has still get
+        # answers until uvicorn closes them (tests/serve/test_worker_restart.py).
         assert state.draining and not state.ready
         assert seen == [signal.SIGTERM]  # and uvicorn still hears of it
     finally:

@@ -363,7 +363,21 @@ def _restore(
             hint="Resume with as many processes as the run had",
         )
     try:
-        _restore_parts(found, model, optimizer, scheduler, state, callbacks, accelerator)
+        accelerator.unwrap_model(model).load_state_dict(found.part("model"), strict=True)
+        load_optimizer_state(optimizer, found.tensors, meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        saved = meta["train_state"]
+        state.step = int(meta["step"])
+        state.examples_seen = int(saved["examples_seen"])
+        state.history = list(saved["history"])
+        state.best_epoch = saved["best_epoch"]
+        state.best_value = saved["best_value"]
+        state.extra.update(saved["extra"])
+        state.extra["resumed_from"] = found.folder.name
+        for index, cb in enumerate(callbacks):
+            key = callback_key(index, cb)
+            if key in meta["callbacks"]:
+                cb.load_checkpoint_state(found.part(f"callback.{key}"), meta["callbacks"][key])
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
         raise ArtifactError(
             f"does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
@@ -371,33 +385,6 @@ def _restore(
             hint="Resume with the run's own settings and data, or start a new run",
         ) from None
     return int(meta["epoch"]), int(meta["batch"])
-
-
-def _restore_parts(
-    found: Checkpoint,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: TrainState,
-    callbacks: Sequence[Callback],
-    accelerator: Any,
-) -> None:
-    meta = found.meta
-    accelerator.unwrap_model(model).load_state_dict(found.part("model"), strict=True)
-    load_optimizer_state(optimizer, found.tensors, meta["optimizer"])
-    scheduler.load_state_dict(meta["scheduler"])
-    saved = meta["train_state"]
-    state.step = int(meta["step"])
-    state.examples_seen = int(saved["examples_seen"])
-    state.history = list(saved["history"])
-    state.best_epoch = saved["best_epoch"]
-    state.best_value = saved["best_value"]
-    state.extra.update(saved["extra"])
-    state.extra["resumed_from"] = found.folder.name
-    for index, cb in enumerate(callbacks):
-        key = callback_key(index, cb)
-        if key in meta["callbacks"]:
-            cb.load_checkpoint_state(found.part(f"callback.{key}"), meta["callbacks"][key])
 
 
 def training_summary(
