@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-latest lock setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust bench-monitoring bench-refit clean
+.PHONY: demo test test-latest lock setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust bench-monitoring bench-refit bench-reliability clean
 
 setup: $(STAMP)
 
@@ -80,6 +80,9 @@ bench-monitoring: setup
 
 bench-refit: setup
 	$(BIN)/python bench/refit.py
+
+bench-reliability: setup
+	$(BIN)/python bench/reliability.py
 
 clean:
 	rm -rf $(VENV) .venv-latest runs .pytest_cache .mypy_cache .ruff_cache
