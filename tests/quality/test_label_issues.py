@@ -88,7 +88,7 @@ def test_thorough_mode_fine_tunes_per_fold():
         backbone="tiny-text",
         max_length=32,
         progress=False,
-        fit_params={"epochs": 4, "batch_size": 8, "lr": 3e-3, "num_threads": 1},
+        fit_params={"epochs": 8, "batch_size": 8, "lr": 3e-3, "num_threads": 1},
     )
     assert issues.mode == "thorough" and issues.pred_probs.shape == (48, 2)
     assert 1 in issues.flagged_rows()
