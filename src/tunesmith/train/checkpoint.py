@@ -25,11 +25,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,8 @@ import numpy as np
 import torch
 
 from tunesmith.errors import ArtifactError, ConfigError
-from tunesmith.runs.artifacts import _fsync_dir, json_safe, save_tensors
+from tunesmith.runs.artifacts import AtomicDirectory, json_safe, save_tensors
+from tunesmith.runs.fingerprint import file_sha256
 from tunesmith.runs.trust import SafeFolder
 
 logger = logging.getLogger(__name__)
@@ -48,15 +47,6 @@ META = "checkpoint.json"
 TENSORS = "state.safetensors"
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{9})$")
-_HASH_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- what goes in: optimizer, scheduler, generators, callbacks -----------------------------------
@@ -247,11 +237,9 @@ class Checkpointer:
 
     def save(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
         """Write one checkpoint atomically and drop the oldest beyond ``keep``."""
-        step = int(meta["step"])
-        final = self.folder / f"step-{step:09d}"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=self.folder))
-        try:
+        final = self.folder / f"step-{int(meta['step']):09d}"
+        # Written in a hidden sibling, flushed and renamed into place: a kill leaves no partial step-*.
+        with AtomicDirectory(final, overwrite=True, marker=META) as tmp:
             save_tensors(tmp / TENSORS, tensors)
             full = {
                 "format": FORMAT,
@@ -260,16 +248,7 @@ class Checkpointer:
                 **json_safe(meta),
             }
             full["meta_sha256"] = _meta_sha256(full)
-            _write_json_synced(tmp / META, full)
-            _fsync_file(tmp / TENSORS)
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            _fsync_dir(self.folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            (tmp / META).write_text(json.dumps(full, allow_nan=False, ensure_ascii=False), encoding="utf-8")
         self.saved += 1
         for old in self.names()[self.keep :]:
             shutil.rmtree(self.folder / old, ignore_errors=True)
@@ -290,19 +269,3 @@ class Checkpointer:
 
 def _meta_sha256(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")).hexdigest()
-
-
-def _write_json_synced(path: Path, obj: Any) -> None:
-    data = json.dumps(obj, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    with path.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
