@@ -6,7 +6,7 @@ from tunesmith.errors import ConfigError
 
 def test_defaults_are_valid():
     cfg = make_config({})
-    assert cfg.backbone == "minilm-l6" and cfg.strategy == "full" and cfg.epochs == 3
+    assert cfg.backbone == "minilm-l6" and cfg.strategy == "auto" and cfg.epochs == 3
 
 
 def test_unknown_key_suggests_closest():

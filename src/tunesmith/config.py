@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tunesmith.errors import ConfigError
 
-Strategy = Literal["full", "head_only", "lora"]
+Strategy = Literal["auto", "full", "head_only", "lora", "fewshot"]
 TaskName = Literal["auto", "binary", "multiclass", "regression"]
 LossName = Literal["auto", "cross_entropy", "focal", "mse", "huber"]
 OptimizerName = Literal["adamw", "adam", "sgd", "rmsprop"]
@@ -80,13 +80,28 @@ class FitConfig(BaseModel):
     restore_best: bool = Field(True, description="Restore the weights of the best validation epoch.")
 
     # --- transfer learning -------------------------------------------------------------
-    strategy: Strategy = Field("full", description="full (all layers), head_only, or lora adapters.")
+    strategy: Strategy = Field(
+        "auto",
+        description="auto (fewshot with few labels per class, else full), full (all layers), head_only, lora, "
+        "or fewshot (contrastive pairs, then a head).",
+    )
     freeze_embeddings: bool = Field(False, description="Keep the embedding layer frozen (full strategy).")
     freeze_layers: int = Field(0, ge=0, description="Keep the first N encoder layers frozen (full strategy).")
     gradual_unfreeze: bool = Field(
         False, description="Train the head first, then unfreeze one layer per epoch from the top."
     )
     layer_lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="Each lower layer's lr is multiplied by it.")
+    fewshot_steps: int = Field(
+        0, ge=0, description="Contrastive steps of the fewshot strategy; 0: from the number of labeled rows."
+    )
+    fewshot_batch_size: int = Field(
+        16, ge=4, description="Distinct examples per contrastive step (every pair among them is a signal)."
+    )
+    fewshot_lr: float = Field(2e-5, gt=0.0, description="Encoder learning rate of the contrastive stage.")
+    fewshot_head: Literal["auto", "logistic", "prototype"] = Field(
+        "auto", description="Head of the fewshot strategy; auto: the better of the two by k-fold on the labels."
+    )
+    fewshot_head_c: float = Field(1.0, gt=0.0, description="Inverse regularisation of the logistic head.")
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")

@@ -22,6 +22,7 @@ onnx = pytest.importorskip("onnx")
 def _params(tmp, **extra):
     return {
         "backbone": "tiny-text",
+        "strategy": "full",
         "epochs": 3,
         "batch_size": 8,
         "lr": 3e-3,

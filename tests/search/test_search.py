@@ -19,7 +19,15 @@ from tunesmith.errors import ConfigError
 from tunesmith.search.tuner import PruneOnEpoch, make_storage, parse_duration, recover_stale_trials, tune
 from tunesmith.train.callbacks import TrainState
 
-BASE = {"backbone": "tiny-text", "epochs": 2, "batch_size": 8, "max_length": 32, "num_threads": 1, "test_size": 0.0}
+BASE = {
+    "backbone": "tiny-text",
+    "strategy": "full",
+    "epochs": 2,
+    "batch_size": 8,
+    "max_length": 32,
+    "num_threads": 1,
+    "test_size": 0.0,
+}
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "dropout": {"type": "float", "low": 0.0, "high": 0.3},

@@ -139,7 +139,7 @@ def test_upper_bound_and_with_fixed():
         # values the setting itself refuses, found at read time
         ({"lr": {"type": "float", "low": 0.0, "high": 1e-3}}, "lr", r"low 0.0 is refused by the setting: .*greater"),
         ({"dropout": {"type": "float", "low": 0.0, "high": 1.0}}, "dropout", r"high 1.0 is refused.*less than 1"),
-        ({"strategy": ["full", "foo"]}, "strategy", r"choice 'foo' is refused.*'full', 'head_only' or 'lora'"),
+        ({"strategy": ["full", "foo"]}, "strategy", r"choice 'foo' is refused.*'head_only', 'lora' or 'fewshot'"),
         ({"lr": 0}, "lr", r"fixed value 0 is refused"),
         ({"batch_size": [16, 16]}, "batch_size", r"listed twice"),
         # conditions

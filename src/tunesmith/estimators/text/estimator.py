@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import tunesmith.estimators.text.fewshot as fewshot
 import tunesmith.estimators.text.fitting as fitting
 import tunesmith.estimators.text.folder as folder
 import tunesmith.estimators.text.refitting as refitting
@@ -175,6 +176,7 @@ class FineTuner(Estimator):
         self.schema_ = data.schema
         splits = fitting.split(data, inputs, cfg)  # cleaning before the split, then the split
         built = fitting.build(self, cfg, data, splits, warm)
+        cfg = fewshot.resolve_strategy(cfg, data.schema.task, splits.train.y)
         record = resume_run.open_run(
             cfg,
             Path(inputs.file).stem if inputs.file else "fit",
@@ -191,7 +193,8 @@ class FineTuner(Estimator):
             resume=args.resume,
         )
         found_baselines = fitting.baselines(self, cfg, data.schema, splits, built)
-        trained = fitting.train_model(self, cfg, data.schema, splits, built, record, args.callbacks, warm)
+        train = fewshot.train_fewshot if cfg.strategy == "fewshot" else fitting.train_model
+        trained = train(self, cfg, data.schema, splits, built, record, args.callbacks, warm)
         fitting.keep(self, cfg, built, trained, splits)
         fitting.evaluate(self, cfg, data.schema, splits, built)
         fitting.describe(self, data, splits, trained, found_baselines, started)

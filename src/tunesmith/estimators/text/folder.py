@@ -81,7 +81,7 @@ def save(est: TextEstimator, path: str | os.PathLike[str], *, overwrite: bool = 
         return final  # in a distributed run the main process writes the one copy
     cfg = est.config_
     tensors: dict[str, torch.Tensor] = {}
-    if cfg.strategy == "full":
+    if cfg.strategy in ("full", "fewshot"):
         tensors.update(est.model_.state_dict())
         weights = "full"
     else:

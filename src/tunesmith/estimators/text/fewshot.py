@@ -1,0 +1,419 @@
+"""Few-shot fine-tuning: contrastive tuning of the sentence encoder, then a head (as SetFit does).
+
+With a handful of labeled examples per class, a classification loss on a new head moves a
+pre-trained encoder little and overfits fast. SetFit's answer is to tune the encoder first on
+*pairs* of examples (same class: cosine similarity 1; different classes: 0), which turns 16
+labels into 120 training signals, then fit a logistic regression on the tuned embeddings.
+
+tunesmith does the same with one change that matters on a CPU: SetFit encodes both sentences of
+every pair in every batch (16 pairs = 32 encodings for 16 signals), while here each step
+encodes a class-balanced batch of distinct examples once and takes the loss over *every* pair in
+the batch (32 examples = 496 pairs). The number of pairs seen grows with the square of the batch
+at the cost of one forward and backward pass, so the same training signal costs a fraction of
+SetFit's time, and large labeled sets cannot blow up into millions of pairs: the work is
+``fewshot_steps`` batches, whatever the number of examples (SetFit's pair count grows with the
+square of the data set).
+
+The head is a logistic regression (scikit-learn, L-BFGS) on the tuned encoder's pooled vectors,
+copied into the model's linear head, so the result is an ordinary text model: one network that
+saves, predicts, exports to ONNX and serves as every fine-tuned model does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from tunesmith.adapt import count_parameters
+from tunesmith.backbones.embed import run_batches
+from tunesmith.backbones.text import TextBackbone
+from tunesmith.config import FitConfig
+from tunesmith.errors import ConfigError
+from tunesmith.estimators.text.fitting import Built, Splits, Trained, WarmStart, _deterministic
+from tunesmith.evaluate.metrics import metric_direction
+from tunesmith.model import TextModel
+from tunesmith.progress import progress
+from tunesmith.runs.record import RunRecord
+from tunesmith.train.batching import Collator
+from tunesmith.train.callbacks import Callback, TrainState
+from tunesmith.train.precision import attention_kernel
+from tunesmith.train.threads import set_trainable_all
+
+
+@dataclass(frozen=True)
+class FewShotSettings:
+    """How the contrastive stage runs; the defaults are those measured in bench/few_labels.py."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    head_c: float
+    seed: int
+
+
+def auto_steps(n_examples: int, batch_size: int, requested: int) -> int:
+    """Contrastive steps: ``requested`` if positive, else enough passes for every pair to be seen.
+
+    With ``n`` examples in batches of ``b``, one pass over the data sees about ``n * (b - 1) / 2``
+    of the ``n**2 / 2`` pairs; ``n / b`` passes see each pair about once in expectation. The
+    count is kept between 8 steps (a few examples still need several updates) and 60 (the cap
+    that keeps a large labeled set from running for ever: 60 steps of 32 encodings, whatever
+    the data's size).
+    """
+    if requested > 0:
+        return requested
+    b = max(2, min(batch_size, n_examples))
+    passes = max(1.0, n_examples / b)
+    return int(min(60, max(8, math.ceil(passes * n_examples / b))))
+
+
+def balanced_batches(y: np.ndarray, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
+    """``steps`` batches of distinct examples, as class-balanced as the data allows.
+
+    Each class's examples are taken in a fresh seeded permutation, cycling, so every example is
+    used about equally often; a batch holds ``batch_size // n_classes`` of each class (at least
+    two, so every batch has positive pairs) or all of a class that has fewer.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    per_class = max(2, batch_size // len(classes))
+    pools = {c: np.flatnonzero(y == c) for c in classes}
+    orders = {c: rng.permutation(p) for c, p in pools.items()}
+    cursors = dict.fromkeys(classes, 0)
+    batches = []
+    for _ in range(steps):
+        picked = []
+        for c in classes:
+            pool, take = pools[c], min(per_class, len(pools[c]))
+            mine: list[int] = []
+            for _ in range(take):
+                if cursors[c] >= len(orders[c]):
+                    # A fresh pass starts mid-batch: what this batch already holds goes last,
+                    # so no example appears twice in one batch.
+                    fresh = rng.permutation(pool)
+                    orders[c] = np.concatenate([fresh[~np.isin(fresh, mine)], fresh[np.isin(fresh, mine)]])
+                    cursors[c] = 0
+                mine.append(int(orders[c][cursors[c]]))
+                cursors[c] += 1
+            picked.extend(mine)
+        batches.append(np.unique(np.asarray(picked, dtype=np.int64)))
+    return batches
+
+
+def pair_loss(embeddings: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SetFit's cosine-similarity loss over every pair in the batch, positives and negatives weighted equally.
+
+    ``(cos(a, b) - [same class])**2``, averaged within the positive pairs and within the
+    negative pairs and then over the two, as SetFit's oversampling balances their counts.
+    """
+    z = F.normalize(embeddings.float(), dim=-1)
+    sim = z @ z.T
+    same = (y[:, None] == y[None, :]).float()
+    upper = torch.triu(torch.ones_like(sim), diagonal=1)
+    err = (sim - same) ** 2
+    pos, neg = same * upper, (1.0 - same) * upper
+    terms = []
+    if pos.sum() > 0:
+        terms.append((err * pos).sum() / pos.sum())
+    if neg.sum() > 0:
+        terms.append((err * neg).sum() / neg.sum())
+    return torch.stack(terms).mean()
+
+
+def contrastive_tune(
+    backbone: TextBackbone,
+    ids: Sequence[Sequence[int]],
+    y: np.ndarray,
+    settings: FewShotSettings,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Tune ``backbone`` in place on the pairs of ``ids`` (token ids) with class codes ``y``.
+
+    Returns what ran: steps, examples and pairs per step, the mean loss of the first and last
+    steps, and the seconds. ``progress`` (optional) is called with ``(step, steps)``.
+    """
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        raise ValueError("few-shot contrastive tuning needs examples of at least two classes")
+    steps = auto_steps(len(y), settings.batch_size, settings.steps)
+    batches = balanced_batches(y, settings.batch_size, steps, settings.seed)
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr,
+    )
+    warmup = max(1, round(settings.warmup_ratio * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    collate = Collator(backbone.pad_id)
+    backbone.train()
+    losses: list[float] = []
+    generator = torch.Generator().manual_seed(settings.seed)
+    start = time.perf_counter()
+    # Dropout draws from the global generator: seed it so the same settings give the same weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        for step, batch in enumerate(batches):
+            feed = collate([{"input_ids": list(ids[i]), "index": int(i)} for i in batch])
+            input_ids = feed["input_ids"].to(device)
+            mask = feed["attention_mask"].to(device)
+            context = (
+                torch.autocast(device_type=torch.device(device).type, dtype=autocast)
+                if autocast is not None
+                else nullcontext()
+            )
+            with context:
+                emb = backbone(input_ids, mask)
+            loss = pair_loss(emb, torch.as_tensor(y[batch], device=emb.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step + 1, steps)
+    backbone.eval()
+    sizes = [len(b) for b in batches]
+    head = max(1, len(losses) // 5)
+    return {
+        "steps": steps,
+        "examples_per_step": float(np.mean(sizes)),
+        "pairs_per_step": float(np.mean([s * (s - 1) / 2 for s in sizes])),
+        "loss_first": float(np.mean(losses[:head])),
+        "loss_last": float(np.mean(losses[-head:])),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def fit_head(features: np.ndarray, y: np.ndarray, n_classes: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A logistic regression on ``features``, as the ``(weight, bias)`` of a linear layer over all classes.
+
+    Classes that never appear in ``y`` get a bias far below the others so they are never
+    predicted (they cannot be learned from nothing). A binary model's single decision function
+    becomes two rows, ``[0, w]``: the softmax of ``(0, w.x + b)`` is the logistic of ``w.x + b``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    present = np.unique(y)
+    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    clf.fit(features, y)
+    hidden = features.shape[1]
+    weight = np.zeros((n_classes, hidden), dtype=np.float32)
+    bias = np.full(n_classes, -1e4, dtype=np.float32)
+    if len(present) == 2:
+        weight[present[0]] = 0.0
+        bias[present[0]] = 0.0
+        weight[present[1]] = clf.coef_[0]
+        bias[present[1]] = clf.intercept_[0]
+    else:
+        for row, cls in enumerate(clf.classes_):
+            weight[int(cls)] = clf.coef_[row]
+            bias[int(cls)] = clf.intercept_[row]
+    return weight, bias
+
+
+def choose_head(features: np.ndarray, y: np.ndarray, c: float, seed: int) -> str:
+    """``logistic`` or ``prototype``, whichever classifies held-out labeled rows better.
+
+    Stratified k-fold over the labeled rows (k up to 5, at most the smallest class's size);
+    a tie, or too few rows to hold any out, keeps the logistic regression.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.bincount(y)[np.unique(y)].min())
+    k = min(5, smallest)
+    if k < 2:
+        return "logistic"
+    hits = {"logistic": 0, "prototype": 0}
+    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(features, y):
+        n = int(y.max()) + 1
+        for name in hits:
+            w, b = head_weights(name, features[train], y[train], n, c, seed)
+            hits[name] += int(np.sum((features[test] @ w.T + b).argmax(1) == y[test]))
+    return "prototype" if hits["prototype"] > hits["logistic"] else "logistic"
+
+
+def head_weights(
+    name: str, features: np.ndarray, y: np.ndarray, n_classes: int, c: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The linear head ``(weight, bias)`` of the ``logistic`` or ``prototype`` head.
+
+    The prototype head scores each class by the cosine between a row's vector and the class's
+    mean unit vector. A row's norm scales every class's score alike, so the linear layer holds
+    the unit prototypes times a temperature and needs no normalisation of its input: the
+    winning class is the nearest prototype, and the temperature (set so a typical row's scores
+    span a few logits) keeps the probabilities from being all but uniform.
+    """
+    if name == "logistic":
+        return fit_head(features, y, n_classes, c, seed)
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    weight = np.zeros((n_classes, features.shape[1]), dtype=np.float32)
+    bias = np.full(n_classes, -1e4, dtype=np.float32)
+    for k in np.unique(y):
+        proto = unit[y == k].mean(0)
+        weight[int(k)] = proto / max(float(np.linalg.norm(proto)), 1e-12)
+        bias[int(k)] = 0.0
+    typical = float(np.median(np.linalg.norm(features, axis=1))) or 1.0
+    return weight * (10.0 / typical), bias
+
+
+def train_fewshot(
+    est: Any,
+    cfg: FitConfig,
+    schema: Any,
+    splits: Splits,
+    built: Built,
+    record: RunRecord | None,
+    callbacks: Sequence[Callback],
+    warm: WarmStart | None = None,
+) -> Trained:
+    """Step 7 for ``strategy="fewshot"``: contrastive tuning of the encoder, then the head.
+
+    The result is the same :class:`~tunesmith.model.TextModel` a full fine-tune gives (every
+    weight saved), so everything downstream is unchanged. The run's history holds one entry,
+    as one epoch would: the contrastive loss and the validation metrics of the final model.
+    ``callbacks`` see that entry through ``on_epoch_end``.
+    """
+    from accelerate.utils import set_seed
+
+    if warm is not None:
+        raise ConfigError("a refit cannot run the few-shot strategy", key="strategy", hint="refit with strategy='full'")
+    backbone, ids = built.backbone, built.ids
+    labels = list(schema.labels or [])
+    y_train = np.asarray(splits.train.y).astype(np.int64)
+    kernel = backbone.use_attention(attention_kernel(cfg.attention, built.accelerator.device, built.autocast))
+    set_seed(cfg.seed)
+    model = TextModel(backbone, len(labels), cfg.dropout)
+    model.to(built.accelerator.device)
+    settings = FewShotSettings(
+        steps=cfg.fewshot_steps,
+        batch_size=cfg.fewshot_batch_size,
+        lr=cfg.fewshot_lr,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        head_c=cfg.fewshot_head_c,
+        seed=cfg.seed,
+    )
+    steps = auto_steps(len(y_train), settings.batch_size, settings.steps)
+    state = TrainState(model=model, epochs=1, steps_per_epoch=steps)
+    ordered = sorted(callbacks, key=lambda cb: cb.order)
+    for cb in ordered:
+        cb.on_fit_start(state)
+    started = time.perf_counter()
+    show = cfg.progress and built.accelerator.is_main_process
+    bar = progress(f"few-shot tuning {cfg.backbone} (pairs)", steps, unit="steps", enabled=show)
+    with bar, _deterministic(cfg.deterministic):
+        info = contrastive_tune(
+            backbone,
+            ids["train"],
+            y_train,
+            settings,
+            device=built.accelerator.device,
+            autocast=built.autocast,
+            progress=lambda step, total: bar.advance(1),
+        )
+    features = run_batches(
+        backbone, ids["train"], cfg.eval_batch_size, backbone.pad_id, progress=False, description="embedding"
+    )
+    head: str = cfg.fewshot_head
+    if head == "auto":
+        head = choose_head(features, y_train, cfg.fewshot_head_c, cfg.seed)
+    weight, bias = head_weights(head, features, y_train, len(labels), cfg.fewshot_head_c, cfg.seed)
+    with torch.no_grad():
+        model.head.linear.weight.copy_(torch.as_tensor(weight))
+        model.head.linear.bias.copy_(torch.as_tensor(bias))
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    set_trainable_all(model, False)
+    state.step = info["steps"]
+    state.examples_seen = round(info["steps"] * info["examples_per_step"])
+    metrics: dict[str, Any] = {
+        "epoch": 1,
+        "train_loss": info["loss_last"],
+        "epoch_seconds": train_seconds,
+        "train_examples_per_s": state.examples_seen / train_seconds if train_seconds > 0 else None,
+        "contrastive_steps": info["steps"],
+        "pairs_per_step": info["pairs_per_step"],
+        "head": head,
+    }
+    monitor = cfg.monitor if cfg.monitor != "auto" else "f1_macro"
+    mode = metric_direction(monitor, schema.task)
+    y_valid = splits.valid.y
+    if ids["valid"] and y_valid is not None and len(y_valid):
+        outputs = run_batches(
+            model, ids["valid"], cfg.eval_batch_size, backbone.pad_id, progress=False, description="validating"
+        )
+        found = est._metrics_from_outputs(schema.task, y_valid, outputs, labels, built.mean, built.std)
+        for key, value in found.items():
+            if isinstance(value, (int, float)) and key != "n":
+                metrics[f"valid_{key}"] = float(value)
+        state.best_epoch = 1
+    state.epoch = 1
+    state.history.append(metrics)
+    if record is not None:
+        record.log_epoch(metrics)
+    for cb in ordered:
+        cb.on_epoch_end(state, metrics)
+    for cb in ordered:
+        cb.on_fit_end(state)
+    trainable, total = count_parameters(model)
+    compute = {"precision": "bfloat16" if built.autocast == torch.bfloat16 else "float32", "attention": kernel}
+    loop_seconds = time.perf_counter() - started
+    return Trained(
+        model, state, monitor, mode, train_seconds, loop_seconds, {"trainable": trainable, "total": total}, compute
+    )
+
+
+# At or below this many training rows in the median class, strategy="auto" takes the few-shot
+# path: there full fine-tuning of a new head is at its worst (bench/few_labels.py).
+FEWSHOT_MAX_PER_CLASS = 64
+_FULL_ONLY = ("gradual_unfreeze", "freeze_layers", "freeze_embeddings")
+
+
+def resolve_strategy(cfg: FitConfig, task: str, y_train: Any) -> FitConfig:
+    """The settings with ``strategy="auto"`` replaced by the strategy this fit runs.
+
+    ``auto`` is ``fewshot`` for a classification task whose median class has at most
+    :data:`FEWSHOT_MAX_PER_CLASS` training rows, unless a setting only full fine-tuning uses is
+    set (layer freezing, gradual unfreezing, layer-wise decay); else ``full``.
+
+    Raises:
+        ConfigError: ``strategy="fewshot"`` on a regression task.
+    """
+    regression = task == "regression"
+    if cfg.strategy == "fewshot" and regression:
+        raise ConfigError(
+            "strategy='fewshot' learns from pairs of classes; this task is regression",
+            key="strategy",
+            hint="Use strategy='full' (or 'lora', 'head_only') for regression",
+        )
+    if cfg.strategy != "auto":
+        return cfg
+    chosen = "full"
+    full_only = any(getattr(cfg, name) for name in _FULL_ONLY) or cfg.layer_lr_decay != 1.0
+    if not regression and not full_only and y_train is not None and len(y_train):
+        counts = np.unique(np.asarray(y_train), return_counts=True)[1]
+        if len(counts) >= 2 and float(np.median(counts)) <= FEWSHOT_MAX_PER_CLASS:
+            chosen = "fewshot"
+    return cfg.model_copy(update={"strategy": chosen})
