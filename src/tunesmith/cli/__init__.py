@@ -23,6 +23,7 @@ from tunesmith.cli import fit as _fit
 from tunesmith.cli import export as _export
 from tunesmith.cli import tune as _tune
 from tunesmith.cli import data as _data
+from tunesmith.cli import label as _label
 from tunesmith.cli import demo as _demo
 from tunesmith.cli import personalize as _personalize
 from tunesmith.cli import recommend as _recommend
@@ -37,7 +38,7 @@ from tunesmith.errors import TunesmithError
 
 __all__ = ["app", "console", "err_console", "main", "metrics_table", "print_fit_summary"]
 
-_COMMAND_MODULES = (_fit, _export, _tune, _data, _demo, _personalize, _recommend, _monitor, _registry, _refit)
+_COMMAND_MODULES = (_fit, _export, _tune, _data, _label, _demo, _personalize, _recommend, _monitor, _registry, _refit)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:

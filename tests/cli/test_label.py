@@ -1,0 +1,121 @@
+"""``tunesmith label``: a batch file to fill in, merged back as answers; errors without a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import make_reviews
+from tests.quality.test_labeling import pool_with
+from tunesmith.cli import main
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit status, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, " ".join(out.out.split()), out.err
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> tuple[Path, pd.Series]:
+    pool = pool_with(80, 12)
+    truth = pool.pop("truth")
+    path = tmp_path / "pool.csv"
+    pool.to_csv(path, index=False)
+    truth.index = range(1, len(truth) + 1)  # the command's row ids: 1-based data rows
+    return path, truth
+
+
+def fill(batch: Path, truth: pd.Series, blank: int = 0) -> pd.DataFrame:
+    filled = pd.read_csv(batch)
+    filled["label"] = [truth[r] for r in filled["row"]]
+    filled.loc[: blank - 1, "label"] = None
+    filled.to_csv(batch, index=False)
+    return filled
+
+
+def test_a_batch_is_written_filled_in_and_merged(capsys: pytest.CaptureFixture[str], table: tuple) -> None:
+    data, truth = table
+    code, out, err = cli(capsys, "label", str(data), "-t", "label", "--batch-size", "6", "--review-share", "0")
+    assert code == 0, err
+    batch = data.with_name("pool.batch.csv")
+    written = pd.read_csv(batch)
+    assert list(written.columns) == ["row", "kind", "guess", "confidence", "given_label", "x1", "x2", "label"]
+    assert len(written) == 6 and set(written["kind"]) == {"query"} and written["label"].isna().all()
+    assert written["row"].between(13, 80).all() and written["guess"].isin(["no", "yes"]).all()
+    assert "wrote 6 rows" in out and "--merge" in out
+
+    code, _, err = cli(capsys, "label", str(data), "-t", "label")
+    assert code == 2 and "was not merged" in err  # a filled-in file is never overwritten unmerged
+
+    filled = fill(batch, truth, blank=1)
+    code, out, err = cli(capsys, "label", str(data), "-t", "label", "--batch-size", "6", "--merge", str(batch))
+    assert code == 0, err
+    assert "merged 5 answer(s)" in out and "1 left blank" in out and "17 labeled" in out
+    events = [json.loads(line) for line in data.with_name("pool.labels.jsonl").read_text().splitlines()]
+    labels = {e["row"]: e["label"] for e in events if e["event"] == "label"}
+    assert labels == {int(r): truth[r] for r in filled["row"][1:]}
+    next_batch = pd.read_csv(batch)
+    assert len(next_batch) == 6 and not set(next_batch["row"]) & set(labels)
+    assert [n for n, _ in _curve(events)] == [12, 17]
+
+    # the same answers merged twice are not written twice
+    next_batch["label"] = None
+    next_batch.loc[: len(filled) - 1, ["row", "label"]] = filled[["row", "label"]].to_numpy()
+    next_batch.to_csv(batch, index=False)
+    exported = data.with_name("out.parquet")
+    code, out, _ = cli(capsys, "label", str(data), "-t", "label", "--merge", str(batch), "--export", str(exported))
+    assert code == 0 and "5 already given" in out and "(17 labeled)" in out
+    assert pd.read_parquet(exported)["label"].notna().sum() == 17
+
+
+def _curve(events: list[dict]) -> list[tuple[int, float]]:
+    return [(e["labels"], e["score"]) for e in events if e["event"] == "score"]
+
+
+def test_user_errors_are_one_line_without_a_traceback(capsys: pytest.CaptureFixture[str], table: tuple) -> None:
+    data, _ = table
+    bad = data.with_name("bad.csv")
+    pd.DataFrame({"row": [20, 21], "label": ["yes", "maybe"]}).to_csv(bad, index=False)
+    code, _, err = cli(capsys, "label", str(data), "-t", "label", "--merge", str(bad), "--export", str(bad) + ".out")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().startswith("error: ") and "bad.csv, row 2, column 'label'" in err and "'maybe'" in err
+    for args, message in (
+        (["-t", "nope"], "no column 'nope'"),
+        (["-t", "label", "--strategy", "bald"], "unknown query strategy 'bald'"),
+        (["-t", "label", "--model", "m", "--backbone", "tiny-text"], "cannot be combined with --model"),
+        (["-t", "label", "--merge", str(data)], "has no column 'row'"),
+    ):
+        code, _, err = cli(capsys, "label", str(data), *args)
+        assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_text_data_gets_a_head_only_text_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    reviews = make_reviews(40).astype(object)
+    reviews.loc[10:, "label"] = None
+    data = tmp_path / "reviews.jsonl"
+    reviews.to_json(data, orient="records", lines=True)
+    out_file = tmp_path / "next.csv"
+    code, _, err = cli(
+        capsys, "label", str(data), "-t", "label", "--backbone", "tiny-text", "--batch-size", "4", "-o", str(out_file),
+        "--answers", str(tmp_path / "answers.jsonl"),
+    )  # fmt: skip
+    assert code == 0, err
+    batch = pd.read_csv(out_file)
+    assert list(batch.columns) == ["row", "kind", "guess", "confidence", "given_label", "text", "label"]
+    assert len(batch) == 4 and batch["guess"].isin(["neg", "pos"]).all()
+    assert np.isfinite(batch["confidence"]).all() and (tmp_path / "answers.jsonl").exists()
+
+
+def test_help_names_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "label", "--help")
+    assert code == 0 and "--serve" in out and "--merge" in out and "--review-share" in out
