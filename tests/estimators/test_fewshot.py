@@ -9,15 +9,8 @@ import torch
 from tests.conftest import make_reviews
 from tunesmith import FineTuner, load
 from tunesmith.errors import ConfigError
-from tunesmith.estimators.text.fewshot import (
-    FEWSHOT_MAX_PER_CLASS,
-    auto_steps,
-    balanced_batches,
-    choose_head,
-    fit_head,
-    head_weights,
-    pair_loss,
-)
+from tunesmith.estimators.text.fewshot import FEWSHOT_MAX_PER_CLASS, auto_steps, balanced_batches, pair_loss
+from tunesmith.train.heads import choose_head, fit_head, head_weights
 
 
 def _params(tmp_path, **extra):
