@@ -185,6 +185,13 @@ class FitConfig(BaseModel):
                 "strategy='lora' conflicts with freeze_layers/freeze_embeddings/gradual_unfreeze: "
                 "LoRA already freezes the whole backbone and trains adapters"
             )
+        if self.strategy == "fewshot" and (
+            self.freeze_layers or self.gradual_unfreeze or self.freeze_embeddings or self.layer_lr_decay != 1.0
+        ):
+            raise ValueError(
+                "strategy='fewshot' conflicts with freeze_layers/freeze_embeddings/gradual_unfreeze/layer_lr_decay: "
+                "the few-shot stage tunes the whole encoder on pairs; use strategy='full' for those"
+            )
         if self.strategy == "head_only" and self.layer_lr_decay != 1.0:
             raise ValueError("strategy='head_only' conflicts with layer_lr_decay: no backbone layer is trained")
         if self.group_column and self.split_column:

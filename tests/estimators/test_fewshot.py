@@ -129,3 +129,42 @@ def test_fewshot_refuses_regression_and_refits_as_full(tmp_path):
     ft = FineTuner(**_params(tmp_path, strategy="fewshot", fewshot_steps=8)).fit(make_reviews(40), target="label")
     new = ft.refit(make_reviews(24, seed=3), epochs=1)
     assert new.config_.strategy == "full" and new.predict(make_reviews(4)).shape == (4,)
+
+
+def test_many_classes_never_make_a_step_larger_than_the_batch():
+    y = np.repeat(np.arange(40), 5)
+    batches = balanced_batches(y, batch_size=16, steps=10, seed=0)
+    assert all(len(b) == 16 for b in batches)
+    assert all(len(set(y[b].tolist())) == 8 for b in batches)
+    # the classes rotate: after five steps every class has been in a batch
+    assert set(np.concatenate([y[b] for b in batches[:5]]).tolist()) == set(range(40))
+
+
+def test_auto_keeps_the_loop_when_loop_settings_are_set_and_on_refits(tmp_path):
+    small = make_reviews(40)
+    assert FineTuner(**_params(tmp_path, epochs=1)).fit(small, target="label").config_.strategy == "full"
+    ft = FineTuner(**_params(tmp_path)).fit(make_reviews(210), target="label")
+    assert ft.config_.strategy == "full"
+    # a refit on a few new rows continues the network; it must not switch to few-shot
+    assert ft.refit(make_reviews(24, seed=4), epochs=1).config_.strategy == "full"
+    with pytest.raises(ConfigError, match="fewshot"):
+        FineTuner(strategy="fewshot", freeze_layers=2)
+
+
+def test_fewshot_keeps_the_callback_contract_and_reports_a_validation_loss(tmp_path):
+    from tunesmith.train.callbacks import Callback, StopTraining
+
+    seen = []
+
+    class Stopper(Callback):
+        def on_epoch_end(self, state, metrics):
+            seen.append("epoch")
+            raise StopTraining("enough")
+
+        def on_fit_end(self, state):
+            seen.append("end")
+
+    ft = FineTuner(**_params(tmp_path, strategy="fewshot", fewshot_steps=4, valid_size=0.25, monitor="loss"))
+    ft.fit(make_reviews(48), target="label", callbacks=[Stopper()])
+    assert seen == ["epoch", "end"] and ft.stop_reason_ == "enough"
+    assert ft.history_[0]["valid_loss"] > 0 and ft.best_score_ == pytest.approx(ft.history_[0]["valid_loss"])

@@ -410,3 +410,21 @@ def test_tune_a_recommender_by_validation_ndcg():
     assert result.best_params["model"] in ("ease", "itemknn", "bpr")
     drawn = {k.partition(".")[2] for k in result.best_params if k.startswith("model_params.")}
     assert drawn <= set(result.best_config["model_params"])
+
+
+def test_auto_strategy_is_resolved_once_for_every_trial_and_the_refit():
+    from tunesmith import FineTuner
+    from tunesmith.search.cv import read_data
+    from tunesmith.search.space import SearchSpace
+    from tunesmith.search.tuner import _pin_auto_strategy
+
+    space = SearchSpace.from_dict(SPACE)
+    few = FineTuner(backbone="tiny-text")
+    _pin_auto_strategy(few, "text", read_data(make_reviews(40), None, "label"), "binary", space)
+    assert few.get_params()["strategy"] == "fewshot"
+    many = FineTuner(backbone="tiny-text")
+    _pin_auto_strategy(many, "text", read_data(make_reviews(400), None, "label"), "binary", space)
+    assert many.get_params()["strategy"] == "full"
+    chosen = FineTuner(backbone="tiny-text", strategy="lora")
+    _pin_auto_strategy(chosen, "text", read_data(make_reviews(40), None, "label"), "binary", space)
+    assert chosen.get_params()["strategy"] == "lora"

@@ -46,6 +46,7 @@ from tunesmith.config import config_to_yaml, make_config, validate_settings
 from tunesmith.data.schema import _infer_task, infer_schema
 from tunesmith.errors import ConfigError
 from tunesmith.estimators import registry
+from tunesmith.estimators.text.fewshot import resolve_strategy
 from tunesmith.evaluate.metrics import metric_direction
 from tunesmith.progress import progress
 from tunesmith.runs.artifacts import atomic_write_text
@@ -438,6 +439,7 @@ def tune(
         search_space = space
     if sampler == "grid" and n_trials is None:
         n_trials = search_space.n_grid_points()
+    _pin_auto_strategy(base_est, kind, table, task, search_space)
     mode = metric_direction(monitor, task) if monitor else "max"
     key = f"valid_{monitor}" if monitor else _REPORTED.get(kind, "valid_loss")
 
@@ -544,6 +546,24 @@ def _task_and_monitor(
         elif table.y is not None:
             task = _infer_task(pd.Series(list(table.y)))
     return task, None
+
+
+def _pin_auto_strategy(base: Any, kind: str, table: Table, task: str | None, space: SearchSpace) -> None:
+    """Resolve a text model's ``strategy="auto"`` once, on the whole table, for every trial and the refit.
+
+    Each fit would otherwise choose on its own training rows: trials (on part of the rows) could
+    run few-shot while the final fit on every row runs full fine-tuning, a model no trial scored.
+    """
+    params = base.get_params()
+    if kind != "text" or params.get("strategy") != "auto" or "strategy" in space.names:
+        return
+    frame = table.frame
+    labels = frame[table.target] if frame is not None and table.target in frame.columns else table.y
+    if labels is None:
+        return
+    codes = pd.Series(list(labels)).astype(str).to_numpy()
+    chosen = resolve_strategy(make_config(params), task or "auto", codes)
+    base.set_params(strategy=chosen.strategy)
 
 
 def _refit(

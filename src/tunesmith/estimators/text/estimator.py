@@ -176,7 +176,7 @@ class FineTuner(Estimator):
         self.schema_ = data.schema
         splits = fitting.split(data, inputs, cfg)  # cleaning before the split, then the split
         built = fitting.build(self, cfg, data, splits, warm)
-        cfg = fewshot.resolve_strategy(cfg, data.schema.task, splits.train.y)
+        cfg = fewshot.resolve_strategy(cfg, data.schema.task, splits.train.y, warm=warm is not None)
         record = resume_run.open_run(
             cfg,
             Path(inputs.file).stem if inputs.file else "fit",

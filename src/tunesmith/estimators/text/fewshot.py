@@ -43,8 +43,9 @@ from tunesmith.model import TextModel
 from tunesmith.progress import progress
 from tunesmith.runs.record import RunRecord
 from tunesmith.train.batching import Collator
-from tunesmith.train.callbacks import Callback, TrainState
+from tunesmith.train.callbacks import Callback, StopTraining, TrainState
 from tunesmith.train.heads import choose_head, head_weights
+from tunesmith.train.losses import make_loss
 from tunesmith.train.precision import attention_kernel
 from tunesmith.train.threads import set_trainable_all
 
@@ -83,17 +84,30 @@ def balanced_batches(y: np.ndarray, batch_size: int, steps: int, seed: int) -> l
 
     Each class's examples are taken in a fresh seeded permutation, cycling, so every example is
     used about equally often; a batch holds ``batch_size // n_classes`` of each class (at least
-    two, so every batch has positive pairs) or all of a class that has fewer.
+    two, so every batch has positive pairs) or all of a class that has fewer. With more than
+    ``batch_size / 2`` classes each batch takes two rows of each of ``batch_size / 2`` classes,
+    the classes rotating in a seeded order, so a step never encodes more than ``batch_size`` rows.
     """
     rng = np.random.default_rng(seed)
-    classes = np.unique(y)
-    per_class = max(2, batch_size // len(classes))
-    pools = {c: np.flatnonzero(y == c) for c in classes}
+    all_classes = np.unique(y)
+    # Two rows of each of at most batch_size / 2 classes: with many classes a step takes a
+    # rotating subset of them, so no step encodes more than ``batch_size`` rows.
+    width = max(1, batch_size // 2)
+    per_class = max(2, batch_size // len(all_classes))
+    class_order: np.ndarray | None = None
+    class_cursor = 0
+    pools = {c: np.flatnonzero(y == c) for c in all_classes}
     orders = {c: rng.permutation(p) for c, p in pools.items()}
-    cursors = dict.fromkeys(classes, 0)
+    cursors = dict.fromkeys(all_classes, 0)
     batches = []
     for _ in range(steps):
         picked = []
+        classes = all_classes
+        if len(all_classes) > width:
+            if class_order is None or class_cursor + width > len(class_order):
+                class_order, class_cursor = rng.permutation(all_classes), 0
+            classes = class_order[class_cursor : class_cursor + width]
+            class_cursor += width
         for c in classes:
             pool, take = pools[c], min(per_class, len(pools[c]))
             mine: list[int] = []
@@ -207,6 +221,56 @@ def contrastive_tune(
     }
 
 
+def _tune_and_fit_head(
+    model: TextModel, cfg: FitConfig, built: Built, y_train: np.ndarray, settings: FewShotSettings, steps: int
+) -> tuple[str, dict[str, Any], float]:
+    """Contrastive tuning of ``model``'s encoder, then its head in closed form: (head, tuning info, seconds)."""
+    backbone = built.backbone
+    started = time.perf_counter()
+    show = cfg.progress and built.accelerator.is_main_process
+    bar = progress(f"few-shot tuning {cfg.backbone} (pairs)", steps, unit="steps", enabled=show)
+    with bar, _deterministic(cfg.deterministic):
+        info = contrastive_tune(
+            backbone,
+            built.ids["train"],
+            y_train,
+            settings,
+            device=built.accelerator.device,
+            autocast=built.autocast,
+            progress=lambda step, total: bar.advance(1),
+        )
+    features = run_batches(
+        backbone, built.ids["train"], cfg.eval_batch_size, backbone.pad_id, progress=False, description="embedding"
+    )
+    head: str = cfg.fewshot_head
+    if head == "auto":
+        head = choose_head(features, y_train, cfg.fewshot_head_c, cfg.seed)
+    weight, bias = head_weights(head, features, y_train, model.head.linear.out_features, cfg.fewshot_head_c, cfg.seed)
+    with torch.no_grad():
+        model.head.linear.weight.copy_(torch.as_tensor(weight))
+        model.head.linear.bias.copy_(torch.as_tensor(bias))
+    model.eval()
+    set_trainable_all(model, False)
+    return head, info, time.perf_counter() - started
+
+
+def _validation(
+    est: Any, model: TextModel, cfg: FitConfig, schema: Any, built: Built, y_valid: np.ndarray
+) -> dict[str, float]:
+    """``valid_loss`` (the configured classification loss) and ``valid_<metric>``, as the loop reports them."""
+    outputs = run_batches(
+        model, built.ids["valid"], cfg.eval_batch_size, built.backbone.pad_id, progress=False, description="validating"
+    )
+    loss_fn = make_loss(cfg.loss, schema.task, label_smoothing=cfg.label_smoothing, focal_gamma=cfg.focal_gamma)
+    with torch.no_grad():
+        found = {"valid_loss": float(loss_fn(torch.as_tensor(outputs), torch.as_tensor(np.asarray(y_valid))))}
+    labels = list(schema.labels or [])
+    for key, value in est._metrics_from_outputs(schema.task, y_valid, outputs, labels, built.mean, built.std).items():
+        if isinstance(value, (int, float)) and key != "n":
+            found[f"valid_{key}"] = float(value)
+    return found
+
+
 def train_fewshot(
     est: Any,
     cfg: FitConfig,
@@ -247,68 +311,50 @@ def train_fewshot(
     steps = auto_steps(len(y_train), settings.batch_size, settings.steps)
     state = TrainState(model=model, epochs=1, steps_per_epoch=steps)
     ordered = sorted(callbacks, key=lambda cb: cb.order)
-    for cb in ordered:
-        cb.on_fit_start(state)
-    started = time.perf_counter()
-    show = cfg.progress and built.accelerator.is_main_process
-    bar = progress(f"few-shot tuning {cfg.backbone} (pairs)", steps, unit="steps", enabled=show)
-    with bar, _deterministic(cfg.deterministic):
-        info = contrastive_tune(
-            backbone,
-            ids["train"],
-            y_train,
-            settings,
-            device=built.accelerator.device,
-            autocast=built.autocast,
-            progress=lambda step, total: bar.advance(1),
-        )
-    features = run_batches(
-        backbone, ids["train"], cfg.eval_batch_size, backbone.pad_id, progress=False, description="embedding"
-    )
-    head: str = cfg.fewshot_head
-    if head == "auto":
-        head = choose_head(features, y_train, cfg.fewshot_head_c, cfg.seed)
-    weight, bias = head_weights(head, features, y_train, len(labels), cfg.fewshot_head_c, cfg.seed)
-    with torch.no_grad():
-        model.head.linear.weight.copy_(torch.as_tensor(weight))
-        model.head.linear.bias.copy_(torch.as_tensor(bias))
-    train_seconds = time.perf_counter() - started
-    model.eval()
-    set_trainable_all(model, False)
-    state.step = info["steps"]
-    state.examples_seen = round(info["steps"] * info["examples_per_step"])
-    metrics: dict[str, Any] = {
-        "epoch": 1,
-        "train_loss": info["loss_last"],
-        "epoch_seconds": train_seconds,
-        "train_examples_per_s": state.examples_seen / train_seconds if train_seconds > 0 else None,
-        "contrastive_steps": info["steps"],
-        "pairs_per_step": info["pairs_per_step"],
-        "head": head,
-    }
     monitor = cfg.monitor if cfg.monitor != "auto" else "f1_macro"
     mode = metric_direction(monitor, schema.task)
-    y_valid = splits.valid.y
-    if ids["valid"] and y_valid is not None and len(y_valid):
-        outputs = run_batches(
-            model, ids["valid"], cfg.eval_batch_size, backbone.pad_id, progress=False, description="validating"
-        )
-        found = est._metrics_from_outputs(schema.task, y_valid, outputs, labels, built.mean, built.std)
-        for key, value in found.items():
-            if isinstance(value, (int, float)) and key != "n":
-                metrics[f"valid_{key}"] = float(value)
-        state.best_epoch = 1
-    state.epoch = 1
-    state.history.append(metrics)
-    if record is not None:
-        record.log_epoch(metrics)
-    for cb in ordered:
-        cb.on_epoch_end(state, metrics)
-    for cb in ordered:
-        cb.on_fit_end(state)
+    started = time.perf_counter()
+    # The callback contract of the loop: on_fit_end always runs, StopTraining ends cleanly
+    # and every callback still sees the epoch that stops.
+    try:
+        for cb in ordered:
+            cb.on_fit_start(state)
+        head, info, train_seconds = _tune_and_fit_head(model, cfg, built, y_train, settings, steps)
+        state.step = info["steps"]
+        state.examples_seen = round(info["steps"] * info["examples_per_step"])
+        metrics: dict[str, Any] = {
+            "epoch": 1,
+            "train_loss": info["loss_last"],
+            "lr": settings.lr,
+            "epoch_seconds": train_seconds,
+            "train_examples_per_s": state.examples_seen / train_seconds if train_seconds > 0 else None,
+            "contrastive_steps": info["steps"],
+            "pairs_per_step": info["pairs_per_step"],
+            "head": head,
+        }
+        y_valid = splits.valid.y
+        if ids["valid"] and y_valid is not None and len(y_valid):
+            metrics.update(_validation(est, model, cfg, schema, built, y_valid))
+            state.best_epoch = 1
+        state.epoch = 1
+        state.history.append(metrics)
+        if record is not None:
+            record.log_epoch(metrics)
+        stop: StopTraining | None = None
+        for cb in ordered:
+            try:
+                cb.on_epoch_end(state, metrics)
+            except StopTraining as raised:
+                stop = stop or raised
+        if stop is not None:
+            state.stop_reason = stop.reason
+    finally:
+        for cb in ordered:
+            cb.on_fit_end(state)
     trainable, total = count_parameters(model)
     compute = {"precision": "bfloat16" if built.autocast == torch.bfloat16 else "float32", "attention": kernel}
     loop_seconds = time.perf_counter() - started
+    train_seconds = float(state.history[-1]["epoch_seconds"]) if state.history else loop_seconds
     return Trained(
         model, state, monitor, mode, train_seconds, loop_seconds, {"trainable": trainable, "total": total}, compute
     )
@@ -317,15 +363,34 @@ def train_fewshot(
 # At or below this many training rows in the median class, strategy="auto" takes the few-shot
 # path: there full fine-tuning of a new head is at its worst (bench/few_labels.py).
 FEWSHOT_MAX_PER_CLASS = 64
-_FULL_ONLY = ("gradual_unfreeze", "freeze_layers", "freeze_embeddings")
+# Settings only the training loop reads: one set to other than its default asks for the loop.
+_LOOP_SETTINGS = (
+    "epochs",
+    "lr",
+    "head_lr",
+    "batch_size",
+    "grad_accum_steps",
+    "optimizer",
+    "scheduler",
+    "loss",
+    "label_smoothing",
+    "class_weight",
+    "ema_decay",
+    "gradual_unfreeze",
+    "freeze_layers",
+    "freeze_embeddings",
+    "layer_lr_decay",
+)
 
 
-def resolve_strategy(cfg: FitConfig, task: str, y_train: Any) -> FitConfig:
+def resolve_strategy(cfg: FitConfig, task: str, y_train: Any, *, warm: bool = False) -> FitConfig:
     """The settings with ``strategy="auto"`` replaced by the strategy this fit runs.
 
     ``auto`` is ``fewshot`` for a classification task whose median class has at most
-    :data:`FEWSHOT_MAX_PER_CLASS` training rows, unless a setting only full fine-tuning uses is
-    set (layer freezing, gradual unfreezing, layer-wise decay); else ``full``.
+    :data:`FEWSHOT_MAX_PER_CLASS` training rows, unless a setting only the training loop
+    reads differs from its default (epochs, learning rates, loss, class weights, freezing,
+    ...: the user asked for that loop) or the fit continues an earlier model (``warm``);
+    else ``full``.
 
     Raises:
         ConfigError: ``strategy="fewshot"`` on a regression task.
@@ -340,8 +405,9 @@ def resolve_strategy(cfg: FitConfig, task: str, y_train: Any) -> FitConfig:
     if cfg.strategy != "auto":
         return cfg
     chosen = "full"
-    full_only = any(getattr(cfg, name) for name in _FULL_ONLY) or cfg.layer_lr_decay != 1.0
-    if not regression and not full_only and y_train is not None and len(y_train):
+    fields = type(cfg).model_fields
+    loop_asked = any(getattr(cfg, name) != fields[name].default for name in _LOOP_SETTINGS)
+    if not (regression or loop_asked or warm) and y_train is not None and len(y_train):
         counts = np.unique(np.asarray(y_train), return_counts=True)[1]
         if len(counts) >= 2 and float(np.median(counts)) <= FEWSHOT_MAX_PER_CLASS:
             chosen = "fewshot"

@@ -142,8 +142,9 @@ def refit(
         anchor = {f"backbone.{k}": v for k, v in base.items()} | {f"head.{k}": v for k, v in head.items()}
         params["strategy"] = "lora"
     else:
-        if cfg.strategy == "fewshot":
-            # The weights are a whole tuned network; continuing them is a full fine-tune.
+        if cfg.strategy in ("fewshot", "full"):
+            # The weights are a whole tuned network; continuing them is a full fine-tune (and
+            # "auto" must not pick again from the few new rows).
             params["strategy"] = "full"
         state = {k: v.detach().clone() for k, v in est.model_.state_dict().items()}
         warm = WarmStart(**common, model_state=state, penalty=plan.penalty)
