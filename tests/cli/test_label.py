@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_reviews
-from tests.quality.test_labeling import pool_with
+from tests.quality.test_labeling import blobs, pool_with
+from tunesmith import FineTuner
 from tunesmith.cli import main
+from tunesmith.cli.label import _estimator
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -76,6 +78,51 @@ def test_a_batch_is_written_filled_in_and_merged(capsys: pytest.CaptureFixture[s
     code, out, _ = cli(capsys, "label", str(data), "-t", "label", "--merge", str(batch), "--export", str(exported))
     assert code == 0 and "5 already given" in out and "(17 labeled)" in out
     assert pd.read_parquet(exported)["label"].notna().sum() == 17
+
+
+def test_with_one_class_merged_the_next_batch_still_comes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    data, batch = tmp_path / "pool.csv", tmp_path / "pool.batch.csv"
+    blobs(40, 1).drop(columns=["truth"]).to_csv(data, index=False)  # not one label yet
+    args = ["label", str(data), "-t", "label", "--classes", "no,yes", "--batch-size", "6", "--seed", "3"]
+    code, out, err = cli(capsys, *args)
+    assert code == 0 and "wrote 6 rows" in out and "no row has a label yet" in out, err
+    first = pd.read_csv(batch)
+    first["label"] = "yes"  # every answer the same class: no model can be fitted yet
+    first.to_csv(batch, index=False)
+    code, out, err = cli(capsys, *args, "--merge", str(batch))
+    assert code == 0, err
+    assert "merged 6 answer(s)" in out and "only class 'yes' has labels so far" in out and "0 fit(s)" in out
+    assert "wrote 6 rows" in out and "nothing left to ask" not in out
+    second = pd.read_csv(batch)
+    assert len(second) == 6 and not set(second["row"]) & set(first["row"]) and second["guess"].isna().all()
+    second["label"] = ["no", "yes"] * 3
+    second.to_csv(batch, index=False)
+    code, out, err = cli(capsys, *args, "--merge", str(batch))  # no --overwrite needed
+    assert code == 0 and "1 fit(s)" in out and "has labels so far" not in out, err
+
+
+def test_a_saved_model_refits_on_every_label(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fast_params: dict
+) -> None:
+    reviews = make_reviews(40).astype(object)
+    saved = FineTuner(**{**fast_params, "epochs": 1, "progress": True})  # the fit defaults: splits, baselines
+    folder = saved.fit(reviews[:24], target="label").save(tmp_path / "model")
+    assert saved.get_params()["valid_size"] == 0.1 and saved.get_params()["baselines"]
+    reviews.loc[10:, "label"] = None
+    data = tmp_path / "reviews.jsonl"
+    reviews.to_json(data, orient="records", lines=True)
+    estimator = _estimator(data, folder, None, "auto", "label", None, None, None)
+    params = estimator.get_params()
+    overridden = ("valid_size", "test_size", "early_stopping", "baselines", "runs_dir", "progress")
+    assert {k: params[k] for k in overridden} == {
+        "valid_size": 0.0, "test_size": 0.0, "early_stopping": False, "baselines": False, "runs_dir": None,
+        "progress": False,
+    }  # fmt: skip
+    assert params["strategy"] == "full" and params["epochs"] == 1  # the model's own choices stay
+    runs = sorted((tmp_path / "runs").rglob("*"))
+    code, out, err = cli(capsys, "label", str(data), "-t", "label", "--model", str(folder), "--batch-size", "4")
+    assert code == 0 and "1 fit(s)" in out and "wrote 4 rows" in out, err
+    assert sorted((tmp_path / "runs").rglob("*")) == runs  # a round writes no run
 
 
 def _curve(events: list[dict]) -> list[tuple[int, float]]:

@@ -288,6 +288,74 @@ def test_without_two_classes_rows_come_in_a_seeded_random_order(tmp_path: Path) 
     s.close()
 
 
+def test_with_one_class_so_far_batches_go_on_in_random_order_and_say_why(tmp_path: Path) -> None:
+    pool = blobs(40, 1)
+    settings: dict[str, Any] = {"classes": ["no", "yes"], "batch_size": 4, "seed": 7}
+    with session(pool, tmp_path / "order.jsonl", **settings) as fresh:
+        order = [r.row for r in fresh.batch(12)]
+    # a round of the batch files: every answer merged is "yes", so no fit can start
+    s = session(pool, tmp_path / "a.jsonl", auto_retrain=False, initial_fit=False, **settings)
+    first = s.batch()
+    for row in first:
+        s.answer(row.row, "yes", only_current=False)
+    assert not s.retrain(background=False)
+    second = s.batch()
+    assert [r.row for r in first + second] == order[:8]  # the next rows of the seeded order, not nothing
+    assert s.progress()["batch"] == {"done": 0, "size": 4} and s.model is None
+    assert s.progress()["cannot_fit"] == (
+        "only class 'yes' has labels so far: rows come in a seeded random order until two classes have labels"
+    )
+    s.close()
+    # on the page the batch ends too (no fit), and the rows keep coming
+    s = session(pool, tmp_path / "b.jsonl", **settings)
+    for _ in range(6):
+        row = s.current()
+        assert row is not None and row.guess is None
+        s.answer(row.row, "yes")
+    assert s.progress()["batch"]["done"] == 2 and [r.row for r in s.batch()] == order[6:8]
+    s.answer(order[6], "no")
+    answer_current(s, pool["truth"], 1)  # the batch of 4 is answered with two classes: the first fit
+    assert s.model is not None and s.progress()["cannot_fit"] is None and s.progress()["fits"] == 1
+    s.close()
+
+
+def test_rounds_of_review_answers_add_curve_points_and_can_stop(tmp_path: Path) -> None:
+    pool, path = pool_with(60, 60, seed=3), tmp_path / "a.jsonl"  # every row labeled: nothing new to ask
+    margin = (pool["x1"] + 0.5 * pool["x2"]).abs()
+    wrong = [r for r in pool.index if margin[r] > 1.0][:8]
+    pool.loc[wrong, "label"] = np.where(pool.loc[wrong, "truth"] == "yes", "no", "yes")
+    settings: dict[str, Any] = {"batch_size": 4, "review_share": 0.5, "patience": 2, "min_delta": 0.5}
+    s = session(pool, path, **settings)
+    assert s.progress()["unlabeled"] == 0 and len(s.progress()["curve"]) == 1
+    rounds = 0
+    while s.progress()["stop_reason"] is None and rounds < 4:
+        batch = s.batch()
+        assert batch and {r.kind for r in batch} == {"review"}
+        for row in batch:  # the last answer leaves nothing to show: that ends the batch, and it refits
+            s.answer(row.row, pool["truth"][row.row])
+        rounds += 1
+    progress = s.progress()
+    assert rounds == 2 and progress["fits"] == 3 and progress["relabeled"] == 4
+    assert [n for n, _ in progress["curve"]] == [60, 60, 60]  # one point a round, at the same labels
+    assert "for 2 fits" in progress["stop_reason"]
+    s.close()
+    points = [e for e in events(path) if e["event"] == "score"]
+    assert [e["answers"] for e in points] == [0, 2, 4]
+    s = session(pool, path, **settings)  # reopened: no new answer, so no new point
+    assert s.progress()["curve"] == progress["curve"] and s.progress()["stop_reason"] == progress["stop_reason"]
+    s.close()
+    assert len([e for e in events(path) if e["event"] == "score"]) == 3
+    # a file from before points had "answers" replays the same, and reopening it adds no point either
+    old = [{k: v for k, v in e.items() if k != "answers"} for e in events(path)]
+    path.write_text("".join(json.dumps(e) + "\n" for e in old), encoding="utf-8")
+    s = session(pool, path, **settings)
+    assert s.progress()["curve"] == progress["curve"] and s.progress()["stop_reason"]
+    s.keep_going()
+    answer_current(s, pool["truth"], len(s.batch()))
+    assert len(s.progress()["curve"]) == 4  # and answers after it do
+    s.close()
+
+
 def test_bad_settings_and_data_are_refused(tmp_path: Path) -> None:
     pool = pool_with(30, 6).drop(columns=["truth"])
     path = tmp_path / "a.jsonl"

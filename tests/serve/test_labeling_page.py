@@ -175,10 +175,10 @@ def test_the_api_refuses_bad_requests_with_a_clear_message(client: TestClient) -
     ):
         response = http.post("/api/answer", json=body)
         assert response.status_code == status and message in response.json()["error"]
-    assert http.post("/api/undo").status_code == 409
+    assert http.post("/api/undo", json={}).status_code == 409
     done = http.post("/api/answer", json={"row": str(row), "label": "yes"}).json()
     assert done["row"]["row"] != row and done["progress"]["labeled"] == 9
-    assert http.post("/api/undo").json()["undone"] == row
+    assert http.post("/api/undo", json={}).json()["undone"] == row
     assert http.post("/api/skip", json={"row": row}).json()["progress"]["skipped"] == 1
     assert http.get("/api/progress").json()["skipped"] == 1
     assert http.get("/api/image/1").status_code == 404  # no image column
@@ -201,4 +201,80 @@ def test_images_are_served_only_from_under_the_root(tmp_path: Path) -> None:
         outside = http.get("/api/image/1")
         assert outside.status_code == 404 and "outside" in outside.json()["error"]
         assert http.get("/api/image/..%2Fsecret.txt").status_code == 404
+    session.close()
+
+
+def test_another_site_cannot_label_skip_or_undo(client: TestClient, tmp_path: Path) -> None:
+    http, answers = client, tmp_path / "a.jsonl"
+    row = http.get("/api/next").json()["row"]["row"]
+    assert http.post("/api/answer", json={"row": row, "label": "yes"}).status_code == 200
+    before = answers.read_bytes()
+    json_body = {"content": b"{}", "headers": {"content-type": "application/json"}}
+    for path in ("/api/undo", "/api/keep-going", "/api/skip"):
+        for headers, status in (
+            # fetch(..., {method: "POST", mode: "no-cors"}) from a page the labeler has open elsewhere
+            ({"origin": "https://evil.example", "sec-fetch-site": "cross-site"}, 403),
+            ({"origin": "https://evil.example"}, 403),
+            ({"origin": "null"}, 403),  # a sandboxed frame or a local file
+            ({"origin": "http://127.0.0.1:9999"}, 403),  # another server on this machine
+            ({"origin": "http://127.0.0.1.evil.example"}, 403),
+            ({"sec-fetch-site": "cross-site"}, 403),
+            ({"sec-fetch-site": "same-site"}, 403),
+        ):
+            response = http.post(path, **{**json_body, "headers": {**json_body["headers"], **headers}})
+            assert response.status_code == status and "only this server's own page" in response.json()["error"]
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None):
+            # what a page elsewhere can send without a CORS preflight, or no body at all
+            headers = {"content-type": content_type} if content_type else {}
+            response = http.post(path, content=b"{}" if content_type else None, headers=headers)
+            assert response.status_code == 415 and "application/json" in response.json()["error"]
+    assert answers.read_bytes() == before  # nothing written
+    assert http.get("/api/progress").json()["answered"] == 1
+    # the page's own requests: its origin (as the browser spells it) and a JSON body, {} when there is none
+    for origin in ("http://127.0.0.1", "http://127.0.0.1:80", "HTTP://127.0.0.1"):
+        own = {"origin": origin, "sec-fetch-site": "same-origin"}
+        assert http.post("/api/undo", json={}, headers=own).json()["undone"] == row
+        assert http.post("/api/answer", json={"row": row, "label": "no"}, headers=own).status_code == 200
+    assert http.post("/api/keep-going", json={}, headers={"sec-fetch-site": "same-origin"}).status_code == 200
+    assert (
+        http.post("/api/undo", json={}, headers={"content-type": "application/json; charset=utf-8"}).status_code == 200
+    )
+
+
+def test_only_raster_images_are_served_and_sandboxed(tmp_path: Path) -> None:
+    import pandas as pd
+
+    root = tmp_path / "data"
+    root.mkdir()
+    raster = {
+        "a.png": (b"\x89PNG\r\n\x1a\n rest", "image/png"), "b.jpg": (b"\xff\xd8\xff\xe0 rest", "image/jpeg"),
+        "c.gif": (b"GIF89a rest", "image/gif"), "d.webp": (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "image/webp"),
+        "e.bmp": (b"BM rest", "image/bmp"), "png-named.svg": (b"\x89PNG\r\n\x1a\n", "image/png"),
+    }  # fmt: skip
+    script = {
+        "f.svg": b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
+        "g.html": b"<script>fetch('/api/undo', {method: 'POST'})</script>",
+        "h.png": b"<html><script>alert(1)</script></html>",  # a page named as an image
+        "i.txt": b"RIFF but not WEBP",
+    }
+    for name, (content, _) in raster.items():
+        (root / name).write_bytes(content)
+    for name, content in script.items():
+        (root / name).write_bytes(content)
+    names = [*raster, *script]
+    pool = pd.DataFrame({"path": names, "label": ["cat", "dog"] * (len(names) // 2)})
+    session = LabelingSession(Logistic(), pool, target="label", answers=tmp_path / "a.jsonl", image_column="path",
+                              root=root, initial_fit=False)  # fmt: skip
+    with TestClient(create_labeling_app(session), base_url="http://127.0.0.1") as http:
+        for row, (name, (content, media)) in enumerate(raster.items()):
+            response = http.get(f"/api/image/{row}")
+            assert response.status_code == 200 and response.content == content, name
+            assert response.headers["content-type"] == media
+            assert response.headers["content-security-policy"] == "sandbox"
+            assert response.headers["x-content-type-options"] == "nosniff"
+        for row, name in enumerate(script, len(raster)):
+            response = http.get(f"/api/image/{row}")
+            assert response.status_code == 415, name
+            assert "is not a PNG, JPEG, GIF, WebP or BMP file" in response.json()["error"]
+            assert b"<script>" not in response.content
     session.close()

@@ -35,7 +35,14 @@ TABULAR_SETTINGS: dict[str, Any] = {
     "model": "lightgbm", "bagging_folds": 0, "n_estimators": 200, "num_leaves": 15, "min_child_samples": 3,
     "runs_dir": None, "progress": False,
 }  # fmt: skip
-QUIET = {"progress": False, "runs_dir": None}
+# A saved model (--model) keeps its own choices (strategy, epochs, lr, ...) but not these, for whichever it
+# has: every label gathered trains it (no held-out split, no early stop on one, no data check that drops
+# rows: reviewing labels is the session's job), and a round fits nothing else and writes no run.
+REFIT: dict[str, Any] = {
+    "valid_size": 0.0, "test_size": 0.0, "split_column": None, "early_stopping": False, "baselines": False,
+    "duplicates": "keep", "conflicts": "keep", "label_errors": "keep", "refit_full": True, "runs_dir": None,
+    "progress": False,
+}  # fmt: skip
 PLAIN: dict[str, Any] = {"highlight": False, "soft_wrap": True}  # paths and commands stay whole, to copy
 
 
@@ -193,7 +200,10 @@ def _estimator(
 
     if model is not None:
         estimator = clone(load(model))
-        estimator.set_params(**{k: v for k, v in QUIET.items() if k in estimator.get_params()})
+        params = estimator.get_params()
+        # a kind that retrains on its validation rows when done (refit_full) needs them to pick its rounds
+        keep = {"valid_size"} if "refit_full" in params else set()
+        estimator.set_params(**{k: v for k, v in REFIT.items() if k in params and k not in keep})
         return estimator
     chosen = detect_kind(data, kind, image_column, backbone, target, kind_names())
     if chosen in FIT_ELSEWHERE:
@@ -226,7 +236,7 @@ def _write_batch(rows: list[Any], target: str, text_column: str | None, path: Pa
         record[target] = None
         records.append(record)
     frame = pd.DataFrame.from_records(records)
-    frame[CONFIDENCE] = frame[CONFIDENCE].round(4)
+    frame[CONFIDENCE] = pd.to_numeric(frame[CONFIDENCE]).round(4)  # all None before the first fit
     write_table(frame, path)
 
 
@@ -238,6 +248,8 @@ def _print_progress(progress: dict[str, Any]) -> None:
         f"{progress['fits']} fit(s)" + (f"; learning curve ({progress['score_on']}): {curve}" if curve else ""),
         **PLAIN,
     )
+    if progress["cannot_fit"]:
+        console.print(f"[yellow]no model fitted: {progress['cannot_fit']}[/yellow]", **PLAIN)
     if progress["stop_reason"]:
         console.print(
             f"[yellow]stopped: {progress['stop_reason']}; more labels are unlikely to help "

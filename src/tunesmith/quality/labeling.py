@@ -19,19 +19,22 @@ thread unless ``background=False``) and chooses the next batch among the unlabel
 :func:`tunesmith.data.query.query`. While it retrains, the rows after the batch in the previous
 model's ranking (one more batch of them) are shown, so labeling never waits for a fit; once the
 new model is in, its ranking replaces them (answers given meanwhile count toward the next fit,
-not toward the new batch). Until two classes have labels no model can be fitted, and rows come
-in a seeded random order.
+not toward the new batch). A batch also ends when nothing is left to show (a round of review
+rows only, the pool's last rows). Until two classes have labels no model can be fitted: rows
+come in a seeded random order, a batch ends all the same, and ``progress()["cannot_fit"]``
+says why.
 
 Review share. ``review_share`` of each batch goes to rows that came with a label the model
 doubts (cleanlab's ActiveLab idea: fixing a wrong label can be worth more than a new one),
 lowest self-confidence first (see :mod:`tunesmith.quality.labeling_rank` for which
 probabilities). A review answer replaces the label: relabel, never drop.
 
-Learning curve and stopping. Each fit adds a point ``(labels, score)``: the score on
-``eval_set`` when given, else the accuracy of the same out-of-fold predictions (no point while
-there are too few labels for them). When the score has not improved by more than ``min_delta``
-for ``patience`` fits, the session stops offering new rows and says why; :meth:`keep_going`
-lifts that.
+Learning curve and stopping. Each fit after a new answer event adds a point ``(labels, score)``:
+the score on ``eval_set`` when given, else the accuracy of the same out-of-fold predictions (no
+point while there are too few labels for them). A round of review answers is a point too, at the
+same number of labels; a fit on no new answer (a session reopened) is not. When the score has
+not improved by more than ``min_delta`` for ``patience`` points, the session stops offering new
+rows and says why; :meth:`keep_going` lifts that.
 
 The answers file (JSON Lines, see :mod:`tunesmith.quality.labeling_store`) gets every label,
 skip and undo, ``fsync``-ed before the call returns, and the learning curve's points; opening a
@@ -58,7 +61,7 @@ from tunesmith.data.io import write_table
 from tunesmith.data.query import STRATEGIES
 from tunesmith.data.schema import column_role, label_string, missing_mask
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.quality.labeling_rank import Item, Ranked, Ranker
+from tunesmith.quality.labeling_rank import Item, Ranked, Ranker, choose_classes
 from tunesmith.quality.labeling_store import EVENTS, AnswersFile
 from tunesmith.runs.artifacts import json_safe
 
@@ -108,15 +111,6 @@ class _Event:
     row: Any
     label: Any = None
     kind: str = "query"
-
-
-def _canonical(value: Any) -> Any:
-    """One spelling per label: numpy scalars as Python values, whole floats (a column with gaps) as ints."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value.strip() if isinstance(value, str) else value
 
 
 def _json_id(value: Any) -> Any:
@@ -214,7 +208,7 @@ class LabelingSession:
         self.text_column = text_column if text_column is not None or image_column is not None else self._text_guess()
         self._shown_columns = [c for c in pool.columns if c not in (target, self.text_column)]
         labeled = pool[target][~missing_mask(pool[target])]
-        self.classes = self._choose_classes(classes, labeled)
+        self.classes = choose_classes(classes, labeled)
         self._ranker = Ranker(
             estimator, target, self.classes, strategy, self.batch_size, self.review_share, self.folds, seed,
             eval_set, candidates,
@@ -227,6 +221,8 @@ class LabelingSession:
         self._answers: dict[Any, Any] = {}
         self._skipped: set[Any] = set()
         self._curve: list[tuple[int, float]] = []
+        self._events = 0  # label, skip and undo events so far: what a fit came after
+        self._last_point: int | None = None  # the events the last point's fit came after
         self._best: float | None = None
         self._waited = 0
         self._stop_reason: str | None = None
@@ -325,6 +321,7 @@ class LabelingSession:
             last = self._stack[-1]
             self._file.append({"event": "undo", "row": _json_id(last.row), "time": _now()})
             self._pop()
+            self._events += 1
             self._batch_start = min(self._batch_start, len(self._stack))
             item = next((i for i in self._queue if i.row == last.row), None)
             if item is not None:
@@ -373,14 +370,15 @@ class LabelingSession:
                 return False
             labels = self.labels()
             if labels.map(label_string).nunique() < 2:
+                self._batch_start = len(self._stack)  # the batch ends unfitted: rows go on in random order
                 return False
-            done = set(self._answers) | self._skipped
+            done, events = set(self._answers) | self._skipped, self._events
             self._retraining = True
         if not background:
-            self._retrain_job(labels, done, raise_errors=True)
+            self._retrain_job(labels, done, events, raise_errors=True)
             return True
         self._thread = threading.Thread(
-            target=self._retrain_job, args=(labels, done, False), name="tunesmith-labeling-fit", daemon=True
+            target=self._retrain_job, args=(labels, done, events, False), name="tunesmith-labeling-fit", daemon=True
         )
         self._thread.start()
         return True
@@ -407,11 +405,13 @@ class LabelingSession:
         ``skipped``, ``unlabeled`` (rows without a label and not skipped: the pool left),
         ``batch`` (``done`` of ``size``), ``retraining``, ``fits``, ``curve``
         (``[[labels, score], ...]``), ``score_on`` (``eval_set`` or ``out-of-fold``),
-        ``stop_reason`` (or ``None``), ``waiting`` (no row until the running fit ends),
-        ``done``, ``last_error``, ``classes`` and ``strategy``.
+        ``stop_reason`` (or ``None``), ``cannot_fit`` (why no model can be fitted yet, or
+        ``None``), ``waiting`` (no row until the running fit ends), ``done``, ``last_error``,
+        ``classes`` and ``strategy``.
         """
         with self._lock:
             labeled = len(set(self._original) | set(self._answers))
+            seen = sorted({label_string(v) for v in {**self._original, **self._answers}.values()})
             reviewed = [r for r in self._answers if r in self._original]
             current = self._current_item()
             unlabeled = len(self.pool) - labeled - len(self._skipped - set(self._original))
@@ -433,6 +433,7 @@ class LabelingSession:
                     "curve": [list(p) for p in self._curve],
                     "score_on": "eval_set" if self.eval_set is not None else "out-of-fold",
                     "stop_reason": self._stop_reason,
+                    "cannot_fit": None if len(seen) > 1 else _why_unfit(seen),
                     "waiting": current is None and self._retraining and self._stop_reason is None,
                     "done": current is None and not self._retraining,
                     "last_error": self._last_error,
@@ -458,24 +459,6 @@ class LabelingSession:
     def _text_guess(self) -> str | None:
         found = [c for c in self.pool.columns if c != self.target and column_role(self.pool[c], str(c)) == "text"]
         return str(found[0]) if len(found) == 1 else None
-
-    def _choose_classes(self, classes: Sequence[Any] | None, labeled: pd.Series) -> list[Any]:
-        if classes is None:
-            seen: dict[str, Any] = {}
-            for value in labeled:
-                seen.setdefault(label_string(value), _canonical(value))
-            chosen = [seen[k] for k in sorted(seen)]
-        else:
-            chosen = [_canonical(c) for c in classes]
-            if len({label_string(c) for c in chosen}) != len(chosen):
-                raise ConfigError(f"repeats a label: {chosen}", key="classes")
-        if len(chosen) < 2:
-            raise ConfigError(
-                f"labeling needs at least two label choices, found {chosen}",
-                key="classes",
-                hint="Pass classes=[...] (--classes a,b,c) with every label a row may get",
-            )
-        return chosen
 
     def _row_id(self, row: Any) -> Any:
         rid = self._ids.get(str(_json_id(row)))
@@ -513,10 +496,14 @@ class LabelingSession:
             | {"kind": event.kind, "time": _now()}
         )
         self._push(event)
+        self._events += 1
         for item in self._queue:
             if item.row == event.row:
                 item.pinned = False
-        if self.auto_retrain and self._batch_done() >= self.batch_size and not self._retraining:
+        if not self.auto_retrain or self._retraining or not self._batch_done():
+            return
+        # nothing left to show ends the batch early: a round of reviews only, or the pool's last rows
+        if self._batch_done() >= self.batch_size or (self._stop_reason is None and self._current_item() is None):
             self.retrain(background=self.background)
 
     def _push(self, event: _Event) -> None:
@@ -561,12 +548,17 @@ class LabelingSession:
                         self.classes[self._ranker.index_of(raw.get("label"), "the label")] if kind == "label" else None
                     )
                     self._push(_Event(kind, rid, label, "review" if raw.get("kind") == "review" else "query"))
+                    self._events += 1
                 elif kind == "undo":
                     if not self._stack or str(_json_id(self._stack[-1].row)) != str(raw.get("row")):
                         raise DataError("undoes an event that is not the last one")
                     self._pop()
+                    self._events += 1
                 elif kind == "score":
                     labels, score = int(raw["labels"]), raw.get("score")
+                    # a point from before "answers" came after at most the events above its line
+                    after = raw.get("answers")
+                    self._last_point = int(after) if after is not None else self._events
                     self._curve.append((labels, float(score) if score is not None else float("nan")))
                     self._scored(float(score) if score is not None else None)
                 elif kind == "keep_going":
@@ -581,7 +573,7 @@ class LabelingSession:
 
     # --- internals: fitting ---------------------------------------------------------------------
 
-    def _retrain_job(self, labels: pd.Series, done: set[Any], raise_errors: bool) -> None:
+    def _retrain_job(self, labels: pd.Series, done: set[Any], events: int, raise_errors: bool) -> None:
         try:
             ranked = self._ranker.rank(self.pool, labels, done, self._original.keys(), self._rounds + 1)
         except Exception as exc:
@@ -596,14 +588,14 @@ class LabelingSession:
             if self._file.closed:  # closed while this fit ran: nothing left to swap into
                 self._retraining = False
                 return
-            self._swap(ranked)
+            self._swap(ranked, events)
 
     def _item_for(self, rid: Any, kind: str) -> Item:
         if self._model is None:
             return Item(rid, kind)
         return self._ranker.guessed(rid, kind, self._ranker.proba(self._model, self.pool.loc[[rid]])[0])
 
-    def _swap(self, ranked: Ranked) -> None:
+    def _swap(self, ranked: Ranked, events: int) -> None:
         self._model, self._rounds = ranked.model, self._rounds + 1
         self._retraining, self._last_error = False, None
         # what is on show and rows brought back by undo stay first: an answer on its way must still fit
@@ -611,9 +603,12 @@ class LabelingSession:
         rows = {i.row for i in kept}
         self._queue = kept + [i for i in ranked.queue if i.row not in rows and not self._done(i)]
         self._batch_start = len(self._stack)
-        if ranked.score is not None and (not self._curve or self._curve[-1][0] != ranked.labels):
-            self._file.append({"event": "score", "labels": ranked.labels, "score": ranked.score, "time": _now()})
+        # a point per fit after new answers (relabels too), not per number of labels
+        if ranked.score is not None and self._last_point != events:
+            point = {"event": "score", "labels": ranked.labels, "answers": events, "score": ranked.score}
+            self._file.append(point | {"time": _now()})
             self._curve.append((ranked.labels, ranked.score))
+            self._last_point = events
             self._scored(ranked.score)
 
     def _present(self, item: Item) -> LabelingRow:
@@ -641,3 +636,8 @@ def _cell(value: Any) -> Any:
 
 def _now() -> float:
     return round(time.time(), 3)
+
+
+def _why_unfit(seen: list[str]) -> str:
+    have = f"only class {seen[0]!r} has labels so far" if seen else "no row has a label yet"
+    return f"{have}: rows come in a seeded random order until two classes have labels"

@@ -1,5 +1,7 @@
 """How a labeling session chooses its next batch: fit a clone, score it, pick review and query rows.
 
+:func:`choose_classes` settles the label choices (one spelling each) that the ranking works in.
+
 :class:`Ranker` holds the settings; :meth:`Ranker.rank` runs outside the session's lock (it
 is what the background thread does) on a snapshot of the labels, so it reads only the pool and
 what it is given.
@@ -20,7 +22,7 @@ what it is given.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,39 @@ from tunesmith.data.query import NEEDS_EMBEDDINGS, query
 from tunesmith.data.schema import label_string
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators.base import NotSupportedError
+
+
+def choose_classes(classes: Sequence[Any] | None, labeled: pd.Series) -> list[Any]:
+    """The label choices: ``classes`` (default: the labels in ``labeled``, sorted), one spelling each.
+
+    Raises:
+        ConfigError: a label given twice, or fewer than two choices.
+    """
+    if classes is None:
+        seen: dict[str, Any] = {}
+        for value in labeled:
+            seen.setdefault(label_string(value), _canonical(value))
+        chosen = [seen[k] for k in sorted(seen)]
+    else:
+        chosen = [_canonical(c) for c in classes]
+        if len({label_string(c) for c in chosen}) != len(chosen):
+            raise ConfigError(f"repeats a label: {chosen}", key="classes")
+    if len(chosen) < 2:
+        raise ConfigError(
+            f"labeling needs at least two label choices, found {chosen}",
+            key="classes",
+            hint="Pass classes=[...] (--classes a,b,c) with every label a row may get",
+        )
+    return chosen
+
+
+def _canonical(value: Any) -> Any:
+    """One spelling per label: numpy scalars as Python values, whole floats (a column with gaps) as ints."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value.strip() if isinstance(value, str) else value
 
 
 @dataclass

@@ -5,11 +5,14 @@ One event per line::
     {"event": "label", "row": 17, "label": "spam", "kind": "query", "time": 1700000000.123}
     {"event": "skip", "row": 4, "kind": "review", "time": 1700000003.5}
     {"event": "undo", "row": 4, "time": 1700000004.0}      # takes back the last label or skip
-    {"event": "score", "labels": 50, "score": 0.81, "time": 1700000010.2}   # a learning-curve point
+    {"event": "score", "labels": 50, "answers": 61, "score": 0.81, "time": 1700000010.2}  # a curve point
     {"event": "keep_going", "time": 1700000020.0}          # labeling went on after a stop
 
 ``row`` is the pool's row id, ``kind`` says whether the row was asked for (``query``) or shown
-for review of the label it came with (``review``), ``time`` is seconds since the epoch.
+for review of the label it came with (``review``), ``time`` is seconds since the epoch. A
+``score`` event's ``labels`` is the number of labels the fit saw (the curve's x axis) and
+``answers`` the number of label, skip and undo events the fit came after (what tells one point
+from the next; without it, as in files from before it came in, the events above its line).
 
 Every event is written with one ``write``, then flushed and ``fsync``-ed before the call that
 made it returns, so a crash (power cut, killed process) loses nothing acknowledged. A crash in

@@ -11,20 +11,29 @@ JSON API (errors are ``{"error": "..."}`` with a 4xx status):
 
 - ``GET /api/next``: ``{"row": {...} or null, "progress": {...}}``, the row on show;
 - ``POST /api/answer`` ``{"row": ID, "label": LABEL}``, ``POST /api/skip`` ``{"row": ID}``,
-  ``POST /api/undo``, ``POST /api/keep-going``: the same shape, after the change;
+  ``POST /api/undo`` ``{}``, ``POST /api/keep-going`` ``{}``: the same shape, after the change;
 - ``GET /api/progress``: :meth:`~tunesmith.quality.labeling.LabelingSession.progress`;
-- ``GET /api/image/{row}``: the row's image, only from under the session's ``root``.
+- ``GET /api/image/{row}``: the row's image, only from under the session's ``root`` and only
+  a PNG, JPEG, GIF, WebP or BMP by its first bytes (else 415), sent sandboxed.
 
 An unknown row is 404, an answer for another row than the one on show 409 (the page then
-shows the current one), a label that is not a class 400. Requests naming another host than
-the loopback names are refused (421), so a web page elsewhere cannot reach the server through
-DNS rebinding.
+shows the current one), a label that is not a class 400.
+
+Other web sites. Requests naming another host than the loopback names are refused (421), so a
+page elsewhere cannot reach the server through DNS rebinding. A POST is refused (403) when the
+browser says it comes from another page: an ``Origin`` header other than this server's own, or
+``Sec-Fetch-Site`` ``cross-site`` or ``same-site`` (another port of the same host). Every POST
+must also be ``Content-Type: application/json`` (else 415), which a page elsewhere can send
+only after a CORS preflight that this server never grants, so even a browser that sends
+neither header cannot be made to label, skip or undo.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -44,6 +53,13 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
+# An image is shown, never run: a file that is an SVG or HTML page could carry a script.
+_IMAGE_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+_RASTER = (
+    (b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)  # fmt: skip
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class AnswerIn(BaseModel):
@@ -76,8 +92,13 @@ def create_labeling_app(session: LabelingSession, *, allowed_hosts: Iterable[str
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if hosts is not None and name not in hosts:
             return _error(421, f"this server answers to {', '.join(sorted(hosts))}, not {host!r}")
+        if request.method not in _SAFE_METHODS:
+            refused = _foreign(request, host)
+            if refused is not None:
+                return refused
         response = await call_next(request)
-        response.headers.update(_HEADERS)
+        for key, value in _HEADERS.items():
+            response.headers.setdefault(key, value)  # the image route sets its own
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -137,7 +158,12 @@ def create_labeling_app(session: LabelingSession, *, allowed_hosts: Iterable[str
             path = session.image_path(row)
         except DataError as exc:
             return _error(404, str(exc))
-        return FileResponse(path)
+        media = _raster_type(path)
+        if media is None:
+            return _error(
+                415, f"the image of row {row} is not a PNG, JPEG, GIF, WebP or BMP file; the page shows only those"
+            )
+        return FileResponse(path, media_type=media, headers=_IMAGE_HEADERS)
 
     return app
 
@@ -153,6 +179,44 @@ def serve_labeling(
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=_HEADERS)
+
+
+def _foreign(request: Request, host: str) -> JSONResponse | None:
+    """Refuse a state-changing request another page may have sent (``None``: it may go on)."""
+    origin = request.headers.get("origin")
+    if origin is not None and not _same_origin(origin, host):
+        return _error(403, f"refused a request from {origin!r}: only this server's own page may change labels")
+    site = (request.headers.get("sec-fetch-site") or "").lower()
+    if site in ("cross-site", "same-site"):
+        return _error(403, f"refused a {site} request: only this server's own page may change labels")
+    media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        return _error(415, f"send Content-Type: application/json (got {media or 'none'!r}), with {{}} for no body")
+    return None
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether ``origin`` is this server as the request's Host header (``host``) names it."""
+    try:
+        theirs, ours = urlsplit(origin.strip().lower()), urlsplit("//" + host)
+        if theirs.scheme not in ("http", "https") or not theirs.hostname:
+            return False  # "null": a sandboxed frame or a local file
+        default = 80 if theirs.scheme == "http" else 443
+        return theirs.hostname == ours.hostname and (theirs.port or default) == (ours.port or default)
+    except ValueError:  # a malformed origin or port
+        return False
+
+
+def _raster_type(path: Path) -> str | None:
+    """The media type of a PNG, JPEG, GIF, WebP or BMP file by its first bytes, else ``None``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return next((media for magic, media in _RASTER if head.startswith(magic)), None)
 
 
 PAGE = """<!doctype html>
@@ -270,7 +334,8 @@ function render(data) {
   $("status").textContent = "batch " + batch.done + "/" + batch.size + (p.retraining ? " - retraining" : "");
   $("counts").textContent = p.labeled + " labeled (" + p.original + " given, " + p.answered + " answered, "
     + p.relabeled + " relabeled) - " + p.skipped + " skipped - " + p.unlabeled + " left - " + p.fits + " fits"
-    + (p.last_error ? " - last fit failed: " + p.last_error : "");
+    + (p.last_error ? " - last fit failed: " + p.last_error : "")
+    + (p.cannot_fit ? " - no model: " + p.cannot_fit : "");
   $("banner").classList.toggle("hidden", !p.stop_reason);
   $("keep").classList.toggle("hidden", !p.stop_reason);
   $("banner-text").textContent = p.stop_reason
@@ -310,8 +375,8 @@ function drawCurve(points, scoreOn) {
 async function refresh() { render(await call("GET", "/api/next")); }
 async function answer(label) { if (row) render(await call("POST", "/api/answer", {row: row.row, label})); }
 async function skip() { if (row) render(await call("POST", "/api/skip", {row: row.row})); }
-async function undo() { render(await call("POST", "/api/undo")); }
-async function keepGoing() { render(await call("POST", "/api/keep-going")); }
+async function undo() { render(await call("POST", "/api/undo", {})); }
+async function keepGoing() { render(await call("POST", "/api/keep-going", {})); }
 
 $("skip").addEventListener("click", () => later(skip));
 $("undo").addEventListener("click", () => later(undo));
