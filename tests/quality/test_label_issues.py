@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_reviews
-from tunesmith.data.label_issues import find_label_issues, issues_from_pred_probs
+from tunesmith.data.label_issues import (
+    blend_out_of_fold,
+    find_label_issues,
+    issues_from_pred_probs,
+    label_quality,
+    text_out_of_fold,
+)
 from tunesmith.errors import ConfigError, DataError
 
 
@@ -93,6 +99,13 @@ def test_thorough_mode_fine_tunes_per_fold():
     assert issues.mode == "thorough" and issues.pred_probs.shape == (48, 2)
     assert 1 in issues.flagged_rows()
     assert issues.oof_accuracy > 0.8
+    # The fine-tuned folds weigh half; the fast models that learned something share the rest.
+    weights = issues.details["members"]
+    assert set(issues.member_probs) == {"fine_tuned", "embeddings", "tfidf"}
+    assert weights["fine_tuned"] >= 0.5 and sum(weights.values()) == pytest.approx(1.0)
+    np.testing.assert_allclose(
+        issues.pred_probs, sum(w * issues.member_probs[name] for name, w in weights.items() if w > 0)
+    )
 
 
 def test_bad_inputs_raise_named_errors():
@@ -128,3 +141,51 @@ def test_groups_fewer_than_folds_and_many_classes():
         fit_params={"epochs": 1, "batch_size": 16, "num_threads": 1},
     )
     assert issues.pred_probs.shape == (84, 21)
+
+
+def test_adjusted_label_quality_is_cleanlabs_and_survives_an_absent_class():
+    from cleanlab.rank import get_label_quality_scores
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=60)
+    y = np.arange(60) % 3
+    np.testing.assert_allclose(label_quality(y, probs), get_label_quality_scores(y, probs, adjust_pred_probs=True))
+    np.testing.assert_allclose(label_quality(y, probs, rank_by="self_confidence"), probs[np.arange(60), y])
+    # No row labeled class 2: scores stay spread out and keep the order of p(given) - threshold.
+    y2 = np.arange(60) % 2
+    scores = label_quality(y2, probs)
+    assert ((scores > 0) & (scores < 1)).all()
+    thresholds = np.array([probs[y2 == c, c].mean() for c in (0, 1)])
+    np.testing.assert_array_equal(np.argsort(scores), np.argsort(probs[np.arange(60), y2] - thresholds[y2]))
+    with pytest.raises(ConfigError, match="rank_by"):
+        label_quality(y, probs, rank_by="margin")  # type: ignore[arg-type]
+
+
+def test_fast_mode_averages_in_the_words_and_leaves_out_a_model_that_learned_nothing():
+    df = make_reviews(80, seed=2)
+    labels = df["label"].tolist()
+    flipped = [3, 10, 17, 40]
+    for i in flipped:
+        labels[i] = "neg" if labels[i] == "pos" else "pos"
+    noise = np.random.default_rng(0).normal(size=(80, 8))  # embeddings that carry no signal
+    issues = find_label_issues(df["text"].tolist(), labels, embeddings=noise, folds=4, progress=False)
+    assert issues.details["members"] == {"embeddings": 0.0, "tfidf": 1.0}
+    assert issues.details["rank_by"] == "adjusted"
+    assert set(issues.table["row"].head(len(flipped))) == {i + 1 for i in flipped}
+    alone = find_label_issues(df["text"].tolist(), labels, embeddings=noise, folds=4, ensemble=False, progress=False)
+    assert set(alone.member_probs) == {"embeddings"}
+    assert len(set(alone.table["row"].head(len(flipped))) & {i + 1 for i in flipped}) < len(flipped)
+
+
+def test_text_model_needs_shared_words_and_blend_weights():
+    y = np.arange(40) % 2
+    splits = [(np.arange(40)[np.arange(40) % 4 != k], np.arange(40)[np.arange(40) % 4 == k]) for k in range(4)]
+    assert text_out_of_fold([f"id{i}" for i in range(40)], y, 2, splits) is None
+    assert text_out_of_fold([""] * 40, y, 2, splits) is None
+    good = np.column_stack([np.where(y == 0, 0.9, 0.1), np.where(y == 0, 0.1, 0.9)])
+    flat = np.full((40, 2), 0.5)
+    probs, used = blend_out_of_fold({"good": good, "flat": flat, "missing": None}, y, {"good": 3.0, "flat": 1.0})
+    assert used == {"good": 1.0, "flat": 0.0, "missing": 0.0}
+    np.testing.assert_allclose(probs, good)
+    probs, used = blend_out_of_fold({"a": good, "b": good.copy()}, y, {"a": 3.0, "b": 1.0})
+    assert used == {"a": 0.75, "b": 0.25}
