@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-latest lock setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust bench-monitoring bench-refit bench-reliability clean
+.PHONY: demo test test-latest lock setup lint typecheck pytest bench bench-label-noise bench-search bench-serving bench-recsys bench-vision-tabular bench-personalization bench-trust bench-monitoring bench-refit bench-reliability bench-few-labels clean
 
 setup: $(STAMP)
 
@@ -74,6 +74,9 @@ bench-personalization: setup
 
 bench-trust: setup
 	$(BIN)/python bench/trust.py
+
+bench-few-labels: setup
+	$(BIN)/python bench/few_labels.py
 
 bench-monitoring: setup
 	$(BIN)/python bench/monitoring.py
