@@ -27,6 +27,7 @@ COMMANDS = [
     "clean",
     "personalize",
     "recommend",
+    "label",
 ]
 
 
