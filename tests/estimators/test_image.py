@@ -19,7 +19,16 @@ from tunesmith.backbones import backbone_modality, create_backbone, create_image
 from tunesmith.errors import ArtifactError, ConfigError, DataError
 from tunesmith.estimators.image import ImageFineTuner
 
-FAST = {"backbone": "tiny-image", "image_size": 16, "progress": False, "batch_size": 32, "lr": 3e-3, "runs_dir": ""}
+# Tiny data has few images per class, where strategy="auto" would pick fewshot: these tests are about full fine-tuning.
+FAST = {
+    "backbone": "tiny-image",
+    "image_size": 16,
+    "progress": False,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "runs_dir": "",
+    "strategy": "full",
+}
 
 
 def stripes(n: int, seed: int = 0, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +149,7 @@ def test_table_paths_refuse_escape_and_corrupt_images_are_named_or_skipped(tmp_p
 def test_head_only_keeps_backbone_and_its_batchnorm_statistics():
     x, y = stripes(150)
     reference = create_image_backbone("tiny-image", image_size=16).state_dict()
-    ft = ImageFineTuner(**FAST, epochs=2, strategy="head_only").fit(x, y)
+    ft = ImageFineTuner(**{**FAST, "strategy": "head_only"}, epochs=2).fit(x, y)
     for k, v in ft.model_.backbone.state_dict().items():
         assert torch.equal(v, reference[k]), f"{k} changed although the backbone was frozen"
     assert ft.training_info_["batchnorm"]["recalibrated_layers"] == 0

@@ -2,8 +2,9 @@
 
 Modules: :mod:`.settings` (every setting), :mod:`.inputs` (folders, tables, arrays decoded
 at the model's size), :mod:`.model` (the network, BatchNorm recalibration, batches),
-:mod:`.estimator` (fit as named steps, predict, evaluate), :mod:`.folder` (the model folder)
-and :mod:`.record` (the run record). Importing this package registers the kind ``image``.
+:mod:`.estimator` (fit as named steps, predict, evaluate), :mod:`.fewshot` (the fewshot
+strategy: a closed-form head on frozen features), :mod:`.folder` (the model folder) and
+:mod:`.record` (the run record). Importing this package registers the kind ``image``.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from tunesmith.data.targets import check_target_classes
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.estimators import resume as resume_run
 from tunesmith.estimators.base import Estimator, fit_arguments, row_limit
-from tunesmith.estimators.image.folder import open_image_folder, write_image_folder
+from tunesmith.estimators.image.fewshot import resolve_strategy, trainer
+from tunesmith.estimators.image.folder import dict_or, open_image_folder, write_image_folder
 from tunesmith.estimators.image.inputs import (
     ImageInput,
     Loaded,
@@ -167,6 +168,7 @@ class ImageFineTuner(Estimator):
         set_seed(cfg.seed)
         backbone = self._build_backbone(cfg)
         splits = self._read_and_split(cfg, args.data, args.y, args.target, args.eval_set, args.test_set, backbone)
+        cfg = resolve_strategy(cfg, splits.task, splits.train[1])
         # Checked before Accelerate fixes its precision for the whole process.
         autocast_dtype(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
         accelerator = Accelerator(
@@ -175,7 +177,7 @@ class ImageFineTuner(Estimator):
         main = accelerator.is_main_process
         record, checkpointer = start_record(cfg, splits.data.file, args.resume, main, splits.train)
         baselines = self._baselines(cfg, backbone, splits)
-        state, loop_seconds, info = self._train(
+        state, loop_seconds, info = trainer(self, cfg)(
             cfg,
             backbone,
             splits.labels,
@@ -247,7 +249,9 @@ class ImageFineTuner(Estimator):
             if n == 0:
                 return indices, indices[:0]
             counts = np.bincount(y_all[indices])
-            strat = y_all[indices] if counts[counts > 0].min() >= 2 else None
+            # Stratified only where every class fits on both sides (few-shot data often does not).
+            fits = counts[counts > 0].min() >= 2 and (counts > 0).sum() <= min(n, len(indices) - n)
+            strat = y_all[indices] if fits else None
             keep, taken = train_test_split(indices, test_size=n, stratify=strat, random_state=seed)
             return np.sort(keep), np.sort(taken)
 
@@ -631,10 +635,10 @@ class ImageFineTuner(Estimator):
         est.classes_ = np.asarray(est.label_values_, dtype=object)
         est.task_ = info["task"]
         # Reports only: shown, never computed on; a value of the wrong shape is dropped.
-        est.test_metrics_ = _dict_or(meta.get("metrics"), None) or None
-        est.baseline_metrics_ = _dict_or(meta.get("baselines"), {})
-        est.training_info_ = _dict_or(meta.get("training"), {})
-        est.data_info_ = _dict_or(meta.get("data"), {})
+        est.test_metrics_ = dict_or(meta.get("metrics"), None) or None
+        est.baseline_metrics_ = dict_or(meta.get("baselines"), {})
+        est.training_info_ = dict_or(meta.get("training"), {})
+        est.data_info_ = dict_or(meta.get("data"), {})
         history = meta.get("history")
         est.history_ = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
         best = est.training_info_.get("best_epoch")
@@ -644,7 +648,3 @@ class ImageFineTuner(Estimator):
             est.refit_info_ = refit
         est.model_path_ = Path(folder.root)
         return est
-
-
-def _dict_or(value: Any, default: Any) -> Any:
-    return value if isinstance(value, dict) else default

@@ -35,6 +35,11 @@ MAX_CLASSES = 100_000
 BASELINE_NAMES = {"majority": "majority class", "frozen": "frozen pre-trained features + logistic regression"}
 
 
+def dict_or(value: Any, default: Any) -> Any:
+    """``value`` if it is a dict, else ``default``: a report field of the wrong shape in a loaded folder is dropped."""
+    return value if isinstance(value, dict) else default
+
+
 def report_info(est: Any) -> dict[str, Any]:
     """What the model card and the run report show about a fitted image estimator."""
     cfg: ImageConfig = est.config_

@@ -258,6 +258,8 @@ def refit_image(
             "lr": chosen.lr or cfg.lr,
             "seed": chosen.seed,
             "gradual_unfreeze": False,
+            # A few-shot model's frozen backbone and fitted head continue as a full fine-tune.
+            "strategy": "full" if cfg.strategy == "fewshot" else cfg.strategy,
         }
     )
     challenger = type(est)(**est.get_params())

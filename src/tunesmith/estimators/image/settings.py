@@ -37,7 +37,20 @@ class ImageConfig(BaseModel):
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
-    strategy: Literal["full", "head_only"] = "full"
+    strategy: Literal["auto", "full", "head_only", "fewshot"] = Field(
+        "auto",
+        description="auto (fewshot with few images per class, else full), full (every layer), head_only, "
+        "or fewshot (a closed-form head on the frozen pre-trained features).",
+    )
+    fewshot_head: Literal["auto", "logistic", "prototype"] = Field(
+        "logistic",
+        description="Head of the fewshot strategy: logistic regression, class prototypes, or auto (the better "
+        "of the two by k-fold on the labels; noisy with a few images per class).",
+    )
+    fewshot_head_c: float = Field(1.0, gt=0, description="Inverse regularisation of the logistic head.")
+    fewshot_views: int = Field(
+        4, ge=0, description="With augment on: augmented copies of each image the fewshot head also learns from."
+    )
     freeze_layers: int = Field(0, ge=0, description="Freeze the stem and the first N stages.")
     gradual_unfreeze: bool = False
     batchnorm: Literal["recalibrate", "train", "frozen"] = Field(
