@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,23 @@ class TrainState:
     stop_reason: str | None = None
     is_main_process: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def end_epoch(callbacks: Sequence[Callback], state: TrainState, metrics: dict[str, Any]) -> bool:
+    """Run every callback's ``on_epoch_end`` in order; True when one asked to stop.
+
+    A :class:`StopTraining` from one callback does not skip the later ones (progress, the run
+    record still see the epoch that stops); the first reason is kept in ``state.stop_reason``.
+    """
+    stop: StopTraining | None = None
+    for cb in callbacks:
+        try:
+            cb.on_epoch_end(state, metrics)
+        except StopTraining as raised:
+            stop = stop or raised
+    if stop is not None:
+        state.stop_reason = stop.reason
+    return stop is not None
 
 
 class Callback:

@@ -8,7 +8,12 @@ over all classes, so the model stays one network that saves, exports and serves 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+
+from tunesmith.errors import ConfigError
 
 
 def fit_head(features: np.ndarray, y: np.ndarray, n_classes: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,3 +86,40 @@ def head_weights(
         bias[int(k)] = 0.0
     typical = float(np.median(np.linalg.norm(features, axis=1))) or 1.0
     return weight * (10.0 / typical), bias
+
+
+# At or below this many training rows in the median class, strategy="auto" takes the few-shot
+# path: there full fine-tuning of a new head is at its worst (bench/few_labels.py).
+FEWSHOT_MAX_PER_CLASS = 64
+
+
+def resolve_auto_strategy(
+    cfg: Any, task: str, y_train: Any, *, loop_settings: Sequence[str], keep_full: bool = False, hint: str
+) -> Any:
+    """``cfg`` (a pydantic settings model) with ``strategy="auto"`` replaced by the strategy this fit runs.
+
+    ``auto`` is ``fewshot`` for a classification task whose median class has at most
+    :data:`FEWSHOT_MAX_PER_CLASS` training rows, unless one of ``loop_settings`` (settings only
+    the training loop reads) differs from its default, which asks for the loop, or
+    ``keep_full`` (a refit, a backbone without pre-trained weights); else ``full``.
+
+    Raises:
+        ConfigError: ``strategy="fewshot"`` on a regression task (``hint`` says what instead).
+    """
+    regression = task == "regression"
+    if cfg.strategy == "fewshot" and regression:
+        raise ConfigError(
+            "strategy='fewshot' fits a head from examples of classes; this task is regression",
+            key="strategy",
+            hint=hint,
+        )
+    if cfg.strategy != "auto":
+        return cfg
+    fields = type(cfg).model_fields
+    loop_asked = any(getattr(cfg, name) != fields[name].default for name in loop_settings)
+    chosen = "full"
+    if not (regression or loop_asked or keep_full) and y_train is not None and len(y_train):
+        counts = np.unique(np.asarray(y_train), return_counts=True)[1]
+        if len(counts) >= 2 and float(np.median(counts)) <= FEWSHOT_MAX_PER_CLASS:
+            chosen = "fewshot"
+    return cfg.model_copy(update={"strategy": chosen})

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunesmith.errors import ArtifactError
 from tunesmith.train.batching import LengthGroupedBatchSampler
-from tunesmith.train.callbacks import Callback, StopTraining, TrainState
+from tunesmith.train.callbacks import Callback, TrainState, end_epoch
 from tunesmith.train.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -278,14 +278,7 @@ def train(
                         metrics[f"valid_{key}"] = float(value)
             state.history.append(metrics)
             # Later callbacks (progress, the run record) still see the epoch that stops training.
-            stop: StopTraining | None = None
-            for cb in ordered:
-                try:
-                    cb.on_epoch_end(state, metrics)
-                except StopTraining as raised:
-                    stop = stop or raised
-            if stop is not None:
-                state.stop_reason = stop.reason
+            if end_epoch(ordered, state, metrics):
                 break
             if checkpointer is not None and epoch + 1 < settings.epochs:
                 save(epoch + 1, 0, {"loss_sum": 0.0, "n": 0, "examples": 0, "seconds": 0.0})

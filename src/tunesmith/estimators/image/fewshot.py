@@ -36,14 +36,12 @@ from accelerate.utils import set_seed
 from tunesmith.adapt import count_parameters, set_trainable
 from tunesmith.backbones.image import ImageBackbone
 from tunesmith.data.image_augment import ImageAugment, augment_batch
-from tunesmith.errors import ConfigError
 from tunesmith.estimators.image.model import ImageModel, model_features, model_logits, nhwc_to_tensor, softmax
 from tunesmith.estimators.image.settings import ImageConfig
-from tunesmith.estimators.text.fewshot import FEWSHOT_MAX_PER_CLASS
 from tunesmith.evaluate.metrics import compute_metrics
 from tunesmith.runs.record import RunRecord
 from tunesmith.train.callbacks import Callback, TrainState
-from tunesmith.train.heads import choose_head, head_weights
+from tunesmith.train.heads import FEWSHOT_MAX_PER_CLASS, choose_head, head_weights, resolve_auto_strategy
 
 __all__ = ["FEWSHOT_MAX_PER_CLASS", "augmented_views", "resolve_strategy", "train_fewshot", "trainer"]
 
@@ -65,36 +63,20 @@ _LOOP_SETTINGS = (
 
 
 def resolve_strategy(cfg: ImageConfig, task: str, y_train: Any) -> ImageConfig:
-    """The settings with ``strategy="auto"`` replaced by the strategy this fit runs.
+    """The settings with ``strategy="auto"`` resolved (:func:`~tunesmith.train.heads.resolve_auto_strategy`).
 
-    ``auto`` is ``fewshot`` for a classification task whose median class has at most
-    :data:`FEWSHOT_MAX_PER_CLASS` training images, unless a setting only the training loop
-    reads differs from its default (``epochs``, ``lr``, ``batch_size``, ``loss``, freezing,
-    ...: the user asked for the loop) or the backbone is not pre-trained (``pretrained=False``:
-    random features are no basis for a head); else ``full``.
-
-    Raises:
-        ConfigError: ``strategy="fewshot"`` on a regression task.
+    A backbone without pre-trained weights (``pretrained=False``) keeps full fine-tuning:
+    random features are no basis for a head.
     """
-    regression = task == "regression"
-    if cfg.strategy == "fewshot" and regression:
-        raise ConfigError(
-            "strategy='fewshot' fits a classification head on class examples; this task is regression",
-            key="strategy",
-            hint="Use strategy='full' (or 'head_only') for regression",
-        )
-    if cfg.strategy != "auto":
-        return cfg
-    chosen = "full"
-    fields = type(cfg).model_fields
-    # A training-loop setting other than its default asks for the loop, as on the text side.
-    loop_asked = any(getattr(cfg, name) != fields[name].default for name in _LOOP_SETTINGS)
-    full_only = loop_asked or not cfg.pretrained
-    if not regression and not full_only and y_train is not None and len(y_train):
-        counts = np.unique(np.asarray(y_train), return_counts=True)[1]
-        if len(counts) >= 2 and float(np.median(counts)) <= FEWSHOT_MAX_PER_CLASS:
-            chosen = "fewshot"
-    return cfg.model_copy(update={"strategy": chosen})
+    resolved: ImageConfig = resolve_auto_strategy(
+        cfg,
+        task,
+        y_train,
+        loop_settings=_LOOP_SETTINGS,
+        keep_full=not cfg.pretrained,
+        hint="Use strategy='full' (or 'head_only') for regression",
+    )
+    return resolved
 
 
 def augmented_views(

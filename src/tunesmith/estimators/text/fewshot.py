@@ -43,8 +43,18 @@ from tunesmith.model import TextModel
 from tunesmith.progress import progress
 from tunesmith.runs.record import RunRecord
 from tunesmith.train.batching import Collator
-from tunesmith.train.callbacks import Callback, StopTraining, TrainState
-from tunesmith.train.heads import choose_head, head_weights
+from tunesmith.train.callbacks import Callback, TrainState, end_epoch
+from tunesmith.train.heads import FEWSHOT_MAX_PER_CLASS, choose_head, head_weights, resolve_auto_strategy
+
+__all__ = [
+    "FEWSHOT_MAX_PER_CLASS",
+    "auto_steps",
+    "balanced_batches",
+    "contrastive_tune",
+    "pair_loss",
+    "resolve_strategy",
+    "train_fewshot",
+]
 from tunesmith.train.losses import make_loss
 from tunesmith.train.precision import attention_kernel
 from tunesmith.train.threads import set_trainable_all
@@ -340,14 +350,7 @@ def train_fewshot(
         state.history.append(metrics)
         if record is not None:
             record.log_epoch(metrics)
-        stop: StopTraining | None = None
-        for cb in ordered:
-            try:
-                cb.on_epoch_end(state, metrics)
-            except StopTraining as raised:
-                stop = stop or raised
-        if stop is not None:
-            state.stop_reason = stop.reason
+        end_epoch(ordered, state, metrics)
     finally:
         for cb in ordered:
             cb.on_fit_end(state)
@@ -360,9 +363,6 @@ def train_fewshot(
     )
 
 
-# At or below this many training rows in the median class, strategy="auto" takes the few-shot
-# path: there full fine-tuning of a new head is at its worst (bench/few_labels.py).
-FEWSHOT_MAX_PER_CLASS = 64
 # Settings only the training loop reads: one set to other than its default asks for the loop.
 _LOOP_SETTINGS = (
     "epochs",
@@ -384,31 +384,16 @@ _LOOP_SETTINGS = (
 
 
 def resolve_strategy(cfg: FitConfig, task: str, y_train: Any, *, warm: bool = False) -> FitConfig:
-    """The settings with ``strategy="auto"`` replaced by the strategy this fit runs.
+    """The settings with ``strategy="auto"`` resolved (:func:`~tunesmith.train.heads.resolve_auto_strategy`).
 
-    ``auto`` is ``fewshot`` for a classification task whose median class has at most
-    :data:`FEWSHOT_MAX_PER_CLASS` training rows, unless a setting only the training loop
-    reads differs from its default (epochs, learning rates, loss, class weights, freezing,
-    ...: the user asked for that loop) or the fit continues an earlier model (``warm``);
-    else ``full``.
-
-    Raises:
-        ConfigError: ``strategy="fewshot"`` on a regression task.
+    A fit that continues an earlier model (``warm``) keeps full fine-tuning.
     """
-    regression = task == "regression"
-    if cfg.strategy == "fewshot" and regression:
-        raise ConfigError(
-            "strategy='fewshot' learns from pairs of classes; this task is regression",
-            key="strategy",
-            hint="Use strategy='full' (or 'lora', 'head_only') for regression",
-        )
-    if cfg.strategy != "auto":
-        return cfg
-    chosen = "full"
-    fields = type(cfg).model_fields
-    loop_asked = any(getattr(cfg, name) != fields[name].default for name in _LOOP_SETTINGS)
-    if not (regression or loop_asked or warm) and y_train is not None and len(y_train):
-        counts = np.unique(np.asarray(y_train), return_counts=True)[1]
-        if len(counts) >= 2 and float(np.median(counts)) <= FEWSHOT_MAX_PER_CLASS:
-            chosen = "fewshot"
-    return cfg.model_copy(update={"strategy": chosen})
+    resolved: FitConfig = resolve_auto_strategy(
+        cfg,
+        task,
+        y_train,
+        loop_settings=_LOOP_SETTINGS,
+        keep_full=warm,
+        hint="Use strategy='full' (or 'lora', 'head_only') for regression",
+    )
+    return resolved
