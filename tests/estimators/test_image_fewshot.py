@@ -15,7 +15,7 @@ from tests.estimators.test_image import FAST, stripes
 from tunesmith.backbones import create_image_backbone
 from tunesmith.errors import ConfigError
 from tunesmith.estimators.image import ImageFineTuner, make_image_config
-from tunesmith.estimators.image.fewshot import FEWSHOT_MAX_PER_CLASS, resolve_strategy
+from tunesmith.estimators.image.fewshot import IMAGE_FEWSHOT_MAX_PER_CLASS, resolve_strategy
 
 # The default strategy ("auto") and the loop's own defaults: a loop setting of the caller's
 # (FAST's batch size and learning rate) would keep auto on full fine-tuning.
@@ -32,7 +32,7 @@ def fewshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageFineTuner, P
 def test_auto_takes_fewshot_with_few_images_per_class_and_full_with_many():
     cfg = make_image_config({})
     assert cfg.strategy == "auto"
-    few, many = np.repeat([0, 1, 2], FEWSHOT_MAX_PER_CLASS), np.repeat([0, 1, 2], FEWSHOT_MAX_PER_CLASS + 1)
+    few, many = np.repeat([0, 1, 2], IMAGE_FEWSHOT_MAX_PER_CLASS), np.repeat([0, 1, 2], IMAGE_FEWSHOT_MAX_PER_CLASS + 1)
     assert resolve_strategy(cfg, "multiclass", few).strategy == "fewshot"
     assert resolve_strategy(cfg, "multiclass", many).strategy == "full"
     # settings only full fine-tuning uses, and a randomly initialised backbone, keep it

@@ -94,14 +94,22 @@ FEWSHOT_MAX_PER_CLASS = 64
 
 
 def resolve_auto_strategy(
-    cfg: Any, task: str, y_train: Any, *, loop_settings: Sequence[str], keep_full: bool = False, hint: str
+    cfg: Any,
+    task: str,
+    y_train: Any,
+    *,
+    loop_settings: Sequence[str],
+    keep_full: bool = False,
+    hint: str,
+    max_per_class: int = FEWSHOT_MAX_PER_CLASS,
 ) -> Any:
     """``cfg`` (a pydantic settings model) with ``strategy="auto"`` replaced by the strategy this fit runs.
 
     ``auto`` is ``fewshot`` for a classification task whose median class has at most
-    :data:`FEWSHOT_MAX_PER_CLASS` training rows, unless one of ``loop_settings`` (settings only
-    the training loop reads) differs from its default, which asks for the loop, or
-    ``keep_full`` (a refit, a backbone without pre-trained weights); else ``full``.
+    ``max_per_class`` training rows (:data:`FEWSHOT_MAX_PER_CLASS` for text), unless one of
+    ``loop_settings`` (settings only the training loop reads) differs from its default, which
+    asks for the loop, or ``keep_full`` (a refit, a backbone without pre-trained weights);
+    else ``full``.
 
     Raises:
         ConfigError: ``strategy="fewshot"`` on a regression task (``hint`` says what instead).
@@ -120,6 +128,6 @@ def resolve_auto_strategy(
     chosen = "full"
     if not (regression or loop_asked or keep_full) and y_train is not None and len(y_train):
         counts = np.unique(np.asarray(y_train), return_counts=True)[1]
-        if len(counts) >= 2 and float(np.median(counts)) <= FEWSHOT_MAX_PER_CLASS:
+        if len(counts) >= 2 and float(np.median(counts)) <= max_per_class:
             chosen = "fewshot"
     return cfg.model_copy(update={"strategy": chosen})
