@@ -111,7 +111,11 @@ def mean(values: list[float]) -> float | None:
 
 
 def fewshot_summary(raw: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Per (data set, N) means over seeds; per N means over data sets; the time ratio."""
+    """Per (data set, N) means over seeds; per N means over data sets; the time ratio.
+
+    A row without a SetFit figure (a SetFit fit that did not finish) counts for the other
+    contenders only; the SetFit comparison and the time ratio use the rows that have both.
+    """
     rows = raw["rows"]
     table = []
     summary: dict[str, Any] = {}
@@ -122,25 +126,30 @@ def fewshot_summary(raw: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str,
         per_set = {}
         for data in sorted({r["data"] for r in at_n}):
             mine = [r for r in at_n if r["data"] == data]
-            entry = {"data": data, "n": n, "seeds": len(mine)}
+            entry: dict[str, Any] = {"data": data, "n": n, "seeds": len(mine)}
             for c in ("fewshot", "setfit", "full", "frozen"):
-                entry[f"acc_{c}"] = mean([r[f"acc_{c}"] for r in mine])
-            entry["wins_vs_setfit"] = sum(r["acc_fewshot"] > r["acc_setfit"] for r in mine)
+                entry[f"acc_{c}"] = mean([r[f"acc_{c}"] for r in mine if r.get(f"acc_{c}") is not None])
+            both = [r for r in mine if r.get("acc_setfit") is not None]
+            entry["wins_vs_setfit"] = sum(r["acc_fewshot"] > r["acc_setfit"] for r in both) if both else None
             per_set[data] = entry
             table.append(entry)
         for c, key in (("fewshot", "fewshot"), ("setfit", "setfit"), ("full", "full_ft"), ("frozen", "frozen_lr")):
-            summary[f"acc_{key}_n{n}"] = mean([e[f"acc_{c}"] for e in per_set.values()])
-        summary[f"fewshot_minus_setfit_n{n}_points"] = 100 * (
-            summary[f"acc_fewshot_n{n}"] - summary[f"acc_setfit_n{n}"]
-        )
+            values = [e[f"acc_{c}"] for e in per_set.values() if e[f"acc_{c}"] is not None]
+            summary[f"acc_{key}_n{n}"] = mean(values) if len(values) == len(per_set) else None
+        if summary[f"acc_setfit_n{n}"] is not None:
+            gap = summary[f"acc_fewshot_n{n}"] - summary[f"acc_setfit_n{n}"]
+            summary[f"fewshot_minus_setfit_n{n}_points"] = 100 * gap
+        else:
+            summary[f"fewshot_minus_setfit_n{n}_points"] = None
         summary[f"fewshot_minus_full_ft_n{n}_points"] = 100 * (
             summary[f"acc_fewshot_n{n}"] - summary[f"acc_full_ft_n{n}"]
         )
         summary[f"data_sets_n{n}"] = len(per_set)
-        summary[f"seconds_ratio_vs_setfit_n{n}"] = sum(r["seconds_fewshot"] for r in at_n) / sum(
-            r["seconds_setfit"] for r in at_n
+        timed = [r for r in at_n if r.get("seconds_setfit")]
+        summary[f"seconds_ratio_vs_setfit_n{n}"] = (
+            sum(r["seconds_fewshot"] for r in timed) / sum(r["seconds_setfit"] for r in timed) if timed else None
         )
-    timed = [r for r in rows if "seconds_setfit" in r]
+    timed = [r for r in rows if r.get("seconds_setfit")]
     summary["fewshot_seconds_vs_setfit"] = sum(r["seconds_fewshot"] for r in timed) / sum(
         r["seconds_setfit"] for r in timed
     )
