@@ -125,3 +125,22 @@ def test_fewshot_is_refused_for_regression():
     with pytest.raises(ConfigError) as err:
         ImageFineTuner(strategy="prototypes")
     assert err.value.key == "strategy"
+
+
+def test_fewshot_keeps_the_callback_contract():
+    from tunesmith.train.callbacks import Callback, StopTraining
+
+    seen = []
+
+    class Stopper(Callback):
+        def on_epoch_end(self, state, metrics):
+            seen.append("epoch")
+            raise StopTraining("enough")
+
+        def on_fit_end(self, state):
+            seen.append("end")
+
+    x, y = stripes(45, seed=2)
+    ft = ImageFineTuner(**{**FAST, "strategy": "fewshot", "num_threads": 1})
+    ft.fit(x, y, callbacks=[Stopper()])
+    assert seen == ["epoch", "end"] and ft.stop_reason_ == "enough"

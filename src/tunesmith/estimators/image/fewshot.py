@@ -40,7 +40,7 @@ from tunesmith.estimators.image.model import ImageModel, model_features, model_l
 from tunesmith.estimators.image.settings import ImageConfig
 from tunesmith.evaluate.metrics import compute_metrics
 from tunesmith.runs.record import RunRecord
-from tunesmith.train.callbacks import Callback, TrainState
+from tunesmith.train.callbacks import Callback, TrainState, end_epoch
 from tunesmith.train.heads import choose_head, head_weights, resolve_auto_strategy
 
 __all__ = ["IMAGE_FEWSHOT_MAX_PER_CLASS", "augmented_views", "resolve_strategy", "train_fewshot", "trainer"]
@@ -143,54 +143,56 @@ def train_fewshot(
     head_size = sum(p.numel() for p in model.head.parameters())
     state = TrainState(model=model, epochs=1, steps_per_epoch=1, is_main_process=accelerator.is_main_process)
     ordered = sorted(callbacks, key=lambda cb: cb.order)
-    for cb in ordered:
-        cb.on_fit_start(state)
     started = time.perf_counter()
-    show = cfg.progress and accelerator.is_main_process
-    train_t = nhwc_to_tensor(train_images)
-    original = model_features(model, train_t, cfg.eval_batch_size, show_progress=show)
-    features, targets = [original], [y_train]
-    views = cfg.fewshot_views if cfg.augment.per_image else 0
-    for copy in augmented_views(train_t, cfg.augment, views, cfg.seed, cfg.eval_batch_size):
-        features.append(model_features(model, copy, cfg.eval_batch_size, show_progress=show))
-        targets.append(y_train)
-    head: str = cfg.fewshot_head
-    if head == "auto":
-        # Chosen on the original images only: copies of one image in both folds would flatter the
-        # head that memorises them.
-        head = choose_head(original, y_train, cfg.fewshot_head_c, cfg.seed)
-    weight, bias = head_weights(
-        head, np.concatenate(features), np.concatenate(targets), n_classes, cfg.fewshot_head_c, cfg.seed
-    )
-    with torch.no_grad():
-        model.head.linear.weight.copy_(torch.as_tensor(weight))
-        model.head.linear.bias.copy_(torch.as_tensor(bias))
-    train_seconds = time.perf_counter() - started
-    examples = len(y_train) * (1 + views)
-    state.step, state.examples_seen, state.epoch = 1, examples, 1
-    metrics: dict[str, Any] = {
-        "epoch": 1,
-        "train_loss": _log_loss(original, y_train, weight, bias),
-        "epoch_seconds": train_seconds,
-        "train_examples_per_s": examples / train_seconds if train_seconds > 0 else None,
-        "head": head,
-        "augmented_views": views,
-    }
-    monitor = "accuracy" if cfg.monitor == "auto" else cfg.monitor
-    if valid_images is not None and y_valid is not None and len(y_valid):
-        logits = model_logits(model, nhwc_to_tensor(valid_images), cfg.eval_batch_size, n_classes)
-        found = compute_metrics(task, y_valid, softmax(logits), labels)
-        for key, value in found.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "n":
-                metrics[f"valid_{key}"] = float(value)
-        state.best_epoch = 1
-    state.history.append(metrics)
-    if record is not None:
-        record.log_epoch(metrics)
-    for cb in ordered:
-        cb.on_epoch_end(state, metrics)
-    for cb in ordered:
-        cb.on_fit_end(state)
+    # The loop's callback contract: on_fit_end always runs; StopTraining ends cleanly.
+    try:
+        for cb in ordered:
+            cb.on_fit_start(state)
+        show = cfg.progress and accelerator.is_main_process
+        train_t = nhwc_to_tensor(train_images)
+        original = model_features(model, train_t, cfg.eval_batch_size, show_progress=show)
+        features, targets = [original], [y_train]
+        views = cfg.fewshot_views if cfg.augment.per_image else 0
+        for copy in augmented_views(train_t, cfg.augment, views, cfg.seed, cfg.eval_batch_size):
+            features.append(model_features(model, copy, cfg.eval_batch_size, show_progress=show))
+            targets.append(y_train)
+        head: str = cfg.fewshot_head
+        if head == "auto":
+            # Chosen on the original images only: copies of one image in both folds would flatter the
+            # head that memorises them.
+            head = choose_head(original, y_train, cfg.fewshot_head_c, cfg.seed)
+        weight, bias = head_weights(
+            head, np.concatenate(features), np.concatenate(targets), n_classes, cfg.fewshot_head_c, cfg.seed
+        )
+        with torch.no_grad():
+            model.head.linear.weight.copy_(torch.as_tensor(weight))
+            model.head.linear.bias.copy_(torch.as_tensor(bias))
+        train_seconds = time.perf_counter() - started
+        examples = len(y_train) * (1 + views)
+        state.step, state.examples_seen, state.epoch = 1, examples, 1
+        metrics: dict[str, Any] = {
+            "epoch": 1,
+            "train_loss": _log_loss(original, y_train, weight, bias),
+            "epoch_seconds": train_seconds,
+            "train_examples_per_s": examples / train_seconds if train_seconds > 0 else None,
+            "head": head,
+            "augmented_views": views,
+        }
+        monitor = "accuracy" if cfg.monitor == "auto" else cfg.monitor
+        if valid_images is not None and y_valid is not None and len(y_valid):
+            logits = model_logits(model, nhwc_to_tensor(valid_images), cfg.eval_batch_size, n_classes)
+            found = compute_metrics(task, y_valid, softmax(logits), labels)
+            for key, value in found.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "n":
+                    metrics[f"valid_{key}"] = float(value)
+            state.best_epoch = 1
+        state.history.append(metrics)
+        if record is not None:
+            record.log_epoch(metrics)
+        end_epoch(ordered, state, metrics)
+    finally:
+        for cb in ordered:
+            cb.on_fit_end(state)
     loop_seconds = time.perf_counter() - started
     _, total = count_parameters(model)
     est.model_ = model
@@ -200,7 +202,7 @@ def train_fewshot(
     est.task_ = task
     est.history_ = state.history
     est.best_epoch_ = state.best_epoch
-    est.stop_reason_ = None
+    est.stop_reason_ = state.stop_reason
     info = {
         "monitor": monitor,
         "parameters": {"trainable": head_size, "total": total},
