@@ -35,7 +35,7 @@ from typing import Any
 
 from tunesmith.data.io import DataWarning
 from tunesmith.errors import DataError
-from tunesmith.runs.artifacts import json_safe
+from tunesmith.runs.artifacts import fsync_dir, json_safe
 
 EVENTS = ("label", "skip", "undo", "score", "keep_going")
 """The events of an answers file."""
@@ -60,12 +60,7 @@ class AnswersFile:
             ) from None
         if created:
             # the new name must survive a crash too, not only the bytes written into the file
-            with contextlib.suppress(OSError):
-                fd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            fsync_dir(self.path.parent)
 
     def read(self) -> list[tuple[int, dict[str, Any]]]:
         """Every event with its 1-based line number; a damaged last line is cut off with a warning.

@@ -37,6 +37,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_safe_model_dir",
+    "fsync_dir",
     "json_safe",
     "load_tensors",
     "save_tensors",
@@ -92,7 +93,7 @@ def json_safe(obj: Any) -> Any:
 # --- atomic files ----------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Persist a rename (POSIX); a no-op where directories cannot be opened (Windows)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -123,7 +124,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
@@ -235,7 +236,7 @@ class AtomicDirectory:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
