@@ -49,6 +49,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from _common import child_env, default_threads, environment_info, now_iso, peak_rss_mb, write_json  # noqa: E402
+from label_noise import BATCH_SIZE, LR, MAX_LENGTH, fine_tune_params  # noqa: E402
 
 STAGE = "few_labels_review"
 PARTS = ("review", "precision")
@@ -57,9 +58,6 @@ NOISE_REVIEW = 0.20
 FRESH_TO_ROTTEN_SHARE = 0.75
 NOISE_UNIFORM = 0.10
 BUDGET = 0.10
-LR = 5e-5
-BATCH_SIZE = 32
-MAX_LENGTH = 128
 OTHER = {"fresh": "rotten", "rotten": "fresh"}
 FITS = ("clean", "noisy", "review", "review_random", "autodrop")
 TARGETS = {"review_recovered_fraction": ">= 0.7", "precision_at_n_flipped_thorough": ">= 0.7"}
@@ -197,20 +195,7 @@ def fine_tune(frame: Any, valid: Any, test: Any, args: argparse.Namespace) -> di
 
     from tunesmith import FineTuner
 
-    params: dict[str, Any] = {
-        "backbone": "minilm-l6",
-        "strategy": "full",
-        "epochs": args.epochs,
-        "lr": LR,
-        "batch_size": BATCH_SIZE,
-        "max_length": MAX_LENGTH,
-        "seed": SEED,
-        "early_stopping": False,
-        "baselines": False,
-        "progress": False,
-        "num_threads": args.threads,
-        "runs_dir": "",
-    }
+    params = fine_tune_params(args.epochs, args.threads)
     started = time.perf_counter()
     ft = FineTuner(**params).fit(frame[["text", "label"]], target="label", text_column="text", eval_set=valid)
     fit_seconds = time.perf_counter() - started

@@ -78,6 +78,24 @@ INSPECT_LIMIT_S = 120.0
 # --- shared by the children ------------------------------------------------------------------
 
 
+def fine_tune_params(epochs: int, threads: int) -> dict[str, Any]:
+    """The full fine-tuning of MiniLM this benchmark (and bench/_few_labels_review.py) scores labels with."""
+    return {
+        "backbone": "minilm-l6",
+        "strategy": "full",
+        "epochs": epochs,
+        "lr": LR,
+        "batch_size": BATCH_SIZE,
+        "max_length": MAX_LENGTH,
+        "seed": SEED,
+        "early_stopping": False,
+        "baselines": False,
+        "progress": False,
+        "num_threads": threads,
+        "runs_dir": "",
+    }
+
+
 def load_data(max_train: int | None) -> tuple[Any, Any, Any, list[int]]:
     """``(train, valid, test, flipped)``: train has true labels in ``label`` and noisy ones in ``noisy``.
 
@@ -205,20 +223,7 @@ def run_fit(stage: str, data: tuple[Any, Any, Any, list[int]], args: argparse.Na
         )
         clean_report = report.to_dict(max_rows=0)
         frame = cleaned[["text", "label"]]
-    params: dict[str, Any] = {
-        "backbone": "minilm-l6",
-        "strategy": "full",
-        "epochs": args.epochs,
-        "lr": LR,
-        "batch_size": BATCH_SIZE,
-        "max_length": MAX_LENGTH,
-        "seed": SEED,
-        "early_stopping": False,
-        "baselines": False,
-        "progress": False,
-        "num_threads": args.threads,
-        "runs_dir": "",
-    }
+    params = fine_tune_params(args.epochs, args.threads)
     started = time.perf_counter()
     ft = FineTuner(**params).fit(frame, target="label", text_column="text", eval_set=valid)
     fit_seconds = time.perf_counter() - started
