@@ -9,22 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.cli.test_cli import cli as run_cli
 from tests.conftest import make_reviews
 from tests.quality.test_labeling import blobs, pool_with
 from tunesmith import FineTuner
-from tunesmith.cli import main
 from tunesmith.cli.label import _estimator
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process: (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, " ".join(out.out.split()), out.err
+    """Run the CLI in this process: (exit status, stdout with its line wrapping undone, stderr)."""
+    code, out, err = run_cli(capsys, *args)
+    return code, " ".join(out.split()), err
 
 
 @pytest.fixture
